@@ -1,0 +1,219 @@
+"""Dolibarr's trigger codes, their labels, and the names some guides invent for them.
+
+The data here is registered by the built-in ``catalogue`` plugin through the
+``register_events`` hook; ``Catalogue`` is what the app builds from every
+plugin's registrations.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Iterable
+
+# prefix: (element, English noun, French noun, French noun is feminine)
+FAMILIES: dict[str, tuple[str, str, str, bool]] = {
+    "COMPANY": ("societe", "Third party", "Tiers", False),
+    "COMPANY_RIB": ("societe_rib", "Bank account of third party", "Compte bancaire du tiers", False),
+    "CONTACT": ("contact", "Contact", "Contact", False),
+    "BILL": ("facture", "Invoice", "Facture", True),
+    "BILLREC": ("facturerec", "Recurring invoice template", "Modèle de facture récurrente", False),
+    "BILL_SUPPLIER": ("invoice_supplier", "Supplier invoice", "Facture fournisseur", True),
+    "PROPAL": ("propal", "Proposal", "Proposition commerciale", True),
+    "PROPOSAL_SUPPLIER": ("supplier_proposal", "Supplier price request", "Demande de prix fournisseur", True),
+    "ORDER": ("commande", "Order", "Commande", True),
+    "ORDER_SUPPLIER": ("order_supplier", "Purchase order", "Commande fournisseur", True),
+    "PAYMENT_CUSTOMER": ("payment", "Customer payment", "Paiement client", False),
+    "PAYMENT_SUPPLIER": ("payment_supplier", "Supplier payment", "Paiement fournisseur", False),
+    "PRODUCT": ("product", "Product", "Produit", False),
+    "PROJECT": ("project", "Project", "Projet", False),
+    "TASK": ("project_task", "Task", "Tâche", True),
+    "MEMBER": ("member", "Member", "Adhérent", False),
+    "MEMBER_SUBSCRIPTION": ("subscription", "Membership subscription", "Cotisation", True),
+    "TICKET": ("ticket", "Ticket", "Ticket", False),
+    "USER": ("user", "User", "Utilisateur", False),
+    "SHIPPING": ("shipping", "Shipment", "Expédition", True),
+    "RECEPTION": ("reception", "Reception", "Réception", True),
+    "FICHINTER": ("fichinter", "Intervention", "Intervention", True),
+    "CONTRACT": ("contrat", "Contract", "Contrat", False),
+    "ACTION": ("action", "Agenda event", "Événement", False),
+    "EXPENSE_REPORT": ("expensereport", "Expense report", "Note de frais", True),
+    "HOLIDAY": ("holiday", "Leave request", "Demande de congé", True),
+    "BOM": ("bom", "Bill of materials", "Nomenclature", True),
+    "MRP_MO": ("mo", "Manufacturing order", "Ordre de fabrication", False),
+    "LINEBILL": ("facturedet", "Invoice line", "Ligne de facture", True),
+    "LINEPROPAL": ("propaldet", "Proposal line", "Ligne de proposition", True),
+    "LINEORDER": ("commandedet", "Order line", "Ligne de commande", True),
+}
+
+# action: (English, French masculine, French feminine)
+ACTIONS: dict[str, tuple[str, str, str]] = {
+    "CREATE": ("created", "créé", "créée"),
+    "INSERT": ("added", "ajouté", "ajoutée"),
+    "MODIFY": ("modified", "modifié", "modifiée"),
+    "DELETE": ("deleted", "supprimé", "supprimée"),
+    "VALIDATE": ("validated", "validé", "validée"),
+    "UNVALIDATE": ("set back to draft", "repassé en brouillon", "repassée en brouillon"),
+    "SENTBYMAIL": ("sent by email", "envoyé par courriel", "envoyée par courriel"),
+    "PAYED": ("paid", "payé", "payée"),
+    "PAID": ("paid", "payé", "payée"),
+    "CANCEL": ("cancelled", "annulé", "annulée"),
+    "CANCELED": ("cancelled", "annulé", "annulée"),
+    "CLOSE": ("closed", "clôturé", "clôturée"),
+    "CLOSED": ("closed", "clôturé", "clôturée"),
+    "CLOSE_SIGNED": ("signed", "signé", "signée"),
+    "CLOSE_REFUSED": ("refused", "refusé", "refusée"),
+    "CLASSIFY_BILLED": ("classified billed", "classé facturé", "classée facturée"),
+    "CLASSIFY_UNBILLED": ("classified unbilled", "classé non facturé", "classée non facturée"),
+    "APPROVE": ("approved", "approuvé", "approuvée"),
+    "REFUSE": ("refused", "refusé", "refusée"),
+    "SUBMIT": ("submitted", "soumis", "soumise"),
+    "RECEIVE": ("received", "reçu", "reçue"),
+    "REOPEN": ("reopened", "rouvert", "rouverte"),
+    "RESILIATE": ("terminated", "résilié", "résiliée"),
+    "EXCLUDE": ("excluded", "exclu", "exclue"),
+    "ASSIGNED": ("assigned", "assigné", "assignée"),
+    "ENABLEDISABLE": ("enabled or disabled", "activé ou désactivé", "activée ou désactivée"),
+    "NEW_PASSWORD": ("given a new password", "a un nouveau mot de passe", "a un nouveau mot de passe"),
+    "PRICE_MODIFY": ("price modified", "prix modifié", "prix modifié"),
+    "PRODUCED": ("produced", "produit", "produite"),
+    "AUTOCREATEBILL": ("generated an invoice", "a généré une facture", "a généré une facture"),
+}
+
+# family: its actions in Dolibarr's llx_c_action_trigger dictionary (offered by the target form)
+OFFERED: dict[str, tuple[str, ...]] = {
+    "COMPANY": ("CREATE", "MODIFY", "DELETE", "SENTBYMAIL"),
+    "COMPANY_RIB": ("CREATE", "MODIFY", "DELETE"),
+    "CONTACT": ("CREATE", "MODIFY", "DELETE", "SENTBYMAIL", "ENABLEDISABLE"),
+    "BILL": ("MODIFY", "VALIDATE", "UNVALIDATE", "SENTBYMAIL", "PAYED", "CANCEL", "DELETE"),
+    "BILLREC": ("CREATE", "MODIFY", "DELETE", "AUTOCREATEBILL"),
+    "BILL_SUPPLIER": ("CREATE", "MODIFY", "VALIDATE", "UNVALIDATE", "SENTBYMAIL", "PAYED", "CANCELED", "DELETE"),
+    "PROPAL": ("MODIFY", "VALIDATE", "SENTBYMAIL", "CLOSE_SIGNED", "CLOSE_REFUSED", "CLASSIFY_BILLED", "DELETE"),
+    "PROPOSAL_SUPPLIER": ("CREATE", "MODIFY", "VALIDATE", "SENTBYMAIL", "CLOSE_SIGNED", "CLOSE_REFUSED", "DELETE"),
+    "ORDER": ("MODIFY", "VALIDATE", "SENTBYMAIL", "CLOSE", "CLASSIFY_BILLED", "CANCEL", "DELETE"),
+    "ORDER_SUPPLIER": ("CREATE", "MODIFY", "VALIDATE", "APPROVE", "REFUSE", "SUBMIT", "RECEIVE",
+                       "SENTBYMAIL", "CLASSIFY_BILLED", "CANCEL", "DELETE"),
+    "PAYMENT_SUPPLIER": ("CREATE",),
+    "PRODUCT": ("CREATE", "MODIFY", "DELETE", "PRICE_MODIFY"),
+    "PROJECT": ("CREATE", "MODIFY", "VALIDATE", "CLOSE", "DELETE"),
+    "TASK": ("CREATE", "MODIFY", "DELETE"),
+    "MEMBER": ("CREATE", "MODIFY", "VALIDATE", "RESILIATE", "EXCLUDE", "SENTBYMAIL", "DELETE"),
+    "MEMBER_SUBSCRIPTION": ("CREATE", "MODIFY", "DELETE"),
+    "TICKET": ("CREATE", "MODIFY", "ASSIGNED", "CLOSE", "SENTBYMAIL", "DELETE"),
+    "USER": ("CREATE", "MODIFY", "ENABLEDISABLE", "NEW_PASSWORD", "SENTBYMAIL", "DELETE"),
+    "SHIPPING": ("CREATE", "MODIFY", "VALIDATE", "SENTBYMAIL", "CLOSED", "REOPEN", "DELETE"),
+    "RECEPTION": ("CREATE", "MODIFY", "VALIDATE", "SENTBYMAIL", "CLOSED", "REOPEN", "DELETE"),
+    "FICHINTER": ("CREATE", "MODIFY", "VALIDATE", "CLASSIFY_BILLED", "CLASSIFY_UNBILLED", "REOPEN",
+                  "SENTBYMAIL", "CLOSE", "DELETE"),
+    "CONTRACT": ("CREATE", "MODIFY", "VALIDATE", "CLOSE", "SENTBYMAIL", "DELETE"),
+    "ACTION": ("CREATE",),
+    "EXPENSE_REPORT": ("CREATE", "MODIFY", "VALIDATE", "APPROVE", "PAID", "DELETE"),
+    "HOLIDAY": ("CREATE", "MODIFY", "VALIDATE", "APPROVE", "CANCEL", "DELETE"),
+    "BOM": ("CREATE", "MODIFY", "VALIDATE", "UNVALIDATE", "CLOSE", "REOPEN", "DELETE"),
+    "MRP_MO": ("CREATE", "MODIFY", "VALIDATE", "PRODUCED", "CANCEL", "DELETE"),
+}
+
+# Emitted by Dolibarr but not offered by the target form (reachable through the REST API).
+EMITTED_ONLY: dict[str, tuple[str, ...]] = {
+    "BILL": ("CREATE",),
+    "PROPAL": ("CREATE",),
+    "ORDER": ("CREATE",),
+    "PAYMENT_CUSTOMER": ("CREATE",),
+    "LINEBILL": ("INSERT", "MODIFY", "DELETE"),
+    "LINEPROPAL": ("INSERT", "MODIFY", "DELETE"),
+    "LINEORDER": ("INSERT", "MODIFY", "DELETE"),
+}
+
+TEST_CODE = "TEST_TRIGGER_CODE"
+
+# Names some guides use, and the real prefixes. PROPOSAL_SUPPLIER_* is real and stays as is.
+ALIAS_PREFIXES = {"THIRDPARTY_": "COMPANY_", "INVOICE_": "BILL_", "PROPOSAL_": "PROPAL_"}
+NOT_ALIASED = ("PROPOSAL_SUPPLIER_",)
+ALIAS_ACTIONS = {"PAID": "PAYED"}  # BILL_PAYED is Dolibarr's spelling
+
+
+def canonical_code(code: str) -> str:
+    """The Dolibarr trigger code for ``code``, which may use a guide's invented name."""
+    code = code.strip().upper()
+    if code.startswith(NOT_ALIASED):
+        return code
+    for alias, real in ALIAS_PREFIXES.items():
+        if code.startswith(alias):
+            action = code[len(alias):]
+            return real + ALIAS_ACTIONS.get(action, action)
+    return code
+
+
+def matches(code: str, patterns: Iterable[str] | None) -> bool:
+    """Whether ``code`` is handled by ``patterns`` (exact codes or ``BILL_*``); ``None`` means all."""
+    if patterns is None:
+        return True
+    return any(fnmatch.fnmatchcase(code, canonical_code(p)) for p in patterns)
+
+
+def label(code: str, language: str = "en") -> str:
+    """A human label for a code, from its family and action, or the code itself."""
+    split = split_code(code)
+    if split is None:
+        return code
+    family, action = split
+    _, noun_en, noun_fr, feminine = FAMILIES[family]
+    verb_en, verb_fr_m, verb_fr_f = ACTIONS[action]
+    if language == "fr":
+        return f"{noun_fr} {verb_fr_f if feminine else verb_fr_m}"
+    return f"{noun_en} {verb_en}"
+
+
+def split_code(code: str) -> tuple[str, str] | None:
+    """``(family, action)`` for a code made of a known family and action, longest family first."""
+    for family in sorted(FAMILIES, key=len, reverse=True):
+        prefix = family + "_"
+        if code.startswith(prefix) and code[len(prefix):] in ACTIONS:
+            return family, code[len(prefix):]
+    return None
+
+
+def dolibarr_codes() -> list[tuple[str, str, bool]]:
+    """Every known Dolibarr code as ``(code, element, offered by the target form)``."""
+    rows = []
+    for table, offered in ((OFFERED, True), (EMITTED_ONLY, False)):
+        for family, actions in table.items():
+            element = FAMILIES[family][0]
+            rows.extend((f"{family}_{action}", element, offered) for action in actions)
+    rows.append((TEST_CODE, "", True))
+    return sorted(rows)
+
+
+@dataclass(frozen=True)
+class EventType:
+    code: str
+    element: str
+    label_en: str
+    label_fr: str
+    offered: bool = False
+    aliases: tuple[str, ...] = ()
+    plugin: str = ""  # who registered it
+
+
+@dataclass
+class Catalogue:
+    """Every event type registered by plugins, with alias lookup."""
+
+    types: dict[str, EventType] = field(default_factory=dict)
+
+    def add(self, event_type: EventType) -> None:
+        if event_type.code in self.types:
+            raise ValueError(
+                f"event {event_type.code} registered twice, by {self.types[event_type.code].plugin} "
+                f"and {event_type.plugin}"
+            )
+        self.types[event_type.code] = event_type
+
+    def get(self, code: str) -> EventType | None:
+        return self.types.get(canonical_code(code))
+
+    def __iter__(self):
+        return iter(sorted(self.types.values(), key=lambda t: t.code))
+
+    def __len__(self) -> int:
+        return len(self.types)

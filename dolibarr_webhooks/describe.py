@@ -1,0 +1,123 @@
+"""Human words for an event: the one line the log handler prints, and the pieces
+(amounts, names, labels) that notification plugins reuse in their messages."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from .catalogue import ACTIONS, FAMILIES, label, split_code
+from .event import Event
+
+AMOUNT_ELEMENTS = {"facture", "propal", "commande", "invoice_supplier", "order_supplier", "supplier_proposal"}
+
+
+def to_decimal(value: Any) -> Decimal | None:
+    """Dolibarr amounts come as ``"2243.76000000"``, ``2243.76`` or ``120``."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        return Decimal(str(value))
+    except InvalidOperation:
+        return None
+
+
+def format_amount(value: Any, currency: str | None = None, language: str = "en") -> str | None:
+    """``2,243.76 EUR`` (English) or ``2 243,76 EUR`` (French); ``None`` if there is no amount."""
+    amount = to_decimal(value)
+    if amount is None:
+        return None
+    text = f"{amount:,.2f}"
+    if language == "fr":
+        text = text.replace(",", "\u202f").replace(".", ",")
+    return f"{text} {currency}".strip() if currency else text
+
+
+def currency(obj: dict[str, Any]) -> str | None:
+    return obj.get("multicurrency_code") or None
+
+
+def person_name(obj: dict[str, Any]) -> str | None:
+    parts = [obj.get("firstname"), obj.get("lastname")]
+    name = " ".join(str(p) for p in parts if p)
+    return name or obj.get("name") or None
+
+
+def thirdparty_label(obj: dict[str, Any], language: str = "en") -> str | None:
+    """The third party's name when the object carries it (23 nests it), else its id."""
+    nested = obj.get("thirdparty")
+    if isinstance(nested, dict) and nested.get("name"):
+        return str(nested["name"])
+    socid = obj.get("socid") or obj.get("fk_soc")
+    if socid not in (None, "", 0, "0"):
+        return ("tiers " if language == "fr" else "third party ") + str(socid)
+    return None
+
+
+def noun_and_verb(code: str, language: str = "en") -> tuple[str, str] | None:
+    split = split_code(code)
+    if split is None:
+        return None
+    family, action = split
+    _, noun_en, noun_fr, feminine = FAMILIES[family]
+    verb_en, verb_fr_m, verb_fr_f = ACTIONS[action]
+    if language == "fr":
+        return noun_fr, (verb_fr_f if feminine else verb_fr_m)
+    return noun_en, verb_en
+
+
+def summary(event: Event, language: str = "en") -> str:
+    """One human line, e.g. ``Invoice FA2611-0042 validated: 2,243.76 EUR incl. tax (third party 42)``."""
+    obj = event.object
+    words = noun_and_verb(event.trigger_code, language)
+    if words is None:
+        what = event.trigger_code
+        ident = event.ref or event.object_id
+        subject = f"{what} on {event.element or 'object'} {ident}" if ident else what
+        return f"{subject} (test)" if event.test else subject
+    noun, verb = words
+    element = event.element or ""
+    name = event.ref
+    details: list[str] = []
+    tail: list[str] = []
+    if element == "societe":
+        name = obj.get("name") or event.ref
+        if obj.get("email"):
+            tail.append(str(obj["email"]))
+    elif element == "contact":
+        name = person_name(obj)
+        if obj.get("email"):
+            tail.append(str(obj["email"]))
+    elif element == "product":
+        if obj.get("label"):
+            details.append(str(obj["label"]))
+    elif element == "project":
+        if obj.get("title"):
+            details.append(str(obj["title"]))
+    elif element in AMOUNT_ELEMENTS or element == "payment":
+        total = obj.get("total_ttc") if element != "payment" else obj.get("amount", obj.get("total"))
+        amount = format_amount(total, currency(obj), language)
+        if amount:
+            incl = (" TTC" if language == "fr" else " incl. tax") if element != "payment" else ""
+            details.append(amount + incl)
+        if element == "payment" and isinstance(obj.get("amounts"), dict) and obj["amounts"]:
+            label_invoices = "factures" if language == "fr" else "invoices"
+            tail.append(f"{label_invoices} " + ", ".join(str(k) for k in obj["amounts"]))
+    if element in ("contact", "project") or element in AMOUNT_ELEMENTS or element == "payment":
+        third = thirdparty_label(obj, language)
+        if third:
+            tail.append(third)
+    if not name and event.object_id:
+        name = f"#{event.object_id}"
+    line = f"{noun} {name} {verb}" if name else f"{noun} {verb}"
+    if details:
+        line += ": " + ", ".join(details)
+    if tail:
+        line += " (" + ", ".join(tail) + ")"
+    if event.test:
+        line += " (test)"
+    return line
+
+
+__all__ = ["summary", "format_amount", "to_decimal", "currency", "person_name", "thirdparty_label",
+           "noun_and_verb", "label"]

@@ -1,0 +1,68 @@
+"""``Event``: what a handler receives, independent of HTTP and of storage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+# Card pages relative to the Dolibarr root, by object type (``element``).
+CARD_PATHS = {
+    "societe": "societe/card.php?socid={id}",
+    "contact": "contact/card.php?id={id}",
+    "facture": "compta/facture/card.php?facid={id}",
+    "propal": "comm/propal/card.php?id={id}",
+    "commande": "commande/card.php?id={id}",
+    "product": "product/card.php?id={id}",
+    "project": "projet/card.php?id={id}",
+    "payment": "compta/paiement/card.php?id={id}",
+}
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Dolibarr trigger, scrubbed and stored, as handlers see it."""
+
+    id: str
+    trigger_code: str
+    object: dict[str, Any]
+    element: str | None = None
+    object_id: str | None = None
+    ref: str | None = None
+    entity: str | None = None
+    source: str = "default"
+    received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    body_sha256: str = ""
+    test: bool = False
+    sent_code: str | None = None  # the alias the sender used, when it was not the real code
+    dolibarr_url: str | None = None  # the source's Dolibarr root URL, for links to cards
+
+    @property
+    def card_url(self) -> str | None:
+        """Link to the object's card in Dolibarr, when the source's URL and the type are known."""
+        path = CARD_PATHS.get(self.element or "")
+        if not (self.dolibarr_url and path and self.object_id):
+            return None
+        return self.dolibarr_url.rstrip("/") + "/" + path.format(id=self.object_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["received_at"] = self.received_at.isoformat()
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Event:
+        data = dict(data)
+        received = data.get("received_at")
+        if isinstance(received, str):
+            data["received_at"] = datetime.fromisoformat(received)
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> Event:
+        return cls.from_dict(json.loads(text))
