@@ -1,0 +1,63 @@
+"""``create_app``: settings, plugins, store and routes of one application."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+from flask import Flask
+
+from . import cli, errors, health, logs, receiver
+from .config import load_settings
+from .metrics import Metrics
+from .plugins import build_plugins
+from .service import Service
+from .store import Store
+from .worker import start_embedded
+
+logger = logging.getLogger("dolibarr_webhooks")
+
+EXTENSION = "dolibarr_webhooks"
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    test_config = dict(test_config or {})
+    extra_plugins = test_config.pop("EXTRA_PLUGINS", ())  # (name, module) pairs registered without entry points
+    settings = load_settings(test_config)
+    app = Flask(__name__)
+    app.config.update(settings.values)
+    app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_SIZE"]
+    app.json.sort_keys = False
+    logs.init_app(app)
+
+    plugins = build_plugins(settings, extra=extra_plugins)
+    store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"])
+    if settings["AUTO_MIGRATE"]:
+        store.migrate()
+    svc = Service(settings=settings, plugins=plugins, store=store, metrics=Metrics())
+    app.extensions[EXTENSION] = svc
+
+    errors.init_app(app)
+    receiver.init_app(app)
+    health.init_app(app)
+    from . import ratelimit
+
+    ratelimit.init_app(app)
+    cli.init_app(app)
+    _announce(app, svc)
+    if settings["EMBEDDED_WORKER"]:
+        start_embedded(svc.make_worker())
+    return app
+
+
+def _announce(app: Flask, svc: Service) -> None:
+    if not any(source.secrets for source in svc.sources.values()):
+        if app.config["INSECURE_NO_AUTH"]:
+            logger.warning("INSECURE: DOLIBARR_WEBHOOKS_INSECURE_NO_AUTH is on: events are accepted from anyone. "
+                           "For local trials only.")
+        else:
+            logger.error("no secret configured (DOLIBARR_WEBHOOKS_SECRET): every event will be refused with 401. "
+                         "Run 'dolibarr-webhooks serve' once to generate one, or set it in .env.")
+    for name, info in svc.plugins.info.items():
+        if info.status == "disabled":
+            logger.info("plugin %s is disabled: %s", name, info.reason)

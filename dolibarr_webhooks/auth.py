@@ -1,0 +1,133 @@
+"""Who is posting: find the source whose secret the request carries.
+
+Dolibarr signs nothing; an admin can only put the secret in the URL or in
+``https://user:pass@host``. Other senders may sign the raw body (HMAC hex in
+``X-Dolibarr-Signature``, or Standard Webhooks headers). Every comparison is
+constant-time, and no secret ever reaches a log or an error message. No Flask here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from .config import Source
+
+SIGNATURE_HEADER = "X-Dolibarr-Signature"
+STANDARD_WEBHOOKS_TOLERANCE = 300  # seconds, as the Standard Webhooks libraries
+
+
+class AuthError(Exception):
+    """Missing or wrong credentials (401). The message is safe to show."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Everything in a request that may carry a secret."""
+
+    path_token: str | None = None
+    query_token: str | None = None
+    authorization: str | None = None
+    signature: str | None = None
+    webhook_id: str | None = None
+    webhook_timestamp: str | None = None
+    webhook_signature: str | None = None
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str], path_token: str | None = None,
+                     query_token: str | None = None) -> Credentials:
+        return cls(
+            path_token=path_token, query_token=query_token,
+            authorization=headers.get("Authorization"), signature=headers.get(SIGNATURE_HEADER),
+            webhook_id=headers.get("webhook-id"), webhook_timestamp=headers.get("webhook-timestamp"),
+            webhook_signature=headers.get("webhook-signature"),
+        )
+
+    @property
+    def present(self) -> bool:
+        return any((self.path_token, self.query_token, self.authorization, self.signature, self.webhook_signature))
+
+
+def _equal(given: str | bytes, secret: str | bytes) -> bool:
+    if isinstance(given, str):
+        given = given.encode()
+    if isinstance(secret, str):
+        secret = secret.encode()
+    return hmac.compare_digest(given, secret)
+
+
+def _tokens(credentials: Credentials) -> list[str]:
+    """Plain secrets the request may carry: path, query, Bearer, Basic user or password."""
+    tokens = [t for t in (credentials.path_token, credentials.query_token) if t]
+    scheme, _, value = (credentials.authorization or "").partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value:
+        tokens.append(value)
+    elif scheme.lower() == "basic" and value:
+        try:
+            user, _, password = base64.b64decode(value, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise AuthError("malformed Basic credentials") from None
+        # https://user:SECRET@host/ is what a Dolibarr admin can type; accept the secret as either part.
+        tokens.extend(t for t in (password, user) if t)
+    return tokens
+
+
+def hmac_hex(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def standard_webhooks_key(secret: str) -> bytes:
+    """Standard Webhooks secrets are ``whsec_<base64>``; any other string is used as raw bytes."""
+    if secret.startswith("whsec_"):
+        try:
+            return base64.b64decode(secret[len("whsec_"):])
+        except binascii.Error:
+            pass
+    return secret.encode()
+
+
+def standard_webhooks_signature(secret: str, msg_id: str, timestamp: str, body: bytes) -> str:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(standard_webhooks_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def _signature_matches(secret: str, credentials: Credentials, body: bytes, now: float) -> bool:
+    if credentials.signature:
+        given = credentials.signature.strip()
+        if given.lower().startswith("sha256="):
+            given = given[7:]
+        if _equal(given.lower(), hmac_hex(secret, body)):
+            return True
+    if credentials.webhook_signature and credentials.webhook_id and credentials.webhook_timestamp:
+        try:
+            stamp = int(credentials.webhook_timestamp)
+        except ValueError:
+            return False
+        if abs(now - stamp) > STANDARD_WEBHOOKS_TOLERANCE:
+            return False
+        expected = standard_webhooks_signature(secret, credentials.webhook_id, credentials.webhook_timestamp, body)
+        return any(_equal(sig, expected) for sig in credentials.webhook_signature.split())
+    return False
+
+
+def authenticate(sources: Iterable[Source], credentials: Credentials, body: bytes,
+                 now: float | None = None) -> Source:
+    """The source whose secret the request carries, or ``AuthError``."""
+    if not credentials.present:
+        raise AuthError("credentials required: put the secret in the URL (/webhook/<secret> or ?token=), "
+                        "or send Authorization or a signature header")
+    now = time.time() if now is None else now
+    tokens = _tokens(credentials)
+    for source in sources:
+        for secret in source.secrets:
+            # Compare against every token, no early exit inside a source's secrets.
+            if any(_equal(token, secret) for token in tokens) or _signature_matches(secret, credentials, body, now):
+                return source
+    raise AuthError("wrong credentials")

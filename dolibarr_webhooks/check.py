@@ -1,0 +1,1 @@
+"""``webhooks check``: the configuration read as the service would, reported in plain words."""

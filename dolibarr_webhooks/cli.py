@@ -1,0 +1,360 @@
+"""The ``webhooks`` command group: ``flask --app dolibarr_webhooks webhooks ...``, and the
+``dolibarr-webhooks`` console script, which is the same commands bound to the app."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup, FlaskGroup
+
+from .config import ConfigError, generate_secret, load_settings, parse_duration
+from .describe import summary
+from .event import Event
+from .store import DEAD, DELIVERY_STATES, FAILED
+
+webhooks = AppGroup("webhooks", help="Receive, inspect and replay Dolibarr webhooks.")
+
+
+def service():
+    return current_app.extensions["dolibarr_webhooks"]
+
+
+def _emit(data: Any, as_json: bool, text: str | Iterable[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    else:
+        click.echo(text if isinstance(text, str) else "\n".join(text))
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def _when(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _since(value: str | None) -> float | None:
+    """``--since`` takes a duration back from now (``2h``) or an ISO date or time."""
+    if not value:
+        return None
+    try:
+        return time.time() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a duration (2h, 30d) nor an ISO date") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+# -- listings shared with GET /webhook/events -------------------------------------------
+def event_rows(plugins) -> list[dict[str, Any]]:
+    rows = []
+    for code in plugins.event_codes():
+        known = plugins.catalogue.get(code)
+        rows.append({
+            "code": code,
+            "label": known.label_en if known else code,
+            "label_fr": known.label_fr if known else code,
+            "element": known.element if known else None,
+            "offered_by_dolibarr_form": known.offered if known else False,
+            "aliases": list(known.aliases) if known else [],
+            "plugins": plugins.handlers_for(code),
+        })
+    return rows
+
+
+def plugin_rows(plugins) -> list[dict[str, Any]]:
+    return [info.to_dict() for info in plugins.info.values()]
+
+
+@webhooks.command("events")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--handled", is_flag=True, help="Only events some plugin handles.")
+def events_command(as_json: bool, handled: bool) -> None:
+    """List every known or handled event code, its label, object type and plugins."""
+    rows = [r for r in event_rows(service().plugins) if r["plugins"] or not handled]
+    _emit(rows, as_json, _table([[r["code"], r["label"], r["element"] or "-", ",".join(r["plugins"]) or "-"]
+                                 for r in rows], ["Code", "Label", "Object", "Plugins"]))
+
+
+@webhooks.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def plugins_command(as_json: bool) -> None:
+    """List loaded plugins: name, version, hooks, events and status."""
+    rows = plugin_rows(service().plugins)
+    _emit(rows, as_json, _table(
+        [[r["name"], r["version"] or "-", ",".join(r["hooks"]),
+          "all" if r["events"] is None else ",".join(r["events"]) or "none",
+          r["status"] + (f" ({r['reason']})" if r["reason"] else "")] for r in rows],
+        ["Name", "Version", "Hooks", "Events", "Status"]))
+
+
+# -- target URLs, shared by serve and check ---------------------------------------------
+def _guess_address() -> str:
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        address = "127.0.0.1"
+    return address
+
+
+def target_url(settings, secret: str) -> str:
+    base = settings["PUBLIC_URL"] or f"http://{_guess_address()}:{settings['PORT']}"
+    return f"{base.rstrip('/')}/webhook/{secret}"
+
+
+def is_local_url(url: str) -> bool:
+    """Whether Dolibarr 23.0.3+ refuses this URL unless $dolibarr_allow_localurl_for_webhooks = 1."""
+    host = urlsplit(url).hostname or ""
+    if host in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.gethostbyname(host))
+        except (OSError, ValueError):
+            return False
+    return ip.is_private or ip.is_loopback or ip.is_reserved or ip.is_link_local
+
+
+LOCAL_URL_WARNING = ("this URL is local or private: Dolibarr 23.0.3 and later refuse to post to it unless "
+                     "conf.php sets $dolibarr_allow_localurl_for_webhooks = 1;")
+
+
+# -- sending a sample -------------------------------------------------------------------
+@webhooks.command("send")
+@click.argument("code")
+@click.option("--payload", type=click.Path(exists=True, dir_okay=False), help="Body to send (default: a sample).")
+@click.option("--url", help="Target URL (default: this service on localhost, with its secret).")
+def send_command(code: str, payload: str | None, url: str | None) -> None:
+    """Post a sample event to a running service, as Dolibarr would."""
+    import urllib.error
+    import urllib.request
+
+    from .samples import sample_body, sample_codes
+
+    if payload:
+        body = Path(payload).read_bytes()
+    else:
+        try:
+            body = sample_body(code)
+        except KeyError:
+            body = json.dumps({"triggercode": code.upper(), "object": {"id": 1, "ref": "SAMPLE"}}).encode()
+            click.echo(f"no sample body for {code} (samples: {', '.join(sample_codes())}); sending a minimal one")
+    if url is None:
+        settings = service().settings
+        secrets = [s for source in settings.sources.values() for s in source.secrets]
+        url = f"http://127.0.0.1:{settings['PORT']}/webhook" + (f"/{secrets[0]}" if secrets else "")
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "User-Agent": "Dolibarr geturl function", "Accept": "*/*", "Content-Type": "application/json"})
+    from .logs import redact
+
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, text = response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:
+        status, text = exc.code, exc.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        raise click.ClickException(f"cannot reach {redact(url)}: {exc}") from None
+    click.echo(f"POST {redact(url)} -> {status}\n{text.strip()}")
+    if not 200 <= status < 300:
+        click.echo("Dolibarr would count this as a failure (and roll back the user's action).")
+        sys.exit(1)
+
+
+# -- the worker -------------------------------------------------------------------------
+@webhooks.command("worker")
+@click.option("--until-idle", type=float, default=None, metavar="SECONDS",
+              help="Stop once nothing was due for this long (for scripts and tests).")
+@click.option("--name", default=None, help="Worker name in the attempt log (default host:pid).")
+def worker_command(until_idle: float | None, name: str | None) -> None:
+    """Run the worker: deliver stored events to plugins, with retries."""
+    worker = service().make_worker(name)
+
+    def stop(signum, _frame):
+        click.echo(f"signal {signum}: finishing running handlers, then stopping", err=True)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    worker.run(stop_after_idle=until_idle)
+
+
+# -- inspection and replay --------------------------------------------------------------
+@webhooks.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats_command(as_json: bool) -> None:
+    """Events, deliveries by status and by plugin, oldest pending age."""
+    stats = service().store.stats()
+    lines = [f"events: {stats['events']} (duplicates {stats['duplicates']}, quarantined {stats['quarantined']})",
+             "deliveries: " + ", ".join(f"{k} {v}" for k, v in stats["deliveries"].items()),
+             f"oldest pending: {stats['oldest_pending_age'] if stats['oldest_pending_age'] is not None else '-'} s",
+             f"duplicate runs: {stats['duplicate_runs']}"]
+    lines += _table([[p] + [str(c[s]) for s in DELIVERY_STATES] for p, c in sorted(stats["plugins"].items())],
+                    ["Plugin", *DELIVERY_STATES])
+    _emit(stats, as_json, lines)
+
+
+@webhooks.command("deliveries")
+@click.option("--status", type=click.Choice(DELIVERY_STATES))
+@click.option("--plugin")
+@click.option("--code", help="Trigger code.")
+@click.option("--since", help="A duration back from now (2h) or an ISO date.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def deliveries_command(status, plugin, code, since, limit, as_json) -> None:
+    """List deliveries, newest event first."""
+    rows = service().store.list_deliveries(status=status, plugin=plugin, code=code and code.upper(),
+                                           since=_since(since), limit=limit)
+    _emit(rows, as_json, _table(
+        [[r["event_id"], r["trigger_code"], r["ref"] or "-", r["plugin"], r["status"], str(r["attempts"]),
+          _when(r["next_attempt_at"]) if r["status"] in ("pending", FAILED) else "-",
+          (r["last_error"] or "")[:60]] for r in rows],
+        ["Event", "Code", "Ref", "Plugin", "Status", "Attempts", "Next", "Last error"]))
+
+
+@webhooks.command("show")
+@click.argument("event_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show_command(event_id: str, as_json: bool) -> None:
+    """Show one event, its deliveries, attempts, errors and timings."""
+    data = service().store.show(event_id)
+    if data is None:
+        raise click.ClickException(f"no event {event_id}")
+    lines = [f"event {data['id']}  {data['trigger_code'] or '(unparsed)'}  {data['status']}",
+             f"received {_when(data['received_at'])} from source {data['source']} ({data['remote_addr'] or '-'})"]
+    if data["payload"]:
+        lines.append("  " + summary(Event.from_dict(data["payload"])))
+    if data["error"]:
+        lines.append(f"  note: {data['error']}")
+    for d in data["deliveries"]:
+        lines.append(f"- {d['plugin']}: {d['status']}, {d['attempts']} attempts"
+                     + (f", last error: {d['last_error']}" if d["last_error"] else ""))
+        for a in d["attempts_log"]:
+            lines.append(f"    #{a['number']} {_when(a['started_at'])} {a['outcome']} {a['duration_ms']:.1f} ms"
+                         f" on {a['worker']}" + (f": {a['error']}" if a["error"] else ""))
+    _emit(data, as_json, lines)
+
+
+@webhooks.command("replay")
+@click.argument("event_id", required=False)
+@click.option("--dead", is_flag=True, help="Every dead delivery.")
+@click.option("--failed", is_flag=True, help="Every delivery waiting for a retry (run it now).")
+@click.option("--since", help="Deliveries of events received since (2h, or an ISO date).")
+@click.option("--plugin", help="Only this plugin's deliveries (creates it for EVENT_ID if missing).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def replay_command(event_id, dead, failed, since, plugin, as_json) -> None:
+    """Run deliveries again, now, with a fresh retry budget."""
+    if not (event_id or dead or failed or since):
+        raise click.UsageError("give an EVENT_ID, --dead, --failed or --since")
+    statuses = [s for s, on in ((DEAD, dead), (FAILED, failed)) if on]
+    count = service().store.replay(event_id=event_id, statuses=statuses, since=_since(since), plugin=plugin)
+    _emit({"replayed": count}, as_json, f"{count} deliveries scheduled again")
+
+
+@webhooks.command("purge")
+@click.option("--older-than", required=True, help="Age, e.g. 30d.")
+@click.option("--include-unfinished", is_flag=True, help="Also events with failed or dead deliveries.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def purge_command(older_than: str, include_unfinished: bool, as_json: bool) -> None:
+    """Delete old events whose deliveries are all done."""
+    try:
+        age = parse_duration(older_than)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    count = service().store.purge(age, include_unfinished=include_unfinished)
+    _emit({"purged": count}, as_json, f"{count} events purged")
+
+
+@webhooks.command("reprocess")
+@click.argument("event_id", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def reprocess_command(event_id: str | None, as_json: bool) -> None:
+    """Parse quarantined bodies again and dispatch those that parse now."""
+    results = service().reprocess(event_id)
+    _emit([{"id": i, "result": r} for i, r in results], as_json,
+          [f"{i}: {r}" for i, r in results] or ["nothing quarantined"])
+
+
+@webhooks.command("migrate")
+def migrate_command() -> None:
+    """Bring the database schema to the latest version."""
+    applied = service().store.migrate()
+    click.echo(f"applied migrations {applied}" if applied else "schema is up to date")
+
+
+# -- first try ------------------------------------------------------------------------------
+@webhooks.command("serve", with_appcontext=False)
+@click.option("--host", default=None, help="Listen address (default DOLIBARR_WEBHOOKS_HOST or 0.0.0.0).")
+@click.option("--port", type=int, default=None, help="Port (default DOLIBARR_WEBHOOKS_PORT, WEBHOOK_PORT or 8080).")
+@click.option("--workers", type=int, default=2, show_default=True, help="gunicorn worker processes.")
+@click.option("--env-file", default=".env", show_default=True, help="Where a generated secret is saved.")
+def serve_command(host: str | None, port: int | None, workers: int, env_file: str) -> None:
+    """Run the service with its embedded defaults (SQLite, worker inside), for a first try."""
+    try:
+        settings = load_settings(env_file=env_file)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    secrets = [s for source in settings.sources.values() for s in source.secrets]
+    if not secrets and not settings["INSECURE_NO_AUTH"]:
+        secret = generate_secret()
+        with open(env_file, "a", encoding="utf-8") as fh:
+            fh.write(f"\n# generated by 'dolibarr-webhooks serve' on {datetime.now(timezone.utc):%Y-%m-%d}\n"
+                     f"DOLIBARR_WEBHOOKS_SECRET={secret}\n")
+        os.chmod(env_file, 0o600)
+        os.environ["DOLIBARR_WEBHOOKS_SECRET"] = secret
+        click.echo(f"Generated a secret and saved it to {env_file}.")
+        secrets = [secret]
+    host = host or settings["HOST"]
+    port = port or settings["PORT"]
+    os.environ["DOLIBARR_WEBHOOKS_PORT"] = str(port)
+    os.environ["DOLIBARR_WEBHOOKS_EMBEDDED_WORKER"] = "1"
+    settings = load_settings(env_file=env_file)
+    click.echo(f"Database: {settings['DATABASE_URL']}")
+    if secrets:
+        url = target_url(settings, secrets[0])
+        click.echo("Paste this URL in Dolibarr (Home > Setup > Modules > Webhook > Targets > New target):\n\n"
+                   f"    {url}\n")
+        if is_local_url(url):
+            click.echo(f"Note: {LOCAL_URL_WARNING}")
+    from .gunicorn import run
+
+    run(f"{host}:{port}", workers=workers)
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(webhooks)
+
+
+def main() -> None:
+    """``dolibarr-webhooks``: the ``webhooks`` commands, bound to the app."""
+    from . import create_app
+
+    group = FlaskGroup(create_app=lambda: create_app(), add_default_commands=False, add_version_option=True,
+                       help="Receive, inspect and replay Dolibarr webhooks (see 'flask --app dolibarr_webhooks').")
+    for name, command in webhooks.commands.items():
+        group.add_command(command, name)
+    group.main(prog_name="dolibarr-webhooks")
+from . import check  # noqa: E402,F401  (registers the check command on the group)

@@ -1,0 +1,15 @@
+"""The Dolibarr catalogue: every trigger code Dolibarr emits, with its labels."""
+
+from __future__ import annotations
+
+from ..catalogue import ALIAS_PREFIXES, dolibarr_codes, label
+from ..hookspecs import hookimpl
+
+
+@hookimpl
+def register_events(register):
+    for code, element, offered in dolibarr_codes():
+        aliases = [alias + code[len(real):] for alias, real in ALIAS_PREFIXES.items()
+                   if code.startswith(real) and not code.startswith("PROPAL_SUPPLIER")]
+        register(code, element=element, label_en=label(code, "en"), label_fr=label(code, "fr"),
+                 offered=offered, aliases=aliases)

@@ -1,0 +1,59 @@
+"""Every error is a small JSON document with the right status: never an HTML page,
+never a stack trace."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+logger = logging.getLogger(__name__)
+
+PUBLIC_ENDPOINTS = [
+    "POST /webhook/<secret>  (or /webhook with ?token=, Authorization or a signature)",
+    "GET  /webhook/events    (authenticated)",
+    "POST /webhook/test      (authenticated)",
+    "GET  /health",
+    "GET  /ready",
+    "GET  /metrics",
+]
+
+
+def json_error(status: int, error: str, message: str, **extra):
+    body = {"error": error, "message": message, "status": status, **extra}
+    response = jsonify(body)
+    response.status_code = status
+    return response
+
+
+def _http_error(exc: HTTPException):
+    extra = {}
+    if exc.code == 404:
+        extra["endpoints"] = PUBLIC_ENDPOINTS
+    if exc.code == 405 and getattr(exc, "valid_methods", None):
+        extra["allowed_methods"] = sorted(exc.valid_methods)
+    if exc.code == 413:
+        message = "request body is larger than the configured limit (DOLIBARR_WEBHOOKS_MAX_BODY_SIZE)"
+    else:
+        message = exc.description or exc.name
+    response = json_error(exc.code or 500, exc.name.lower().replace(" ", "_"), message, **extra)
+    if exc.code == 405 and getattr(exc, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
+    record = getattr(request, "environ", {}).get("dolibarr_webhooks.record")
+    if record is not None:
+        record(exc.code, exc.name.lower().replace(" ", "_"))
+    return response
+
+
+def _unexpected(exc: Exception):
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    logger.exception("unexpected error on %s %s", request.method, request.endpoint)
+    return json_error(500, "internal_error", "the service failed; the error is in its log")
+
+
+def init_app(app: Flask) -> None:
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(InternalServerError, _unexpected)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,167 @@
+"""The HTTP edge: authenticate, check the address, read the raw body, turn it into an
+``Event`` and hand it to the service. Answers in milliseconds; the work happens later."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flask import Blueprint, Flask, current_app, g, jsonify, request
+
+from .auth import AuthError, Credentials, authenticate
+from .config import Source
+from .errors import json_error
+from .netaccess import address_allowed, client_address
+from .payload import MissingTriggerCode, ParseError
+from .samples import sample_body
+from .store import StoreError
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("webhooks", __name__)
+
+
+def service():
+    return current_app.extensions["dolibarr_webhooks"]
+
+
+def _client() -> str:
+    if "client" not in g:
+        g.client = client_address(request.remote_addr, request.headers.get("X-Forwarded-For"),
+                                  current_app.config["TRUSTED_PROXIES"])
+    return g.client
+
+
+class Refused(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+def _authenticated_source(token: str | None, body: bytes) -> Source:
+    """The source of this request, or ``Refused`` (401 or 403)."""
+    svc = service()
+    sources = list(svc.sources.values())
+    client = _client()
+    # Addresses that no source allows are refused before any credential is looked at.
+    if all(s.allowed_ips for s in sources) and sources and not any(
+            address_allowed(client, s.allowed_ips) for s in sources):
+        raise Refused(403, "forbidden", f"address {client} is not allowed")
+    if current_app.config["INSECURE_NO_AUTH"] and not any(s.secrets for s in sources):
+        return sources[0]
+    if not any(s.secrets for s in sources):
+        raise Refused(401, "unauthorized", "no secret is configured on this service, so no event is accepted; "
+                                           "set DOLIBARR_WEBHOOKS_SECRET")
+    credentials = Credentials.from_headers(request.headers, path_token=token,
+                                           query_token=request.args.get("token"))
+    try:
+        source = authenticate(sources, credentials, body)
+    except AuthError as exc:
+        raise Refused(401, "unauthorized", str(exc)) from None
+    if not address_allowed(client, source.allowed_ips):
+        raise Refused(403, "forbidden", f"address {client} is not allowed for source {source.name}")
+    g.source = source.name
+    return source
+
+
+def _record(status: int, reason: str) -> None:
+    g.outcome = reason
+    service().metrics.request(status, reason)
+
+
+def _refusal(exc: Refused):
+    _record(exc.status, {401: "auth", 403: "ip"}.get(exc.status, exc.error))
+    response = json_error(exc.status, exc.error, exc.message)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="dolibarr-webhooks"'
+    return response
+
+
+@bp.before_request
+def _start() -> None:
+    g.started = time.perf_counter()
+    request.environ["dolibarr_webhooks.record"] = _record
+
+
+@bp.post("/webhook")
+@bp.post("/webhook/<token>")
+def receive(token: str | None = None):
+    """Dolibarr's target URL."""
+    raw = request.get_data(cache=False)  # raw bytes: never form-parsed, whatever the Content-Type
+    try:
+        source = _authenticated_source(token, raw)
+    except Refused as exc:
+        return _refusal(exc)
+    return _accept(raw, source, test=False)
+
+
+def _accept(raw: bytes, source: Source, test: bool):
+    svc = service()
+    try:
+        event = svc.event_from_body(raw, source, test=test)
+    except MissingTriggerCode as exc:
+        _record(422, "no_trigger_code")
+        return json_error(422, "no_trigger_code", str(exc))
+    except ParseError as exc:
+        if current_app.config["STRICT"]:
+            _record(400, "parse")
+            return json_error(400, "bad_request", str(exc))
+        # Any 4xx would roll back the Dolibarr user's action: keep the body, answer 2xx, warn operators.
+        try:
+            event_id = svc.quarantine(raw, source, str(exc), _client())
+        except StoreError:
+            _record(503, "store")
+            return json_error(503, "store_unavailable", "the event could not be stored; try again")
+        _record(202, "quarantined")
+        g.event_id = event_id
+        return jsonify({"status": "quarantined", "id": event_id,
+                        "warning": f"{exc}; the body is kept for re-processing"}), 202
+    try:
+        result = svc.dispatch(event, remote_addr=_client())
+    except StoreError:
+        logger.error("could not store %s from %s: the store is unavailable", event.trigger_code, source.name)
+        _record(503, "store")
+        return json_error(503, "store_unavailable", "the event could not be stored; try again")
+    _record(200, result.status)
+    g.event_id, g.trigger_code = event.id, event.trigger_code
+    svc.metrics.acknowledged(g.started)
+    body = {"status": result.status, "id": event.id, "trigger_code": event.trigger_code}
+    if result.duplicate_of:
+        body["duplicate_of"] = result.duplicate_of
+    else:
+        body["deliveries"] = result.deliveries
+    if event.sent_code:
+        body["sent_code"] = event.sent_code
+    if event.test:
+        body["test"] = True
+    return jsonify(body), 200
+
+
+@bp.get("/webhook/events")
+@bp.get("/webhook/<token>/events")
+def registered_events(token: str | None = None):
+    """Registered events and the plugins that handle each."""
+    try:
+        _authenticated_source(token, b"")
+    except Refused as exc:
+        return _refusal(exc)
+    from .cli import event_rows, plugin_rows
+
+    plugins = service().plugins
+    return jsonify({"events": event_rows(plugins), "plugins": plugin_rows(plugins)})
+
+
+@bp.post("/webhook/test")
+@bp.post("/webhook/<token>/test")
+def test_event(token: str | None = None):
+    """An event through the whole pipeline, marked as a test (the sample test body when none is sent)."""
+    raw = request.get_data(cache=False)
+    try:
+        source = _authenticated_source(token, raw)
+    except Refused as exc:
+        return _refusal(exc)
+    return _accept(raw if raw.strip() else sample_body("TEST_TRIGGER_CODE"), source, test=True)
+
+
+def init_app(app: Flask) -> None:
+    app.register_blueprint(bp)

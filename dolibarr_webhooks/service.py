@@ -1,0 +1,83 @@
+"""The service: settings, plugins, store and metrics of one app, and the one boundary
+through which every event is dispatched. The receiver hands events here and does
+not know that they are stored and run later by a worker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .config import Settings, Source
+from .event import Event
+from .metrics import Metrics
+from .payload import MissingTriggerCode, ParseError, body_sha256, event_from_body, new_event_id
+from .plugins import Plugins
+from .store import IngestResult, Store
+from .worker import Worker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    settings: Settings
+    plugins: Plugins
+    store: Store
+    metrics: Metrics
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        return self.settings.sources
+
+    def event_from_body(self, raw: bytes, source: Source, test: bool = False) -> Event:
+        return event_from_body(raw, source=source.name, dolibarr_url=source.dolibarr_url or None,
+                               scrub_keys=source.scrub_keys, test=test)
+
+    def dispatch(self, event: Event, remote_addr: str | None = None) -> IngestResult:
+        """Store the event with one delivery per plugin that handles it; the worker does the rest."""
+        result = self.store.ingest(event, self.plugins.handlers_for(event.trigger_code),
+                                   dedup_window=self.settings["DEDUP_WINDOW"], remote_addr=remote_addr)
+        self.metrics.event(event.trigger_code, result.status)
+        return result
+
+    def quarantine(self, raw: bytes, source: Source, error: str, remote_addr: str | None = None) -> str:
+        event_id = new_event_id()
+        self.store.quarantine(event_id, raw, source.name, error, body_sha256(raw), time.time(), remote_addr)
+        self.metrics.event("", "quarantined")
+        logger.warning("quarantined an authenticated body from source %s that cannot be parsed (%s, %d bytes): "
+                       "event %s; fix, then run 'dolibarr-webhooks reprocess %s'",
+                       source.name, error, len(raw), event_id, event_id)
+        return event_id
+
+    def reprocess(self, event_id: str | None = None) -> list[tuple[str, str]]:
+        """Parse quarantined bodies again (after a fix); those that parse now are dispatched."""
+        results = []
+        for row in self.store.quarantined(event_id):
+            source = self.sources.get(row["source"]) or Source(name=row["source"])
+            try:
+                parsed = self.event_from_body(row["raw_body"] or b"", source)
+            except (ParseError, MissingTriggerCode) as exc:
+                results.append((row["id"], f"still unparseable: {exc}"))
+                continue
+            event = Event(**{**parsed.__dict__, "id": row["id"],
+                             "received_at": datetime.fromtimestamp(row["received_at"], timezone.utc)})
+            count = self.store.accept_quarantined(event, self.plugins.handlers_for(event.trigger_code))
+            results.append((row["id"], f"accepted as {event.trigger_code}, {count} deliveries"))
+        return results
+
+    def make_worker(self, name: str | None = None) -> Worker:
+        worker = Worker(store=self.store, plugins=self.plugins, settings=self.settings, metrics=self.metrics)
+        if name:
+            worker.name = name
+        return worker
+
+    def health(self) -> dict[str, Any]:
+        from . import __version__
+
+        return {"status": "ok", "service": "dolibarr-webhooks", "version": __version__,
+                "uptime": round(time.time() - self.started_at, 3),
+                "timestamp": datetime.now(timezone.utc).isoformat()}

@@ -1,0 +1,501 @@
+"""The durable store: events, one delivery per plugin and event, and every attempt.
+
+SQLAlchemy Core over SQLite (the embedded default, WAL) or PostgreSQL (several
+hosts): one schema, one set of queries. Claims are safe across processes and
+hosts: on SQLite every write transaction is ``BEGIN IMMEDIATE`` (one writer at a
+time, so a claim is atomic), on PostgreSQL ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
+                        Table, Text, UniqueConstraint, and_, create_engine, delete, event as sa_event, func,
+                        insert, or_, select, text, update)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .event import Event
+
+NOTIFY_CHANNEL = "dolibarr_webhooks"
+
+# Delivery states. ``failed`` waits for a retry; ``dead`` waits for a replay.
+PENDING, RUNNING, DELIVERED, FAILED, DEAD = "pending", "running", "delivered", "failed", "dead"
+DELIVERY_STATES = (PENDING, RUNNING, DELIVERED, FAILED, DEAD)
+# Event states.
+ACCEPTED, DUPLICATE, QUARANTINED = "accepted", "duplicate", "quarantined"
+
+metadata = MetaData()
+
+events = Table(
+    "events", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("source", String(100), nullable=False),
+    Column("trigger_code", String(100), nullable=False),
+    Column("sent_code", String(100)),
+    Column("element", String(100)),
+    Column("object_id", String(100)),
+    Column("ref", String(255)),
+    Column("entity", String(50)),
+    Column("received_at", Float, nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("test", Boolean, nullable=False, default=False),
+    Column("status", String(20), nullable=False),
+    Column("duplicate_of", String(40)),
+    Column("payload", Text),  # the Event as JSON, scrubbed
+    Column("raw_body", LargeBinary),  # kept only for quarantined bodies
+    Column("error", Text),
+    Column("remote_addr", String(64)),
+)
+Index("ix_events_dedup", events.c.source, events.c.body_sha256, events.c.received_at)
+Index("ix_events_received", events.c.received_at)
+Index("ix_events_status", events.c.status)
+
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(40), ForeignKey("events.id"), nullable=False),
+    Column("plugin", String(100), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("runs", Integer, nullable=False, default=0),
+    Column("reclaims", Integer, nullable=False, default=0),  # claimed again after a lease expired
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_token", String(32)),
+    Column("lease_expires_at", Float),
+    Column("locked_by", String(100)),
+    Column("last_error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("delivered_at", Float),
+    UniqueConstraint("event_id", "plugin", name="uq_deliveries_event_plugin"),
+)
+Index("ix_deliveries_due", deliveries.c.plugin, deliveries.c.status, deliveries.c.next_attempt_at)
+Index("ix_deliveries_status", deliveries.c.status, deliveries.c.next_attempt_at)
+Index("ix_deliveries_event", deliveries.c.event_id)
+
+attempts = Table(
+    "attempts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", Integer, ForeignKey("deliveries.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("worker", String(100)),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("outcome", String(20), nullable=False),
+    Column("error", Text),
+    Column("duration_ms", Float),
+)
+Index("ix_attempts_delivery", attempts.c.delivery_id)
+
+schema_migrations = Table(
+    "schema_migrations", metadata,
+    Column("version", Integer, primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+
+def _initial_schema(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[events, deliveries, attempts], checkfirst=True)
+
+
+# Schema versions, in order. A new version appends (number, name, function): never edit one.
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "events, deliveries and attempts", _initial_schema),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+class StoreError(Exception):
+    """The store cannot be read or written (the receiver answers 503)."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    status: str  # accepted | duplicate
+    event_id: str
+    duplicate_of: str | None = None
+    deliveries: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    delivery_id: int
+    plugin: str
+    token: str
+    attempts: int  # attempts made before this one
+    reclaimed: bool
+    event: Event
+    started_at: float
+
+
+def normalise_url(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def make_engine(url: str, synchronous: str = "FULL") -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               pool_size=8, max_overflow=16)
+
+        @sa_event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, _record):
+            # We emit BEGIN ourselves (below); pysqlite's own transaction handling would defer it.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @sa_event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            # IMMEDIATE takes the write lock up front: a claim or a dedup check cannot race.
+            conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16)
+
+
+class Store:
+    def __init__(self, url: str, synchronous: str = "FULL") -> None:
+        self.url = normalise_url(url)
+        self.engine = make_engine(url, synchronous)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+        self._listeners: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    # -- schema -----------------------------------------------------------------
+    def _readonly(self):
+        return self.engine.connect().execution_options(readonly=True)
+
+    def schema_version(self) -> int:
+        with self._readonly() as conn:
+            if not self.engine.dialect.has_table(conn, "schema_migrations"):
+                return 0
+            return conn.execute(select(func.max(schema_migrations.c.version))).scalar() or 0
+
+    def migrate(self) -> list[int]:
+        """Bring the schema to the latest version; safe when several processes start at once."""
+        applied = []
+        with self.engine.begin() as conn:
+            if self.is_postgres:
+                conn.execute(text("SELECT pg_advisory_xact_lock(727271)"))
+            metadata.create_all(conn, tables=[schema_migrations], checkfirst=True)
+            done = set(conn.execute(select(schema_migrations.c.version)).scalars())
+            for version, name, migration in MIGRATIONS:
+                if version in done:
+                    continue
+                migration(conn)
+                conn.execute(insert(schema_migrations).values(version=version, name=name, applied_at=time.time()))
+                applied.append(version)
+        return applied
+
+    def ping(self) -> bool:
+        try:
+            with self._readonly() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError:
+            return False
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Called after each commit that adds due deliveries (wakes an in-process worker)."""
+        self._listeners.append(callback)
+
+    def _notify(self, conn: Connection) -> None:
+        if self.is_postgres:
+            conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+    def _wake(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    # -- ingest -----------------------------------------------------------------
+    def ingest(self, event: Event, plugins: Iterable[str], dedup_window: float = 0,
+               remote_addr: str | None = None) -> IngestResult:
+        """Store an event and its deliveries in one transaction, unless it is a duplicate."""
+        now = time.time()
+        plugins = list(plugins)
+        try:
+            with self.engine.begin() as conn:
+                duplicate_of = None
+                if dedup_window > 0 and not event.test:
+                    if self.is_postgres:  # serialise identical bodies so two copies cannot both pass
+                        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+                                     {"key": f"{event.source}:{event.body_sha256}"})
+                    duplicate_of = conn.execute(
+                        select(events.c.id).where(
+                            events.c.source == event.source,
+                            events.c.body_sha256 == event.body_sha256,
+                            events.c.trigger_code == event.trigger_code,
+                            events.c.object_id.is_not_distinct_from(event.object_id),
+                            events.c.received_at >= event.received_at.timestamp() - dedup_window,
+                            events.c.status == ACCEPTED,
+                        ).limit(1)
+                    ).scalar()
+                status = DUPLICATE if duplicate_of else ACCEPTED
+                conn.execute(insert(events).values(
+                    id=event.id, source=event.source, trigger_code=event.trigger_code, sent_code=event.sent_code,
+                    element=event.element, object_id=event.object_id, ref=event.ref, entity=event.entity,
+                    received_at=event.received_at.timestamp(), body_sha256=event.body_sha256, test=event.test,
+                    status=status, duplicate_of=duplicate_of, payload=event.to_json(), remote_addr=remote_addr,
+                ))
+                if duplicate_of:
+                    return IngestResult(DUPLICATE, event.id, duplicate_of)
+                if plugins:
+                    conn.execute(insert(deliveries), [self._new_delivery(event.id, p, now) for p in plugins])
+                    self._notify(conn)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"{type(exc).__name__}: {exc.__class__.__doc__ or ''}".strip()) from exc
+        if plugins:
+            self._wake()
+        return IngestResult(ACCEPTED, event.id, None, len(plugins))
+
+    @staticmethod
+    def _new_delivery(event_id: str, plugin: str, now: float) -> dict[str, Any]:
+        return dict(event_id=event_id, plugin=plugin, status=PENDING, attempts=0, runs=0, reclaims=0,
+                    next_attempt_at=now, created_at=now, updated_at=now)
+
+    def quarantine(self, event_id: str, raw: bytes, source: str, error: str, body_sha256: str,
+                   received_at: float, remote_addr: str | None = None) -> None:
+        """Keep an authenticated body that cannot be parsed, to re-process after a fix."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(events).values(
+                    id=event_id, source=source, trigger_code="", received_at=received_at,
+                    body_sha256=body_sha256, test=False, status=QUARANTINED, raw_body=raw, error=error,
+                    remote_addr=remote_addr,
+                ))
+        except SQLAlchemyError as exc:
+            raise StoreError(type(exc).__name__) from exc
+
+    def quarantined(self, event_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(events.c.id, events.c.source, events.c.raw_body, events.c.received_at, events.c.error,
+                       events.c.body_sha256).where(events.c.status == QUARANTINED)
+        if event_id:
+            query = query.where(events.c.id == event_id)
+        with self._readonly() as conn:
+            return [dict(row._mapping) for row in conn.execute(query.order_by(events.c.received_at))]
+
+    def accept_quarantined(self, event: Event, plugins: Iterable[str]) -> int:
+        """A quarantined body now parses: store its event in place and create its deliveries."""
+        now = time.time()
+        plugins = list(plugins)
+        with self.engine.begin() as conn:
+            changed = conn.execute(update(events).where(events.c.id == event.id, events.c.status == QUARANTINED).values(
+                trigger_code=event.trigger_code, sent_code=event.sent_code, element=event.element,
+                object_id=event.object_id, ref=event.ref, entity=event.entity, test=event.test,
+                status=ACCEPTED, payload=event.to_json(), raw_body=None,
+                error="re-processed at %s" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            )).rowcount
+            if changed and plugins:
+                conn.execute(insert(deliveries), [self._new_delivery(event.id, p, now) for p in plugins])
+                self._notify(conn)
+        self._wake()
+        return len(plugins) if changed else 0
+
+    # -- the worker's side -----------------------------------------------------
+    def claim(self, lanes: dict[str, int], worker: str, lease: float) -> list[Claim]:
+        """Take up to ``lanes[plugin]`` due deliveries of each plugin; none runs twice at once."""
+        now = time.time()
+        claims: list[Claim] = []
+        with self.engine.begin() as conn:
+            for plugin, limit in lanes.items():
+                if limit <= 0:
+                    continue
+                due = or_(
+                    and_(deliveries.c.status.in_((PENDING, FAILED)), deliveries.c.next_attempt_at <= now),
+                    and_(deliveries.c.status == RUNNING, deliveries.c.lease_expires_at < now),
+                )
+                rows = conn.execute(
+                    select(deliveries.c.id, deliveries.c.status, deliveries.c.attempts, deliveries.c.event_id)
+                    .where(deliveries.c.plugin == plugin, due)
+                    .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                for row in rows:
+                    token = secrets.token_hex(16)
+                    reclaimed = row.status == RUNNING
+                    conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(
+                        status=RUNNING, lease_token=token, lease_expires_at=now + lease, locked_by=worker,
+                        runs=deliveries.c.runs + 1, reclaims=deliveries.c.reclaims + (1 if reclaimed else 0),
+                        updated_at=now,
+                    ))
+                    payload = conn.execute(select(events.c.payload).where(events.c.id == row.event_id)).scalar()
+                    claims.append(Claim(row.id, plugin, token, row.attempts, reclaimed,
+                                        Event.from_json(payload), now))
+        return claims
+
+    def has_due(self, plugins: Iterable[str]) -> bool:
+        """A cheap read: is anything due for these plugins? (Avoids taking the write lock when idle.)"""
+        now = time.time()
+        plugins = list(plugins)
+        if not plugins:
+            return False
+        with self._readonly() as conn:
+            return conn.execute(select(deliveries.c.id).where(
+                deliveries.c.plugin.in_(plugins),
+                or_(and_(deliveries.c.status.in_((PENDING, FAILED)), deliveries.c.next_attempt_at <= now),
+                    and_(deliveries.c.status == RUNNING, deliveries.c.lease_expires_at < now)),
+            ).limit(1)).first() is not None
+
+    def next_due_at(self, plugins: Iterable[str]) -> float | None:
+        with self._readonly() as conn:
+            return conn.execute(select(func.min(deliveries.c.next_attempt_at)).where(
+                deliveries.c.plugin.in_(list(plugins)), deliveries.c.status.in_((PENDING, FAILED)))).scalar()
+
+    def finish(self, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
+               worker: str, outcome: str | None = None, count_attempt: bool = True) -> bool:
+        """Record an attempt and move the delivery on; False when the lease was lost meanwhile."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            values: dict[str, Any] = dict(status=status, last_error=error, lease_token=None, lease_expires_at=None,
+                                          locked_by=None, updated_at=now)
+            if count_attempt:
+                values["attempts"] = claim.attempts + 1
+            if next_attempt_at is not None:
+                values["next_attempt_at"] = next_attempt_at
+            if status == DELIVERED:
+                values["delivered_at"] = now
+            held = conn.execute(update(deliveries).where(
+                deliveries.c.id == claim.delivery_id, deliveries.c.lease_token == claim.token).values(**values)
+            ).rowcount == 1
+            conn.execute(insert(attempts).values(
+                delivery_id=claim.delivery_id, number=claim.attempts + 1, worker=worker,
+                started_at=claim.started_at, finished_at=now,
+                outcome=(outcome or status) if held else "late", error=error,
+                duration_ms=round((now - claim.started_at) * 1000, 3),
+            ))
+        return held
+
+    # -- inspection -------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        with self._readonly() as conn:
+            by_event = dict(conn.execute(select(events.c.status, func.count()).group_by(events.c.status)).all())
+            rows = conn.execute(select(deliveries.c.plugin, deliveries.c.status, func.count())
+                                .group_by(deliveries.c.plugin, deliveries.c.status)).all()
+            oldest = conn.execute(select(func.min(deliveries.c.created_at))
+                                  .where(deliveries.c.status.in_((PENDING, RUNNING, FAILED)))).scalar()
+            reclaims = conn.execute(select(func.coalesce(func.sum(deliveries.c.reclaims), 0))).scalar()
+            late = conn.execute(select(func.count()).where(attempts.c.outcome == "late")).scalar()
+        totals = {state: 0 for state in DELIVERY_STATES}
+        plugins: dict[str, dict[str, int]] = {}
+        for plugin, state, count in rows:
+            totals[state] = totals.get(state, 0) + count
+            plugins.setdefault(plugin, {s: 0 for s in DELIVERY_STATES})[state] = count
+        return {
+            "events": by_event.get(ACCEPTED, 0),
+            "duplicates": by_event.get(DUPLICATE, 0),
+            "quarantined": by_event.get(QUARANTINED, 0),
+            "deliveries": totals,
+            "plugins": plugins,
+            "oldest_pending_age": round(now - oldest, 3) if oldest else None,
+            "duplicate_runs": int(reclaims or 0),
+            "late_results": int(late or 0),
+        }
+
+    def list_deliveries(self, status: str | None = None, plugin: str | None = None, code: str | None = None,
+                        since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = (select(deliveries.c.id, deliveries.c.event_id, deliveries.c.plugin, deliveries.c.status,
+                        deliveries.c.attempts, deliveries.c.next_attempt_at, deliveries.c.last_error,
+                        deliveries.c.updated_at, events.c.trigger_code, events.c.ref, events.c.received_at)
+                 .join(events, events.c.id == deliveries.c.event_id))
+        if status:
+            query = query.where(deliveries.c.status == status)
+        if plugin:
+            query = query.where(deliveries.c.plugin == plugin)
+        if code:
+            query = query.where(events.c.trigger_code == code)
+        if since is not None:
+            query = query.where(events.c.received_at >= since)
+        query = query.order_by(events.c.received_at.desc(), deliveries.c.id).limit(limit)
+        with self._readonly() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def show(self, event_id: str) -> dict[str, Any] | None:
+        with self._readonly() as conn:
+            row = conn.execute(select(events).where(events.c.id == event_id)).first()
+            if row is None:
+                return None
+            data = dict(row._mapping)
+            raw = data.pop("raw_body")
+            data["raw_body_size"] = len(raw) if raw is not None else None
+            data["payload"] = json.loads(data["payload"]) if data["payload"] else None
+            data["deliveries"] = []
+            for d in conn.execute(select(deliveries).where(deliveries.c.event_id == event_id)
+                                  .order_by(deliveries.c.id)):
+                item = dict(d._mapping)
+                item.pop("lease_token")
+                item["attempts_log"] = [dict(a._mapping) for a in conn.execute(
+                    select(attempts).where(attempts.c.delivery_id == d.id).order_by(attempts.c.id))]
+                data["deliveries"].append(item)
+        return data
+
+    def replay(self, event_id: str | None = None, statuses: Iterable[str] = (), since: float | None = None,
+               plugin: str | None = None, handlers: Callable[[str], list[str]] | None = None) -> int:
+        """Make deliveries due now with a fresh attempt budget. With an event id and a plugin that
+        never had a delivery for it (installed later), the delivery is created."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            query = update(deliveries).where(deliveries.c.status != RUNNING)
+            if event_id:
+                query = query.where(deliveries.c.event_id == event_id)
+            statuses = list(statuses)
+            if statuses:
+                query = query.where(deliveries.c.status.in_(statuses))
+            if plugin:
+                query = query.where(deliveries.c.plugin == plugin)
+            if since is not None:
+                query = query.where(deliveries.c.event_id.in_(
+                    select(events.c.id).where(events.c.received_at >= since)))
+            count = conn.execute(query.values(status=PENDING, attempts=0, next_attempt_at=now, last_error=None,
+                                              updated_at=now)).rowcount
+            if event_id and plugin and not count:
+                exists = conn.execute(select(events.c.id).where(events.c.id == event_id,
+                                                                events.c.status == ACCEPTED)).scalar()
+                has = conn.execute(select(deliveries.c.id).where(deliveries.c.event_id == event_id,
+                                                                 deliveries.c.plugin == plugin)).scalar()
+                if exists and not has:
+                    conn.execute(insert(deliveries).values(**self._new_delivery(event_id, plugin, now)))
+                    count = 1
+            if count:
+                self._notify(conn)
+        if count:
+            self._wake()
+        return count
+
+    def purge(self, older_than: float, include_unfinished: bool = False) -> int:
+        """Delete events older than ``older_than`` seconds whose deliveries are all delivered
+        (or, with ``include_unfinished``, whatever their state). Returns the number of events."""
+        cutoff = time.time() - older_than
+        with self.engine.begin() as conn:
+            old = select(events.c.id).where(events.c.received_at < cutoff)
+            if not include_unfinished:
+                unfinished = select(deliveries.c.event_id).where(deliveries.c.status != DELIVERED)
+                old = old.where(events.c.id.not_in(unfinished), events.c.status != QUARANTINED)
+            ids = list(conn.execute(old).scalars())
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                doomed = select(deliveries.c.id).where(deliveries.c.event_id.in_(chunk))
+                conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(doomed)))
+                conn.execute(delete(deliveries).where(deliveries.c.event_id.in_(chunk)))
+                conn.execute(delete(events).where(events.c.id.in_(chunk)))
+        return len(ids)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,48 @@
+"""Shared fixtures: every storage test runs on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+POSTGRES_ADMIN_URL = os.environ.get("DOLIBARR_WEBHOOKS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _postgres_database():
+    """Create a throw-away database; in CI a missing PostgreSQL is a failure, never a skip."""
+    import psycopg
+
+    name = "dw_test_" + uuid.uuid4().hex[:12]
+    try:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL is required in CI and is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc}")
+    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
+    return name, f"{base}/{name}"
+
+
+def _drop_postgres_database(name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'webhooks.sqlite3'}"
+        return
+    name, url = _postgres_database()
+    yield url
+    _drop_postgres_database(name)
+
+
+@pytest.fixture
+def webhooks_config(database_url):
+    return {"DATABASE_URL": database_url}
