@@ -95,7 +95,12 @@ def summary(event: Event, language: str = "en") -> str:
         if obj.get("title"):
             details.append(str(obj["title"]))
     elif element in AMOUNT_ELEMENTS or element == "payment":
-        total = obj.get("total_ttc") if element != "payment" else obj.get("amount", obj.get("total"))
+        if element == "payment":
+            total = obj.get("amount", obj.get("total"))
+        else:
+            # The document's currency goes with the multicurrency total; total_ttc is in the company's.
+            total = obj.get("multicurrency_total_ttc") if obj.get("multicurrency_code") else None
+            total = total if total not in (None, "") else obj.get("total_ttc")
         amount = format_amount(total, currency(obj), language)
         if amount:
             incl = (" TTC" if language == "fr" else " incl. tax") if element != "payment" else ""

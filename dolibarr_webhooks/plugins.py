@@ -79,7 +79,7 @@ class Plugins:
         key = (hook, plugin)
         caller = self._callers.get(key)
         if caller is None:
-            others = [p for name, p in self.pm.list_name_plugin() if name != plugin]
+            others = [p for name, p in self.pm.list_name_plugin() if name != plugin and p is not None]
             caller = self._callers[key] = self.pm.subset_hook_caller(hook, remove_plugins=others)
         return caller(**kwargs)
 
@@ -149,12 +149,14 @@ def build_plugins(settings: Settings, extra: Iterable[tuple[str, Any]] = ()) -> 
     except pluggy.PluginValidationError as exc:
         raise PluginLoadError(f"plugin {exc.plugin_name if hasattr(exc, 'plugin_name') else '?'}", str(exc)) from None
     if settings["TRACE_HOOKS"]:
-        pm.trace.root.setwriter(lambda text: logger.debug("hook: %s", text.rstrip()))
+        pm.trace.root.setwriter(lambda text: logger.debug("hook: %s", text.rstrip()))  # pluggy indents calls
         pm.enable_tracing()
 
     plugins = Plugins(pm=pm, settings=settings, catalogue=Catalogue())
     _collect_events(plugins)
     for name, plugin in pm.list_name_plugin():
+        if plugin is None:  # pluggy lists blocked names with no plugin
+            continue
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         info = PluginInfo(name=name, version=versions.get(name), hooks=hooks, events=None,
                           builtin=name in DEFAULT_PLUGINS)
@@ -176,7 +178,10 @@ def build_plugins(settings: Settings, extra: Iterable[tuple[str, Any]] = ()) -> 
 
 def _collect_events(plugins: Plugins) -> None:
     # llm-style registration: the host owns ``register``, so it knows who registered what.
-    for name, _plugin in plugins.pm.list_name_plugin():
+    for name, plugin in plugins.pm.list_name_plugin():
+        if plugin is None:
+            continue
+
         def register(code: str, element: str = "", label_en: str = "", label_fr: str = "",
                      offered: bool = False, aliases: Iterable[str] = (), _name: str = name) -> None:
             code = canonical_code(code)

@@ -134,9 +134,9 @@ class RunningService:
         self.processes: dict[str, subprocess.Popen] = {}
 
     def start(self, name: str, args: list[str]) -> subprocess.Popen:
-        log = open(self.workdir / f"{name}.log", "ab")
-        process = subprocess.Popen(args, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own descriptor
+            process = subprocess.Popen(args, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
         self.processes[name] = process
         return process
 

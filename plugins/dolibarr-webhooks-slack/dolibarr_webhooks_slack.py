@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Mapping
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 
 class SlackUnavailable(Exception):
-    """Slack answered 5xx (or 408) without Retry-After: the core's backoff retries it."""
+    """Slack cannot be reached, or answered 5xx/408 without Retry-After: the core's backoff retries it."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Rule:
     """Where to post which events: one incoming webhook (one channel)."""
 
     name: str  # how messages name the rule: never the URL, which is a secret
-    webhook_url: str
+    webhook_url: str = field(repr=False)  # a credential: kept out of reprs and logs
     events: tuple[str, ...] | None  # None: every event
     language: str = "en"
     timeout: float = DEFAULT_TIMEOUT
@@ -79,7 +79,7 @@ def parse_config(config: Mapping[str, Any]) -> list[Rule]:
     raw_rules = config.get("rules")
     if raw_rules not in (None, []):
         if not isinstance(raw_rules, list):
-            raise ConfigError(TOML_RULES, "must be a list of tables, e.g. rules = [{events = [...], webhook_url = \"...\"}]")
+            raise ConfigError(TOML_RULES, "must be a list of tables: rules = [{events = [...], webhook_url = ...}]")
         for index, raw in enumerate(raw_rules):
             where = f"{TOML_RULES}[{index}]"
             if not isinstance(raw, dict):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from email.errors import HeaderParseError
+from email.headerregistry import Address
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
@@ -91,17 +93,24 @@ def parse_addresses(value: Any, setting: str | None = None) -> tuple[str, ...]:
         for name, addr in getaddresses([item.replace(";", ",")]):
             if not addr:
                 continue
-            if not _looks_like_address(addr):
+            formatted = _format_address(name, addr)
+            if formatted is None:
                 if setting:
                     raise ConfigError(setting, f"{addr!r} is not an email address")
                 continue
-            out.append(f"{name} <{addr}>" if name else addr)
+            out.append(formatted)
     return tuple(out)
 
 
-def _looks_like_address(addr: str) -> bool:
+def _format_address(name: str, addr: str) -> str | None:
+    """``"Doe, John" <j@x.org>``: quoted as a header needs it, or None if not an address."""
     local, _, domain = addr.rpartition("@")
-    return bool(local) and bool(domain) and not any(c.isspace() for c in addr)
+    if not local or not domain or any(c.isspace() for c in addr):
+        return None
+    try:
+        return str(Address(display_name=name, addr_spec=addr))
+    except (ValueError, HeaderParseError):
+        return None
 
 
 def _one_address(value: Any, setting: str) -> str | None:
@@ -134,7 +143,10 @@ def _rule(data: dict[str, Any], name: str, index: int, defaults: dict[str, Any])
     unknown = sorted(set(data) - RULE_KEYS)
     if unknown:
         raise ConfigError(rule_key(name, unknown[0]), f"unknown key; known keys: {', '.join(sorted(RULE_KEYS))}")
-    key = lambda k: rule_key(name, k)  # noqa: E731
+
+    def key(k: str) -> str:
+        return rule_key(name, k)
+
     to = parse_addresses(data.get("to"), key("to"))
     to_field = _text(data.get("to_field"), key("to_field"))
     if not to and not to_field:

@@ -1,9 +1,10 @@
-"""A real SMTP server (aiosmtpd) on loopback, certificates made per session, and events."""
+"""A real SMTP server (aiosmtpd) on loopback, and certificates made per session.
+
+Events come from the core's ``dolibarr_event`` fixture (``dolibarr_webhooks.testing``)."""
 
 from __future__ import annotations
 
 import datetime
-import json
 import shutil
 import socket
 import ssl
@@ -20,11 +21,6 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from dolibarr_webhooks import Event
-from dolibarr_webhooks.payload import event_from_body
-from dolibarr_webhooks.samples import sample_body
-
-DOLIBARR_URL = "https://erp.example"
 SMTP_USER = "mailer"
 SMTP_PASSWORD = "s3cret-pass"
 
@@ -34,7 +30,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     message: EmailMessage
-    tls: bool
+    starttls: bool  # the session was upgraded with STARTTLS
     login: bytes | None
 
     @property
@@ -93,30 +89,39 @@ class SMTPServer:
     host: str
     port: int
     handler: Collector
+    login: tuple[str, str] | None = None  # (user, password) when AUTH is required
 
     @property
     def received(self) -> list[Received]:
         return self.handler.received
 
 
-def _authenticator(server, session, envelope, mechanism, auth_data) -> AuthResult:
-    ok = (isinstance(auth_data, LoginPassword) and auth_data.login == SMTP_USER.encode()
-          and auth_data.password == SMTP_PASSWORD.encode())
-    return AuthResult(success=ok, auth_data=auth_data if ok else None)
+def _authenticator(login: tuple[str, str]) -> Callable[..., AuthResult]:
+    def check(server, session, envelope, mechanism, auth_data) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+            login[0].encode(), login[1].encode())
+        # handled=False: aiosmtpd then answers 535 itself on a failure.
+        return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
+    return check
 
 
 @pytest.fixture
 def start_smtp() -> Iterator[Callable[..., SMTPServer]]:
-    """``start_smtp(**aiosmtpd_kwargs)`` -> a running server, stopped after the test."""
+    """``start_smtp(ssl_context=None, login=None, **aiosmtpd_kwargs)`` -> a running server, stopped
+    after the test; ``login=(user, password)`` requires AUTH (over TLS only, aiosmtpd's default)."""
     controllers: list[Controller] = []
 
-    def start(ssl_context: ssl.SSLContext | None = None, **smtp_kwargs: Any) -> SMTPServer:
+    def start(ssl_context: ssl.SSLContext | None = None, login: tuple[str, str] | None = None,
+              **smtp_kwargs: Any) -> SMTPServer:
+        if login:
+            smtp_kwargs.update(auth_required=True, authenticator=_authenticator(login))
         handler = Collector()
         controller = _LoopbackController(handler, hostname="127.0.0.1", port=0, server_hostname="localhost",
                                          ssl_context=ssl_context, ready_timeout=10, **smtp_kwargs)
         controller.start()
         controllers.append(controller)
-        return SMTPServer("127.0.0.1", controller.port, handler)
+        return SMTPServer("127.0.0.1", controller.port, handler, login)
 
     yield start
     for controller in controllers:
@@ -127,6 +132,13 @@ def start_smtp() -> Iterator[Callable[..., SMTPServer]]:
 def smtp_server(start_smtp) -> SMTPServer:
     """Plain SMTP, no TLS, no AUTH."""
     return start_smtp()
+
+
+@pytest.fixture
+def starttls_server(start_smtp, certificates) -> SMTPServer:
+    """STARTTLS required before anything else, then AUTH (which aiosmtpd allows over TLS only)."""
+    return start_smtp(tls_context=certificates.server_context(), require_starttls=True,
+                      login=(SMTP_USER, SMTP_PASSWORD))
 
 
 @dataclass(frozen=True)
@@ -215,23 +227,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.fixture
-def make_event() -> Callable[..., Event]:
-    """``make_event("BILL_PAYED", email=None, name="...")``: a sample body, object fields overridden
-    (``None`` removes a field, as Dolibarr 20 to 22 omit null properties)."""
-
-    def make(code: str, dolibarr_url: str | None = DOLIBARR_URL, **overrides: Any) -> Event:
-        body = json.loads(sample_body(code))
-        for key, value in overrides.items():
-            if value is None:
-                body["object"].pop(key, None)
-            else:
-                body["object"][key] = value
-        return event_from_body(json.dumps(body).encode(), dolibarr_url=dolibarr_url)
-
-    return make
 
 
 @pytest.fixture

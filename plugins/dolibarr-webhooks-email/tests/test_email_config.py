@@ -120,3 +120,8 @@ def test_env_rule_and_toml_rules_together():
     env_rule, toml_rule = parse_settings(config).rules
     assert (env_rule.name, toml_rule.name) == ("env", "rules[0]")
     assert plugin.handled_events(config=config) == ["BILL_*", "COMPANY_CREATE"]
+
+
+def test_display_names_are_quoted_for_the_header():
+    s = settings(to='"Doe, John" <john@acme.example>; b@acme.example, Zoé Martin <zoe@acme.example>')
+    assert s.rules[0].to == ('"Doe, John" <john@acme.example>', "b@acme.example", "Zoé Martin <zoe@acme.example>")

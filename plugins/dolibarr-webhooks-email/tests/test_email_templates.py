@@ -42,8 +42,8 @@ def test_the_entry_point_names_the_module():
                                    "https://erp.example/projet/card.php?id=14"]),
     ("TEST_TRIGGER_CODE", "default", ["TEST_TRIGGER_CODE", "(test)"]),
 ])
-def test_each_family_has_english_text_and_html(make_event, code, family, expected):
-    rendered = render_rule(make_event(code), rule())
+def test_each_family_has_english_text_and_html(dolibarr_event, code, family, expected):
+    rendered = render_rule(dolibarr_event(code), rule())
     assert rendered.template == f"en/{family}"
     assert rendered.html is not None and rendered.html.startswith("<!DOCTYPE html>")
     for text in expected:
@@ -52,8 +52,8 @@ def test_each_family_has_english_text_and_html(make_event, code, family, expecte
     assert "\n" not in rendered.subject and rendered.subject.startswith("[Dolibarr] ")
 
 
-def test_invoice_subject_and_french_rendering(make_event):
-    event = make_event("BILL_PAYED")
+def test_invoice_subject_and_french_rendering(dolibarr_event):
+    event = dolibarr_event("BILL_PAYED")
     english = render_rule(event, rule())
     assert english.subject == "[Dolibarr] Invoice FA2611-0042 paid - third party 42 - 2,243.76 EUR"
     french = render_rule(event, rule(language="fr"))
@@ -65,8 +65,8 @@ def test_invoice_subject_and_french_rendering(make_event):
     assert 'lang="fr"' in french.html and "Ouvrir dans Dolibarr</a>" in french.html
 
 
-def test_welcome_template_in_both_languages(make_event):
-    event = make_event("COMPANY_CREATE")
+def test_welcome_template_in_both_languages(dolibarr_event):
+    event = dolibarr_event("COMPANY_CREATE")
     english = render_rule(event, rule(template="welcome"))
     assert (english.template, english.subject) == ("en/welcome", "Welcome, Acme Industries!")
     assert "customer code is CU2611-00042" in english.text and "<strong>CU2611-00042</strong>" in english.html
@@ -77,8 +77,8 @@ def test_welcome_template_in_both_languages(make_event):
     assert "erp.example" not in french.text + french.html
 
 
-def test_html_is_autoescaped_and_text_is_not(make_event):
-    event = make_event("COMPANY_CREATE", name="Smith & <b>Sons</b>", url='https://x.example/"><script>')
+def test_html_is_autoescaped_and_text_is_not(dolibarr_event):
+    event = dolibarr_event("COMPANY_CREATE", name="Smith & <b>Sons</b>", url='https://x.example/"><script>')
     rendered = render_rule(event, rule())
     assert "Smith &amp; &lt;b&gt;Sons&lt;/b&gt;" in rendered.html
     assert "<script>" not in rendered.html and "&#34;&gt;&lt;script&gt;" in rendered.html
@@ -86,59 +86,59 @@ def test_html_is_autoescaped_and_text_is_not(make_event):
     assert "Smith & <b>Sons</b>" in rendered.subject
 
 
-def test_missing_link_and_amounts_are_left_out(make_event):
-    event = make_event("BILL_PAYED", dolibarr_url=None, total_tva=None, multicurrency_code=None)
+def test_missing_link_and_amounts_are_left_out(dolibarr_event):
+    event = dolibarr_event("BILL_PAYED", dolibarr_url=None, total_tva=None, multicurrency_code=None)
     rendered = render_rule(event, rule())
     assert "Open in Dolibarr" not in rendered.text + rendered.html
     assert "VAT" not in rendered.text and "Total incl. tax: 2,243.76\n" in rendered.text
 
 
-def test_lookup_order(make_event):
-    event = make_event("BILL_PAYED")
+def test_lookup_order(dolibarr_event):
+    event = dolibarr_event("BILL_PAYED")
     assert template_bases(event, rule(language="fr", template="thanks")) == [
         "fr/thanks", "fr/BILL_PAYED", "fr/invoice", "fr/default"]
     # No element in the object: the family still comes from the code.
-    assert template_bases(make_event("ORDER_VALIDATE", element=None), rule()) == [
+    assert template_bases(dolibarr_event("ORDER_VALIDATE", element=None), rule()) == [
         "en/ORDER_VALIDATE", "en/order", "en/default"]
-    assert template_bases(make_event("TEST_TRIGGER_CODE"), rule()) == ["en/TEST_TRIGGER_CODE", "en/default"]
+    assert template_bases(dolibarr_event("TEST_TRIGGER_CODE"), rule()) == ["en/TEST_TRIGGER_CODE", "en/default"]
 
 
-def test_user_folder_overrides_per_part(tmp_path, make_event):
+def test_user_folder_overrides_per_part(tmp_path, dolibarr_event):
     (tmp_path / "en").mkdir()
     # Subject for this code only; the body stays the packaged invoice one.
     (tmp_path / "en" / "BILL_PAYED.subject.txt").write_text("Paid: {{ ref }} ({{ total_ttc }})\n")
     # A text-only family override: the packaged HTML of that family must not come with it.
     (tmp_path / "en" / "order.body.txt").write_text("Order {{ ref }} for {{ object.total_ttc | money }}")
-    paid = render_rule(make_event("BILL_PAYED"), rule(), str(tmp_path))
+    paid = render_rule(dolibarr_event("BILL_PAYED"), rule(), str(tmp_path))
     assert paid.subject == "Paid: FA2611-0042 (2,243.76 EUR)"
     assert paid.template == "en/invoice" and "Total incl. tax: 2,243.76 EUR" in paid.text
-    order = render_rule(make_event("ORDER_VALIDATE"), rule(), str(tmp_path))
+    order = render_rule(dolibarr_event("ORDER_VALIDATE"), rule(), str(tmp_path))
     assert (order.template, order.text, order.html) == ("en/order", "Order CO2611-0021 for 2,263.68 EUR\n", None)
     # A user's template can extend the packaged layout.
     (tmp_path / "en" / "product.body.html").write_text(
         '{% extends "en/_layout.body.html" %}{% block intro %}New in the catalogue: {{ name }}{% endblock %}')
     (tmp_path / "en" / "product.body.txt").write_text("New in the catalogue: {{ name }}")
-    product = render_rule(make_event("PRODUCT_CREATE"), rule(), str(tmp_path))
+    product = render_rule(dolibarr_event("PRODUCT_CREATE"), rule(), str(tmp_path))
     assert "<p>New in the catalogue: Switch 24 ports</p>" in product.html
     assert "https://erp.example/product/card.php?id=95" in product.html
 
 
-def test_rule_subject_replaces_subject_templates(make_event):
-    rendered = render_rule(make_event("BILL_PAYED"), rule(subject="To book: {{ ref }}\n{{ total_ttc }}"))
+def test_rule_subject_replaces_subject_templates(dolibarr_event):
+    rendered = render_rule(dolibarr_event("BILL_PAYED"), rule(subject="To book: {{ ref }}\n{{ total_ttc }}"))
     assert rendered.subject == "To book: FA2611-0042 2,243.76 EUR"
 
 
-def test_recipients_from_fixed_addresses_and_the_object(make_event):
-    event = make_event("COMPANY_CREATE", email="Billing <billing@acme.example>; ceo@acme.example")
+def test_recipients_from_fixed_addresses_and_the_object(dolibarr_event):
+    event = dolibarr_event("COMPANY_CREATE", email="Billing <billing@acme.example>; ceo@acme.example")
     assert recipients(event, rule(to=("team@acme.example", "ceo@ACME.example"), to_field="email")) == [
         "team@acme.example", "ceo@ACME.example", "Billing <billing@acme.example>"]
-    assert recipients(make_event("COMPANY_CREATE", email="n/a"), rule(to=(), to_field="email")) == []
-    nested = make_event("BILL_PAYED", thirdparty={"name": "Acme", "email": "acme@acme.example"})
+    assert recipients(dolibarr_event("COMPANY_CREATE", email="n/a"), rule(to=(), to_field="email")) == []
+    nested = dolibarr_event("BILL_PAYED", thirdparty={"name": "Acme", "email": "acme@acme.example"})
     assert recipients(nested, rule(to=(), to_field="thirdparty.email")) == ["acme@acme.example"]
 
 
-def test_message_headers_and_parts(make_event):
-    event = make_event("BILL_PAYED")
+def test_message_headers_and_parts(dolibarr_event):
+    event = dolibarr_event("BILL_PAYED")
     r = rule(reply_to="accounting@acme.example")
     msg = build_message(event, r, render_rule(event, r), ["a@acme.example", "B <b@acme.example>"])
     assert msg.get_content_type() == "multipart/alternative"

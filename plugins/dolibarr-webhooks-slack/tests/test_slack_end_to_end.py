@@ -34,9 +34,11 @@ def test_slack_proposal_signed_reaches_the_sales_channel(tmp_path, slack):
             slack.wait_for(1, timeout=30)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; service logs:\n{service.logs()}") from None
-        service.wait_delivered(1)
+        stats = service.wait_delivered(1, plugin="slack")
         time.sleep(1)  # room for a wrong second message (BILL_PAYED) to arrive
         posted = slack.posted()
+
+    assert stats["plugins"]["slack"] == {"pending": 0, "running": 0, "delivered": 1, "failed": 0, "dead": 0}
 
     assert len(posted) == 1, [r["json"]["text"] for r in posted]
     request = posted[0]

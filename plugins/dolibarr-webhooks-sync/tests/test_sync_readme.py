@@ -74,7 +74,7 @@ def test_receiver_snippet_verifies_and_dedupes(make_event):
     pytest.importorskip("flask")
     (snippet,) = [block for block in code_blocks("python") if "standardwebhooks" in block]
     paid = []
-    namespace = {"mark_paid": lambda ref, obj: paid.append(ref)}
+    namespace = {"__name__": "__main__", "mark_paid": lambda ref, obj: paid.append(ref)}
     exec(compile(snippet, str(README), "exec"), namespace)
     client = namespace["app"].test_client()
 

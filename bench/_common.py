@@ -1,0 +1,403 @@
+"""Shared pieces of the benchmarks: servers, the wrk load generator, CPU accounting,
+throw-away PostgreSQL databases and a virtual environment with a plugin pip-installed.
+
+Everything listens on 127.0.0.1 only. Nothing here asserts a time: the scripts print
+figures measured side by side in one run, and the reader compares them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+import venv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from dolibarr_webhooks.samples import sample_body
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, RunningService, free_port, wait_for_port
+
+BENCH_DIR = Path(__file__).resolve().parent
+POSTGRES_ADMIN_URL = os.environ.get("DOLIBARR_WEBHOOKS_BENCH_POSTGRES",
+                                    "postgresql://postgres@127.0.0.1:5432/postgres")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+NCPU = os.cpu_count() or 1
+# The object id of the BILL_VALIDATE sample: each request gets its own, so no two bodies are
+# equal and none is taken for a duplicate (the dedup window is 10 minutes by default).
+OBJECT_ID_MARK = b'"id":311'
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- statistics ------------------------------------------------------------------------------
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(rows: list[list[Any]], headers: list[str]) -> str:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(x) for x in col) for col in zip(headers, *cells)]
+    line = lambda row: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
+                                 for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+# -- CPU accounting --------------------------------------------------------------------------
+def _proc_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of one process, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2:].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds used so far by the living processes of the tree rooted at ``root``."""
+    stats: dict[int, tuple[int, float]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            found = _proc_stat(int(name))
+            if found:
+                stats[int(name)] = found
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, (ppid, _cpu) in stats.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    return sum(stats[pid][1] for pid in tree if pid in stats)
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return total - idle, total
+
+
+# -- wrk -------------------------------------------------------------------------------------
+WRK_LUA = r"""
+-- Posts the real BILL_VALIDATE body as Dolibarr does, with a unique object id per request.
+local f = assert(io.open(%(body_path)s, "rb"))
+local body = f:read("*a")
+f:close()
+local s, e = body:find(%(mark)s, 1, true)
+local prefix, suffix = body:sub(1, s - 1), body:sub(e + 1)
+wrk.method = "POST"
+wrk.headers["User-Agent"] = "Dolibarr geturl function"
+wrk.headers["Accept"] = "*/*"
+wrk.headers["Content-Type"] = "application/json"
+local counter = 0
+local base = 0
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+
+function init(args)
+  base = %(run_base)d + tid * 10000000
+end
+
+function request()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, prefix .. '"id":' .. string.format("%%.0f", base + counter) .. suffix)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%%d,"duration_us":%%d,"connect":%%d,"read":%%d,"write":%%d,"status":%%d,' ..
+    '"timeout":%%d,"p50":%%d,"p90":%%d,"p99":%%d,"max":%%d,"mean":%%.1f}\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+@dataclass
+class WrkResult:
+    requests: int
+    seconds: float
+    errors: dict[str, int]
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    loadgen_cpu: float = 0.0  # share of the machine used by wrk (0..1)
+    server_cpu: float = 0.0  # share of the machine used by the server's process tree
+    machine_cpu: float = 0.0  # share of the machine busy, everything included
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def failed(self) -> int:
+        return sum(self.errors.values())
+
+
+class Wrk:
+    """Runs ``wrk`` with one Lua script that posts the sample body (unique per request)."""
+
+    def __init__(self, workdir: Path, code: str = "BILL_VALIDATE") -> None:
+        if not shutil.which("wrk"):
+            sys.exit("wrk is not installed: apt-get update && apt-get install -y wrk")
+        body = sample_body(code)
+        if OBJECT_ID_MARK not in body:
+            raise ValueError(f"the {code} sample has no {OBJECT_ID_MARK!r} to make bodies unique")
+        self.body_size = len(body)
+        self.workdir = workdir
+        self.body_path = workdir / f"{code}.json"
+        self.body_path.write_bytes(body)
+        self.runs = 0
+        self.sent = 0  # responses received over all runs (warm-ups included)
+
+    def _script(self) -> Path:
+        self.runs += 1
+        path = self.workdir / f"run{self.runs}.lua"
+        lua = WRK_LUA % {"body_path": json.dumps(str(self.body_path)), "mark": json.dumps(OBJECT_ID_MARK.decode()),
+                         "run_base": self.runs * 1_000_000_000}
+        path.write_text(lua)
+        return path
+
+    def run(self, url: str, connections: int, seconds: float, server_pid: int | None = None,
+            threads: int = 1) -> WrkResult:
+        script = self._script()
+        args = ["wrk", "-t", str(min(threads, connections)), "-c", str(connections), "-d", f"{max(1, round(seconds))}s",
+                "--timeout", "10s", "-s", str(script), url]
+        before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        server_before = tree_cpu(server_pid) if server_pid else 0.0
+        busy0, total0 = machine_busy()
+        started = time.monotonic()
+        done = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 60)
+        wall = time.monotonic() - started
+        busy1, total1 = machine_busy()
+        server_after = tree_cpu(server_pid) if server_pid else 0.0
+        after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
+        if done.returncode != 0 or line is None:
+            raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        data = json.loads(line[len("BENCH_JSON "):])
+        self.sent += data["requests"]
+        loadgen = (after_children.ru_utime - before_children.ru_utime
+                   + after_children.ru_stime - before_children.ru_stime)
+        return WrkResult(
+            requests=data["requests"], seconds=data["duration_us"] / 1e6,
+            errors={k: data[k] for k in ("connect", "read", "write", "status", "timeout") if data[k]},
+            p50_ms=data["p50"] / 1000, p90_ms=data["p90"] / 1000, p99_ms=data["p99"] / 1000,
+            max_ms=data["max"] / 1000,
+            loadgen_cpu=loadgen / wall / NCPU,
+            server_cpu=(server_after - server_before) / wall / NCPU,
+            machine_cpu=(busy1 - busy0) / max(1, total1 - total0),
+        )
+
+
+# -- servers ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GunicornSettings:
+    """One set of gunicorn settings, given identically to every target of a comparison."""
+
+    workers: int = 2
+    worker_class: str = "sync"
+    threads: int = 1
+
+    def args(self, port: int, app: str) -> list[str]:
+        args = ["-b", f"127.0.0.1:{port}", "-w", str(self.workers), "-k", self.worker_class,
+                "--graceful-timeout", "10"]
+        if self.worker_class == "gthread":
+            args += ["--threads", str(self.threads)]
+        return args + [app]
+
+    def describe(self) -> str:
+        extra = f", {self.threads} threads each" if self.worker_class == "gthread" else ""
+        return f"{self.workers} {self.worker_class} workers{extra}"
+
+
+def service_env(database_url: str, workdir: Path, **settings: str) -> dict[str, str]:
+    """The environment ``running_service`` gives the product, plus ``settings``
+    (names without the ``DOLIBARR_WEBHOOKS_`` prefix)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOLIBARR_WEBHOOKS_")}
+    env.update({
+        "DOLIBARR_WEBHOOKS_SECRET": WEBHOOKS_TEST_SECRET,
+        "DOLIBARR_WEBHOOKS_DATABASE_URL": database_url,
+        "DOLIBARR_WEBHOOKS_RETRY_JITTER": "0",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update({"DOLIBARR_WEBHOOKS_" + k: v for k, v in settings.items()})
+    return env
+
+
+class Server(RunningService):
+    """``RunningService`` with the gunicorn command line built by ``GunicornSettings``,
+    so the product and the no-op app get exactly the same settings."""
+
+    def start_gunicorn(self, gunicorn: GunicornSettings, app: str) -> subprocess.Popen:
+        process = self.start("web", [str(self.bin / "gunicorn"), *gunicorn.args(self.port, app)])
+        wait_for_port(self.port, process=process)
+        return process
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        try:
+            return super().cli(*args, check=check)
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"dolibarr-webhooks {' '.join(args)} failed:\n{exc.stderr}") from None
+
+    @property
+    def web_pid(self) -> int:
+        return self.processes["web"].pid
+
+
+@contextlib.contextmanager
+def product_server(gunicorn: GunicornSettings, database_url: str | None = None, worker: bool = False,
+                   python: Path | None = None, **settings: str) -> Iterator[Server]:
+    """The real product: ``gunicorn 'dolibarr_webhooks:create_app()'`` (and the worker process)."""
+    with tempfile.TemporaryDirectory(prefix="dw-bench-") as tmp:
+        workdir = Path(tmp)
+        url = database_url or f"sqlite:///{workdir / 'webhooks.sqlite3'}"
+        # Only the plugins asked for: whatever else is installed on the machine stays out.
+        settings.setdefault("PLUGINS", "log")
+        server = Server(Path(python or sys.executable), workdir, service_env(url, workdir, **settings), free_port())
+        try:
+            server.cli("migrate")  # once, before several processes start, as a deployment does
+            server.start_gunicorn(gunicorn, "dolibarr_webhooks:create_app()")
+            if worker:
+                server.start_worker()
+            yield server
+        finally:
+            server.close()
+
+
+@contextlib.contextmanager
+def noop_server(gunicorn: GunicornSettings) -> Iterator[Server]:
+    """``bench/noop_app.py`` under the same gunicorn settings."""
+    with tempfile.TemporaryDirectory(prefix="dw-bench-noop-") as tmp:
+        workdir = Path(tmp)
+        env = service_env("sqlite:///unused", workdir)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
+        server = Server(Path(sys.executable), workdir, env, free_port())
+        try:
+            server.start_gunicorn(gunicorn, "noop_app:app")
+            yield server
+        finally:
+            server.close()
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A throw-away database on the local PostgreSQL, dropped afterwards."""
+    import psycopg
+
+    name = "dw_bench_" + uuid.uuid4().hex[:10]
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def database(kind: str) -> Iterator[str | None]:
+    """``None`` (each server makes its own SQLite file) or a throw-away PostgreSQL URL."""
+    if kind == "sqlite":
+        yield None
+    elif kind == "postgresql":
+        with postgres_database() as url:
+            yield url
+    else:
+        raise ValueError(f"unknown database {kind!r}")
+
+
+# -- a plugin installed through its real entry point -----------------------------------------
+CONSOLE_SCRIPT = """#!{python}
+import sys
+from {module} import {func}
+if __name__ == "__main__":
+    sys.exit({func}())
+"""
+
+
+def plugin_venv(root: Path, name: str, source: str) -> Path:
+    """A virtual environment that sees the installed core (``--system-site-packages``) and has the
+    one-module plugin ``name`` pip-installed, declared in the ``dolibarr_webhooks.handlers`` group.
+    Returns the environment's python."""
+    package = root / f"plugin-{name}"
+    package.mkdir(parents=True)
+    module = f"dolibarr_webhooks_bench_{name}"
+    (package / f"{module}.py").write_text(textwrap.dedent(source))
+    (package / "pyproject.toml").write_text(textwrap.dedent(f"""\
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "dolibarr-webhooks-bench-{name}"
+        version = "0.0.1"
+
+        [project.entry-points."dolibarr_webhooks.handlers"]
+        {name} = "{module}"
+
+        [tool.setuptools]
+        py-modules = ["{module}"]
+        """))
+    env_dir = root / f"venv-{name}"
+    venv.EnvBuilder(system_site_packages=True, with_pip=False, clear=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    # pip, setuptools and the core come from the system site-packages: nothing is downloaded.
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index",
+                    "--no-deps", "--no-build-isolation", str(package)], check=True, timeout=300,
+                   capture_output=True)
+    # The console scripts of the core and of gunicorn live in the base environment; give the
+    # venv its own, as pip writes them, so that they run the venv's python.
+    for script, target in (("gunicorn", "gunicorn.app.wsgiapp:run"), ("dolibarr-webhooks", "dolibarr_webhooks.cli:main")):
+        mod, func = target.split(":")
+        path = env_dir / "bin" / script
+        path.write_text(CONSOLE_SCRIPT.format(python=python, module=mod, func=func))
+        path.chmod(0o755)
+    return python
+
+
+@dataclass
+class Summary:
+    """Latency figures of one series, in milliseconds."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, seconds: float) -> None:
+        self.values.append(seconds * 1000)
+
+    def row(self) -> list[str]:
+        v = self.values
+        return [str(len(v)), f"{median(v):.1f}", f"{percentile(v, 95):.1f}", f"{percentile(v, 99):.1f}",
+                f"{max(v):.1f}" if v else "-"]

@@ -1,0 +1,63 @@
+"""The published shape: pip install into a fresh venv, real gunicorn and worker, real SMTP on loopback."""
+
+from __future__ import annotations
+
+import time
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]  # the repository: the core's project
+PLUGIN = Path(__file__).resolve().parents[1]
+
+RULES = textwrap.dedent("""\
+    [plugins.email]
+    rules = [
+        { events = ["COMPANY_CREATE"], to_field = "email", template = "welcome", language = "fr" },
+        { events = ["BILL_PAYED"], to = ["Accounting <accounting@example.com>"] },
+    ]
+""")
+
+
+@pytest.mark.slow
+def test_email_welcome_and_invoice_paid_arrive(tmp_path, smtp_server):
+    testing = pytest.importorskip("dolibarr_webhooks.testing")
+    if not hasattr(testing, "running_service"):
+        pytest.skip("dolibarr_webhooks.testing.running_service is not written yet")
+    python = testing.fresh_venv(tmp_path / "venv", ROOT, PLUGIN)
+    config_file = tmp_path / "dolibarr-webhooks.toml"
+    config_file.write_text(RULES, encoding="utf-8")
+    env = {
+        "DOLIBARR_WEBHOOKS_EMAIL_HOST": smtp_server.host,
+        "DOLIBARR_WEBHOOKS_EMAIL_PORT": str(smtp_server.port),
+        "DOLIBARR_WEBHOOKS_EMAIL_SECURITY": "none",
+        "DOLIBARR_WEBHOOKS_EMAIL_TIMEOUT": "5",
+        "DOLIBARR_WEBHOOKS_EMAIL_FROM": "Acme <erp@example.com>",
+        "DOLIBARR_WEBHOOKS_CONFIG": str(config_file),
+        "DOLIBARR_WEBHOOKS_DOLIBARR_URL": "https://erp.example",
+    }
+    with testing.running_service(python, env=env) as service:
+        listed = service.cli("plugins", "--json")
+        assert '"email"' in listed.stdout  # found through its entry point in the fresh venv
+
+        assert service.post("PRODUCT_CREATE").status_code < 300  # matches no rule
+        assert service.post("COMPANY_CREATE").status_code < 300
+        assert service.post("BILL_PAYED").status_code < 300
+        received = smtp_server.handler.wait_for(2, timeout=30)
+        assert len(received) >= 2, f"{len(received)} email(s) received; service logs:\n{service.logs()}"
+        service.wait_delivered(2, plugin="email")
+        time.sleep(1)  # room for a wrong third email (PRODUCT_CREATE) to arrive
+
+    assert len(received) == 2, [r.message["Subject"] for r in received]
+    by_recipient = {tuple(r.rcpt_tos): r for r in received}
+    welcome = by_recipient[("billing@acme.example",)]
+    assert welcome.message["Subject"] == "Bienvenue, Acme Industries !"
+    assert welcome.message["From"] == "Acme <erp@example.com>"
+    assert "Votre code client est CU2611-00042" in welcome.text and welcome.html
+
+    paid = by_recipient[("accounting@example.com",)]
+    assert paid.message["Subject"] == "[Dolibarr] Invoice FA2611-0042 paid - third party 42 - 2,243.76 EUR"
+    assert paid.message["X-Dolibarr-Trigger"] == "BILL_PAYED"
+    assert "Total incl. tax: 2,243.76 EUR" in paid.text
+    assert '<a href="https://erp.example/compta/facture/card.php?facid=311"' in paid.html

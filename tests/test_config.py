@@ -1,0 +1,96 @@
+"""Settings come from defaults, .env, the environment, TOML, then test_config; bad ones stop start-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from dolibarr_webhooks import create_app
+from dolibarr_webhooks.config import ConfigError, load_settings, parse_duration, parse_size, plugin_config
+
+SECRET = "s" * 20
+
+
+def test_order_of_sources(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("DOLIBARR_WEBHOOKS_DEDUP_WINDOW=1m\nDOLIBARR_WEBHOOKS_PORT=1000\nDOLIBARR_WEBHOOKS_RETENTION=2d\n"
+                        "DOLIBARR_WEBHOOKS_SECRET=" + SECRET + "\n")
+    toml = tmp_path / "config.toml"
+    toml.write_text('retention = "3d"\nmax_body_size = "1MiB"\n')
+    settings = load_settings({"MAX_BODY_SIZE": 5}, env_file=env_file, environ={
+        "DOLIBARR_WEBHOOKS_PORT": "2000", "DOLIBARR_WEBHOOKS_CONFIG": str(toml)})
+    assert settings["DEDUP_WINDOW"] == 60  # .env
+    assert settings["PORT"] == 2000  # environment over .env
+    assert settings["RETENTION"] == 3 * 86400  # TOML over both
+    assert settings["MAX_BODY_SIZE"] == 5  # test_config last
+    assert settings.sources["default"].secrets == (SECRET,)
+
+
+def test_node_guide_variables_keep_working():
+    settings = load_settings(environ={"WEBHOOK_SECRET": SECRET, "WEBHOOK_PORT": "3000", "LOG_LEVEL": "debug"},
+                             env_file="")
+    assert settings.sources["default"].secrets == (SECRET,)
+    assert settings["PORT"] == 3000 and settings["LOG_LEVEL"] == "DEBUG"
+    # The prefixed variable wins when both are set.
+    settings = load_settings(environ={"WEBHOOK_SECRET": SECRET, "DOLIBARR_WEBHOOKS_SECRET": "p" * 20}, env_file="")
+    assert settings.sources["default"].secrets == ("p" * 20,)
+
+
+def test_rotation_and_sources(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[sources.shop2]\nsecret = "' + "b" * 20 + '"\nallowed_ips = ["10.0.0.0/8"]\n'
+                    'dolibarr_url = "https://erp2.example/"\n')
+    settings = load_settings({"SECRET": SECRET, "SECRETS": "old" + "x" * 20, "CONFIG": str(toml)}, environ={},
+                             env_file="")
+    assert settings.sources["default"].secrets == (SECRET, "old" + "x" * 20)
+    shop2 = settings.sources["shop2"]
+    assert shop2.dolibarr_url == "https://erp2.example" and str(shop2.allowed_ips[0]) == "10.0.0.0/8"
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("DEDUP_WINDOW", "soon", "DOLIBARR_WEBHOOKS_DEDUP_WINDOW"),
+    ("ALLOWED_IPS", "10.0.0.0/33", "DOLIBARR_WEBHOOKS_ALLOWED_IPS"),
+    ("DATABASE_URL", "mysql://x", "DOLIBARR_WEBHOOKS_DATABASE_URL"),
+    ("SECRET", "short", "DOLIBARR_WEBHOOKS_SECRET"),
+    ("SECRET", "a/b" + "c" * 20, "DOLIBARR_WEBHOOKS_SECRET"),
+    ("STRICT", "perhaps", "DOLIBARR_WEBHOOKS_STRICT"),
+    ("PORT", "eighty", "DOLIBARR_WEBHOOKS_PORT"),
+    ("LOG_FORMAT", "xml", "DOLIBARR_WEBHOOKS_LOG_FORMAT"),
+    ("RETRY_SCHEDULE", "", "DOLIBARR_WEBHOOKS_RETRY_SCHEDULE"),
+])
+def test_bad_setting_stops_start_up_naming_it(key, value, named, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        create_app({key: value})
+    assert named in str(info.value)
+
+
+def test_bad_toml_sources(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[sources.shop2]\nallowed_ips = ["10.0.0.0/8"]\n')
+    with pytest.raises(ConfigError, match=r"\[sources.shop2\]: needs a secret"):
+        load_settings({"CONFIG": str(toml)}, environ={}, env_file="")
+    toml.write_text('[sources.shop2]\nsecret = "' + SECRET + '"\n')
+    with pytest.raises(ConfigError, match="same secret"):
+        load_settings({"CONFIG": str(toml), "SECRET": SECRET}, environ={}, env_file="")
+    toml.write_text("this is = not toml")
+    with pytest.raises(ConfigError, match="DOLIBARR_WEBHOOKS_CONFIG"):
+        load_settings({"CONFIG": str(toml)}, environ={}, env_file="")
+
+
+def test_plugin_settings_are_namespaced(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('[plugins.slack]\nrules = [{events = ["BILL_*"], webhook_url = "https://hooks.example/x"}]\n')
+    settings = load_settings({"CONFIG": str(toml)}, env_file="", environ={
+        "DOLIBARR_WEBHOOKS_SLACK_WEBHOOK_URL": "https://hooks.example/y",
+        "DOLIBARR_WEBHOOKS_SLACK_TIMEOUT": "5",
+        "DOLIBARR_WEBHOOKS_SLACK_HEADERS__X_TEAM": "sales",
+        "DOLIBARR_WEBHOOKS_EMAIL_HOST": "smtp.example"})
+    slack = plugin_config(settings, "slack")
+    assert slack == {"webhook_url": "https://hooks.example/y", "timeout": 5, "headers": {"x_team": "sales"},
+                     "rules": [{"events": ["BILL_*"], "webhook_url": "https://hooks.example/x"}]}
+    assert plugin_config(settings, "email") == {"host": "smtp.example"}
+
+
+def test_units():
+    assert parse_duration("500ms") == 0.5 and parse_duration("2h") == 7200 and parse_duration(3) == 3
+    assert parse_size("16MiB") == 16 * 1024**2 and parse_size("512k") == 512 * 1024

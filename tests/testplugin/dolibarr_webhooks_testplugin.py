@@ -1,0 +1,292 @@
+"""Handlers for dolibarr-webhooks' own durability tests, and the helpers that read what they did.
+
+Three entry points in ``dolibarr_webhooks.handlers``, each an object of ``@hookimpl`` methods:
+
+- ``recorder`` appends one JSON line per handled event (``DOLIBARR_WEBHOOKS_RECORDER_FILE``);
+- ``failer`` fails as ``DOLIBARR_WEBHOOKS_FAILER_MODE`` says (``always``, ``times:N``,
+  ``permanent``, ``retry-after:S``), counting attempts in ``DOLIBARR_WEBHOOKS_FAILER_FILE``;
+- ``sleeper`` sleeps ``DOLIBARR_WEBHOOKS_SLEEPER_SECONDS`` per event and logs start and end to
+  ``DOLIBARR_WEBHOOKS_SLEEPER_FILE``.
+
+Each raises ``PluginDisabled`` until configured, so having this package installed changes
+nothing for other tests. They write to files rather than to memory because the worker under
+test is often another process, and the file is the real effect a test can check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from dolibarr_webhooks import ConfigError, PermanentFailure, PluginDisabled, RetryLater, hookimpl
+
+__version__ = "0.1.0"
+
+ENV_PREFIX = "DOLIBARR_WEBHOOKS_"
+
+
+# -- files shared between processes --------------------------------------------------------
+def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    # One write() of one line to an O_APPEND descriptor: lines from several processes never interleave.
+    line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Every complete line of a handler's file (a process killed mid-write leaves no partial line
+    that matters: a line without its newline is ignored)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return []
+    return [json.loads(line) for line in text.split("\n")[:-1] if line]
+
+
+def _events(config: dict[str, Any]) -> list[str] | None:
+    events = config.get("events")
+    if events in (None, "", []):
+        return None
+    if isinstance(events, str):
+        return [code.strip() for code in events.split(",") if code.strip()]
+    return [str(code) for code in events]
+
+
+# -- the handlers ----------------------------------------------------------------------------
+class Recorder:
+    """Records each handled event: which one, in which process, from when to when."""
+
+    def __init__(self, name: str = "recorder") -> None:
+        self.name = name
+
+    @hookimpl
+    def handled_events(self, config: dict[str, Any]) -> list[str] | None:
+        if not config.get("file"):
+            raise PluginDisabled(f"set {ENV_PREFIX}{self.name.upper()}_FILE")
+        return _events(config)
+
+    @hookimpl
+    def handle_event(self, event: Any, config: dict[str, Any]) -> None:
+        start = time.time()
+        delay = float(config.get("delay") or 0)
+        if delay:
+            time.sleep(delay)
+        end = time.time()
+        append_record(config["file"], {
+            "plugin": self.name, "event": event.id, "code": event.trigger_code, "object_id": event.object_id,
+            "pid": os.getpid(), "thread": threading.get_ident(), "start": start, "end": end, "time": end,
+        })
+
+
+def parse_mode(mode: Any) -> tuple[str, float]:
+    kind, _, arg = str(mode).strip().partition(":")
+    if kind in ("always", "permanent") and not arg:
+        return kind, 0.0
+    if kind in ("times", "retry-after"):
+        try:
+            return kind, float(arg)
+        except ValueError:
+            pass
+    raise ConfigError(f"{ENV_PREFIX}FAILER_MODE", f"{mode!r} is not always, permanent, times:N or retry-after:S")
+
+
+class Failer:
+    """Fails on purpose, in the ways a real plugin can."""
+
+    def __init__(self, name: str = "failer") -> None:
+        self.name = name
+
+    @hookimpl
+    def handled_events(self, config: dict[str, Any]) -> list[str] | None:
+        if not config.get("mode"):
+            raise PluginDisabled(f"set {ENV_PREFIX}{self.name.upper()}_MODE")
+        kind, _ = parse_mode(config["mode"])
+        if kind in ("times", "retry-after") and not config.get("file"):
+            raise ConfigError(f"{ENV_PREFIX}{self.name.upper()}_FILE", f"mode {kind} counts attempts in a file")
+        return _events(config)
+
+    @hookimpl
+    def handle_event(self, event: Any, config: dict[str, Any]) -> None:
+        kind, arg = parse_mode(config["mode"])
+        attempt = self._count(config.get("file"), event)
+        if kind == "always":
+            raise RuntimeError(f"{self.name} fails attempt {attempt} on purpose")
+        if kind == "permanent":
+            raise PermanentFailure(f"{self.name} refuses this event for good")
+        if kind == "times" and attempt <= arg:
+            raise RuntimeError(f"{self.name} fails attempt {attempt} of {arg:g} on purpose")
+        if kind == "retry-after" and attempt == 1:
+            raise RetryLater(f"{self.name} asks to retry after {arg:g}s", after=arg)
+
+    def _count(self, path: str | None, event: Any) -> int:
+        """This attempt's number for this event, across processes (the file is locked while counted)."""
+        if not path:
+            return 0
+        with open(path, "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0)
+            attempt = 1 + sum(1 for line in fh if json.loads(line)["event"] == event.id)
+            fh.write(json.dumps({"plugin": self.name, "event": event.id, "attempt": attempt, "pid": os.getpid(),
+                                 "time": time.time()}) + "\n")
+            fh.flush()
+        return attempt
+
+
+class Sleeper:
+    """Takes its time: a slow or hung plugin. A run ends after ``seconds``, or as soon as a test
+    releases it (``release``), so a test can decide when an abandoned run comes back."""
+
+    def __init__(self, name: str = "sleeper") -> None:
+        self.name = name
+
+    @hookimpl
+    def handled_events(self, config: dict[str, Any]) -> list[str] | None:
+        if config.get("seconds") in (None, ""):
+            raise PluginDisabled(f"set {ENV_PREFIX}{self.name.upper()}_SECONDS")
+        float(config["seconds"])
+        return _events(config)
+
+    @hookimpl
+    def handle_event(self, event: Any, config: dict[str, Any]) -> None:
+        path = config.get("file")
+        run = 0
+        if path:
+            with open(path, "a+") as fh:  # locked while the runs of this event are counted
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                fh.seek(0)
+                run = 1 + sum(1 for line in fh if (r := json.loads(line))["event"] == event.id and r["at"] == "start")
+                fh.write(json.dumps({"plugin": self.name, "event": event.id, "at": "start", "run": run,
+                                     "pid": os.getpid(), "time": time.time()}) + "\n")
+        deadline = time.monotonic() + float(config["seconds"])
+        gate = Path(f"{path}.release.{event.id}.{run}") if path else None
+        while time.monotonic() < deadline and not (gate and gate.exists()):
+            time.sleep(0.01)
+        if path:
+            append_record(path, {"plugin": self.name, "event": event.id, "at": "end", "run": run,
+                                 "pid": os.getpid(), "time": time.time()})
+
+
+def release(sleeper_file: str | os.PathLike, event_id: str, run: int) -> None:
+    """End run ``run`` (1-based) of the sleeper on ``event_id`` now."""
+    Path(f"{sleeper_file}.release.{event_id}.{run}").touch()
+
+
+recorder = Recorder()
+failer = Failer()
+sleeper = Sleeper()
+
+
+# -- configuration, for in-process apps and for real processes ------------------------------
+def handler_config(workdir: str | os.PathLike, *, recorder: bool = False, recorder_delay: float = 0,
+                   failer: str | None = None, sleeper: float | None = None,
+                   events: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
+    """Settings of the handlers to turn on, files in ``workdir``: ``{plugin: {key: value}}``."""
+    workdir = Path(workdir)
+    config: dict[str, dict[str, Any]] = {}
+    if recorder:
+        config["recorder"] = {"file": str(workdir / "recorder.jsonl"), "delay": recorder_delay}
+    if failer:
+        config["failer"] = {"mode": failer, "file": str(workdir / "failer.jsonl")}
+    if sleeper is not None:
+        config["sleeper"] = {"seconds": sleeper, "file": str(workdir / "sleeper.jsonl")}
+    if events:
+        for table in config.values():
+            table["events"] = list(events)
+    return config
+
+
+def handler_env(config: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The same settings as ``DOLIBARR_WEBHOOKS_<PLUGIN>_<KEY>`` variables, for real processes."""
+    return {f"{ENV_PREFIX}{plugin.upper()}_{key.upper()}": json.dumps(value) if not isinstance(value, str) else value
+            for plugin, table in config.items() for key, value in table.items()}
+
+
+# -- apps, bodies and waiting -----------------------------------------------------------------
+def body(code: str = "COMPANY_CREATE", object_id: int | str | None = None, **object_overrides: Any) -> bytes:
+    """A real-shaped Dolibarr body; give each event its own ``object_id`` so none is a duplicate."""
+    from dolibarr_webhooks.samples import sample_body
+
+    data = json.loads(sample_body(code))
+    if object_id is not None:
+        data["object"]["id"] = object_id
+    data["object"].update(object_overrides)
+    return json.dumps(data).encode()
+
+
+@contextlib.contextmanager
+def app_factory(database_url: str) -> Iterator[Callable[..., Any]]:
+    """``make(handlers, **settings)`` builds apps on one database (several apps may share it, as
+    processes do); their stores are disposed on exit."""
+    from dolibarr_webhooks import create_app
+    from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET
+
+    apps: list[Any] = []
+
+    def make(handlers: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Any:
+        app = create_app({"SECRET": WEBHOOKS_TEST_SECRET, "DATABASE_URL": database_url,
+                          "SQLITE_SYNCHRONOUS": "normal", "RETRY_JITTER": 0, "TESTING": True,
+                          "PLUGIN_CONFIG": handlers or {}, **settings})
+        apps.append(app)
+        return app
+
+    try:
+        yield make
+    finally:
+        for app in apps:
+            app.extensions["dolibarr_webhooks"].store.dispose()
+
+
+def by_plugin(app: Any, event_id: str) -> dict[str, dict[str, Any]]:
+    """The deliveries of one event, by plugin, with their attempt logs (``show``)."""
+    shown = app.extensions["dolibarr_webhooks"].store.show(event_id)
+    assert shown is not None, f"no event {event_id}"
+    return {d["plugin"]: d for d in shown["deliveries"]}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05,
+             message: str | Callable[[], str] = "condition") -> Any:
+    """Poll ``predicate`` until it returns something true; its value, or TimeoutError naming ``message``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"after {timeout}s: {message() if callable(message) else message}")
+        time.sleep(interval)
+
+
+@contextlib.contextmanager
+def running_worker(app: Any, name: str = "test-worker") -> Iterator[Any]:
+    """The app's worker in a thread of this process, stopped (with its grace period) on exit."""
+    worker = app.extensions["dolibarr_webhooks"].make_worker(name)
+    thread = threading.Thread(target=worker.run, name=f"worker:{name}", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(app.config["SHUTDOWN_GRACE"] + 10)
+        if thread.is_alive():
+            raise RuntimeError(f"worker {name} did not stop")
+
+
+def overlapping_runs(records: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Pairs of recorder lines of the same plugin and event whose [start, end] intervals overlap."""
+    by_delivery: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for record in records:
+        by_delivery.setdefault((record["plugin"], record["event"]), []).append(record)
+    pairs = []
+    for runs in by_delivery.values():
+        runs.sort(key=lambda r: r["start"])
+        pairs += [(a, b) for a, b in zip(runs, runs[1:]) if b["start"] < a["end"]]
+    return pairs
