@@ -260,8 +260,10 @@ class Server(RunningService):
     """``RunningService`` with the gunicorn command line built by ``GunicornSettings``,
     so the product and the no-op app get exactly the same settings."""
 
-    def start_gunicorn(self, gunicorn: GunicornSettings, app: str) -> subprocess.Popen:
-        process = self.start("web", [str(self.bin / "gunicorn"), *gunicorn.args(self.port, app)])
+    def start_gunicorn(self, gunicorn: GunicornSettings, app: str, config: Path | None = None) -> subprocess.Popen:
+        # A configuration file (bench/core_patches.py) only installs hooks: no server setting changes.
+        extra = ["-c", str(config)] if config else []
+        process = self.start("web", [str(self.bin / "gunicorn"), *extra, *gunicorn.args(self.port, app)])
         wait_for_port(self.port, process=process)
         return process
 
@@ -278,17 +280,21 @@ class Server(RunningService):
 
 @contextlib.contextmanager
 def product_server(gunicorn: GunicornSettings, database_url: str | None = None, worker: bool = False,
-                   python: Path | None = None, **settings: str) -> Iterator[Server]:
-    """The real product: ``gunicorn 'dolibarr_webhooks:create_app()'`` (and the worker process)."""
+                   python: Path | None = None, patches: list[str] = (), **settings: str) -> Iterator[Server]:
+    """The real product: ``gunicorn 'dolibarr_webhooks:create_app()'`` (and the worker process).
+    ``patches`` applies bench-only experiments of ``bench/core_patches.py`` to the web processes."""
     with tempfile.TemporaryDirectory(prefix="dw-bench-") as tmp:
         workdir = Path(tmp)
         url = database_url or f"sqlite:///{workdir / 'webhooks.sqlite3'}"
         # Only the plugins asked for: whatever else is installed on the machine stays out.
         settings.setdefault("PLUGINS", "log")
         server = Server(Path(python or sys.executable), workdir, service_env(url, workdir, **settings), free_port())
+        if patches:
+            server.env["BENCH_PATCHES"] = ",".join(patches)
         try:
             server.cli("migrate")  # once, before several processes start, as a deployment does
-            server.start_gunicorn(gunicorn, "dolibarr_webhooks:create_app()")
+            server.start_gunicorn(gunicorn, "dolibarr_webhooks:create_app()",
+                                  config=BENCH_DIR / "core_patches.py" if patches else None)
             if worker:
                 server.start_worker()
             yield server

@@ -41,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also run the delivery worker process, as in production")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="product setting without the DOLIBARR_WEBHOOKS_ prefix, e.g. SQLITE_SYNCHRONOUS=normal")
+    parser.add_argument("--patch", action="append", default=[], metavar="NAME",
+                        help="bench-only experiment of bench/core_patches.py on the durable targets "
+                             "(to_json, prepare, flock); repeatable")
+    parser.add_argument("--compare-patched", action="store_true",
+                        help="run each durable target twice in the same run: as shipped and with --patch")
     return parser.parse_args(argv)
 
 
@@ -52,15 +57,21 @@ def main(argv: list[str] | None = None) -> int:
     settings = dict(item.split("=", 1) for item in args.setting)
     print(f"# ingest: {NCPU} CPUs, gunicorn {gunicorn.describe()} for every target, wrk 1 thread, "
           f"{args.duration:g}s per point after {args.warmup:g}s warm-up"
-          + (f", settings {settings}" if settings else ""), flush=True)
+          + (f", settings {settings}" if settings else "")
+          + (f", +patched = bench/core_patches.py {','.join(args.patch)}" if args.patch else ""), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="dw-bench-wrk-") as tmp, contextlib.ExitStack() as stack:
         wrk = Wrk(Path(tmp))
         targets = {"no-op": stack.enter_context(noop_server(gunicorn))}
+        variants = [("", [])]
+        if args.patch:
+            variants = [("", []), ("+patched", args.patch)] if args.compare_patched else [("+patched", args.patch)]
         for kind in kinds:
-            url = stack.enter_context(database(kind))
-            targets[f"durable-{kind}"] = stack.enter_context(
-                product_server(gunicorn, database_url=url, worker=args.with_worker, **settings))
+            for suffix, patches in variants:
+                url = stack.enter_context(database(kind))
+                targets[f"durable-{kind}{suffix}"] = stack.enter_context(
+                    product_server(gunicorn, database_url=url, worker=args.with_worker, patches=patches,
+                                   **settings))
         log(f"servers up: {', '.join(targets)}; body {wrk.body_size} bytes")
 
         results: dict[tuple[str, int], list[WrkResult]] = {}

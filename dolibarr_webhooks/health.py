@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import hmac
+import logging
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import json_error
 from .store import SCHEMA_VERSION
 
+logger = logging.getLogger(__name__)
+
 bp = Blueprint("health", __name__)
+
+RECORD_KEY = "dolibarr_webhooks.record"
 
 
 def service():
@@ -22,17 +28,44 @@ def health():
     return jsonify(service().health())
 
 
-@bp.get("/ready")
-def ready():
-    """The store answers and is migrated, and the plugins are loaded."""
+def readiness() -> tuple[bool, dict]:
+    """Whether this process can take events: the store answers and is migrated, the plugins are loaded."""
     svc = service()
-    checks = {"store": svc.store.ping()}
-    checks["schema"] = checks["store"] and svc.store.schema_version() == SCHEMA_VERSION
+    checks = {"store": False, "schema": False, "plugins": False}
+    problems: dict[str, str] = {}
+    try:
+        checks["store"] = svc.store.ping()
+        if not checks["store"]:
+            problems["store"] = "the store does not answer"
+        else:
+            version = svc.store.schema_version()
+            checks["schema"] = version == SCHEMA_VERSION
+            if version < SCHEMA_VERSION:
+                problems["schema"] = (f"schema version {version}, expected {SCHEMA_VERSION}: "
+                                      "run 'dolibarr-webhooks migrate'")
+            elif version > SCHEMA_VERSION:
+                problems["schema"] = f"schema version {version} is newer than this release ({SCHEMA_VERSION})"
+    except SQLAlchemyError as exc:
+        problems["store"] = f"the store failed: {type(exc).__name__}"
     checks["plugins"] = bool(svc.plugins.info)
+    if not checks["plugins"]:
+        problems["plugins"] = "no plugin is loaded"
     ok = all(checks.values())
     body = {"status": "ready" if ok else "not_ready", "checks": checks,
             "plugins": {name: info.status for name, info in svc.plugins.info.items()}}
-    return jsonify(body), (200 if ok else 503)
+    if problems:
+        body["problems"] = problems
+    return ok, body
+
+
+@bp.get("/ready")
+def ready():
+    """The store answers and is migrated, and the plugins are loaded; 503 otherwise."""
+    ok, body = readiness()
+    response = jsonify(body)
+    response.status_code = 200 if ok else 503
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("/metrics")
@@ -42,12 +75,27 @@ def metrics():
         return json_error(404, "not_found", "metrics are turned off (DOLIBARR_WEBHOOKS_METRICS)")
     token = config["METRICS_TOKEN"]
     if token:
-        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            return json_error(401, "unauthorized", "metrics need Authorization: Bearer <METRICS_TOKEN>")
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+            response = json_error(401, "unauthorized", "metrics need Authorization: Bearer <METRICS_TOKEN>")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return response
     svc = service()
     return Response(svc.metrics.exposition(svc.store), mimetype="text/plain; version=0.0.4")
 
 
+def _count_request(status: int, reason: str) -> None:
+    g.outcome = reason
+    service().metrics.request(status, reason)
+
+
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
+
+    # Requests that never reach the receiver (unknown path: 404, wrong method: 405, refused
+    # by the rate limiter: 429) are counted too: the JSON error handler calls this recorder.
+    # Registered before the rate limiter's own before_request, so its 429s find it; the
+    # receiver replaces it with its own for webhook routes.
+    @app.before_request
+    def _install_recorder() -> None:
+        request.environ.setdefault(RECORD_KEY, _count_request)

@@ -1,34 +1,89 @@
 """Logging: human lines by default, JSON lines on request, a request id on every line,
-and no secret ever written (the secret may be in the path or the query string)."""
+and no secret ever written (the secret may be in the path, the query string, the
+user-info of a URL or an ``Authorization`` header).
+
+Two layers keep secrets out: ``redact`` rewrites the request targets we log on purpose,
+and every formatter installed here passes its final text through ``scrub``, which
+also removes the configured secrets wherever they appear, so a message someone adds
+later cannot leak one either.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
-import sys
 import time
 import uuid
 from contextvars import ContextVar
 from datetime import datetime, timezone
+from typing import Iterable
+from urllib.parse import quote, unquote, unquote_plus
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 
 request_id: ContextVar[str] = ContextVar("dolibarr_webhooks_request_id", default="-")
 
-_SECRET_IN_PATH = re.compile(r"^(/webhook/)(?!events$|test$)([^/?]+)")
-_SECRET_IN_QUERY = re.compile(r"((?:^|[?&])(?:token|secret)=)[^&]*", re.IGNORECASE)
-_SECRET_IN_USERINFO = re.compile(r"(//[^/@:]*:)[^/@]*@")
+MASK = "***"
+# Query parameters and headers whose values are credentials, whatever else they are called.
+_SENSITIVE_NAME = re.compile(r"token|secret|passw|pwd|key|sig|auth|credential|session|cookie", re.IGNORECASE)
+# /webhook/<secret>, /webhook/<secret>/events, /webhook/<secret>/test; not /webhook/events or /webhook/test.
+_WEBHOOK_SEGMENT = re.compile(r"(/webhook/)(?!(?:events|test)(?:[/?#\s\"']|$))[^/?#\s\"']+", re.IGNORECASE)
+_USERINFO = re.compile(r"(//)[^/@\s\"']+@")
+_QUERY_PARAM = re.compile(r"([?&;][^=&;\s\"'#?]*(?:token|secret|passw|pwd|key|sig|auth)[^=&;\s\"'#?]*=)[^&;\s\"'#]*",
+                          re.IGNORECASE)
+_AUTH_HEADER = re.compile(r"((?:authorization|x-dolibarr-signature|webhook-signature)[\"']?\s*[:=]\s*[\"']?"
+                          r"(?:(?:basic|bearer|token|digest)\s+)?)[^\s\"',}]+", re.IGNORECASE)
+_SAFE_PATH = "/:@!$&'()*+,;=-._~"
+
+
+def _redact_query(query: str) -> str:
+    parts = []
+    for part in query.split("&"):
+        key, eq, _value = part.partition("=")
+        if eq and _SENSITIVE_NAME.search(unquote_plus(key)):
+            part = f"{key}={MASK}"
+        parts.append(part)
+    return "&".join(parts)
 
 
 def redact(target: str) -> str:
-    """A request target or URL with any secret replaced by ``***``."""
+    """A request target or URL with any secret replaced by ``***``.
+
+    The path is percent-decoded before it is matched (``/%77ebhook/<secret>`` reaches the
+    same view as ``/webhook/<secret>``), then re-encoded, so what is logged is the
+    normalised path with the secret masked.
+    """
     path, sep, query = target.partition("?")
-    path = _SECRET_IN_USERINFO.sub(r"\1***@", path)
-    path = re.sub(r"(/webhook/)(?!events(?:/|$)|test(?:/|$))[^/?]+", r"\1***", path)
-    if sep:
-        query = _SECRET_IN_QUERY.sub(r"\1***", "?" + query)[1:]
-    return path + sep + query
+    path = _USERINFO.sub(r"\1" + MASK + "@", path)
+    path = quote(_WEBHOOK_SEGMENT.sub(r"\1" + MASK, unquote(path)), safe=_SAFE_PATH)
+    return path + sep + (_redact_query(query) if sep else "")
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """Free text (a formatted log line, an exception) with secrets removed: webhook paths,
+    credential query parameters, URL user-info, Authorization values and known secrets."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, MASK)
+    text = _WEBHOOK_SEGMENT.sub(r"\1" + MASK, text)
+    text = _QUERY_PARAM.sub(r"\1" + MASK, text)
+    text = _USERINFO.sub(r"\1" + MASK + "@", text)
+    return _AUTH_HEADER.sub(r"\1" + MASK, text)
+
+
+class SecretScrubber:
+    """The secrets a process knows; formatters mask them wherever they show up."""
+
+    def __init__(self) -> None:
+        self.secrets: set[str] = set()
+
+    def add(self, secrets: Iterable[str]) -> None:
+        # Longest first, so a secret that contains another is masked whole.
+        self.secrets.update(s for s in secrets if s and len(s) >= 8)
+
+    def __call__(self, text: str) -> str:
+        return scrub(text, sorted(self.secrets, key=len, reverse=True))
 
 
 class RequestIdFilter(logging.Filter):
@@ -37,76 +92,96 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class TextFormatter(logging.Formatter):
+    def __init__(self, fmt: str | None = None, scrubber: SecretScrubber | None = None, **kwargs) -> None:
+        super().__init__(fmt or TEXT_FORMAT, **kwargs)
+        self.scrubber = scrubber or SecretScrubber()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id.get()
+        return self.scrubber(super().format(record))
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self, scrubber: SecretScrubber | None = None) -> None:
+        super().__init__()
+        self.scrubber = scrubber or SecretScrubber()
+
     def format(self, record: logging.LogRecord) -> str:
         data = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
-            "request_id": getattr(record, "request_id", "-"),
+            "message": self.scrubber(record.getMessage()),
+            "request_id": getattr(record, "request_id", None) or request_id.get(),
         }
         for key in ("status", "outcome", "trigger_code", "event_id", "source", "client", "duration_ms",
                     "method", "path"):
-            if hasattr(record, key):
-                data[key] = getattr(record, key)
+            value = getattr(record, key, None)
+            if value is not None:
+                data[key] = self.scrubber(value) if isinstance(value, str) else value
         if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False)
-
-
-class StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (test capture, a redirected stream)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value) -> None:
-        pass
+            data["exception"] = self.scrubber(self.formatException(record.exc_info))
+        return json.dumps(data, ensure_ascii=False, default=str)
 
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
 
-def configure(level: str = "INFO", fmt: str = "text") -> None:
-    """Set up the ``dolibarr_webhooks`` loggers once per process (idempotent)."""
+def make_formatter(fmt: str = "text", scrubber: SecretScrubber | None = None) -> logging.Formatter:
+    return JsonFormatter(scrubber) if fmt == "json" else TextFormatter(scrubber=scrubber)
+
+
+def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = ()) -> SecretScrubber:
+    """Set up the ``dolibarr_webhooks`` loggers once per process (idempotent); returns the
+    scrubber of its handler, to which more secrets can be added."""
     logger = logging.getLogger("dolibarr_webhooks")
     logger.setLevel(level)
+    scrubber = SecretScrubber()
     for handler in list(logger.handlers):
         if getattr(handler, "_dolibarr_webhooks", False):
             logger.removeHandler(handler)
-    handler = StderrHandler()
+    handler = logging.StreamHandler()
     handler._dolibarr_webhooks = True  # type: ignore[attr-defined]
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(make_formatter(fmt, scrubber))
     logger.addHandler(handler)
     logger.propagate = False
+    scrubber.add(secrets)
+    return scrubber
 
 
 access_logger = logging.getLogger("dolibarr_webhooks.access")
 
+REQUEST_ID_HEADER = "X-Request-Id"
+_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
 
 def init_app(app: Flask) -> None:
-    configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"])
+    scrubber = configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"],
+                         [app.config.get("SECRET") or "", *(app.config.get("SECRETS") or ()),
+                          app.config.get("METRICS_TOKEN") or ""])
 
     @app.before_request
     def _begin() -> None:
         g.request_started = time.perf_counter()
-        incoming = request.headers.get("X-Request-Id", "")
-        rid = incoming if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", incoming) else uuid.uuid4().hex[:16]
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        # nginx sends its $request_id, so both logs share one id; anything odd is replaced.
+        rid = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
         g.request_id = rid
         g.request_id_token = request_id.set(rid)
+        svc = current_app.extensions.get("dolibarr_webhooks")
+        if svc is not None and not getattr(scrubber, "has_sources", False):
+            # Sources from the TOML file are only known once the service exists.
+            scrubber.add(s for source in svc.sources.values() for s in source.secrets)
+            scrubber.has_sources = True  # type: ignore[attr-defined]
 
     @app.after_request
     def _access_log(response):
         rid = g.get("request_id")
         if rid:
-            response.headers["X-Request-Id"] = rid
+            response.headers[REQUEST_ID_HEADER] = rid
         if request.path in ("/health", "/metrics", "/ready"):
             return response
         duration = (time.perf_counter() - g.get("request_started", time.perf_counter())) * 1000

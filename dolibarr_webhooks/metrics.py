@@ -1,41 +1,70 @@
-"""Prometheus metrics, correct with several gunicorn workers.
+"""Prometheus metrics, correct with several gunicorn workers and a separate worker process.
 
-With ``PROMETHEUS_MULTIPROC_DIR`` set (contrib/gunicorn.conf.py sets it), each
-process writes its samples to that folder and ``/metrics`` adds them up; queue
-depth and the oldest pending age are read from the store at scrape time, so
-they are right whatever process answers.
+prometheus_client decides when it is first imported whether samples live in this
+process's memory or in files of ``PROMETHEUS_MULTIPROC_DIR``. contrib/gunicorn.conf.py
+sets that variable in the gunicorn master, before any worker imports this module,
+and the systemd units give the ``worker`` service the same folder, so the deliveries
+it records show up in the ``/metrics`` of any web worker. Queue depth and the oldest
+pending age are read from the store at scrape time, so they are right whatever
+process answers.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
 
+logger = logging.getLogger(__name__)
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def multiprocess_dir() -> str | None:
+    """The shared samples folder, if this process really writes its samples there."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if not path:
+        return None
+    if getattr(values.ValueClass, "__name__", "") != "MmapedValue":
+        logger.warning("%s is set but prometheus_client was imported before it was: /metrics shows this "
+                       "process only. Set it in the environment of the service (contrib/gunicorn.conf.py "
+                       "and the systemd units do).", MULTIPROC_ENV)
+        return None
+    # The worker service may start before gunicorn has created the folder.
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 class Metrics:
     """The metrics of one app; the worker records delivery outcomes through it too."""
 
     def __init__(self) -> None:
+        self.multiprocess_dir = multiprocess_dir()
         self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter("dolibarr_webhooks_requests", "Webhook requests by answer status and reason",
+        self.requests = Counter("dolibarr_webhooks_requests",
+                                "Requests by answer status and reason (accepted, duplicate, quarantined, auth, ip, "
+                                "parse, no_trigger_code, request_entity_too_large, not_found, "
+                                "method_not_allowed, too_many_requests, store)",
                                 ["status", "reason"], registry=self.registry)
         self.events = Counter("dolibarr_webhooks_events", "Events received by trigger code and result",
                               ["code", "result"], registry=self.registry)
-        self.deliveries = Counter("dolibarr_webhooks_deliveries", "Finished delivery attempts by plugin and outcome",
+        self.deliveries = Counter("dolibarr_webhooks_deliveries",
+                                  "Finished delivery attempts by plugin and outcome "
+                                  "(delivered, failed, dead, timeout)",
                                   ["plugin", "outcome"], registry=self.registry)
         self.handler_seconds = Histogram("dolibarr_webhooks_handler_seconds", "Time a plugin took for one event",
                                          ["plugin"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.ack_seconds = Histogram("dolibarr_webhooks_ack_seconds", "Time from request to acknowledgement",
+        self.ack_seconds = Histogram("dolibarr_webhooks_ack_seconds",
+                                     "Time from the start of a webhook request to its acknowledgement",
                                      buckets=LATENCY_BUCKETS, registry=self.registry)
 
     def request(self, status: int, reason: str) -> None:
-        self.requests.labels(str(status), reason).inc()
+        self.requests.labels(str(status), reason or "-").inc()
 
     def event(self, code: str, result: str) -> None:
         self.events.labels(code or "-", result).inc()
@@ -48,11 +77,11 @@ class Metrics:
         self.ack_seconds.observe(time.perf_counter() - started)
 
     def exposition(self, store: Any) -> bytes:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if self.multiprocess_dir:
             from prometheus_client import multiprocess
 
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
             output = generate_latest(registry)
         else:
             output = generate_latest(self.registry)
@@ -66,10 +95,25 @@ class _QueueCollector:
         self.store = store
 
     def collect(self):
-        stats = self.store.stats()
+        from sqlalchemy.exc import SQLAlchemyError
+
+        up = GaugeMetricFamily("dolibarr_webhooks_store_up", "Whether the store answered this scrape")
+        try:
+            stats = self.store.stats()
+        except SQLAlchemyError as exc:
+            logger.warning("metrics: the store does not answer: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
         depth = GaugeMetricFamily("dolibarr_webhooks_queue_depth", "Deliveries by status", labels=["status"])
         for status, count in stats["deliveries"].items():
             depth.add_metric([status], count)
         yield depth
         yield GaugeMetricFamily("dolibarr_webhooks_oldest_pending_seconds",
-                                "Age of the oldest delivery not yet done", value=stats["oldest_pending_age"] or 0)
+                                "Age of the oldest delivery not yet done (0 when none)",
+                                value=stats["oldest_pending_age"] or 0)
+        yield GaugeMetricFamily("dolibarr_webhooks_quarantined_events",
+                                "Authenticated bodies kept because they could not be parsed",
+                                value=stats["quarantined"])

@@ -1,18 +1,26 @@
 """Rate limits with Flask-Limiter, per source and per client address.
 
-In-memory by default (one process); ``DOLIBARR_WEBHOOKS_RATELIMIT_STORAGE_URL=redis://...``
-shares the counters between gunicorn workers and hosts. A breach is a JSON 429 with
-``Retry-After``: Dolibarr will show the failure, so set the limit well above the
-busiest real hour and use it against floods, not as traffic shaping.
+In-memory by default (each process counts on its own); with
+``DOLIBARR_WEBHOOKS_RATELIMIT_STORAGE_URL=redis://...`` every gunicorn worker and every
+host shares the counters. A breach is a JSON 429 with ``Retry-After``: Dolibarr shows
+the failure (and, for most targets, rolls back the user's action), so set the limit well
+above the busiest real hour and use it against floods, not as traffic shaping.
+
+The limiter never turns an outage of its own store into refused events: when Redis does
+not answer, requests are let through (``swallow_errors``) and counted in memory.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from flask import Flask, current_app, g, request
 from flask_limiter import Limiter
 
 from .auth import AuthError, Credentials, authenticate
 from .netaccess import client_address
+
+SCOPE = "webhook"
 
 
 def client_key() -> str:
@@ -33,14 +41,37 @@ def source_key() -> str:
         return "source:-"  # unauthenticated requests share one bucket; they get 401 anyway
 
 
+def key_prefix(database_url: str) -> str:
+    """Counters are shared by the processes and hosts of one deployment, and only by them:
+    the prefix is derived from the store they share (its URL without the password), so
+    two deployments on one Redis never mix their counts."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(database_url).set(password=None).render_as_string(hide_password=False)
+    except Exception:  # an unparsable URL fails later, at the store, with a clear message
+        url = database_url
+    return "dolibarr_webhooks:" + hashlib.sha256(url.encode()).hexdigest()[:12]
+
+
 def init_app(app: Flask) -> None:
     rule = app.config["RATELIMIT"]
     if not rule:
         return
-    limiter = Limiter(client_key, app=app, storage_uri=app.config["RATELIMIT_STORAGE_URL"],
-                      headers_enabled=True, strategy="moving-window", key_prefix="dolibarr_webhooks")
+    message = f"rate limit exceeded: at most {rule} per source and per client address"
+    limiter = Limiter(
+        client_key,
+        app=app,
+        storage_uri=app.config["RATELIMIT_STORAGE_URL"],
+        strategy="moving-window",
+        headers_enabled=True,  # X-RateLimit-* on every answer, Retry-After on a 429
+        key_prefix=key_prefix(app.config["DATABASE_URL"]),
+        swallow_errors=True,
+        in_memory_fallback_enabled=True,
+    )
     from .receiver import bp
 
-    limiter.limit(rule, key_func=client_key)(bp)
-    limiter.limit(rule, key_func=source_key)(bp)
+    # Shared limits: /webhook, /webhook/test and /webhook/events draw from the same buckets.
+    limiter.shared_limit(rule, scope=SCOPE, key_func=client_key, error_message=message)(bp)
+    limiter.shared_limit(rule, scope=SCOPE, key_func=source_key, error_message=message)(bp)
     app.extensions["dolibarr_webhooks_limiter"] = limiter

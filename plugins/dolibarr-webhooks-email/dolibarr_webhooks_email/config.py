@@ -218,7 +218,9 @@ def parse_settings(config: dict[str, Any]) -> Settings:
         raise ConfigError(env("security"), f"must be one of {', '.join(SECURITIES)}, not {security!r}")
 
     username = _text(config.get("username"), env("username"))
-    password = _text(config.get("password"), env("password"))
+    raw_password = config.get("password")
+    _text(raw_password, env("password"))  # type check only: spaces in a password are meaningful
+    password = None if raw_password in (None, "") else str(raw_password)
     if password and not username:
         raise ConfigError(env("username"), "required when a password is set")
 

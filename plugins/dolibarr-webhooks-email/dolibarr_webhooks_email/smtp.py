@@ -54,11 +54,11 @@ def send_messages(settings: Settings, messages: Sequence[EmailMessage]) -> None:
         with _open(settings) as smtp:
             for msg in messages:
                 refused = smtp.send_message(msg)  # envelope from the From and To headers
-                to = ", ".join(addr for _, addr in getaddresses(msg.get_all("To", [])))
                 if refused:
                     # Accepted for the other recipients: a retry would send it to them twice.
                     log.warning("email %r refused for %s", str(msg["Subject"]), _describe(refused))
-                log.info("email %r sent to %s", str(msg["Subject"]), to)
+                to = [addr for _, addr in getaddresses(msg.get_all("To", [])) if addr not in refused]
+                log.info("email %r sent to %s", str(msg["Subject"]), ", ".join(to))
     except smtplib.SMTPRecipientsRefused as exc:
         if all(code >= 500 for code, _ in exc.recipients.values()):
             raise PermanentFailure(f"every recipient refused: {_describe(exc.recipients)}") from exc

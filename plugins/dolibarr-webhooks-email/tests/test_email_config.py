@@ -94,6 +94,7 @@ def test_env_values_arrive_json_decoded():
     s = settings(username="mailer@acme.example", password=123456, to=["a@example.com", "B <b@example.com>"],
                  events="BILL_PAYED, company_create", timeout=2.5, **{"from": None})
     assert s.password == "123456" and s.timeout == 2.5
+    assert settings(username="u", password=" spaced pass ").password == " spaced pass "
     assert s.rules[0].sender == "mailer@acme.example"  # the account's address when FROM is unset
     assert s.rules[0].to == ("a@example.com", "B <b@example.com>")
     assert s.rules[0].events == ("BILL_PAYED", "COMPANY_CREATE")

@@ -1,0 +1,109 @@
+"""The ``webhooks`` commands and the ``dolibarr-webhooks`` console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from dolibarr_webhooks.cli import is_local_url
+from dolibarr_webhooks.samples import sample_body
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
+from dolibarr_webhooks.testing import free_port, running_service, wait_for_port
+
+SCRIPT = Path(sys.executable).parent / "dolibarr-webhooks"
+
+
+@pytest.fixture
+def webhooks_config(tmp_path):
+    return {"DATABASE_URL": f"sqlite:///{tmp_path / 'cli.sqlite3'}"}
+
+
+def test_events_lists_codes_labels_objects_and_plugins(webhooks_runner):
+    result = webhooks_runner.invoke(args=["webhooks", "events", "--json"])
+    rows = {row["code"]: row for row in json.loads(result.output)}
+    assert rows["BILL_PAYED"]["label"] == "Invoice paid" and rows["BILL_PAYED"]["label_fr"] == "Facture payée"
+    assert rows["BILL_PAYED"]["element"] == "facture" and rows["BILL_PAYED"]["plugins"] == ["log"]
+    assert rows["BILL_PAYED"]["aliases"] == ["INVOICE_PAYED"]
+    assert rows["BILL_CREATE"]["offered_by_dolibarr_form"] is False  # emitted, not in the target form
+    assert rows["PROPAL_CLOSE_SIGNED"]["offered_by_dolibarr_form"] is True
+    assert "THIRDPARTY_CREATE" not in rows  # aliases are not codes
+    text = webhooks_runner.invoke(args=["webhooks", "events"]).output
+    assert re.search(r"^COMPANY_CREATE\s+Third party created\s+societe\s+log$", text, re.M)
+
+
+def test_plugins_lists_name_version_hooks_events(webhooks_runner):
+    rows = {row["name"]: row for row in json.loads(webhooks_runner.invoke(args=["webhooks", "plugins", "--json"]).output)}
+    assert rows["log"] == {"name": "log", "version": rows["log"]["version"], "hooks": ["handle_event"],
+                           "events": None, "status": "enabled", "reason": "", "builtin": True}
+    assert rows["catalogue"]["hooks"] == ["register_events"]
+
+
+def test_console_script_is_the_flask_group(tmp_path):
+    env = {**os.environ, "DOLIBARR_WEBHOOKS_SECRET": SECRET,
+           "DOLIBARR_WEBHOOKS_DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}"}
+    ours = subprocess.run([str(SCRIPT), "events", "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    flask = subprocess.run([sys.executable, "-m", "flask", "--app", "dolibarr_webhooks", "webhooks", "events",
+                            "--json"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert ours.returncode == 0 and ours.stdout == flask.stdout and len(json.loads(ours.stdout)) > 150
+
+
+def test_local_url_detection():
+    assert is_local_url("http://127.0.0.1:8080/webhook/x") and is_local_url("http://192.168.1.5/webhook/x")
+    assert is_local_url("http://localhost/webhook/x") and is_local_url("http://[::1]/webhook/x")
+    assert not is_local_url("https://93.184.215.14/webhook/x")
+
+
+def test_send_posts_a_sample_as_dolibarr_would():
+    with running_service(worker=False) as service:
+        result = service.cli("send", "BILL_VALIDATE")
+        assert "-> 200" in result.stdout and '"trigger_code":"BILL_VALIDATE"' in result.stdout
+        assert service.secret not in result.stdout  # the URL is printed redacted
+        custom = service.cli("send", "X", "--url", service.url + "/webhook/wrong-secret-000000000", check=False)
+        assert custom.returncode == 1 and "-> 401" in custom.stdout and "failure" in custom.stdout
+
+
+def test_serve_generates_a_secret_and_prints_the_target_url(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    process = subprocess.Popen([str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        wait_for_port(port, process=process)
+        secret = re.search(r"^DOLIBARR_WEBHOOKS_SECRET=(\S+)$", (tmp_path / ".env").read_text(), re.M).group(1)
+        assert len(secret) >= 32 and oct((tmp_path / ".env").stat().st_mode)[-3:] == "600"
+        response = requests.post(f"http://127.0.0.1:{port}/webhook/{secret}", data=sample_body("COMPANY_CREATE"),
+                                 timeout=10)
+        assert response.status_code == 200
+        # The embedded worker delivers it without a separate process.
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            stats = subprocess.run([str(SCRIPT), "stats", "--json"], cwd=tmp_path, env=env, capture_output=True,
+                                   text=True)
+            if json.loads(stats.stdout)["deliveries"]["delivered"] == 1:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"not delivered: {stats.stdout}")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    assert f"/webhook/{secret}" in output and f":{port}/webhook/" in output
+    assert "Paste this URL in Dolibarr" in output
+    url = re.search(r"^\s+(http://\S+/webhook/\S+)$", output, re.M).group(1)
+    # A private address gets the note about Dolibarr 23.0.3's refusal of local URLs.
+    assert is_local_url(url) == ("$dolibarr_allow_localurl_for_webhooks = 1;" in output)
+    assert "Database: sqlite:///" in output
+    # A second start reuses the saved secret instead of making a new one.
+    again = subprocess.run([str(SCRIPT), "plugins"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 0 and "no secret configured" not in again.stderr

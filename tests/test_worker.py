@@ -1,0 +1,285 @@
+"""The worker: retries on a schedule, dead letters and replay, ``PermanentFailure``,
+``RetryLater``, handler timeouts, one plugin never delaying another or the 2xx, stopping on
+SIGTERM, and taking back the deliveries of a worker that was killed.
+
+Every test runs on SQLite and on PostgreSQL (the ``database_url`` fixture). Handlers are the
+real ``recorder``, ``failer`` and ``sleeper`` entry points of ``tests/testplugin``; worker
+processes are the real ``dolibarr-webhooks worker`` console script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, RunningService, running_service
+from dolibarr_webhooks_testplugin import (app_factory, body, by_plugin, handler_config, handler_env, read_records,
+                                          release, running_worker, wait_for)
+
+WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
+SCHEDULE = "0.1s,0.2s,0.3s"
+
+
+@pytest.fixture
+def make_app(database_url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with app_factory(database_url) as make:
+        yield make
+
+
+@pytest.fixture
+def processes(database_url, tmp_path):
+    """Worker processes on the test's database (``start_worker``, ``stop(name, signal)``); the
+    events come from an in-process app on the same database, so no web server is needed."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOLIBARR_WEBHOOKS_")}
+    env.update({"DOLIBARR_WEBHOOKS_SECRET": WEBHOOKS_TEST_SECRET, "DOLIBARR_WEBHOOKS_DATABASE_URL": database_url,
+                "DOLIBARR_WEBHOOKS_RETRY_JITTER": "0", "DOLIBARR_WEBHOOKS_SQLITE_SYNCHRONOUS": "normal",
+                "PYTHONUNBUFFERED": "1"})
+    service = RunningService(Path(sys.executable), tmp_path, env, port=0)
+    yield service
+    service.close()
+
+
+def post(app, data: bytes) -> dict:
+    response = app.test_client().post(WEBHOOK, data=data)
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()
+
+
+def cli(app, *args: str):
+    result = app.test_cli_runner().invoke(args=["webhooks", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def stats(app) -> dict:
+    return app.extensions["dolibarr_webhooks"].store.stats()
+
+
+def outcomes(delivery: dict) -> list[str]:
+    return [attempt["outcome"] for attempt in delivery["attempts_log"]]
+
+
+def sleeper_started(path: Path, event_id: str, run: int = 1) -> dict | None:
+    return next((r for r in read_records(path) if r["event"] == event_id and r["at"] == "start" and r["run"] == run),
+                None)
+
+
+# -- retries, dead letters, replay ---------------------------------------------------------------
+def test_failing_plugin_is_retried_on_schedule_then_dead_then_replayed(make_app, tmp_path, deliver):
+    # times:4 fails every attempt the schedule allows (1 + 3 retries), and succeeds on a replay.
+    app = make_app(handler_config(tmp_path, recorder=True, failer="times:4"), RETRY_SCHEDULE=SCHEDULE)
+    first, second = post(app, body(object_id=1))["id"], post(app, body(object_id=2))["id"]
+    deliver(app, idle=1.0)
+
+    for event_id in (first, second):
+        got = by_plugin(app, event_id)
+        failer = got["failer"]
+        assert failer["status"] == "dead" and failer["attempts"] == 4
+        assert outcomes(failer) == ["failed", "failed", "failed", "dead"]
+        assert failer["last_error"] == "RuntimeError: failer fails attempt 4 of 4 on purpose"
+        log = failer["attempts_log"]
+        for previous, attempt, delay in zip(log, log[1:], (0.1, 0.2, 0.3)):
+            waited = attempt["started_at"] - previous["finished_at"]
+            assert delay - 0.02 <= waited < delay + 1.5, (delay, waited)
+        # Each plugin's outcome is its own: the failures never touched the others.
+        assert got["recorder"]["status"] == got["log"]["status"] == "delivered"
+        assert got["recorder"]["attempts"] == 1
+    assert stats(app)["deliveries"]["dead"] == 2
+
+    assert cli(app, "replay", first, "--plugin", "failer", "--json") == {"replayed": 1}
+    deliver(app, idle=0.5)
+    got = by_plugin(app, first)
+    assert got["failer"]["status"] == "delivered"
+    assert got["failer"]["attempts"] == 1  # a replay starts a fresh retry budget
+    assert outcomes(got["failer"]) == ["failed", "failed", "failed", "dead", "delivered"]
+    assert by_plugin(app, second)["failer"]["status"] == "dead"
+    assert len(read_records(tmp_path / "recorder.jsonl")) == 2  # the replay of failer did not re-run recorder
+
+    assert cli(app, "replay", "--dead", "--json") == {"replayed": 1}
+    deliver(app, idle=0.5)
+    assert by_plugin(app, second)["failer"]["status"] == "delivered"
+    assert stats(app)["deliveries"] == {"pending": 0, "running": 0, "delivered": 6, "failed": 0, "dead": 0}
+
+
+def test_permanent_failure_is_dead_at_once(make_app, tmp_path, deliver):
+    app = make_app(handler_config(tmp_path, recorder=True, failer="permanent"), RETRY_SCHEDULE=SCHEDULE)
+    event_id = post(app, body(object_id=1))["id"]
+    deliver(app, idle=0.5)
+    got = by_plugin(app, event_id)
+    assert got["failer"]["status"] == "dead" and got["failer"]["attempts"] == 1
+    assert outcomes(got["failer"]) == ["dead"]
+    assert got["failer"]["last_error"] == "PermanentFailure: failer refuses this event for good"
+    assert got["recorder"]["status"] == "delivered"
+    assert len(read_records(tmp_path / "failer.jsonl")) == 1
+
+
+def test_retry_later_is_honoured_instead_of_the_schedule(make_app, tmp_path):
+    # The schedule would retry after 0.1 s; the plugin asks for 1 s.
+    app = make_app(handler_config(tmp_path, failer="retry-after:1"), RETRY_SCHEDULE="0.1s")
+    with running_worker(app):
+        event_id = post(app, body(object_id=1))["id"]
+        failed = wait_for(lambda: (d := by_plugin(app, event_id)["failer"])["attempts"] == 1 and d,
+                          message="first attempt")
+        assert failed["status"] == "failed"
+        asked = failed["next_attempt_at"] - failed["attempts_log"][0]["finished_at"]
+        assert 0.95 <= asked <= 1.05, asked
+        assert failed["last_error"] == "RetryLater: failer asks to retry after 1s"
+        done = wait_for(lambda: (d := by_plugin(app, event_id)["failer"])["status"] == "delivered" and d,
+                        timeout=10, message="delivered after the requested delay")
+    first, second = done["attempts_log"]
+    assert 0.95 <= second["started_at"] - first["finished_at"] < 1 + 1.5
+
+
+# -- timeouts ----------------------------------------------------------------------------------
+def test_handler_timeout_is_retried_then_dead(make_app, tmp_path):
+    sleeper_file = tmp_path / "sleeper.jsonl"
+    app = make_app(handler_config(tmp_path, recorder=True, sleeper=30), HANDLER_TIMEOUT="0.3s",
+                   RETRY_SCHEDULE="0.1s")
+    with running_worker(app):
+        event_id = post(app, body(object_id=1))["id"]
+        dead = wait_for(lambda: (d := by_plugin(app, event_id)["sleeper"])["status"] == "dead" and d,
+                        timeout=15, message="two timed-out attempts")
+        assert outcomes(dead) == ["timeout", "timeout"]
+        assert dead["last_error"] == "TimeoutError: handler took longer than 0.3s"
+        for attempt in dead["attempts_log"]:
+            assert 0.3 <= attempt["duration_ms"] / 1000 < 0.3 + 1.5
+        assert by_plugin(app, event_id)["recorder"]["status"] == "delivered"
+        # The abandoned handler threads still run: end them, and their results are logged as late.
+        release(sleeper_file, event_id, 1)
+        release(sleeper_file, event_id, 2)
+        wait_for(lambda: stats(app)["late_results"] == 2, message="the two late results")
+    assert by_plugin(app, event_id)["sleeper"]["status"] == "dead"
+
+
+def test_late_result_of_a_timed_out_run_does_not_untrack_the_next_run(make_app, tmp_path):
+    """Run 1 times out, run 2 (the retry) starts, then run 1 comes back late. Run 2 must still be
+    held to HANDLER_TIMEOUT: a handler slower than the timeout is never recorded as delivered."""
+    sleeper_file = tmp_path / "sleeper.jsonl"
+    app = make_app(handler_config(tmp_path, sleeper=4), HANDLER_TIMEOUT="1s", RETRY_SCHEDULE="0.1s")
+    with running_worker(app):
+        event_id = post(app, body(object_id=1))["id"]
+        wait_for(lambda: sleeper_started(sleeper_file, event_id, run=2), timeout=10, message="the retry started")
+        release(sleeper_file, event_id, 1)  # the abandoned first run returns while the retry runs
+        final = wait_for(lambda: (d := by_plugin(app, event_id)["sleeper"])["status"] in ("dead", "delivered") and d,
+                         timeout=15, message="the retry's outcome")
+        release(sleeper_file, event_id, 2)
+        wait_for(lambda: stats(app)["late_results"] >= 1 and not app.extensions["dolibarr_webhooks"]
+                 .store.list_deliveries(status="running"), message="every run returned")
+    assert final["status"] == "dead", final
+    assert [o for o in outcomes(final) if o != "late"] == ["timeout", "timeout"]
+
+
+# -- one plugin never delays another, nor the answer ---------------------------------------------
+def test_slow_and_failing_plugins_never_delay_the_others_or_the_2xx(make_app, tmp_path):
+    recorder_file, sleeper_file = tmp_path / "recorder.jsonl", tmp_path / "sleeper.jsonl"
+    app = make_app(handler_config(tmp_path, recorder=True, failer="always", sleeper=1.5),
+                   RETRY_SCHEDULE="0.1s,0.1s", WORKER_CONCURRENCY=2)
+    answer_times, ids = [], []
+    with running_worker(app):
+        for n in range(6):
+            started = time.perf_counter()
+            ids.append(post(app, body(object_id=n))["id"])
+            answer_times.append(time.perf_counter() - started)
+        wait_for(lambda: len(read_records(recorder_file)) == 6, timeout=10, message="recorder ran for all six")
+        # Six events at 1.5 s each on two sleeper lanes: the sleeper is far from done, the recorder is.
+        assert not [r for r in read_records(sleeper_file) if r["at"] == "end"]
+        assert stats(app)["plugins"]["recorder"]["delivered"] == 6
+        for event_id in ids:
+            release(sleeper_file, event_id, 1)
+        wait_for(lambda: stats(app)["plugins"]["sleeper"]["delivered"] == 6, timeout=15, message="sleeper done")
+        wait_for(lambda: stats(app)["plugins"]["failer"]["dead"] == 6, timeout=15, message="failer dead")
+    assert max(answer_times) < 0.5, answer_times
+    for event_id in ids:
+        got = by_plugin(app, event_id)
+        assert {p: d["status"] for p, d in got.items()} == {
+            "recorder": "delivered", "failer": "dead", "sleeper": "delivered", "log": "delivered"}
+        assert got["failer"]["attempts"] == 3 and got["recorder"]["attempts"] == 1
+
+
+# -- worker processes: SIGTERM, kill -9, wake-up -----------------------------------------------
+@pytest.mark.slow
+def test_sigterm_finishes_a_running_handler_within_grace_or_releases_it(make_app, processes, tmp_path):
+    sleeper_file = tmp_path / "sleeper.jsonl"
+    config = handler_config(tmp_path, sleeper=1.0)
+    app = make_app(config)
+    processes.env.update(handler_env(config), DOLIBARR_WEBHOOKS_SHUTDOWN_GRACE="10s")
+
+    # Within the grace period: the handler finishes, then the worker exits.
+    processes.start_worker()
+    first = post(app, body(object_id=1))["id"]
+    wait_for(lambda: sleeper_started(sleeper_file, first), timeout=15, message="handler started")
+    started = time.monotonic()
+    assert processes.stop("worker", signal.SIGTERM) == 0
+    assert time.monotonic() - started < 5
+    assert by_plugin(app, first)["sleeper"]["status"] == "delivered"
+
+    # Longer than the grace period: the delivery is handed back, not left running.
+    processes.env.update(DOLIBARR_WEBHOOKS_SLEEPER_SECONDS="60", DOLIBARR_WEBHOOKS_SHUTDOWN_GRACE="0.5s")
+    processes.start_worker()
+    second = post(app, body(object_id=2))["id"]
+    wait_for(lambda: sleeper_started(sleeper_file, second), timeout=15, message="handler started")
+    started = time.monotonic()
+    assert processes.stop("worker", signal.SIGTERM) == 0
+    assert time.monotonic() - started < 0.5 + 3
+    released = by_plugin(app, second)["sleeper"]
+    assert released["status"] == "pending" and released["attempts"] == 0
+    assert outcomes(released) == ["released"]
+    assert stats(app)["deliveries"]["running"] == 0
+
+    # The next worker runs it; a release is no duplicate run.
+    processes.env.update(DOLIBARR_WEBHOOKS_SLEEPER_SECONDS="0.05")
+    processes.start_worker()
+    done = wait_for(lambda: (d := by_plugin(app, second)["sleeper"])["status"] == "delivered" and d, timeout=15,
+                    message=processes.logs)
+    assert done["runs"] == 2 and done["reclaims"] == 0
+    assert stats(app)["duplicate_runs"] == 0
+
+
+@pytest.mark.slow
+def test_delivery_of_a_killed_worker_is_claimed_again_after_its_lease(make_app, processes, tmp_path):
+    sleeper_file = tmp_path / "sleeper.jsonl"
+    config = handler_config(tmp_path, sleeper=60)
+    app = make_app(config)
+    processes.env.update(handler_env(config), DOLIBARR_WEBHOOKS_LEASE="2s", DOLIBARR_WEBHOOKS_HANDLER_TIMEOUT="60s")
+    processes.start_worker()
+    event_id = post(app, body(object_id=1))["id"]
+    first_run = wait_for(lambda: sleeper_started(sleeper_file, event_id), timeout=15, message="handler started")
+    processes.stop("worker", signal.SIGKILL)
+    assert by_plugin(app, event_id)["sleeper"]["status"] == "running"  # nobody is left to release it
+
+    processes.env.update(DOLIBARR_WEBHOOKS_SLEEPER_SECONDS="0.05")
+    processes.start_worker("worker2")
+    done = wait_for(lambda: (d := by_plugin(app, event_id)["sleeper"])["status"] == "delivered" and d, timeout=20,
+                    message=processes.logs)
+    second_run = sleeper_started(sleeper_file, event_id, run=2)
+    assert second_run["time"] >= first_run["time"] + 2 - 0.2  # not before the lease expired
+    assert done["runs"] == 2 and done["reclaims"] == 1
+    assert outcomes(done) == ["delivered"]  # the killed run left no attempt, only the reclaim count
+    assert stats(app)["duplicate_runs"] == 1
+
+
+@pytest.mark.slow
+def test_an_idle_worker_picks_up_a_new_event_quickly(database_url, tmp_path):
+    # The precise figure (100 ms median) belongs to bench/; this is a sanity bound.
+    recorder_file = tmp_path / "recorder.jsonl"
+    env = handler_env(handler_config(tmp_path, recorder=True))
+    delays = []
+    with running_service(env=env, database_url=database_url, workers=1) as service:
+        for n in range(20):
+            time.sleep(0.2)  # let the worker go back to waiting
+            posted = time.time()
+            response = service.post(body(object_id=n))
+            assert response.status_code == 200, response.text
+            event_id = response.json()["id"]
+            record = wait_for(lambda: next((r for r in read_records(recorder_file) if r["event"] == event_id), None),
+                              timeout=10, message=service.logs)
+            delays.append(record["start"] - posted)
+    assert statistics.median(delays) < 1.0, delays
