@@ -229,6 +229,7 @@ class Store:
         """Store an event and its deliveries in one transaction, unless it is a duplicate."""
         now = time.time()
         plugins = list(plugins)
+        payload = event.to_json()  # before BEGIN: the write lock is held for the statements only
         try:
             with self.engine.begin() as conn:
                 duplicate_of = None
@@ -251,7 +252,7 @@ class Store:
                     id=event.id, source=event.source, trigger_code=event.trigger_code, sent_code=event.sent_code,
                     element=event.element, object_id=event.object_id, ref=event.ref, entity=event.entity,
                     received_at=event.received_at.timestamp(), body_sha256=event.body_sha256, test=event.test,
-                    status=status, duplicate_of=duplicate_of, payload=event.to_json(), remote_addr=remote_addr,
+                    status=status, duplicate_of=duplicate_of, payload=payload, remote_addr=remote_addr,
                 ))
                 if duplicate_of:
                     return IngestResult(DUPLICATE, event.id, duplicate_of)
