@@ -13,7 +13,6 @@ from .metrics import Metrics
 from .plugins import build_plugins
 from .service import Service
 from .store import Store
-from .worker import start_embedded
 
 logger = logging.getLogger("dolibarr_webhooks")
 
@@ -39,14 +38,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     errors.init_app(app)
     receiver.init_app(app)
+    # health before ratelimit: its request recorder must exist when the limiter refuses (429).
     health.init_app(app)
     from . import ratelimit
 
     ratelimit.init_app(app)
     cli.init_app(app)
     _announce(app, svc)
-    if settings["EMBEDDED_WORKER"]:
-        start_embedded(svc.make_worker())
     return app
 
 

@@ -153,7 +153,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
               "time after which a delivery held by a dead worker is claimed again (default: timeout + 30s)"),
     "POLL_INTERVAL": ("50ms", parse_duration, "how often an idle worker looks for new deliveries on SQLite"),
     "SHUTDOWN_GRACE": ("20s", parse_duration, "on SIGTERM, time given to running handlers before release"),
-    "EMBEDDED_WORKER": (False, parse_bool, "run the worker inside each web process (the serve command sets it)"),
+    "EMBEDDED_WORKER": (False, parse_bool, "run the worker inside each gunicorn process (serve sets it; see contrib/gunicorn.conf.py)"),
     "PLUGINS": ("", parse_list, "load only these plugins (entry point names); empty loads all"),
     "BLOCK_PLUGINS": ("", parse_list, "never load these plugins (built-in ones included: log, catalogue)"),
     "TRACE_HOOKS": (False, parse_bool, "log every hook call"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import glob
 import json
-import logging
 import os
 import re
 import shutil
@@ -25,6 +24,17 @@ _TARGET_ATOMS = {"{raw_uri}e", "{request_uri}e", "{path_info}e", "{script_name}e
 _QUERY_ATOMS = {"q", "{query_string}e"}
 
 
+def _known_secrets() -> list[str]:
+    """The secrets of the service's settings, to mask wherever they appear."""
+    from .config import ConfigError, load_settings
+
+    try:
+        settings = load_settings()
+    except ConfigError:  # the workers stop on it, with the message
+        return []
+    return [s for source in settings.sources.values() for s in source.secrets] + [settings["METRICS_TOKEN"]]
+
+
 def _log_format() -> str:
     return os.environ.get("DOLIBARR_WEBHOOKS_LOG_FORMAT", "text").strip().lower()
 
@@ -38,14 +48,16 @@ class RedactingLogger(Logger):
         super().setup(cfg)
         json_lines = _log_format() == "json"
         scrubber = SecretScrubber()
+        scrubber.add(_known_secrets())
         for handler in self.error_log.handlers:
             # gunicorn writes the request target in some error messages (``Error handling request /...``).
             handler.setFormatter(make_formatter("json", scrubber) if json_lines else
                                  TextFormatter("%(asctime)s [%(process)d] [%(levelname)s] %(message)s",
                                                scrubber=scrubber, datefmt="[%Y-%m-%d %H:%M:%S %z]"))
-        if json_lines:
-            for handler in self.access_log.handlers:
-                handler.setFormatter(logging.Formatter("%(message)s"))
+        for handler in self.access_log.handlers:
+            # Last line of defence: a mistyped path (/webhooks/<secret>) is not a webhook path,
+            # but the secret itself is known and masked.
+            handler.setFormatter(TextFormatter("%(message)s", scrubber=scrubber))
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
@@ -157,6 +169,17 @@ def remove_multiproc_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def post_worker_init(worker) -> None:
+    """gunicorn hook: with ``DOLIBARR_WEBHOOKS_EMBEDDED_WORKER``, each web process also runs a
+    delivery worker thread. Started here, after the fork, never in ``create_app`` (a CLI
+    command or a preloading master must not start one)."""
+    from .worker import start_embedded
+
+    app = worker.wsgi
+    if app.config.get("EMBEDDED_WORKER"):
+        start_embedded(app.extensions["dolibarr_webhooks"].make_worker())
+
+
 def run(bind: str, workers: int = 2) -> None:
     """``dolibarr-webhooks serve``: gunicorn with the embedded defaults, for a first try."""
     from gunicorn.app.base import BaseApplication
@@ -172,6 +195,7 @@ def run(bind: str, workers: int = 2) -> None:
             self.cfg.set("graceful_timeout", 25)
             self.cfg.set("logger_class", RedactingLogger)
             self.cfg.set("child_exit", lambda _server, worker: mark_process_dead(worker.pid))
+            self.cfg.set("post_worker_init", post_worker_init)
             if created:
                 self.cfg.set("on_exit", lambda _server: remove_multiproc_dir(path))
             if "control_socket_disable" in self.cfg.settings:

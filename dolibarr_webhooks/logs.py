@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 import time
 import uuid
 from contextvars import ContextVar
@@ -77,6 +78,7 @@ class SecretScrubber:
 
     def __init__(self) -> None:
         self.secrets: set[str] = set()
+        self.has_sources = False  # the secrets of every source were added
 
     def add(self, secrets: Iterable[str]) -> None:
         # Longest first, so a secret that contains another is masked whole.
@@ -129,6 +131,19 @@ class JsonFormatter(logging.Formatter):
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"
 
 
+class StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a line is written, not as it was when the app
+    was created (a redirect, pytest's capsys)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def make_formatter(fmt: str = "text", scrubber: SecretScrubber | None = None) -> logging.Formatter:
     return JsonFormatter(scrubber) if fmt == "json" else TextFormatter(scrubber=scrubber)
 
@@ -142,7 +157,7 @@ def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = (
     for handler in list(logger.handlers):
         if getattr(handler, "_dolibarr_webhooks", False):
             logger.removeHandler(handler)
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler._dolibarr_webhooks = True  # type: ignore[attr-defined]
     handler.addFilter(RequestIdFilter())
     handler.setFormatter(make_formatter(fmt, scrubber))
@@ -172,10 +187,10 @@ def init_app(app: Flask) -> None:
         g.request_id = rid
         g.request_id_token = request_id.set(rid)
         svc = current_app.extensions.get("dolibarr_webhooks")
-        if svc is not None and not getattr(scrubber, "has_sources", False):
+        if svc is not None and not scrubber.has_sources:
             # Sources from the TOML file are only known once the service exists.
             scrubber.add(s for source in svc.sources.values() for s in source.secrets)
-            scrubber.has_sources = True  # type: ignore[attr-defined]
+            scrubber.has_sources = True
 
     @app.after_request
     def _access_log(response):

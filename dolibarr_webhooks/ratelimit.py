@@ -48,7 +48,7 @@ def key_prefix(database_url: str) -> str:
     from sqlalchemy.engine import make_url
 
     try:
-        url = make_url(database_url).set(password=None).render_as_string(hide_password=False)
+        url = make_url(database_url).render_as_string(hide_password=True)
     except Exception:  # an unparsable URL fails later, at the store, with a clear message
         url = database_url
     return "dolibarr_webhooks:" + hashlib.sha256(url.encode()).hexdigest()[:12]
@@ -59,6 +59,15 @@ def init_app(app: Flask) -> None:
     if not rule:
         return
     message = f"rate limit exceeded: at most {rule} per source and per client address"
+
+    # Registered before the limiter's own after_request, so it runs after it (Flask runs
+    # them in reverse): Flask-Limiter puts Retry-After on every answer; only a 429 means it.
+    @app.after_request
+    def _retry_after_only_on_429(response):
+        if response.status_code != 429:
+            response.headers.pop("Retry-After", None)
+        return response
+
     limiter = Limiter(
         client_key,
         app=app,

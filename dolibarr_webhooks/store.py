@@ -9,6 +9,7 @@ time, so a claim is atomic), on PostgreSQL ``FOR UPDATE SKIP LOCKED``.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import threading
 import time
@@ -166,7 +167,9 @@ def make_engine(url: str, synchronous: str = "FULL") -> Engine:
             conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16)
+    # A server that does not answer fails the request in seconds (503), never holds a worker.
+    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16,
+                         connect_args={"connect_timeout": int(os.environ.get("PGCONNECT_TIMEOUT", "5"))})
 
 
 class Store:

@@ -25,7 +25,7 @@ import tempfile
 import time
 import venv
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pytest
 
@@ -190,11 +190,12 @@ class RunningService:
                 return stats
             if time.time() > deadline:
                 raise TimeoutError(f"{done} of {count} deliveries delivered after {timeout}s: {stats}\n"
-                                   + self.logs())
+                                   + self.logs(tail=4000))
             time.sleep(0.2)
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
+    def logs(self, tail: int | None = None) -> str:
+        """Every log file of the service, whole (or its last ``tail`` characters)."""
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-(tail or 0):]}"
                          for p in sorted(self.workdir.glob("*.log")))
 
     def close(self) -> None:
@@ -204,7 +205,8 @@ class RunningService:
 
 @contextlib.contextmanager
 def running_service(python: str | os.PathLike | None = None, env: dict[str, str] | None = None,
-                    worker: bool = True, workers: int = 2, database_url: str | None = None) -> Iterator[RunningService]:
+                    worker: bool = True, workers: int = 2, database_url: str | None = None,
+                    gunicorn_args: Iterable[str] = ()) -> Iterator[RunningService]:
     """Real gunicorn on a free loopback port plus, by default, the worker process, on a
     temporary SQLite file (or ``database_url``). Stopped with SIGTERM on exit."""
     python = Path(python or sys.executable)
@@ -224,7 +226,7 @@ def running_service(python: str | os.PathLike | None = None, env: dict[str, str]
         try:
             # Migrate once before several processes start, as a deployment would.
             service.cli("migrate")
-            service.start_web(workers=workers)
+            service.start_web(workers=workers, extra=list(gunicorn_args))
             if worker:
                 service.start_worker()
             yield service

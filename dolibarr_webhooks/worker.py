@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .exceptions import PermanentFailure, RetryLater
+from .logs import request_id
 from .plugins import Plugins
 from .store import DEAD, DELIVERED, FAILED, NOTIFY_CHANNEL, Claim, Store
 
@@ -71,6 +72,7 @@ class Worker:
     # -- one delivery -------------------------------------------------------------
     def _execute(self, claim: Claim) -> None:
         """Runs in the plugin's lane thread: call the handler, record the outcome."""
+        token = request_id.set(claim.event.id)  # every line about this delivery names its event
         try:
             self.plugins.handle(claim.plugin, claim.event)
         except BaseException as error:  # every failure is recorded and retried, never swallowed
@@ -85,6 +87,7 @@ class Worker:
             self._record(claim, DELIVERED, None, None)
         finally:
             self.wake_event.set()
+            request_id.reset(token)
 
     def _record(self, claim: Claim, status: str, error: str | None, next_at: float | None,
                 outcome: str | None = None) -> None:

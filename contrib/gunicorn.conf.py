@@ -1,0 +1,143 @@
+"""gunicorn settings for production.
+
+    gunicorn -c contrib/gunicorn.conf.py 'dolibarr_webhooks:create_app()'
+
+Every value below can be changed with the environment variable named next to it (the
+systemd unit reads them from /etc/dolibarr-webhooks/dolibarr-webhooks.env); options given
+on gunicorn's command line win over this file.
+
+Dolibarr posts each webhook from inside its user's web request and gives up after 30 s
+(5 s to connect), counting a timeout as a failure that rolls the user's action back. The
+receiver stores and answers in milliseconds; the timeouts here only bound the cases
+where something is stuck, and they all end well before Dolibarr's 30 s.
+"""
+
+import multiprocessing
+import os
+
+# The metrics folder first: prometheus_client picks memory or files when it is imported,
+# and every worker imports it after this file has run in the master. This module does not
+# import prometheus_client itself.
+from dolibarr_webhooks.gunicorn import (mark_process_dead, prepare_multiproc_dir, remove_multiproc_dir,
+                                        wipe_multiproc_dir)
+
+# PROMETHEUS_MULTIPROC_DIR: where every process writes its metric samples, so that /metrics
+# adds up all gunicorn workers AND the separate 'dolibarr-webhooks worker' process (give it
+# the same folder: the systemd units use /run/dolibarr-webhooks/metrics). Unset: a temporary
+# folder of this gunicorn only, removed at exit (deliveries then do not show in /metrics).
+_metrics_dir, _metrics_dir_is_ours = prepare_multiproc_dir()
+
+
+def _settings():
+    """The service's own settings (environment, then .env), for the log format, level and port.
+    A bad setting is not reported here: each worker stops on it with a clear message."""
+    from dolibarr_webhooks.config import ConfigError, load_settings
+
+    try:
+        return load_settings().values
+    except ConfigError:
+        return {}
+
+
+_service = _settings()
+# RedactingLogger reads the format from the environment; .env values count too.
+os.environ.setdefault("DOLIBARR_WEBHOOKS_LOG_FORMAT", str(_service.get("LOG_FORMAT", "text")))
+# A PostgreSQL server that does not answer must fail a request in seconds, not hold a
+# sync worker until it is killed (libpq reads this variable).
+os.environ.setdefault("PGCONNECT_TIMEOUT", "5")
+
+# GUNICORN_BIND: comma-separated addresses. Default 127.0.0.1:<DOLIBARR_WEBHOOKS_PORT or 8080>:
+# only nginx, on this host, reaches gunicorn. Never bind a public address: the application
+# trusts X-Forwarded-For from DOLIBARR_WEBHOOKS_TRUSTED_PROXIES hops. unix:/run/... works too.
+bind = (os.environ.get("GUNICORN_BIND") or f"127.0.0.1:{_service.get('PORT', 8080)}").split(",")
+
+# WEB_CONCURRENCY: worker processes (gunicorn's own variable). Sync workers handle one
+# request each; a request takes a few milliseconds, so 2 x CPUs + 1, at most 8, is plenty.
+# Each worker holds up to 8 + 16 database connections at most (SQLAlchemy's pool).
+workers = int(os.environ.get("WEB_CONCURRENCY") or min(2 * multiprocessing.cpu_count() + 1, 8))
+
+# Sync workers: nginx buffers the whole request body (proxy_request_buffering on) before it
+# opens the connection to gunicorn, so a slow Dolibarr upload never ties a worker up.
+worker_class = "sync"
+
+# GUNICORN_TIMEOUT: a worker silent for this long is killed and replaced (a stuck database,
+# a deadlock). 20 s: nginx (proxy_read_timeout 25s) then answers 502, still before
+# Dolibarr's 30 s.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT") or 20)
+
+# GUNICORN_GRACEFUL_TIMEOUT: on SIGTERM (systemctl stop/restart) gunicorn stops accepting,
+# lets running requests finish for this long, then kills what is left. A request that got
+# its 2xx has already been stored, so nothing acknowledged is lost. Keep the unit's
+# TimeoutStopSec above it.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT") or 20)
+
+# Sync workers close the connection after each answer; nginx opens a new one per request.
+keepalive = 2
+
+# GUNICORN_MAX_REQUESTS: recycle a worker after this many requests (0: never), with jitter so
+# workers do not restart together. Counters of recycled workers stay in the metrics folder.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS") or 0)
+max_requests_jitter = max(max_requests // 10, 0)
+
+# FORWARDED_ALLOW_IPS (gunicorn's own variable): addresses whose X-Forwarded-Proto gunicorn
+# believes (wsgi.url_scheme). Only the local proxy. The client address itself comes from
+# X-Forwarded-For, read by the application for DOLIBARR_WEBHOOKS_TRUSTED_PROXIES hops.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS") or "127.0.0.1,::1"
+
+# The application is loaded in each worker after the fork: no database connection or
+# prometheus_client state is shared by accident between processes.
+preload_app = False
+
+# The heartbeat file in memory, not on a disk that may stall (gunicorn's FAQ).
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+proc_name = "dolibarr-webhooks"
+
+# Logs on stderr/stdout (journald under systemd). RedactingLogger removes secrets from the
+# request line, the path, the query string, the Basic user and credential headers, and
+# writes JSON lines when DOLIBARR_WEBHOOKS_LOG_FORMAT=json.
+logger_class = "dolibarr_webhooks.gunicorn.RedactingLogger"
+errorlog = "-"
+loglevel = str(_service.get("LOG_LEVEL") or "info").lower()
+
+# GUNICORN_ACCESSLOG: "-" (stdout, default), a file, or empty for none. The application
+# also logs one richer line per webhook (outcome, trigger code, event id) on
+# dolibarr_webhooks.access; with nginx's own log, turning this one off is reasonable.
+# The format never uses %(u)s, %({authorization}i)s or the raw query: even if it did,
+# RedactingLogger masks them. rid= is the X-Request-Id shared with nginx and the app.
+accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
+
+# gunicorn 25.1+ opens a control socket in $HOME or $XDG_RUNTIME_DIR; the service has no
+# use for it and ProtectSystem=strict forbids it. GUNICORN_CONTROL_SOCKET=/run/.../gunicorn.ctl
+# turns it on.
+control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
+if os.environ.get("GUNICORN_CONTROL_SOCKET"):
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
+
+
+def on_starting(server):
+    # Samples of processes that are gone belong to an earlier run: start counting afresh.
+    # Files of live processes (the worker service shares the folder) are kept.
+    removed = wipe_multiproc_dir(_metrics_dir)
+    server.log.info("metrics folder %s (%d stale files removed)", _metrics_dir, removed)
+    if timeout >= 30 or graceful_timeout <= 0:
+        server.log.warning("timeout=%ss: Dolibarr gives up after 30 s; keep it well below", timeout)
+
+
+def child_exit(server, worker):
+    # prometheus_client's bookkeeping for a worker that exited (its live gauges go).
+    mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _metrics_dir_is_ours:
+        remove_multiproc_dir(_metrics_dir)
+
+
+def post_worker_init(worker):
+    # With DOLIBARR_WEBHOOKS_EMBEDDED_WORKER=1 each web process also delivers events (no
+    # separate worker service). Off by default: production runs dolibarr-webhooks-worker.service.
+    from dolibarr_webhooks.gunicorn import post_worker_init as start_embedded_worker
+
+    start_embedded_worker(worker)

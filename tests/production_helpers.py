@@ -1,0 +1,243 @@
+"""Helpers for the production tests: the contrib files rendered for a test run, a real
+nginx in front of a real gunicorn, and Dolibarr-shaped requests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+from requests.adapters import HTTPAdapter
+
+from dolibarr_webhooks.samples import sample_body
+from dolibarr_webhooks.testing import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CONTRIB = ROOT / "contrib"
+GUNICORN_CONF = CONTRIB / "gunicorn.conf.py"
+NGINX_SITE = CONTRIB / "nginx" / "dolibarr-webhooks.conf"
+SYSTEMD = CONTRIB / "systemd"
+ENV_EXAMPLE = CONTRIB / "dolibarr-webhooks.env.example"
+
+DOLIBARR_HEADERS = {"User-Agent": "Dolibarr geturl function", "Accept": "*/*", "Content-Type": "application/json"}
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of a system tool; in CI a missing one is a failure, elsewhere a skip."""
+    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.access(p, os.X_OK)),
+                                      None)
+    if path is None:
+        message = f"{name} is not installed (apt-get install -y {package})"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def production_env(**extra: str) -> dict[str, str]:
+    """Environment for ``running_service``: gunicorn reads contrib/gunicorn.conf.py, as in production
+    (options running_service passes on the command line, bind and workers, still win)."""
+    env = {"GUNICORN_CMD_ARGS": f"-c {GUNICORN_CONF}"}
+    env.update(extra)
+    return env
+
+
+# -- TLS and nginx ----------------------------------------------------------------------------
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    openssl = require_tool("openssl", "openssl")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def render_nginx_site(folder: Path, upstream_port: int, https_port: int, http_port: int, cert: Path,
+                      key: Path) -> str:
+    """contrib/nginx/dolibarr-webhooks.conf with test ports, certificate and log paths; every
+    directive else is the file's own. Fails loudly when a replaced line is no longer there."""
+    text = NGINX_SITE.read_text()
+    replacements = [
+        ("server 127.0.0.1:8080;", f"server 127.0.0.1:{upstream_port};"),
+        ("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;"),
+        ("listen [::]:443 ssl;", "# (no IPv6 listener in the test)"),
+        ("listen 80;", f"listen 127.0.0.1:{http_port};"),
+        ("listen [::]:80;", "# (no IPv6 listener in the test)"),
+        ("/etc/letsencrypt/live/webhooks.example.com/fullchain.pem", str(cert)),
+        ("/etc/letsencrypt/live/webhooks.example.com/privkey.pem", str(key)),
+        ("/var/log/nginx/", f"{folder}/logs/"),
+        ("/var/www/letsencrypt", f"{folder}/acme"),
+    ]
+    for old, new in replacements:
+        assert old in text, f"{NGINX_SITE.name} no longer contains {old!r}: update render_nginx_site"
+        text = text.replace(old, new)
+    return text
+
+
+def nginx_main_conf(folder: Path, site: Path) -> str:
+    # Run as root (CI containers), nginx's workers would switch to 'nobody', who cannot enter
+    # pytest's private temporary folders.
+    user = "user root;" if os.geteuid() == 0 else ""
+    temp = folder / "temp"
+    return f"""{user}
+worker_processes 1;
+pid {folder}/nginx.pid;
+error_log {folder}/logs/main-error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    access_log off;
+    include {site};
+}}
+"""
+
+
+class Nginx:
+    def __init__(self, folder: Path, upstream_port: int) -> None:
+        self.binary = require_tool("nginx", "nginx-light")
+        self.folder = folder
+        for sub in ("logs", "temp", "acme"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        self.cert, self.key = self_signed_certificate(folder)
+        self.https_port, self.http_port = free_port(), free_port()
+        site = folder / "dolibarr-webhooks.conf"
+        site.write_text(render_nginx_site(folder, upstream_port, self.https_port, self.http_port, self.cert,
+                                          self.key))
+        self.conf = folder / "nginx.conf"
+        self.conf.write_text(nginx_main_conf(folder, site))
+        self.https = f"https://127.0.0.1:{self.https_port}"
+        self.http = f"http://127.0.0.1:{self.http_port}"
+        self.process: subprocess.Popen | None = None
+
+    def command(self, *args: str) -> list[str]:
+        startup_log = self.folder / "logs" / "startup.log"
+        return [self.binary, "-p", str(self.folder), "-c", str(self.conf), "-e", str(startup_log), *args]
+
+    def test_config(self) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command("-t"), capture_output=True, text=True, timeout=60)
+
+    def start(self) -> None:
+        with open(self.folder / "logs" / "stderr.log", "ab") as log:
+            self.process = subprocess.Popen(self.command("-g", "daemon off;"), stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        wait_for_port(self.https_port, process=self.process)
+        wait_for_port(self.http_port, process=self.process)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+    def logs(self) -> dict[str, str]:
+        return {p.name: p.read_text(errors="replace") for p in sorted((self.folder / "logs").glob("*.log"))}
+
+    def session(self, source_address: str | None = None) -> requests.Session:
+        """A client that trusts the test certificate; ``source_address`` picks another loopback
+        address (127.0.0.2) to look like a different client than nginx itself."""
+        session = requests.Session()
+        # Not the environment's CA bundle (REQUESTS_CA_BUNDLE would win over verify) nor its proxies.
+        session.trust_env = False
+        session.verify = str(self.cert)
+        if source_address:
+            adapter = SourceAddressAdapter(source_address)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+        return session
+
+
+class SourceAddressAdapter(HTTPAdapter):
+    def __init__(self, source_address: str, **kwargs: Any) -> None:
+        self.source_address = source_address
+        super().__init__(**kwargs)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["source_address"] = (self.source_address, 0)
+        super().init_poolmanager(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def running_nginx(folder: Path, upstream_port: int) -> Iterator[Nginx]:
+    nginx = Nginx(folder, upstream_port)
+    result = nginx.test_config()
+    assert result.returncode == 0, result.stderr
+    nginx.start()
+    try:
+        yield nginx
+    finally:
+        nginx.stop()
+
+
+# -- Dolibarr-shaped bodies -------------------------------------------------------------------
+def php_json(data: Any) -> bytes:
+    """JSON as PHP's json_encode writes it: ASCII only, '/' escaped."""
+    return json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("/", "\\/").encode()
+
+
+def big_invoice(size: int, ref: str = "(PROV4242)") -> tuple[bytes, int]:
+    """A BILL_VALIDATE body of at least ``size`` bytes: the sample invoice with its line
+    repeated, as Dolibarr 20 to 22 send every line whole. Returns the body and its line count."""
+    body = json.loads(sample_body("BILL_VALIDATE"))
+    line = body["object"]["lines"][0]
+    one = len(php_json(line))
+    count = size // one + 1
+    lines = []
+    for number in range(count):
+        copy = dict(line)
+        copy["id"] = copy["rowid"] = 100000 + number
+        copy["rang"] = number + 1
+        lines.append(copy)
+    body["object"]["lines"] = lines
+    body["object"]["ref"] = ref
+    return php_json(body), count
+
+
+def dolibarr_post(session: requests.Session, url: str, body: bytes, **kwargs: Any) -> requests.Response:
+    headers = dict(DOLIBARR_HEADERS)
+    if len(body) > 1024 * 1024:
+        headers["Expect"] = "100-continue"  # what curl adds for bodies over 1 MiB
+    headers.update(kwargs.pop("headers", {}))
+    return session.post(url, data=body, headers=headers, timeout=kwargs.pop("timeout", 30), allow_redirects=False,
+                        **kwargs)
+
+
+def service_logs(service) -> str:
+    """Every line the service's processes wrote (RunningService.logs() keeps only the ends)."""
+    return "\n".join(p.read_text(errors="replace") for p in sorted(service.workdir.glob("*.log")))
+
+
+def cli_json(service, *args: str) -> Any:
+    return json.loads(service.cli(*args, "--json").stdout)
+
+
+def python_bin() -> Path:
+    return Path(sys.executable).parent
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, message: str = "condition"):
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise TimeoutError(f"{message} not met after {timeout}s")
+        time.sleep(interval)

@@ -1,0 +1,304 @@
+"""Real gunicorn with contrib/gunicorn.conf.py and several workers, plus the worker process:
+rate limits shared through Redis, metrics added up over every process, logs, and a
+SIGTERM in the middle of traffic."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from dolibarr_webhooks.ratelimit import key_prefix
+from dolibarr_webhooks.samples import sample_body
+from dolibarr_webhooks.store import Store
+from dolibarr_webhooks.testing import running_service
+from production_helpers import DOLIBARR_HEADERS, production_env, service_logs, wait_until
+
+pytestmark = pytest.mark.slow
+
+REDIS_URL = "redis://127.0.0.1:6379"
+
+
+def body(code: str, object_id: int) -> bytes:
+    """A sample body made unique (the dedup window would call identical ones duplicates)."""
+    data = json.loads(sample_body(code))
+    data["object"]["id"] = object_id
+    return json.dumps(data).encode()
+
+
+def post(url: str, data: bytes, **kwargs) -> requests.Response:
+    headers = {**DOLIBARR_HEADERS, **kwargs.pop("headers", {})}
+    return requests.post(url, data=data, headers=headers, timeout=kwargs.pop("timeout", 15), **kwargs)
+
+
+@pytest.fixture
+def redis_client():
+    redis = pytest.importorskip("redis")
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is required in CI at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+    yield client
+    client.close()
+
+
+# -- rate limits -------------------------------------------------------------------------------
+def test_rate_limit_per_source_and_per_client_shared_by_two_workers(tmp_path, redis_client):
+    other_secret = "Hq4mT8vBn2XcZ6wLp9sRk3Jd7Fg"
+    config = tmp_path / "sources.toml"
+    config.write_text(f'[sources.other]\nsecret = "{other_secret}"\n')
+    env = production_env(DOLIBARR_WEBHOOKS_RATELIMIT="5/minute", DOLIBARR_WEBHOOKS_RATELIMIT_STORAGE_URL=REDIS_URL,
+                         DOLIBARR_WEBHOOKS_TRUSTED_PROXIES="1", DOLIBARR_WEBHOOKS_CONFIG=str(config))
+    with running_service(env=env, workers=2, worker=False) as service:
+        prefix = key_prefix(service.env["DOLIBARR_WEBHOOKS_DATABASE_URL"])
+        try:
+            default_url, other_url = service.webhook_url, f"{service.url}/webhook/{other_secret}"
+            client_a, client_b = {"X-Forwarded-For": "10.0.0.1"}, {"X-Forwarded-For": "10.0.0.2"}
+
+            # Ten requests from one client for one source, spread over two workers: exactly five pass.
+            answers = [post(default_url, body("BILL_PAYED", n), headers=client_a) for n in range(10)]
+            statuses = [a.status_code for a in answers]
+            assert statuses == [200] * 5 + [429] * 5, statuses
+            refused = answers[-1]
+            assert 0 < int(refused.headers["Retry-After"]) <= 60
+            assert refused.headers["Content-Type"] == "application/json"
+            assert refused.json()["error"] == "too_many_requests"
+            assert "Retry-After" not in answers[0].headers
+
+            # Another client, the same source: the source's budget is spent.
+            assert post(default_url, body("BILL_PAYED", 100), headers=client_b).status_code == 429
+            # Another client and another source: both budgets are fresh.
+            assert post(other_url, body("BILL_PAYED", 101), headers=client_b).status_code == 200
+            # The first client on the other source: the client's budget is spent.
+            assert post(other_url, body("BILL_PAYED", 102), headers=client_a).status_code == 429
+            assert requests.get(f"{service.url}/health", timeout=5).status_code == 200
+
+            keys = list(redis_client.scan_iter(f"*{prefix}*"))
+            assert keys, "the counters live in Redis, under this deployment's prefix"
+        finally:
+            for key in redis_client.scan_iter(f"*{prefix}*"):
+                redis_client.delete(key)
+
+
+# -- metrics -----------------------------------------------------------------------------------
+def scrape(url: str, **kwargs) -> dict:
+    response = requests.get(f"{url}/metrics", timeout=10, **kwargs)
+    assert response.status_code == 200, response.text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def _trickle(data: bytes, seconds: float, parts: int = 10):
+    """A body sent in parts over ``seconds``: the request holds a sync worker meanwhile."""
+    size = len(data) // parts + 1
+    for start in range(0, len(data), size):
+        yield data[start:start + size]
+        time.sleep(seconds / parts)
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^PPid:\s+(\d+)", status, re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def test_metrics_add_up_every_gunicorn_worker_and_the_worker_process(tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    env = production_env(PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), DOLIBARR_WEBHOOKS_MAX_BODY_SIZE="64KiB",
+                         DOLIBARR_WEBHOOKS_TRUSTED_PROXIES="1", DOLIBARR_WEBHOOKS_ALLOWED_IPS="127.0.0.0/8",
+                         DOLIBARR_WEBHOOKS_METRICS_TOKEN="metrics-token-0123456789")
+    with running_service(env=env, workers=2) as service:
+        url, hook = service.url, service.webhook_url
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # One worker reads a slow upload meanwhile the other answers the rest: both count.
+            slow = pool.submit(post, hook, _trickle(body("COMPANY_CREATE", 5), seconds=5))
+            time.sleep(0.3)
+            sent = {
+                (200, "accepted"): [post(hook, body(code, n)) for n, code in
+                                    enumerate(["BILL_PAYED"] * 3 + ["COMPANY_CREATE"] * 2)],
+                (200, "duplicate"): [post(hook, body("BILL_PAYED", 0)) for _ in range(2)],
+                (202, "quarantined"): [post(hook, b"<html>not json</html>")],
+                (422, "no_trigger_code"): [post(hook, b'{"object": {"id": 1}}')],
+                (413, "request_entity_too_large"): [post(hook, b"x" * 100_000)],
+                (401, "auth"): [post(f"{url}/webhook/wrong-secret-0123456789", body("BILL_PAYED", 9))
+                                for _ in range(2)],
+                (403, "ip"): [post(hook, body("BILL_PAYED", 8), headers={"X-Forwarded-For": "10.9.9.9"})],
+                (404, "not_found"): [requests.get(f"{url}/nothing-here", timeout=5) for _ in range(2)],
+                (405, "method_not_allowed"): [requests.get(hook, timeout=5)],
+            }
+            assert not slow.done(), "the slow upload must still hold its worker"
+            sent[(200, "accepted")].append(slow.result(timeout=20))
+        for (status, reason), answers in sent.items():
+            assert [a.status_code for a in answers] == [status] * len(answers), (reason, [a.text for a in answers])
+        service.wait_delivered(6, plugin="log")
+
+        assert requests.get(f"{url}/metrics", timeout=5).status_code == 401
+        auth = {"Authorization": "Bearer metrics-token-0123456789"}
+        # Several scrapes land on both workers; each must see everything.
+        scrapes = [scrape(url, headers=auth) for _ in range(6)]
+        for metrics in scrapes:
+            for (status, reason), answers in sent.items():
+                key = ("dolibarr_webhooks_requests_total", (("reason", reason), ("status", str(status))))
+                assert metrics.get(key) == len(answers), (key, metrics.get(key))
+            events = {k[1]: v for k, v in metrics.items() if k[0] == "dolibarr_webhooks_events_total"}
+            assert events == {(("code", "BILL_PAYED"), ("result", "accepted")): 3,
+                              (("code", "COMPANY_CREATE"), ("result", "accepted")): 3,
+                              (("code", "BILL_PAYED"), ("result", "duplicate")): 2,
+                              (("code", "-"), ("result", "quarantined")): 1}
+            # Recorded by the separate worker process.
+            assert metrics[("dolibarr_webhooks_deliveries_total", (("outcome", "delivered"), ("plugin", "log")))] == 6
+            assert metrics[("dolibarr_webhooks_handler_seconds_count", (("plugin", "log"),))] == 6
+            assert metrics[("dolibarr_webhooks_ack_seconds_count", ())] == 8
+            assert metrics[("dolibarr_webhooks_queue_depth", (("status", "delivered"),))] == 6
+            assert metrics[("dolibarr_webhooks_queue_depth", (("status", "pending"),))] == 0
+            assert metrics[("dolibarr_webhooks_oldest_pending_seconds", ())] == 0
+            assert metrics[("dolibarr_webhooks_quarantined_events", ())] == 1
+            assert metrics[("dolibarr_webhooks_store_up", ())] == 1
+        pids = {int(m.group(1)) for p in metrics_dir.glob("counter_*.db") if (m := re.search(r"_(\d+)\.db$", p.name))}
+        web_workers = {pid for pid in pids if _parent(pid) == service.processes["web"].pid}
+        assert len(web_workers) == 2, f"both gunicorn workers counted requests: {sorted(pids)}"
+        assert service.processes["worker"].pid in pids, "the worker process counted deliveries"
+        metrics = scrapes[-1]
+        total = int(metrics[("dolibarr_webhooks_ack_seconds_count", ())])
+        fast = int(metrics[("dolibarr_webhooks_ack_seconds_bucket", (("le", "0.05"),))])
+        within_1s = int(metrics[("dolibarr_webhooks_ack_seconds_bucket", (("le", "1.0"),))])
+        assert within_1s >= total - 1, "all but the slow upload are acknowledged within a second"
+        print(f"\nacknowledged within 50 ms: {fast} of {total} (one is the 5 s upload); "
+              f"web workers {sorted(web_workers)} and worker {service.processes['worker'].pid} added up")
+
+
+# -- logs ----------------------------------------------------------------------------------------
+def _post_secrets_every_way(service) -> list[requests.Response]:
+    import base64
+
+    secret = service.secret
+    basic = base64.b64encode(f"dolibarr:{secret}".encode()).decode()
+    return [
+        post(service.webhook_url, body("BILL_PAYED", 1), headers={"X-Request-Id": "rid-path"}),
+        post(f"{service.url}/webhook?token={secret}", body("BILL_PAYED", 2), headers={"X-Request-Id": "rid-query"}),
+        post(f"{service.url}/webhook", body("BILL_PAYED", 3), headers={"Authorization": f"Basic {basic}"}),
+        post(f"{service.url}/webhook", body("BILL_PAYED", 4), headers={"Authorization": f"Bearer {secret}"}),
+        post(f"{service.url}/webhooks/{secret}", b"{}"),  # a mistyped URL: 404
+        post(f"{service.url}/webhook/{secret}x", b"{}"),  # a wrong secret: 401
+    ]
+
+
+def test_json_logs_carry_request_ids_and_no_secret(tmp_path):
+    env = production_env(DOLIBARR_WEBHOOKS_LOG_FORMAT="json")
+    with running_service(env=env, workers=2) as service:
+        answers = _post_secrets_every_way(service)
+        assert [a.status_code for a in answers] == [200, 200, 200, 200, 404, 401]
+        assert answers[0].headers["X-Request-Id"] == "rid-path"
+        service.wait_delivered(4, plugin="log")
+        time.sleep(0.3)
+        text = service_logs(service)
+    basic = answers[2].request.headers["Authorization"].split()[1]
+    assert service.secret not in text and basic not in text
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]  # every line is JSON
+    assert {line["logger"] for line in lines} >= {"dolibarr_webhooks.access", "gunicorn.access", "gunicorn.error"}
+    app_access = [line for line in lines if line["logger"] == "dolibarr_webhooks.access"]
+    gunicorn_access = [line for line in lines if line["logger"] == "gunicorn.access"]
+    assert len(app_access) == len(gunicorn_access) == 6
+    for line in app_access + gunicorn_access:
+        assert line["request_id"] not in ("", "-"), line
+    by_id = {line["request_id"]: line for line in app_access}
+    assert by_id["rid-path"]["path"] == "/webhook/***" and by_id["rid-path"]["outcome"] == "accepted"
+    assert by_id["rid-query"]["path"] == "/webhook?token=***"
+    assert {line["path"] for line in gunicorn_access} >= {"/webhook/***", "/webhook?token=***", "/webhook"}
+    assert any(line["logger"] == "dolibarr_webhooks.events" for line in lines), "the worker's lines, in JSON too"
+
+
+def test_text_logs_follow_log_level_and_hide_secrets(tmp_path):
+    env = production_env(DOLIBARR_WEBHOOKS_LOG_LEVEL="WARNING")
+    with running_service(env=env, workers=2) as service:
+        answers = _post_secrets_every_way(service)
+        assert [a.status_code for a in answers] == [200, 200, 200, 200, 404, 401]
+        service.wait_delivered(4, plugin="log")
+        time.sleep(0.3)
+        text = service_logs(service)
+    assert service.secret not in text
+    assert " INFO " not in text and "[INFO]" not in text, "LOG_LEVEL=WARNING: no info lines from the app or gunicorn"
+    access = [line for line in text.splitlines() if line.startswith('127.0.0.1 "')]
+    assert len(access) == 6, "gunicorn's access log is its own, whatever the level"
+    assert '127.0.0.1 "POST /webhook/*** HTTP/1.1" 200' in text and "rid=rid-path" in text
+    assert '"POST /webhook?token=*** HTTP/1.1" 200' in text
+
+
+# -- SIGTERM under load -----------------------------------------------------------------------------
+def test_sigterm_under_load_loses_no_acknowledged_event(tmp_path):
+    with running_service(env=production_env(), workers=2, worker=False) as service:
+        web = service.processes["web"]
+        stop = threading.Event()
+        counter = iter(range(1, 10**6))
+        lock = threading.Lock()
+        acknowledged: list[str] = []
+        failures: list[str] = []
+
+        def client() -> None:
+            session = requests.Session()
+            while not stop.is_set():
+                with lock:
+                    number = next(counter)
+                try:
+                    response = session.post(service.webhook_url, data=body("BILL_PAYED", number),
+                                            headers=DOLIBARR_HEADERS, timeout=10)
+                except requests.RequestException as exc:
+                    with lock:
+                        failures.append(type(exc).__name__)
+                    time.sleep(0.01)
+                    continue
+                with lock:
+                    if 200 <= response.status_code < 300:
+                        acknowledged.append(response.json()["id"])
+                    else:
+                        failures.append(str(response.status_code))
+
+        with ThreadPoolExecutor(max_workers=9) as pool:
+            # Started first, while both workers are free, so a worker is reading it before the load
+            # begins (a connection still waiting in the listen queue at SIGTERM is reset, not served).
+            slow = pool.submit(post, service.webhook_url, _trickle(body("COMPANY_CREATE", 424242), seconds=3, parts=20),
+                               timeout=20)
+            time.sleep(0.3)
+            clients = [pool.submit(client) for _ in range(8)]
+            time.sleep(1.5)
+            before = len(acknowledged)
+            signalled = time.monotonic()
+            os.kill(web.pid, signal.SIGTERM)
+            exit_code = web.wait(30)
+            stopped_after = time.monotonic() - signalled
+            time.sleep(0.3)
+            stop.set()
+            for future in clients:
+                future.result(timeout=30)
+            slow_answer = slow.result(timeout=30)
+
+        assert exit_code == 0, service.logs()
+        assert slow_answer.status_code == 200, slow_answer.text
+        acknowledged.append(slow_answer.json()["id"])
+        assert before > 20, f"only {before} events before the signal: the load did not run"
+        assert failures, "requests after the shutdown must fail (nothing listens any more)"
+
+        store = Store(service.env["DOLIBARR_WEBHOOKS_DATABASE_URL"])
+        try:
+            missing = [event_id for event_id in acknowledged if store.show(event_id) is None]
+        finally:
+            store.dispose()
+        assert not missing, f"{len(missing)} acknowledged events are not in the store: {missing[:5]}"
+        print(f"\nSIGTERM under load: {len(acknowledged)} acknowledged events all stored ({before} before the signal), "
+              f"{len(failures)} refused after it; gunicorn stopped {stopped_after:.2f}s after SIGTERM")
+        wait_until(lambda: web.poll() is not None, 5, message="gunicorn exited")

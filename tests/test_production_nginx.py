@@ -1,0 +1,249 @@
+"""Real nginx, with contrib/nginx/dolibarr-webhooks.conf, in front of real gunicorn with
+contrib/gunicorn.conf.py: what Dolibarr sends gets through, addresses are the real ones,
+and nothing secret is written to any log.
+
+Clients use two loopback addresses: 127.0.0.1 (also nginx's own address towards gunicorn)
+and 127.0.0.2, a "different client", so that the application can only see 127.0.0.2 if it
+really reads the client address nginx passes on.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from dolibarr_webhooks.samples import sample_body, sample_codes
+from dolibarr_webhooks.testing import running_service
+from production_helpers import (Nginx, big_invoice, cli_json, dolibarr_post, production_env, require_tool,
+                                running_nginx, service_logs)
+
+pytestmark = pytest.mark.slow
+
+OTHER_CLIENT = "127.0.0.2"
+
+
+def test_nginx_accepts_the_contrib_site(tmp_path):
+    require_tool("nginx", "nginx-light")
+    nginx = Nginx(tmp_path, upstream_port=8080)
+    result = nginx.test_config()
+    assert result.returncode == 0, result.stderr
+    assert "syntax is ok" in result.stderr and "test is successful" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """gunicorn (2 workers) + worker + nginx; only 127.0.0.1 may post."""
+    require_tool("nginx", "nginx-light")
+    env = production_env(DOLIBARR_WEBHOOKS_TRUSTED_PROXIES="1", DOLIBARR_WEBHOOKS_ALLOWED_IPS="127.0.0.1/32")
+    with running_service(env=env, workers=2) as service:
+        with running_nginx(tmp_path_factory.mktemp("nginx"), service.port) as nginx:
+            yield service, nginx
+
+
+def webhook(nginx, service) -> str:
+    return f"{nginx.https}/webhook/{service.secret}"
+
+
+def test_dolibarr_samples_are_accepted_through_nginx(stack):
+    service, nginx = stack
+    session = nginx.session()
+    for code in sample_codes():
+        response = dolibarr_post(session, webhook(nginx, service), sample_body(code))
+        assert response.status_code == 200, (code, response.text)
+        assert response.json()["trigger_code"] == code
+        assert response.headers["Strict-Transport-Security"]
+        event = cli_json(service, "show", response.json()["id"])
+        assert event["trigger_code"] == code
+        assert event["remote_addr"] == "127.0.0.1"
+
+
+def test_the_allow_list_sees_the_real_client_behind_nginx(stack):
+    service, nginx = stack
+    other = nginx.session(OTHER_CLIENT)
+    # nginx itself is 127.0.0.1: if the application looked at the socket's address it would let this in.
+    refused = dolibarr_post(other, webhook(nginx, service), sample_body("BILL_PAYED"))
+    assert refused.status_code == 403 and f"address {OTHER_CLIENT} is not allowed" in refused.json()["message"]
+    # A client writing the allowed address into the proxy headers does not get in either.
+    for forged in ({"X-Forwarded-For": "127.0.0.1"}, {"X-Forwarded-For": "127.0.0.1, 127.0.0.1"},
+                   {"X-Real-IP": "127.0.0.1"}, {"Forwarded": "for=127.0.0.1"}):
+        response = dolibarr_post(other, webhook(nginx, service), sample_body("BILL_PAYED"), headers=forged)
+        assert response.status_code == 403, (forged, response.text)
+
+
+def test_a_forged_forwarded_for_is_not_recorded(stack):
+    service, nginx = stack
+    response = dolibarr_post(nginx.session(), webhook(nginx, service), sample_body("COMPANY_CREATE"),
+                             headers={"X-Forwarded-For": "203.0.113.9"})
+    assert response.status_code == 200, response.text
+    assert cli_json(service, "show", response.json()["id"])["remote_addr"] == "127.0.0.1"
+
+
+def test_another_allow_list(tmp_path):
+    """A list without 127.0.0.1: nginx's own address is refused; the real client is recorded."""
+    env = production_env(DOLIBARR_WEBHOOKS_TRUSTED_PROXIES="1",
+                         DOLIBARR_WEBHOOKS_ALLOWED_IPS=f"10.0.0.0/8,{OTHER_CLIENT}/32")
+    with running_service(env=env, workers=1, worker=False) as service, running_nginx(tmp_path, service.port) as nginx:
+        url = webhook(nginx, service)
+        assert dolibarr_post(nginx.session(), url, sample_body("BILL_PAYED")).status_code == 403
+        forged = dolibarr_post(nginx.session(), url, sample_body("BILL_PAYED"), headers={"X-Forwarded-For": "10.1.2.3"})
+        assert forged.status_code == 403
+        accepted = dolibarr_post(nginx.session(OTHER_CLIENT), url, sample_body("BILL_PAYED"))
+        assert accepted.status_code == 200, accepted.text
+        assert cli_json(service, "show", accepted.json()["id"])["remote_addr"] == OTHER_CLIENT
+
+
+def test_a_10_mb_invoice_passes_nginx_and_the_application(stack):
+    service, nginx = stack
+    body, lines = big_invoice(10 * 1024 * 1024, ref="(PROV10MB)")
+    assert len(body) >= 10 * 1024 * 1024
+    started = time.monotonic()
+    response = dolibarr_post(nginx.session(), webhook(nginx, service), body)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    assert elapsed < 10, f"{len(body)} bytes took {elapsed:.1f}s; Dolibarr gives up at 30 s"
+    event = cli_json(service, "show", response.json()["id"])
+    assert event["trigger_code"] == "BILL_VALIDATE"
+    assert len(event["payload"]["object"]["lines"]) == lines
+    print(f"\n10 MB invoice ({len(body)} bytes, {lines} lines) through nginx and gunicorn: {elapsed:.2f}s")
+
+
+def test_a_body_over_16_mib_is_refused_by_nginx_in_json(stack):
+    service, nginx = stack
+    body, _ = big_invoice(17 * 1024 * 1024)
+    response = dolibarr_post(nginx.session(), webhook(nginx, service), body)
+    assert response.status_code == 413
+    assert response.headers["Content-Type"] == "application/json"
+    assert response.json()["error"] == "request_entity_too_large"
+
+
+def test_only_the_public_endpoints_are_exposed(stack):
+    service, nginx = stack
+    local, other = nginx.session(), nginx.session(OTHER_CLIENT)
+    for session in (local, other):
+        assert session.get(f"{nginx.https}/health").status_code == 200
+        for path in ("/", "/admin", "/webhooks", "/metrics/extra", "/.env"):
+            response = session.get(nginx.https + path)
+            assert response.status_code == 404 and response.json()["error"] == "not_found", path
+    # Readiness and metrics: this host only; to anyone else they do not exist.
+    assert local.get(f"{nginx.https}/ready").json()["status"] == "ready"
+    assert "dolibarr_webhooks_requests_total" in local.get(f"{nginx.https}/metrics").text
+    for path in ("/ready", "/metrics"):
+        assert other.get(nginx.https + path).status_code == 404, path
+
+
+def test_plain_http_is_redirected_to_https(stack):
+    service, nginx = stack
+    response = nginx.session().post(f"{nginx.http}/webhook/{service.secret}", data=sample_body("BILL_PAYED"),
+                                    allow_redirects=False, timeout=10)
+    assert response.status_code == 301, "Dolibarr follows 301 (and re-posts the body), not 308"
+    assert response.headers["Location"] == f"https://127.0.0.1/webhook/{service.secret}"
+
+
+def test_no_secret_in_any_log(stack):
+    service, nginx = stack
+    secret = service.secret
+    session = nginx.session()
+    basic_password = base64.b64encode(f"dolibarr:{secret}".encode()).decode()
+    basic_user = base64.b64encode(f"{secret}:x".encode()).decode()
+    sent = [
+        dolibarr_post(session, f"{nginx.https}/webhook/{secret}", sample_body("PRODUCT_CREATE")),
+        dolibarr_post(session, f"{nginx.https}/webhook?token={secret}", sample_body("PROJECT_CREATE")),
+        dolibarr_post(session, f"{nginx.https}/webhook?a=1&token={secret}&b=2", sample_body("CONTACT_CREATE")),
+        dolibarr_post(session, f"{nginx.https}/webhook", sample_body("ORDER_VALIDATE"),
+                      headers={"Authorization": f"Basic {basic_password}"}),
+        dolibarr_post(session, f"{nginx.https}/webhook", sample_body("PROPAL_CLOSE_SIGNED"),
+                      headers={"Authorization": f"Basic {basic_user}"}),
+        dolibarr_post(session, f"{nginx.https}/webhook", sample_body("BILL_PAYED"),
+                      headers={"Authorization": f"Bearer {secret}"}),
+        dolibarr_post(session, f"{nginx.https}/webhook/{secret}/test", b""),
+        session.get(f"{nginx.https}/webhook/{secret}/events", timeout=10),
+    ]
+    assert [r.status_code for r in sent] == [200] * len(sent), [(r.status_code, r.text[:100]) for r in sent]
+    # Mistakes an administrator makes: a wrong path, a wrong method, a body too large.
+    mistakes = [
+        session.post(f"{nginx.https}/webhooks/{secret}", data=b"{}", timeout=10),
+        session.get(f"{nginx.https}/webhook/{secret}", timeout=10),
+        dolibarr_post(session, f"{nginx.https}/webhook/{secret}", big_invoice(17 * 1024 * 1024)[0]),
+    ]
+    assert [r.status_code for r in mistakes] == [404, 405, 413]
+    time.sleep(0.5)  # let the processes flush their last lines
+
+    logs = {f"nginx {name}": text for name, text in nginx.logs().items()}
+    logs["gunicorn and the application"] = app_log = service_logs(service)
+    for name, text in logs.items():
+        for needle in (secret, basic_password, basic_user):
+            assert needle not in text, f"{needle[:6]}... found in the {name} log:\n" + "\n".join(
+                line for line in text.splitlines() if needle in line)
+    access = logs["nginx dolibarr-webhooks.access.log"]
+    assert '"POST /webhook/*** HTTP/1.1" 200' in access
+    assert '"POST /webhook?*** HTTP/1.1" 200' in access
+    assert '"GET /webhook/***/events HTTP/1.1" 200' in access
+    assert '"POST /... HTTP/1.1" 404' in access
+    # One request id from nginx to the application and back.
+    rid = sent[0].headers["X-Request-Id"]
+    assert f"rid={rid}" in access
+    assert f"[{rid}] dolibarr_webhooks.access: POST /webhook/*** 200 " in app_log
+    assert f"rid={rid}" in app_log, "gunicorn's access line carries it too"
+
+
+def test_request_ids_from_a_client_are_replaced_by_nginx(stack):
+    service, nginx = stack
+    response = dolibarr_post(nginx.session(), webhook(nginx, service), sample_body("BILL_PAYED"),
+                             headers={"X-Request-Id": "client-chosen"})
+    assert response.status_code == 200
+    assert response.headers["X-Request-Id"] != "client-chosen" and len(response.headers["X-Request-Id"]) == 32
+
+
+def test_nginx_stops_a_flood_with_a_json_429(stack):
+    service, nginx = stack
+    session = nginx.session(OTHER_CLIENT)  # the limit is per address: the other tests' client keeps its budget
+    answers = [session.get(f"{nginx.https}/health", timeout=10) for _ in range(60)]
+    statuses = [a.status_code for a in answers]
+    assert statuses[:20] == [200] * 20, statuses  # the burst allowance of /health
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused, statuses
+    assert refused[0].json()["error"] == "too_many_requests" and refused[0].headers["Retry-After"] == "1"
+    time.sleep(1.5)  # the bucket drains at 50 per second
+
+
+SENDER = Path(__file__).resolve().parents[2] / "shared" / "dolibarr" / "dolibarr_send.php"
+
+
+def dolibarr_send(url: str, payload: Path, *options: str) -> subprocess.CompletedProcess:
+    """Dolibarr's own request (PHP curl, as getURLContent() does it); TLS not verified, as in
+    a Dolibarr without $dolibarr_main_prod."""
+    if not SENDER.is_file():
+        pytest.skip(f"{SENDER} is absent: the PHP sender comes with ../shared/dolibarr")
+    php = require_tool("php", "php-cli php-curl")
+    return subprocess.run([php, str(SENDER), *options, "--show-request", url, str(payload)],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("version", ["20", "22", "23"])
+def test_dolibarr_php_curl_through_nginx(stack, tmp_path, version):
+    service, nginx = stack
+    payload = tmp_path / "BILL_PAYED.json"
+    payload.write_bytes(sample_body("BILL_PAYED"))
+    options = [f"--dolibarr={version}"] + (["--allow-localurl"] if version == "23" else [])
+    result = dolibarr_send(webhook(nginx, service), payload, *options)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "HTTP status        : 200" in result.stdout
+    # Basic credentials typed in the target URL (https://user:secret@host/webhook).
+    basic = f"https://dolibarr:{service.secret}@127.0.0.1:{nginx.https_port}/webhook"
+    assert dolibarr_send(basic, payload, *options).returncode == 0
+
+
+def test_dolibarr_php_curl_sends_10_mb_through_nginx(stack, tmp_path):
+    service, nginx = stack
+    payload = tmp_path / "big.json"
+    payload.write_bytes(big_invoice(10 * 1024 * 1024, ref="(PROVPHP)")[0])
+    started = time.monotonic()
+    result = dolibarr_send(webhook(nginx, service), payload, "--dolibarr=22")
+    elapsed = time.monotonic() - started
+    assert "Expect: 100-continue" in result.stdout
+    assert result.returncode == 0, result.stdout + result.stderr
+    print(f"\n10 MB invoice from PHP curl through nginx: {elapsed:.2f}s")
