@@ -118,8 +118,8 @@ def _accept(raw: bytes, source: Source, test: bool):
                         "warning": f"{exc}; the body is kept for re-processing"}), 202
     try:
         result = svc.dispatch(event, remote_addr=_client())
-    except StoreError:
-        logger.error("could not store %s from %s: the store is unavailable", event.trigger_code, source.name)
+    except StoreError as exc:
+        logger.error("could not store %s from %s: the store is unavailable (%s)", event.trigger_code, source.name, exc)
         _record(503, "store")
         return json_error(503, "store_unavailable", "the event could not be stored; try again")
     _record(200, result.status)

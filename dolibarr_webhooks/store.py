@@ -118,6 +118,12 @@ class StoreError(Exception):
     """The store cannot be read or written (the receiver answers 503)."""
 
 
+def _reason(exc: SQLAlchemyError) -> str:
+    """The driver's first line (disk full, read-only...), without SQLAlchemy's statement dump."""
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {detail[0] if detail else ''}"[:300]
+
+
 @dataclass(frozen=True)
 class IngestResult:
     status: str  # accepted | duplicate
@@ -263,7 +269,7 @@ class Store:
                     conn.execute(insert(deliveries), [self._new_delivery(event.id, p, now) for p in plugins])
                     self._notify(conn)
         except SQLAlchemyError as exc:
-            raise StoreError(f"{type(exc).__name__}: {exc.__class__.__doc__ or ''}".strip()) from exc
+            raise StoreError(_reason(exc)) from exc
         if plugins:
             self._wake()
         return IngestResult(ACCEPTED, event.id, None, len(plugins))
@@ -284,7 +290,7 @@ class Store:
                     remote_addr=remote_addr,
                 ))
         except SQLAlchemyError as exc:
-            raise StoreError(type(exc).__name__) from exc
+            raise StoreError(_reason(exc)) from exc
 
     def quarantined(self, event_id: str | None = None) -> list[dict[str, Any]]:
         query = select(events.c.id, events.c.source, events.c.raw_body, events.c.received_at, events.c.error,
@@ -331,17 +337,20 @@ class Store:
                     .limit(limit)
                     .with_for_update(skip_locked=True)
                 ).all()
+                # The lease counts from here: getting the rows may have waited for a lock (SQLite's
+                # write lock at BEGIN, a PostgreSQL table lock), and the whole lease is the holder's.
+                leased_at = time.time()
                 for row in rows:
                     token = secrets.token_hex(16)
                     reclaimed = row.status == RUNNING
                     conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(
-                        status=RUNNING, lease_token=token, lease_expires_at=now + lease, locked_by=worker,
+                        status=RUNNING, lease_token=token, lease_expires_at=leased_at + lease, locked_by=worker,
                         runs=deliveries.c.runs + 1, reclaims=deliveries.c.reclaims + (1 if reclaimed else 0),
-                        updated_at=now,
+                        updated_at=leased_at,
                     ))
                     payload = conn.execute(select(events.c.payload).where(events.c.id == row.event_id)).scalar()
                     claims.append(Claim(row.id, plugin, token, row.attempts, reclaimed,
-                                        Event.from_json(payload), now))
+                                        Event.from_json(payload), leased_at))
         return claims
 
     def has_due(self, plugins: Iterable[str]) -> bool:
@@ -365,8 +374,8 @@ class Store:
     def finish(self, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
                worker: str, outcome: str | None = None, count_attempt: bool = True) -> bool:
         """Record an attempt and move the delivery on; False when the lease was lost meanwhile."""
-        now = time.time()
         with self.engine.begin() as conn:
+            now = time.time()  # after any wait for SQLite's write lock
             values: dict[str, Any] = dict(status=status, last_error=error, lease_token=None, lease_expires_at=None,
                                           locked_by=None, updated_at=now)
             if count_attempt:

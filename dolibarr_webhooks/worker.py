@@ -17,12 +17,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .exceptions import PermanentFailure, RetryLater
 from .logs import request_id
 from .plugins import Plugins
-from .store import DEAD, DELIVERED, FAILED, NOTIFY_CHANNEL, Claim, Store
+from .store import DEAD, DELIVERED, FAILED, NOTIFY_CHANNEL, Claim, Store, StoreError
 
 logger = logging.getLogger(__name__)
+
+# What a database restart, failover or outage raises: the worker waits, reconnects, goes on.
+STORE_ERRORS = (SQLAlchemyError, StoreError)
+RECONNECT_DELAY = 1.0
 
 
 def retry_decision(attempts_done: int, error: BaseException, schedule: list[float], jitter: float,
@@ -50,6 +56,7 @@ class Running:
     claim: Claim
     thread: threading.Thread
     deadline: float
+    recording: bool = False  # the handler returned; its outcome is being written
 
 
 @dataclass
@@ -92,10 +99,18 @@ class Worker:
     def _record(self, claim: Claim, status: str, error: str | None, next_at: float | None,
                 outcome: str | None = None) -> None:
         with self._lock:
-            running = self._running.pop(claim.delivery_id, None)
-            if running is None:  # the timeout already recorded this run; it came back late
+            running = self._running.get(claim.delivery_id)
+            mine = running is not None and running.claim.token == claim.token
+            if mine:
+                running.recording = True  # no timeout now, but the lane stays taken until recorded
+            else:  # the timeout already recorded this run; it came back late (maybe while its retry runs)
                 self._abandoned[claim.plugin] = max(0, self._abandoned.get(claim.plugin, 1) - 1)
-        held = self.store.finish(claim, status, error, next_at, self.name, outcome)
+        try:
+            held = self.store.finish(claim, status, error, next_at, self.name, outcome)
+        finally:
+            if mine:
+                with self._lock:
+                    self._running.pop(claim.delivery_id, None)
         if not held:
             logger.info("%s on event %s finished after losing its lease", claim.plugin, claim.event.id)
         if self.metrics is not None:
@@ -129,7 +144,7 @@ class Worker:
     def _expire(self) -> None:
         now = time.time()
         with self._lock:
-            expired = [r for r in self._running.values() if r.deadline <= now]
+            expired = [r for r in self._running.values() if r.deadline <= now and not r.recording]
             for running in expired:
                 del self._running[running.claim.delivery_id]
                 self._abandoned[running.claim.plugin] = self._abandoned.get(running.claim.plugin, 0) + 1
@@ -151,20 +166,30 @@ class Worker:
     def run(self, stop_after_idle: float | None = None) -> None:
         """Loop until ``stop()``; with ``stop_after_idle``, also stop once nothing was due for that long."""
         logger.info("worker %s started: plugins %s", self.name, ", ".join(self.plugins.handlers()) or "none")
-        listener = _Listener(self.store) if self.store.is_postgres else None
+        listener: _Listener | None = None
         idle_since = time.time()
         try:
             while not self.stop_event.is_set():
-                self._expire()
-                started = self.run_once()
-                self._maybe_purge()
-                if started or self.busy():
-                    idle_since = time.time()
-                elif stop_after_idle is not None and time.time() - idle_since >= stop_after_idle:
-                    break
-                if started:
-                    continue
-                self._wait(listener)
+                try:
+                    if self.store.is_postgres and listener is None:
+                        listener = _Listener(self.store)
+                    self._expire()
+                    started = self.run_once()
+                    self._maybe_purge()
+                    if started or self.busy():
+                        idle_since = time.time()
+                    elif stop_after_idle is not None and time.time() - idle_since >= stop_after_idle:
+                        break
+                    if started:
+                        continue
+                    self._wait(listener)
+                except STORE_ERRORS as exc:
+                    logger.error("worker %s: the store is unavailable (%s); retrying in %gs", self.name,
+                                 describe_error(exc), RECONNECT_DELAY)
+                    if listener is not None:
+                        listener.close()
+                        listener = None
+                    self.stop_event.wait(RECONNECT_DELAY)
         finally:
             if listener:
                 listener.close()
@@ -172,10 +197,11 @@ class Worker:
 
     def _wait(self, listener: _Listener | None) -> None:
         poll = self.settings["POLL_INTERVAL"]
-        if listener is not None:
-            # LISTEN/NOTIFY wakes us at once; the poll still catches retries coming due.
-            listener.wait(max(poll, 1.0), self.wake_event)
+        if listener is not None and not self.busy():
+            # Idle: LISTEN/NOTIFY wakes us at once; the poll still catches retries coming due.
+            listener.wait(max(poll, 1.0), self.wake_event, step=poll)
         else:
+            # Handlers running: the first to finish wakes us (a NOTIFY waits, queued, for the next wait).
             self.wake_event.wait(poll)
         self.wake_event.clear()
 
@@ -189,8 +215,9 @@ class Worker:
         while self.busy() and time.time() < deadline:
             time.sleep(0.05)
         with self._lock:
-            left = list(self._running.values())
-            self._running.clear()
+            left = [r for r in self._running.values() if not r.recording]
+            for running in left:
+                del self._running[running.claim.delivery_id]
         for running in left:
             claim = running.claim
             self.store.finish(claim, FAILED if claim.attempts else "pending", "released at shutdown",
@@ -215,14 +242,26 @@ class _Listener:
         import psycopg
 
         url = store.url.replace("postgresql+psycopg://", "postgresql://")
-        self.conn = psycopg.connect(url, autocommit=True)
-        self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        try:
+            self.conn = psycopg.connect(url, autocommit=True)
+            self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot LISTEN: {exc}") from exc
 
-    def wait(self, timeout: float, wake: threading.Event) -> None:
-        if wake.is_set():
-            return
-        for _ in self.conn.notifies(timeout=timeout, stop_after=1):
-            break
+    def wait(self, timeout: float, wake: threading.Event, step: float) -> None:
+        """Until a NOTIFY, ``timeout``, or ``wake`` (stop(), a handler done), looked at every ``step``."""
+        import psycopg
+
+        deadline = time.monotonic() + timeout
+        try:
+            while not wake.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                for _ in self.conn.notifies(timeout=min(left, step), stop_after=1):
+                    return
+        except psycopg.Error as exc:
+            raise StoreError(f"LISTEN connection lost: {exc}") from exc
 
     def close(self) -> None:
         self.conn.close()
