@@ -9,10 +9,24 @@ loads. ``BENCH_PATCHES`` names the patches, comma-separated:
   which deep-copies the whole object (about 0.8 ms of the 15 KB sample, against 0.07 ms).
 - ``prepare``: ``Store.ingest`` builds the event row (its JSON payload included) before
   ``BEGIN IMMEDIATE``, so the SQLite write lock is held only for the statements and commit.
-- ``flock``: SQLite writers queue on a blocking ``flock`` of ``<database>.lock`` around the
-  write transaction. SQLite's own busy handler sleeps 1, 2, 5, 10, 15... ms between tries,
-  so a process waiting for a lock held 3 ms waits about 8 ms, and under steady load the
-  waiter keeps losing to the holder; the kernel wakes a ``flock`` waiter at once.
+- ``flock``: every SQLite write transaction of the store (``engine.begin()``: ingest, claim,
+  finish, replay, purge) first takes a blocking ``flock`` of ``<database>.lock``. SQLite's
+  own busy handler sleeps 1, 2, 5, 10, 15... ms between tries, so a process waiting for a
+  lock held 3 ms waits about 8 ms, and under steady load the waiter keeps losing to the
+  holder; the kernel wakes a ``flock`` waiter as soon as the lock is released.
+- ``worker_normal``: the delivery worker's own connections use ``synchronous=NORMAL`` while
+  the web processes keep ``FULL``. In WAL mode the next FULL commit of an ingest syncs the
+  worker's earlier frames too; a power loss can only forget a claim or a result, and the
+  delivery then runs again, as it would after a lost lease.
+- ``normal``: every process uses ``synchronous=NORMAL`` (what ``SQLITE_SYNCHRONOUS=normal``
+  does), to compare both policies in one run. An acknowledged event can then be lost on a
+  power cut (not on a crash of the process), and Dolibarr never re-sends.
+
+``to_json`` and ``prepare`` are in the core since commit 7b9a17b; they stay here to measure
+older revisions.
+
+The delivery worker is not a gunicorn process: ``python bench/core_patches.py worker`` runs
+``dolibarr-webhooks worker`` with the same patches.
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ import dataclasses
 import fcntl
 import json
 import os
+import sys
 import threading
 import time
 
@@ -55,9 +70,24 @@ class _FileLock:
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
 
 
+class _LockedEngine:
+    """The store's engine, whose write transactions first queue on the file lock."""
+
+    def __init__(self, engine, lock: _FileLock) -> None:
+        self._engine, self._lock = engine, lock
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    @contextlib.contextmanager
+    def begin(self):
+        with self._lock.hold(), self._engine.begin() as conn:
+            yield conn
+
+
 def _ingest(self, event, plugins, dedup_window: float = 0, remote_addr=None):
-    """``Store.ingest`` with the row prepared before the transaction and, with ``flock``,
-    the SQLite write transaction queued on a file lock. Same statements, same results."""
+    """``Store.ingest`` with the row, JSON payload included, prepared before the transaction.
+    Same statements, same results."""
     from sqlalchemy import insert, select, text
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -71,9 +101,8 @@ def _ingest(self, event, plugins, dedup_window: float = 0, remote_addr=None):
                received_at=received_at, body_sha256=event.body_sha256, test=event.test,
                status=ACCEPTED, duplicate_of=None, payload=event.to_json(), remote_addr=remote_addr)
     new_deliveries = [self._new_delivery(event.id, p, now) for p in plugins]
-    lock = getattr(self, "_bench_flock", None)
     try:
-        with (lock.hold() if lock else contextlib.nullcontext()), self.engine.begin() as conn:
+        with self.engine.begin() as conn:
             duplicate_of = None
             if dedup_window > 0 and not event.test:
                 if self.is_postgres:
@@ -105,7 +134,7 @@ def _ingest(self, event, plugins, dedup_window: float = 0, remote_addr=None):
 
 
 def apply(names: list[str]) -> None:
-    unknown = set(names) - {"to_json", "prepare", "flock"}
+    unknown = set(names) - {"to_json", "prepare", "flock", "worker_normal", "normal"}
     if unknown:
         raise SystemExit(f"unknown BENCH_PATCHES: {', '.join(sorted(unknown))}")
     from dolibarr_webhooks import event as event_module
@@ -113,17 +142,25 @@ def apply(names: list[str]) -> None:
 
     if "to_json" in names:
         event_module.Event.to_json = _to_json
-    if "prepare" in names or "flock" in names:
+    if "prepare" in names:
         store_module.Store.ingest = _ingest
-    if "flock" in names:
+    if {"flock", "worker_normal", "normal"} & set(names):
         original_init = store_module.Store.__init__
+        in_worker = __name__ == "__main__" and sys.argv[1:2] == ["worker"]
 
         def __init__(self, url, synchronous="FULL"):
+            if "normal" in names or ("worker_normal" in names and in_worker):
+                synchronous = "NORMAL"
             original_init(self, url, synchronous)
-            if not self.is_postgres and self.engine.url.database:
-                self._bench_flock = _FileLock(self.engine.url.database + ".lock")
+            if "flock" in names and not self.is_postgres and self.engine.url.database:
+                self.engine = _LockedEngine(self.engine, _FileLock(self.engine.url.database + ".lock"))
 
         store_module.Store.__init__ = __init__
 
 
 apply(PATCHES)
+
+if __name__ == "__main__":  # the worker, or any CLI command, with the same patches
+    from dolibarr_webhooks.cli import main
+
+    main()

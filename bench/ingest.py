@@ -1,13 +1,18 @@
 """Ingest throughput and acknowledgement latency of the durable receiver, side by side
 with a no-op Flask endpoint under the same gunicorn settings.
 
-    python bench/ingest.py [--database sqlite|postgresql|both] [--duration 8] [--concurrency 1,16,64]
+    python bench/ingest.py [--database sqlite|postgresql|both] [--concurrency 1,16,64]
+                           [--duration 4] [--rounds 3] [--production] [--with-worker]
+                           [--baseline GIT_REVISION] [--patch NAME --compare-patched]
 
-Both targets run at once (real gunicorn, loopback); at each concurrency the points are
-taken one after the other, warm-up first, with ``wrk`` posting the real BILL_VALIDATE
-body (about 15 KB, a unique object id per request so none is a duplicate). Prints
-requests/s, p50 and p99 of the answers, the ratio durable / no-op, and the share of the
-machine taken by the load generator, the server and everything else.
+All targets run at once (real gunicorn, loopback): ``bench/noop_app.py`` and
+``dolibarr_webhooks:create_app()`` on SQLite (and/or a throw-away PostgreSQL database).
+At each concurrency the points are taken one after the other, warm-up first, with ``wrk``
+posting the real BILL_VALIDATE body (about 15 KB, a unique object id per request so none is
+a duplicate); the whole sequence is repeated ``--rounds`` times. Prints requests/s, p50 and
+p99 of the answers, the ratio durable / no-op, the share of the machine taken by the load
+generator, the server and everything else, and the server's CPU time per request; then
+checks that every acknowledged event is in the store.
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import (NCPU, GunicornSettings, Wrk, WrkResult, database, log, noop_server, product_server,
-                     table)
+from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, WrkResult, core_at, database, log, noop_server,
+                     product_server, table)
 
 # The issue's targets, at concurrency 16.
 TARGET_RATIO = 0.85
@@ -30,20 +35,29 @@ TARGET_CONCURRENCY = 16
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="sqlite")
-    parser.add_argument("--duration", type=int, default=8, help="seconds measured per point, whole (default 8)")
+    parser.add_argument("--duration", type=int, default=4, help="seconds measured per point, whole (default 4)")
     parser.add_argument("--warmup", type=int, default=1, help="seconds of warm-up before each point, whole; 0: none")
     parser.add_argument("--concurrency", default="1,16,64", help="connections, comma-separated")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat every point this many times, interleaved")
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (default 2, as serve)")
-    parser.add_argument("--worker-class", default="sync", help="gunicorn worker class (default sync)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="repeat every point this many times, interleaved; figures are medians (default 3)")
+    parser.add_argument("--production", action="store_true",
+                        help="every target under contrib/gunicorn.conf.py, the production settings "
+                             "(5 sync workers on 2 cores, gunicorn access log, multi-process metrics)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="gunicorn workers (default 2, as serve; with --production, the file's)")
+    parser.add_argument("--worker-class", default=None, help="gunicorn worker class (default sync)")
     parser.add_argument("--threads", type=int, default=1, help="threads per worker with --worker-class gthread")
     parser.add_argument("--with-worker", action="store_true",
                         help="also run the delivery worker process, as in production")
+    parser.add_argument("--worker-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="setting of the delivery worker process only (with --with-worker)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="product setting without the DOLIBARR_WEBHOOKS_ prefix, e.g. SQLITE_SYNCHRONOUS=normal")
     parser.add_argument("--patch", action="append", default=[], metavar="NAME",
                         help="bench-only experiment of bench/core_patches.py on the durable targets "
                              "(to_json, prepare, flock); repeatable")
+    parser.add_argument("--baseline", metavar="GIT_REVISION",
+                        help="also run each durable target with the core package of this revision (git archive)")
     parser.add_argument("--compare-patched", action="store_true",
                         help="run each durable target twice in the same run: as shipped and with --patch")
     return parser.parse_args(argv)
@@ -51,14 +65,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    gunicorn = GunicornSettings(args.workers, args.worker_class, args.threads)
+    if args.production:
+        gunicorn = GunicornSettings(args.workers, args.worker_class, args.threads, PRODUCTION_CONFIG)
+    else:
+        gunicorn = GunicornSettings(args.workers or 2, args.worker_class or "sync", args.threads)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     settings = dict(item.split("=", 1) for item in args.setting)
+    worker_settings = dict(item.split("=", 1) for item in args.worker_setting)
     print(f"# ingest: {NCPU} CPUs, gunicorn {gunicorn.describe()} for every target, wrk 1 thread, "
           f"{args.duration:g}s per point after {args.warmup:g}s warm-up"
           + (f", settings {settings}" if settings else "")
-          + (f", +patched = bench/core_patches.py {','.join(args.patch)}" if args.patch else ""), flush=True)
+          + (f", delivery worker running{f' with {worker_settings}' if worker_settings else ''}"
+             if args.with_worker else "")
+          + (f", +patched = bench/core_patches.py {','.join(args.patch)}" if args.patch else "")
+          + (f", @{args.baseline} = the core package at that revision" if args.baseline else ""), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="dw-bench-wrk-") as tmp, contextlib.ExitStack() as stack:
         wrk = Wrk(Path(tmp))
@@ -66,12 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         variants = [("", [])]
         if args.patch:
             variants = [("", []), ("+patched", args.patch)] if args.compare_patched else [("+patched", args.patch)]
+        cores = [("", None)]
+        if args.baseline:
+            cores.insert(0, (f"@{args.baseline}", core_at(args.baseline, Path(tmp) / "baseline")))
         for kind in kinds:
-            for suffix, patches in variants:
-                url = stack.enter_context(database(kind))
-                targets[f"durable-{kind}{suffix}"] = stack.enter_context(
-                    product_server(gunicorn, database_url=url, worker=args.with_worker, patches=patches,
-                                   **settings))
+            for label, core in cores:
+                for suffix, patches in (variants if not core else [("", [])]):
+                    url = stack.enter_context(database(kind))
+                    targets[f"durable-{kind}{label}{suffix}"] = stack.enter_context(
+                        product_server(gunicorn, database_url=url, worker=args.with_worker, patches=patches,
+                                       worker_settings=worker_settings, core=core, **settings))
         log(f"servers up: {', '.join(targets)}; body {wrk.body_size} bytes")
 
         results: dict[tuple[str, int], list[WrkResult]] = {}
@@ -100,38 +125,66 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _best(results: list[WrkResult]) -> WrkResult:
-    """With several rounds, the round of median throughput."""
-    ordered = sorted(results, key=lambda r: r.rps)
-    return ordered[len(ordered) // 2]
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def print_report(results, targets, concurrencies, integrity) -> None:
+    """Each figure is the median over the rounds; the ratio is the median of the ratios of
+    points taken one after the other in the same round (they share the machine's noise)."""
     rows = []
     verdicts = []
+    rounds = len(results[("no-op", concurrencies[0])])
     for connections in concurrencies:
-        baseline = _best(results[("no-op", connections)])
+        baseline = results[("no-op", connections)]
         for name in targets:
-            r = _best(results[(name, connections)])
-            ratio = r.rps / baseline.rps if baseline.rps else float("nan")
-            other = max(0.0, r.machine_cpu - r.loadgen_cpu - r.server_cpu)
-            rows.append([name, connections, f"{r.rps:.0f}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}",
-                         "-" if name == "no-op" else f"{ratio:.2f}",
-                         f"{r.loadgen_cpu:.0%}", f"{r.server_cpu:.0%}", f"{other:.0%}",
-                         r.failed or 0])
+            runs = results[(name, connections)]
+            med = lambda attr: _median([getattr(r, attr) for r in runs])  # noqa: E731
+            ratios = [r.rps / b.rps for r, b in zip(runs, baseline) if b.rps]
+            ratio = _median(ratios) if ratios else float("nan")
+            spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+            other = _median([max(0.0, r.machine_cpu - r.loadgen_cpu - r.server_cpu) for r in runs])
+            p99 = med("p99_ms")
+            rows.append([name, connections, f"{med('rps'):.0f}", f"{med('p50_ms'):.1f}", f"{p99:.1f}",
+                         "-" if name == "no-op" else f"{ratio:.2f}{spread}",
+                         f"{med('loadgen_cpu'):.0%}", f"{med('server_cpu'):.0%}", f"{other:.0%}",
+                         f"{med('server_cpu_ms'):.2f}", sum(r.failed for r in runs)])
             if name != "no-op" and connections == TARGET_CONCURRENCY:
-                ok_ratio, ok_p99 = ratio >= TARGET_RATIO, r.p99_ms < TARGET_P99_MS
+                ok_ratio, ok_p99 = ratio >= TARGET_RATIO, p99 < TARGET_P99_MS
                 verdicts.append(f"{name}: req/s ratio {ratio:.2f} (target >= {TARGET_RATIO}): "
-                                f"{'met' if ok_ratio else 'NOT met'}; p99 {r.p99_ms:.1f} ms "
+                                f"{'met' if ok_ratio else 'NOT met'}; p99 {p99:.1f} ms "
                                 f"(target < {TARGET_P99_MS:g} ms): {'met' if ok_p99 else 'NOT met'}")
     print()
-    print(table(rows, ["target", "conc", "req/s", "p50 ms", "p99 ms", "durable/no-op",
-                       "wrk cpu", "server cpu", "other cpu", "errors"]))
-    print("\n(cpu: share of the whole machine during the point; 'other' is everything else running,\n"
-          " the database server included)")
+    print(table(rows, ["target", "conc", "req/s", "p50 ms", "p99 ms",
+                       "durable/no-op" + (" (min-max)" if rounds > 1 else ""),
+                       "wrk cpu", "server cpu", "other cpu", "cpu ms/req", "errors"]))
+    print(f"\n(median of {rounds} interleaved round{'s' if rounds > 1 else ''}; cpu: share of the whole machine "
+          "during the point, 'other' being\n everything else running, the database server included; "
+          "cpu ms/req: server CPU time per answered request)")
     print()
-    for line in verdicts + integrity:
+    for line in verdicts + _patched_lines(results, targets, concurrencies) + integrity:
         print(line)
+
+
+def _patched_lines(results, targets, concurrencies) -> list[str]:
+    """Patched against shipped, and shipped against the baseline revision, as the median of
+    the per-round ratios."""
+    lines = []
+    pairs_of_targets = []
+    for name in targets:
+        if name.endswith("+patched") and name[:-len("+patched")] in targets:
+            pairs_of_targets.append((name, name[:-len("+patched")]))
+        if "@" in name:
+            pairs_of_targets.append((name.split("@")[0], name))
+    for name, shipped in pairs_of_targets:
+        for connections in concurrencies:
+            pairs = list(zip(results[(name, connections)], results[(shipped, connections)]))
+            rps = _median([p.rps / s.rps for p, s in pairs if s.rps])
+            p99 = _median([p.p99_ms / s.p99_ms for p, s in pairs if s.p99_ms])
+            lines.append(f"{name} / {shipped} at c={connections}: req/s x{rps:.2f}, p99 x{p99:.2f}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -245,6 +245,13 @@ def app_factory(database_url: str) -> Iterator[Callable[..., Any]]:
             app.extensions["dolibarr_webhooks"].store.dispose()
 
 
+def command(app: Any, *args: str, exit_code: int = 0) -> Any:
+    """Run ``webhooks ARGS`` with Flask's CLI runner; parsed JSON with ``--json``, else the output."""
+    result = app.test_cli_runner().invoke(args=["webhooks", *args])
+    assert result.exit_code == exit_code, result.output
+    return json.loads(result.stdout) if "--json" in args and exit_code == 0 else result.output
+
+
 def by_plugin(app: Any, event_id: str) -> dict[str, dict[str, Any]]:
     """The deliveries of one event, by plugin, with their attempt logs (``show``)."""
     shown = app.extensions["dolibarr_webhooks"].store.show(event_id)
@@ -278,6 +285,30 @@ def running_worker(app: Any, name: str = "test-worker") -> Iterator[Any]:
         thread.join(app.config["SHUTDOWN_GRACE"] + 10)
         if thread.is_alive():
             raise RuntimeError(f"worker {name} did not stop")
+
+
+@contextlib.contextmanager
+def writes_blocked(database_url: str) -> Iterator[dict[str, float]]:
+    """Another connection holds what every write to the deliveries needs (SQLite's write lock;
+    PostgreSQL's deliveries table in EXCLUSIVE mode, which still lets plain reads through) until
+    the block ends; yields a dict that gets the release time under ``"at"``."""
+    released: dict[str, float] = {}
+    if database_url.startswith("sqlite"):
+        import sqlite3
+
+        conn: Any = sqlite3.connect(database_url.removeprefix("sqlite:///"), isolation_level=None)
+        conn.execute("BEGIN IMMEDIATE")
+    else:
+        import psycopg
+
+        conn = psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://"))
+        conn.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
+    try:
+        yield released
+    finally:
+        released["at"] = time.time()
+        conn.rollback()
+        conn.close()
 
 
 def overlapping_runs(records: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

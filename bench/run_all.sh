@@ -1,0 +1,38 @@
+#!/bin/sh
+# Every benchmark with modest durations: about 7 minutes on 2 cores, each script under 3
+# (BENCH_EXPERIMENTS=1 adds about 12).
+# Needs wrk (apt-get install -y wrk) and, for the PostgreSQL points, a PostgreSQL on
+# 127.0.0.1:5432 where user postgres may create databases (DOLIBARR_WEBHOOKS_BENCH_POSTGRES
+# gives another admin URL). BENCH_EXPERIMENTS=1 also measures the candidate core fixes of
+# bench/core_patches.py side by side with the shipped code.
+set -eu
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python}
+
+echo "== ingest: durable receiver against a no-op Flask endpoint"
+"$PYTHON" ingest.py --database both --concurrency 1,16,64
+echo
+echo "== latency: POST to handler, idle worker"
+"$PYTHON" latency.py --database both --events 200
+echo
+echo "== slow plugin: acknowledgement latency with a handler that sleeps 10 s"
+"$PYTHON" slow_plugin.py
+
+if [ "${BENCH_EXPERIMENTS:-0}" = 1 ]; then
+    # Each about 2 to 3 minutes. The baseline revision is the core before the ingest fix.
+    echo
+    echo "== experiments: CPU per request, one process (no HTTP server, no load generator)"
+    "$PYTHON" cpu_per_event.py --baseline "${BENCH_BASELINE:-adc5c9a}"
+    echo
+    echo "== experiments: this checkout against the core at ${BENCH_BASELINE:-adc5c9a}"
+    "$PYTHON" ingest.py --baseline "${BENCH_BASELINE:-adc5c9a}"
+    echo
+    echo "== experiments: production gunicorn settings, with and without the flock patch"
+    "$PYTHON" ingest.py --production --patch flock --compare-patched
+    echo
+    echo "== experiments: delivery worker running, with and without flock + worker_normal"
+    "$PYTHON" ingest.py --with-worker --concurrency 1,16 --patch flock --patch worker_normal --compare-patched
+    echo
+    echo "== experiments: SQLite synchronous FULL (shipped) against NORMAL"
+    "$PYTHON" ingest.py --concurrency 1,16 --patch normal --compare-patched
+fi

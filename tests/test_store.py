@@ -1,0 +1,382 @@
+"""The durable inbox: an event and one delivery per plugin written in one transaction, a 503
+(and nothing half-written) when the store cannot write, quarantined bodies kept and
+re-processed, duplicates answered but not dispatched, retention, schema migrations.
+
+Every test runs on SQLite and on PostgreSQL (the ``database_url`` fixture), except the few
+that break one backend in its own way: those pick it with indirect parametrization, so
+neither is ever skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from dolibarr_webhooks.payload import new_event_id
+from dolibarr_webhooks.store import SCHEMA_VERSION, normalise_url
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET
+from dolibarr_webhooks_testplugin import (app_factory, body, by_plugin, command, handler_config, read_records,
+                                          running_worker, wait_for, writes_blocked)
+
+WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
+
+
+@pytest.fixture
+def make_app(database_url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with app_factory(database_url) as make:
+        yield make
+
+
+def store(app):
+    return app.extensions["dolibarr_webhooks"].store
+
+
+def counts(app) -> dict[str, int]:
+    """Rows in each table, read with plain SQL so nothing of the store's logic is trusted."""
+    with store(app).engine.connect() as conn:
+        return {table: conn.execute(text(f"SELECT count(*) FROM {table}")).scalar()
+                for table in ("events", "deliveries", "attempts")}
+
+
+def execute(app, *statements: str) -> None:
+    with store(app).engine.begin() as conn:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+
+# -- one transaction ---------------------------------------------------------------------------
+def test_event_and_one_delivery_per_plugin_are_stored_together(make_app, tmp_path):
+    app = make_app(handler_config(tmp_path, recorder=True, failer="always") |
+                   {"sleeper": {"seconds": 0, "events": ["BILL_*"]}})
+    response = app.test_client().post(WEBHOOK, data=body("COMPANY_CREATE", object_id=7))
+    assert response.status_code == 200
+    answer = response.get_json()
+    assert answer["status"] == "accepted" and answer["deliveries"] == 3
+    shown = store(app).show(answer["id"])
+    assert shown["status"] == "accepted" and shown["trigger_code"] == "COMPANY_CREATE"
+    assert shown["object_id"] == "7" and shown["payload"]["object"]["id"] == 7
+    # One delivery per plugin that handles the code (the sleeper only takes BILL_*), none run yet.
+    deliveries = by_plugin(app, answer["id"])
+    assert sorted(deliveries) == ["failer", "log", "recorder"]
+    assert {d["status"] for d in deliveries.values()} == {"pending"}
+    assert {d["attempts"] for d in deliveries.values()} == {0}
+    assert counts(app) == {"events": 1, "deliveries": 3, "attempts": 0}
+
+    answer = app.test_client().post(WEBHOOK, data=body("BILL_PAYED", object_id=8)).get_json()
+    assert sorted(by_plugin(app, answer["id"])) == ["failer", "log", "recorder", "sleeper"]
+
+
+REFUSE_FAILER = {
+    "sqlite": ["CREATE TRIGGER refuse_failer BEFORE INSERT ON deliveries WHEN NEW.plugin = 'failer' "
+               "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
+    "postgresql": ["CREATE FUNCTION refuse_failer() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                   "IF NEW.plugin = 'failer' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$",
+                   "CREATE TRIGGER refuse_failer BEFORE INSERT ON deliveries FOR EACH ROW "
+                   "EXECUTE FUNCTION refuse_failer()"],
+}
+
+
+def test_a_delivery_that_cannot_be_written_leaves_no_event_behind(make_app, tmp_path):
+    """The database itself refuses one delivery row (a trigger): the event row written just
+    before it in the same request must not survive, and Dolibarr gets a 503 to try again."""
+    app = make_app(handler_config(tmp_path, recorder=True, failer="always"))
+    dialect = store(app).engine.dialect.name
+    execute(app, *REFUSE_FAILER[dialect])
+    client = app.test_client()
+    response = client.post(WEBHOOK, data=body(object_id=1))
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "store_unavailable"
+    assert counts(app) == {"events": 0, "deliveries": 0, "attempts": 0}
+
+    execute(app, "DROP TRIGGER refuse_failer" + (" ON deliveries" if dialect == "postgresql" else ""))
+    response = client.post(WEBHOOK, data=body(object_id=1))  # Dolibarr's user tries again: not a duplicate
+    assert response.status_code == 200 and response.get_json()["status"] == "accepted"
+    assert counts(app) == {"events": 1, "deliveries": 3, "attempts": 0}
+
+
+# -- the store cannot write --------------------------------------------------------------------
+@contextmanager
+def file_size_limit(limit: int):
+    """RLIMIT_FSIZE for this process: SQLite's next write past ``limit`` bytes fails as on a full
+    disk (Python ignores SIGXFSZ, so write() returns EFBIG)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_disk_full_answers_503_and_keeps_nothing_half_written(make_app, tmp_path):
+    app = make_app(handler_config(tmp_path, recorder=True))
+    client = app.test_client()
+    assert client.post(WEBHOOK, data=body(object_id=1)).status_code == 200
+    before = counts(app)
+    largest = max(p.stat().st_size for p in tmp_path.glob("webhooks.sqlite3*"))
+    big = body(object_id=2, note_private="x" * 3_000_000)  # more than the room left below
+    with file_size_limit(largest + 1_000_000):
+        response = client.post(WEBHOOK, data=big)
+    assert response.status_code == 503, response.get_json()
+    assert counts(app) == before
+    # Room again: the same event is stored, and the store is consistent.
+    response = client.post(WEBHOOK, data=big)
+    assert response.status_code == 200 and response.get_json()["status"] == "accepted"
+    assert counts(app) == {"events": 2, "deliveries": 4, "attempts": 0}
+    with store(app).engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+
+
+def maintenance(database_url: str):
+    """An autocommit psycopg connection to the server's ``postgres`` database, beside the test's."""
+    import psycopg
+
+    url = normalise_url(database_url).replace("postgresql+psycopg://", "postgresql://")
+    return psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True)
+
+
+def cut_connections(conn, name: str) -> None:
+    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_read_only_or_dropped_answers_503(make_app, tmp_path, database_url):
+    app = make_app(handler_config(tmp_path, recorder=True))
+    client = app.test_client()
+    assert client.post(WEBHOOK, data=body(object_id=1)).status_code == 200
+    before = counts(app)
+
+    name = database_url.rsplit("/", 1)[1]
+    with maintenance(database_url) as conn:
+        # A failover to a read-only standby looks like this: every new session is read-only.
+        conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+        cut_connections(conn, name)
+        response = client.post(WEBHOOK, data=body(object_id=2))
+        assert response.status_code == 503
+        conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        cut_connections(conn, name)
+        assert counts(app) == before
+        response = client.post(WEBHOOK, data=body(object_id=2))
+        assert response.status_code == 200, response.get_json()
+        # The database goes away altogether.
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    response = client.post(WEBHOOK, data=body(object_id=3))
+    assert response.status_code == 503
+    assert client.get("/ready").status_code == 503
+
+
+# -- claims --------------------------------------------------------------------------------------
+def test_a_claim_that_waited_for_a_lock_still_gets_its_whole_lease(make_app, tmp_path, database_url):
+    """Under write contention a claim can wait for the lock; its lease must count from when it
+    got the delivery, or a live worker loses it to another and the event runs twice."""
+    app = make_app(handler_config(tmp_path, recorder=True))
+    event_id = app.test_client().post(WEBHOOK, data=body(object_id=1)).get_json()["id"]
+    claims = []
+    with writes_blocked(database_url) as released:
+        thread = threading.Thread(target=lambda: claims.extend(store(app).claim({"recorder": 1}, "test", lease=1.0)))
+        thread.start()
+        time.sleep(1.5)
+        assert thread.is_alive()  # waiting for the lock
+    thread.join(30)
+    (claim,) = claims
+    held = by_plugin(app, event_id)["recorder"]
+    assert held["status"] == "running"
+    assert held["lease_expires_at"] >= released["at"] + 1.0 - 0.05, held["lease_expires_at"] - released["at"]
+    assert claim.started_at >= released["at"] - 0.05
+
+
+# -- quarantine --------------------------------------------------------------------------------
+def test_quarantined_bodies_are_kept_and_reprocessed(make_app, tmp_path, deliver):
+    app = make_app(handler_config(tmp_path, recorder=True))
+    client = app.test_client()
+    # Dolibarr posts an empty body when json_encode fails; a truncated body is another case.
+    empty = client.post(WEBHOOK, data=b"")
+    truncated_body = body(object_id=1)[:200]
+    truncated = client.post(WEBHOOK, data=truncated_body)
+    for response in (empty, truncated):
+        assert response.status_code == 202 and response.get_json()["status"] == "quarantined"
+    empty_id, truncated_id = empty.get_json()["id"], truncated.get_json()["id"]
+    shown = store(app).show(truncated_id)
+    assert shown["status"] == "quarantined" and shown["raw_body_size"] == len(truncated_body)
+    assert shown["body_sha256"] == hashlib.sha256(truncated_body).hexdigest()
+    assert shown["deliveries"] == []
+    assert store(app).show(empty_id)["raw_body_size"] == 0
+    assert store(app).stats()["quarantined"] == 2
+
+    # A body an earlier version quarantined, which this version parses (stored as that version did).
+    fixed_body = body(object_id=2)
+    fixed_id = new_event_id()
+    store(app).quarantine(fixed_id, fixed_body, "default", "refused by an older parser",
+                          hashlib.sha256(fixed_body).hexdigest(), time.time() - 60)
+
+    results = {r["id"]: r["result"] for r in command(app, "reprocess", "--json")}
+    assert results[empty_id] == "still unparseable: empty body"
+    assert results[truncated_id].startswith("still unparseable: body is not valid JSON")
+    assert results[fixed_id] == "accepted as COMPANY_CREATE, 2 deliveries"
+    deliver(app)
+    shown = store(app).show(fixed_id)
+    assert shown["status"] == "accepted" and shown["payload"]["object"]["id"] == 2
+    assert {d["plugin"]: d["status"] for d in shown["deliveries"]} == {"recorder": "delivered", "log": "delivered"}
+    assert [r["event"] for r in read_records(tmp_path / "recorder.jsonl")] == [fixed_id]  # same id as received
+
+    # The unparseable ones stay quarantined, with their bodies; a second pass changes nothing.
+    assert store(app).show(empty_id)["status"] == "quarantined"
+    assert store(app).show(truncated_id)["raw_body_size"] == len(truncated_body)
+    assert sorted(r["id"] for r in command(app, "reprocess", "--json")) == sorted([empty_id, truncated_id])
+    assert store(app).stats()["quarantined"] == 2
+
+
+# -- duplicates --------------------------------------------------------------------------------
+def test_duplicate_within_the_window_is_answered_recorded_not_dispatched(make_app, tmp_path, deliver):
+    app = make_app(handler_config(tmp_path, recorder=True))
+    client = app.test_client()
+    first = client.post(WEBHOOK, data=body(object_id=1)).get_json()
+    again = client.post(WEBHOOK, data=body(object_id=1))
+    other = client.post(WEBHOOK, data=body(object_id=2)).get_json()
+    assert again.status_code == 200  # Dolibarr must see a success, or the user's action rolls back
+    assert again.get_json()["status"] == "duplicate" and again.get_json()["duplicate_of"] == first["id"]
+    assert other["status"] == "accepted"
+    shown = store(app).show(again.get_json()["id"])
+    assert shown["status"] == "duplicate" and shown["duplicate_of"] == first["id"] and shown["deliveries"] == []
+    stats = deliver(app)
+    assert stats["events"] == 2 and stats["duplicates"] == 1
+    assert sorted(r["event"] for r in read_records(tmp_path / "recorder.jsonl")) == sorted([first["id"], other["id"]])
+
+
+def test_same_body_outside_the_window_is_dispatched(make_app, tmp_path, deliver):
+    app = make_app(handler_config(tmp_path, recorder=True), DEDUP_WINDOW="0.3s")
+    client = app.test_client()
+    first = client.post(WEBHOOK, data=body(object_id=1)).get_json()
+    time.sleep(0.4)
+    second = client.post(WEBHOOK, data=body(object_id=1)).get_json()
+    assert first["status"] == second["status"] == "accepted"
+    deliver(app)
+    assert sorted(r["event"] for r in read_records(tmp_path / "recorder.jsonl")) == sorted([first["id"], second["id"]])
+
+
+def test_identical_bodies_posted_at_once_are_dispatched_once(make_app, tmp_path):
+    app = make_app(handler_config(tmp_path, recorder=True))
+    barrier = threading.Barrier(8)
+    answers: list[dict] = []
+
+    def post() -> None:
+        client = app.test_client()
+        barrier.wait()
+        response = client.post(WEBHOOK, data=body(object_id=99))
+        answers.append({"code": response.status_code, **response.get_json()})
+
+    threads = [threading.Thread(target=post) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert [a["code"] for a in answers] == [200] * 8
+    accepted = [a for a in answers if a["status"] == "accepted"]
+    assert len(accepted) == 1
+    assert {a["duplicate_of"] for a in answers if a["status"] == "duplicate"} == {accepted[0]["id"]}
+    assert counts(app)["deliveries"] == 2
+
+
+# -- retention ---------------------------------------------------------------------------------
+def test_purge_keeps_unfinished_events_unless_asked(make_app, tmp_path):
+    # Three apps on one database, as three processes would be: the first's failer is dead at once on
+    # BILL_PAYED; the second's leaves a BILL_VALIDATE delivery failed, waiting an hour for a retry;
+    # the third adds a sleeper delivery that no running worker takes, so it stays pending.
+    app = make_app(handler_config(tmp_path, recorder=True) | {
+        "failer": {"mode": "permanent", "events": ["BILL_PAYED"]}})
+    retrying = make_app(handler_config(tmp_path, recorder=True) | {
+        "failer": {"mode": "always", "events": ["BILL_VALIDATE"]}}, RETRY_SCHEDULE="1h")
+    with_sleeper = make_app(handler_config(tmp_path, recorder=True, sleeper=0, events=["COMPANY_CREATE"]))
+    client = app.test_client()
+    # A worker runs every due delivery of its plugins, whatever app stored it: one app at a time.
+    done = client.post(WEBHOOK, data=body("COMPANY_CREATE", object_id=1)).get_json()["id"]
+    dead = client.post(WEBHOOK, data=body("BILL_PAYED", object_id=2)).get_json()["id"]
+    with running_worker(app):
+        wait_for(lambda: not store(app).list_deliveries(status="pending"), message="first deliveries")
+    failed = retrying.test_client().post(WEBHOOK, data=body("BILL_VALIDATE", object_id=3)).get_json()["id"]
+    with running_worker(retrying):
+        wait_for(lambda: not store(app).list_deliveries(status="pending"), message="a failed delivery")
+    pending = with_sleeper.test_client().post(WEBHOOK, data=body("COMPANY_CREATE", object_id=4)).get_json()["id"]
+    quarantined = client.post(WEBHOOK, data=b"").get_json()["id"]
+    time.sleep(0.6)
+    with running_worker(app):  # a recent event, all delivered: too young to purge
+        recent = client.post(WEBHOOK, data=body("COMPANY_CREATE", object_id=5)).get_json()["id"]
+        wait_for(lambda: {d["status"] for d in by_plugin(app, recent).values()} == {"delivered"},
+                 message="recent delivered")
+    assert {p: d["status"] for p, d in by_plugin(app, dead).items()} == {
+        "failer": "dead", "recorder": "delivered", "log": "delivered"}
+    assert by_plugin(app, failed)["failer"]["status"] == "failed"
+    assert by_plugin(app, pending)["sleeper"]["status"] == "pending"
+
+    # An age between the recent event's and the others' (at least the 0.6 s slept apart).
+    received = {i: store(app).show(i)["received_at"] for i in (pending, recent)}
+    older_than = f"{time.time() - (received[pending] + received[recent]) / 2:.3f}s"
+    assert command(app, "purge", "--older-than", older_than, "--json") == {"purged": 1}
+    assert store(app).show(done) is None
+    for kept in (dead, failed, pending, quarantined, recent):
+        assert store(app).show(kept) is not None, kept
+
+    assert command(app, "purge", "--older-than", older_than, "--include-unfinished", "--json") == {"purged": 4}
+    assert [store(app).show(i) is None for i in (dead, failed, pending, quarantined)] == [True] * 4
+    assert store(app).show(recent) is not None
+    # No orphans: every delivery belongs to an event, every attempt to a delivery.
+    with store(app).engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM deliveries WHERE event_id NOT IN "
+                                    "(SELECT id FROM events)").scalar() == 0
+        assert conn.exec_driver_sql("SELECT count(*) FROM attempts WHERE delivery_id NOT IN "
+                                    "(SELECT id FROM deliveries)").scalar() == 0
+    assert counts(app) == {"events": 1, "deliveries": 2, "attempts": 2}
+
+
+# -- schema migrations -------------------------------------------------------------------------
+def test_schema_is_migrated_by_the_migrate_command_and_on_start(make_app, tmp_path):
+    app = make_app(handler_config(tmp_path, recorder=True), AUTO_MIGRATE=False)
+    assert store(app).schema_version() == 0
+    client = app.test_client()
+    # Without a schema nothing can be kept: Dolibarr is told to try again, not told "OK".
+    assert client.post(WEBHOOK, data=body(object_id=1)).status_code == 503
+    assert client.get("/ready").status_code == 503
+    assert command(app, "migrate").strip() == f"applied migrations {list(range(1, SCHEMA_VERSION + 1))}"
+    assert command(app, "migrate").strip() == "schema is up to date"
+    assert store(app).schema_version() == SCHEMA_VERSION
+    assert client.post(WEBHOOK, data=body(object_id=1)).status_code == 200
+    assert client.get("/ready").status_code == 200
+
+    started = make_app(handler_config(tmp_path, recorder=True))  # AUTO_MIGRATE: a no-op now
+    assert store(started).migrate() == []
+    with store(started).engine.connect() as conn:
+        versions = [row[0] for row in conn.exec_driver_sql("SELECT version FROM schema_migrations ORDER BY 1")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
+    assert counts(started)["events"] == 1
+
+
+@pytest.mark.slow
+def test_processes_starting_at_once_migrate_once(database_url, tmp_path, make_app):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOLIBARR_WEBHOOKS_")}
+    env.update({"DOLIBARR_WEBHOOKS_SECRET": WEBHOOKS_TEST_SECRET, "DOLIBARR_WEBHOOKS_DATABASE_URL": database_url})
+    script = Path(sys.executable).parent / "dolibarr-webhooks"
+    # Each process migrates at start (AUTO_MIGRATE) and then again with the command.
+    processes = [subprocess.Popen([str(script), "migrate"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    outputs = []
+    for process in processes:
+        out, _ = process.communicate(timeout=120)
+        outputs.append(out)
+        assert process.returncode == 0, out
+    app = make_app(AUTO_MIGRATE=False)
+    assert store(app).schema_version() == SCHEMA_VERSION
+    with store(app).engine.connect() as conn:
+        versions = [row[0] for row in conn.exec_driver_sql("SELECT version FROM schema_migrations ORDER BY 1")]
+    assert versions == list(range(1, SCHEMA_VERSION + 1)), outputs
+    assert app.test_client().post(WEBHOOK, data=body(object_id=1)).status_code == 200
