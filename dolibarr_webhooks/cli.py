@@ -191,7 +191,15 @@ def send_command(code: str, payload: str | None, url: str | None) -> None:
 @click.option("--name", default=None, help="Worker name in the attempt log (default host:pid).")
 def worker_command(until_idle: float | None, name: str | None) -> None:
     """Run the worker: deliver stored events to plugins, with retries."""
-    worker = service().make_worker(name)
+    from .store import Store
+
+    svc = service()
+    store = None
+    if not svc.store.is_postgres:
+        # The worker's own writes (claims, outcomes) need no fsync each: one lost in a power cut
+        # only runs a delivery again, as after a lost lease; the web's FULL commits stay durable.
+        store = Store(svc.settings["DATABASE_URL"], "NORMAL")
+    worker = svc.make_worker(name, store=store)
 
     def stop(signum, _frame):
         click.echo(f"signal {signum}: finishing running handlers, then stopping", err=True)

@@ -69,8 +69,9 @@ class Service:
             results.append((row["id"], f"accepted as {event.trigger_code}, {count} deliveries"))
         return results
 
-    def make_worker(self, name: str | None = None) -> Worker:
-        worker = Worker(store=self.store, plugins=self.plugins, settings=self.settings, metrics=self.metrics)
+    def make_worker(self, name: str | None = None, store: Store | None = None) -> Worker:
+        worker = Worker(store=store or self.store, plugins=self.plugins, settings=self.settings,
+                        metrics=self.metrics)
         if name:
             worker.name = name
         return worker
