@@ -9,8 +9,9 @@ loads. ``BENCH_PATCHES`` names the patches, comma-separated:
   which deep-copies the whole object (about 0.8 ms of the 15 KB sample, against 0.07 ms).
 - ``prepare``: ``Store.ingest`` builds the event row (its JSON payload included) before
   ``BEGIN IMMEDIATE``, so the SQLite write lock is held only for the statements and commit.
-- ``flock``: every SQLite write transaction of the store (``engine.begin()``: ingest, claim,
-  finish, replay, purge) first takes a blocking ``flock`` of ``<database>.lock``. SQLite's
+- ``flock`` (now built in: ``dolibarr_webhooks.store.WriterQueue``; the patch only checks that
+  the revision has it): every SQLite write transaction of the store first takes a blocking
+  ``flock`` of ``<database>.lock``. SQLite's
   own busy handler sleeps 1, 2, 5, 10, 15... ms between tries, so a process waiting for a
   lock held 3 ms waits about 8 ms, and under steady load the waiter keeps losing to the
   holder; the kernel wakes a ``flock`` waiter as soon as the lock is released.
@@ -31,13 +32,10 @@ The delivery worker is not a gunicorn process: ``python bench/core_patches.py wo
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import json
 import os
 import sys
-import threading
 import time
 
 PATCHES = [p.strip() for p in os.environ.get("BENCH_PATCHES", "").split(",") if p.strip()]
@@ -47,42 +45,6 @@ def _to_json(self) -> str:
     data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     data["received_at"] = self.received_at.isoformat()
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-
-class _FileLock:
-    """One blocking flock per process and database, shared by the threads of the process."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.thread_lock = threading.Lock()
-        self.fd: int | None = None
-        self.pid = None
-
-    @contextlib.contextmanager
-    def hold(self):
-        with self.thread_lock:
-            if self.fd is None or self.pid != os.getpid():  # never share a descriptor across a fork
-                self.fd, self.pid = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self.fd, fcntl.LOCK_UN)
-
-
-class _LockedEngine:
-    """The store's engine, whose write transactions first queue on the file lock."""
-
-    def __init__(self, engine, lock: _FileLock) -> None:
-        self._engine, self._lock = engine, lock
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    @contextlib.contextmanager
-    def begin(self):
-        with self._lock.hold(), self._engine.begin() as conn:
-            yield conn
 
 
 def _ingest(self, event, plugins, dedup_window: float = 0, remote_addr=None):
@@ -152,8 +114,9 @@ def apply(names: list[str]) -> None:
             if "normal" in names or ("worker_normal" in names and in_worker):
                 synchronous = "NORMAL"
             original_init(self, url, synchronous)
-            if "flock" in names and not self.is_postgres and self.engine.url.database:
-                self.engine = _LockedEngine(self.engine, _FileLock(self.engine.url.database + ".lock"))
+            if "flock" in names and not hasattr(self, "_writers"):
+                raise SystemExit("the flock writers' queue is in the product (dolibarr_webhooks.store.WriterQueue) "
+                                 "since it was measured here; this revision predates it")
 
         store_module.Store.__init__ = __init__
 

@@ -151,17 +151,23 @@ def matches(code: str, patterns: Iterable[str] | None) -> bool:
     return any(fnmatch.fnmatchcase(code, canonical_code(p)) for p in patterns)
 
 
-def label(code: str, language: str = "en") -> str:
-    """A human label for a code, from its family and action, or the code itself."""
+def noun_and_verb(code: str, language: str = "en") -> tuple[str, str] | None:
+    """``("Invoice", "paid")`` for ``BILL_PAYED``; ``None`` for a code of unknown shape."""
     split = split_code(code)
     if split is None:
-        return code
+        return None
     family, action = split
     _, noun_en, noun_fr, feminine = FAMILIES[family]
     verb_en, verb_fr_m, verb_fr_f = ACTIONS[action]
     if language == "fr":
-        return f"{noun_fr} {verb_fr_f if feminine else verb_fr_m}"
-    return f"{noun_en} {verb_en}"
+        return noun_fr, (verb_fr_f if feminine else verb_fr_m)
+    return noun_en, verb_en
+
+
+def label(code: str, language: str = "en") -> str:
+    """A human label for a code, from its family and action, or the code itself."""
+    words = noun_and_verb(code, language)
+    return " ".join(words) if words else code
 
 
 def split_code(code: str) -> tuple[str, str] | None:

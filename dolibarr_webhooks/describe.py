@@ -6,7 +6,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .catalogue import ACTIONS, FAMILIES, label, split_code
+from .catalogue import label, noun_and_verb
 from .event import Event
 
 AMOUNT_ELEMENTS = {"facture", "propal", "commande", "invoice_supplier", "order_supplier", "supplier_proposal"}
@@ -52,18 +52,6 @@ def thirdparty_label(obj: dict[str, Any], language: str = "en") -> str | None:
     if socid not in (None, "", 0, "0"):
         return ("tiers " if language == "fr" else "third party ") + str(socid)
     return None
-
-
-def noun_and_verb(code: str, language: str = "en") -> tuple[str, str] | None:
-    split = split_code(code)
-    if split is None:
-        return None
-    family, action = split
-    _, noun_en, noun_fr, feminine = FAMILIES[family]
-    verb_en, verb_fr_m, verb_fr_f = ACTIONS[action]
-    if language == "fr":
-        return noun_fr, (verb_fr_f if feminine else verb_fr_m)
-    return noun_en, verb_en
 
 
 def summary(event: Event, language: str = "en") -> str:
