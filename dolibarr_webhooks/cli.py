@@ -364,5 +364,9 @@ def main() -> None:
                        help="Receive, inspect and replay Dolibarr webhooks (see 'flask --app dolibarr_webhooks').")
     for name, command in webhooks.commands.items():
         group.add_command(command, name)
-    group.main(prog_name="dolibarr-webhooks")
+    try:
+        group.main(prog_name="dolibarr-webhooks")
+    except ConfigError as exc:  # a bad setting or plugin: one plain line, not a traceback
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
 from . import check  # noqa: E402,F401  (registers the check command on the group)

@@ -107,3 +107,11 @@ def test_serve_generates_a_secret_and_prints_the_target_url(tmp_path):
     # A second start reuses the saved secret instead of making a new one.
     again = subprocess.run([str(SCRIPT), "plugins"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "no secret configured" not in again.stderr
+
+
+def test_a_bad_setting_is_one_plain_line_naming_it(tmp_path):
+    env = {**os.environ, "DOLIBARR_WEBHOOKS_SECRET": SECRET, "DOLIBARR_WEBHOOKS_RETENTION": "forever"}
+    result = subprocess.run([str(SCRIPT), "stats"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: DOLIBARR_WEBHOOKS_RETENTION:")
+    assert "Traceback" not in result.stderr
