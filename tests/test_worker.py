@@ -187,9 +187,12 @@ def test_slow_and_failing_plugins_never_delay_the_others_or_the_2xx(make_app, tm
             answer_times.append(time.perf_counter() - started)
         wait_for(lambda: len(read_records(recorder_file)) == 6, timeout=10, message="recorder ran for all six")
         # The sleeper holds both its lanes and has finished nothing; the recorder is done.
-        assert len([r for r in read_records(sleeper_file) if r["at"] == "start"]) == 2
+        wait_for(lambda: len([r for r in read_records(sleeper_file) if r["at"] == "start"]) == 2, timeout=10,
+                 message="sleeper holding both its lanes")
         assert not [r for r in read_records(sleeper_file) if r["at"] == "end"]
-        assert stats(app)["plugins"]["recorder"]["delivered"] == 6
+        # The record is written inside the handler, the outcome just after it: wait for both.
+        wait_for(lambda: stats(app)["plugins"]["recorder"]["delivered"] == 6, timeout=10,
+                 message="recorder's six outcomes recorded")
         for event_id in ids:
             release(sleeper_file, event_id, 1)  # a gate opened before its run starts lets it through at once
         wait_for(lambda: stats(app)["plugins"]["sleeper"]["delivered"] == 6, timeout=15, message="sleeper done")
