@@ -27,11 +27,8 @@ if [ "${BENCH_EXPERIMENTS:-0}" = 1 ]; then
     echo "== experiments: this checkout against the core at ${BENCH_BASELINE:-adc5c9a}"
     "$PYTHON" ingest.py --baseline "${BENCH_BASELINE:-adc5c9a}"
     echo
-    echo "== experiments: production gunicorn settings, with and without the flock patch"
-    "$PYTHON" ingest.py --production --patch flock --compare-patched
-    echo
-    echo "== experiments: delivery worker running, with and without flock + worker_normal"
-    "$PYTHON" ingest.py --with-worker --concurrency 1,16 --patch flock --patch worker_normal --compare-patched
+    echo "== experiments: production gunicorn settings (flock queue and worker NORMAL are built in)"
+    "$PYTHON" ingest.py --production --with-worker --concurrency 1,16
     echo
     echo "== experiments: SQLite synchronous FULL (shipped) against NORMAL"
     "$PYTHON" ingest.py --concurrency 1,16 --patch normal --compare-patched
