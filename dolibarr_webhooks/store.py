@@ -118,6 +118,15 @@ _FIND_DUPLICATE = select(events.c.id).where(
     events.c.status == bindparam("accepted"),
 ).limit(1)
 
+# The worker's per-delivery statements, built once for the same reason. The SET columns of
+# _FINISH_HELD are the keys given at execution, other than its WHERE parameters.
+_LEASE = update(deliveries).where(deliveries.c.id == bindparam("lease_id")).values(
+    runs=deliveries.c.runs + 1, reclaims=deliveries.c.reclaims + bindparam("reclaimed"))
+_EVENT_PAYLOAD = select(events.c.payload).where(events.c.id == bindparam("event_id"))
+_FINISH_HELD = update(deliveries).where(deliveries.c.id == bindparam("held_id"),
+                                        deliveries.c.lease_token == bindparam("held_token"))
+_INSERT_ATTEMPT = insert(attempts)
+
 
 def _initial_schema(conn: Connection) -> None:
     metadata.create_all(conn, tables=[events, deliveries, attempts], checkfirst=True)
@@ -394,12 +403,11 @@ class Store:
                 for row in rows:
                     token = secrets.token_hex(16)
                     reclaimed = row.status == RUNNING
-                    conn.execute(update(deliveries).where(deliveries.c.id == row.id).values(
-                        status=RUNNING, lease_token=token, lease_expires_at=leased_at + lease, locked_by=worker,
-                        runs=deliveries.c.runs + 1, reclaims=deliveries.c.reclaims + (1 if reclaimed else 0),
-                        updated_at=leased_at,
+                    conn.execute(_LEASE, dict(
+                        lease_id=row.id, status=RUNNING, lease_token=token, lease_expires_at=leased_at + lease,
+                        locked_by=worker, reclaimed=1 if reclaimed else 0, updated_at=leased_at,
                     ))
-                    payload = conn.execute(select(events.c.payload).where(events.c.id == row.event_id)).scalar()
+                    payload = conn.execute(_EVENT_PAYLOAD, {"event_id": row.event_id}).scalar()
                     claims.append(Claim(row.id, plugin, token, row.attempts, reclaimed,
                                         Event.from_json(payload), leased_at))
         return claims
@@ -435,10 +443,9 @@ class Store:
                 values["next_attempt_at"] = next_attempt_at
             if status == DELIVERED:
                 values["delivered_at"] = now
-            held = conn.execute(update(deliveries).where(
-                deliveries.c.id == claim.delivery_id, deliveries.c.lease_token == claim.token).values(**values)
-            ).rowcount == 1
-            conn.execute(insert(attempts).values(
+            values.update(held_id=claim.delivery_id, held_token=claim.token)
+            held = conn.execute(_FINISH_HELD, values).rowcount == 1
+            conn.execute(_INSERT_ATTEMPT, dict(
                 delivery_id=claim.delivery_id, number=claim.attempts + 1, worker=worker,
                 started_at=claim.started_at, finished_at=now,
                 outcome=(outcome or status) if held else "late", error=error,
