@@ -46,3 +46,14 @@ def database_url(request, tmp_path):
 @pytest.fixture
 def webhooks_config(database_url):
     return {"DATABASE_URL": database_url}
+
+
+@pytest.fixture
+def make_app(database_url, tmp_path, monkeypatch):
+    """``make_app(handlers, **settings)``: apps on the test's database with the test plugin's
+    handlers configured (tests/testplugin)."""
+    from dolibarr_webhooks_testplugin import app_factory
+
+    monkeypatch.chdir(tmp_path)
+    with app_factory(database_url) as make:
+        yield make

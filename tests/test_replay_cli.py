@@ -17,17 +17,10 @@ import pytest
 
 from dolibarr_webhooks.store import DELIVERY_STATES
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET
-from dolibarr_webhooks_testplugin import (app_factory, body, by_plugin, command, handler_config, handler_env,
+from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, handler_env,
                                           read_records)
 
 WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
-
-
-@pytest.fixture
-def make_app(database_url, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with app_factory(database_url) as make:
-        yield make
 
 
 @pytest.fixture

@@ -25,17 +25,10 @@ from sqlalchemy import text
 from dolibarr_webhooks.payload import new_event_id
 from dolibarr_webhooks.store import SCHEMA_VERSION, normalise_url
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET
-from dolibarr_webhooks_testplugin import (app_factory, body, by_plugin, command, handler_config, read_records,
+from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, read_records,
                                           running_worker, wait_for, writes_blocked)
 
 WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
-
-
-@pytest.fixture
-def make_app(database_url, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with app_factory(database_url) as make:
-        yield make
 
 
 def store(app):

@@ -20,18 +20,11 @@ from pathlib import Path
 import pytest
 
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, RunningService, running_service
-from dolibarr_webhooks_testplugin import (app_factory, body, by_plugin, command, handler_config, handler_env,
+from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, handler_env,
                                           read_records, release, running_worker, wait_for, writes_blocked)
 
 WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
 SCHEDULE = "0.1s,0.2s,0.3s"
-
-
-@pytest.fixture
-def make_app(database_url, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    with app_factory(database_url) as make:
-        yield make
 
 
 @pytest.fixture
