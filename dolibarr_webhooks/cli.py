@@ -165,7 +165,7 @@ def send_command(code: str, payload: str | None, url: str | None) -> None:
             click.echo(f"no sample body for {code} (samples: {', '.join(sample_codes())}); sending a minimal one")
     if url is None:
         settings = service().settings
-        secrets = [s for source in settings.sources.values() for s in source.secrets]
+        secrets = settings.secrets
         url = f"http://127.0.0.1:{settings['PORT']}/webhook" + (f"/{secrets[0]}" if secrets else "")
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "User-Agent": "Dolibarr geturl function", "Accept": "*/*", "Content-Type": "application/json"})
@@ -325,7 +325,7 @@ def serve_command(host: str | None, port: int | None, workers: int, env_file: st
         settings = load_settings(env_file=env_file)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    secrets = [s for source in settings.sources.values() for s in source.secrets]
+    secrets = settings.secrets
     if not secrets and not settings["INSECURE_NO_AUTH"]:
         secret = generate_secret()
         with open(env_file, "a", encoding="utf-8") as fh:

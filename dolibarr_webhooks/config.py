@@ -193,6 +193,11 @@ class Settings:
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
 
+    @property
+    def secrets(self) -> list[str]:
+        """Every source's secrets, the default source's first."""
+        return [secret for source in self.sources.values() for secret in source.secrets]
+
 
 def _decode_env_value(text: str) -> Any:
     # Same rule as Flask's from_prefixed_env: JSON when it parses, else the string.

@@ -32,7 +32,7 @@ def _known_secrets() -> list[str]:
         settings = load_settings()
     except ConfigError:  # the workers stop on it, with the message
         return []
-    return [s for source in settings.sources.values() for s in source.secrets] + [settings["METRICS_TOKEN"]]
+    return settings.secrets + [settings["METRICS_TOKEN"]]
 
 
 def _log_format() -> str:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Iterable
 from urllib.parse import quote, unquote, unquote_plus
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 
 request_id: ContextVar[str] = ContextVar("dolibarr_webhooks_request_id", default="-")
 
@@ -77,15 +77,16 @@ class SecretScrubber:
     """The secrets a process knows; formatters mask them wherever they show up."""
 
     def __init__(self) -> None:
-        self.secrets: set[str] = set()
-        self.has_sources = False  # the secrets of every source were added
+        self.secrets: tuple[str, ...] = ()
 
     def add(self, secrets: Iterable[str]) -> None:
-        # Longest first, so a secret that contains another is masked whole.
-        self.secrets.update(s for s in secrets if s and len(s) >= 8)
+        # Sorted once here, not per line: longest first, so a secret that contains another
+        # is masked whole.
+        known = set(self.secrets).union(s for s in secrets if s and len(s) >= 8)
+        self.secrets = tuple(sorted(known, key=len, reverse=True))
 
     def __call__(self, text: str) -> str:
-        return scrub(text, sorted(self.secrets, key=len, reverse=True))
+        return scrub(text, self.secrets)
 
 
 class RequestIdFilter(logging.Filter):
@@ -173,10 +174,9 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def init_app(app: Flask) -> None:
-    scrubber = configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"],
-                         [app.config.get("SECRET") or "", *(app.config.get("SECRETS") or ()),
-                          app.config.get("METRICS_TOKEN") or ""])
+def init_app(app: Flask, secrets: Iterable[str] = ()) -> None:
+    """``secrets``: every source's secrets (TOML sources included), masked in every line."""
+    configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"], [*secrets, app.config.get("METRICS_TOKEN") or ""])
 
     @app.before_request
     def _begin() -> None:
@@ -186,11 +186,6 @@ def init_app(app: Flask) -> None:
         rid = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
         g.request_id = rid
         g.request_id_token = request_id.set(rid)
-        svc = current_app.extensions.get("dolibarr_webhooks")
-        if svc is not None and not scrubber.has_sources:
-            # Sources from the TOML file are only known once the service exists.
-            scrubber.add(s for source in svc.sources.values() for s in source.secrets)
-            scrubber.has_sources = True
 
     @app.after_request
     def _access_log(response):
