@@ -38,7 +38,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     errors.init_app(app)
     receiver.init_app(app)
-    # health before ratelimit: its request recorder must exist when the limiter refuses (429).
     health.init_app(app)
     from . import ratelimit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 logger = logging.getLogger(__name__)
@@ -18,6 +18,14 @@ PUBLIC_ENDPOINTS = [
     "GET  /ready",
     "GET  /metrics",
 ]
+
+
+def record_outcome(status: int, reason: str) -> None:
+    """Count an answer in the metrics and name its outcome in the access log line."""
+    g.outcome = reason
+    service = current_app.extensions.get("dolibarr_webhooks")
+    if service is not None:
+        service.metrics.request(status, reason)
 
 
 def json_error(status: int, error: str, message: str, **extra):
@@ -40,9 +48,9 @@ def _http_error(exc: HTTPException):
     response = json_error(exc.code or 500, exc.name.lower().replace(" ", "_"), message, **extra)
     if exc.code == 405 and getattr(exc, "valid_methods", None):
         response.headers["Allow"] = ", ".join(sorted(exc.valid_methods))
-    record = getattr(request, "environ", {}).get("dolibarr_webhooks.record")
-    if record is not None:
-        record(exc.code, exc.name.lower().replace(" ", "_"))
+    # Requests that never reach the receiver (unknown path 404, wrong method 405, the rate
+    # limiter's 429, a body over the limit 413) are counted too.
+    record_outcome(exc.code or 500, exc.name.lower().replace(" ", "_"))
     return response
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import json_error
@@ -15,7 +15,6 @@ logger = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__)
 
-RECORD_KEY = "dolibarr_webhooks.record"
 
 
 def service():
@@ -84,18 +83,5 @@ def metrics():
     return Response(svc.metrics.exposition(svc.store), mimetype="text/plain; version=0.0.4")
 
 
-def _count_request(status: int, reason: str) -> None:
-    g.outcome = reason
-    service().metrics.request(status, reason)
-
-
 def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
-
-    # Requests that never reach the receiver (unknown path: 404, wrong method: 405, refused
-    # by the rate limiter: 429) are counted too: the JSON error handler calls this recorder.
-    # Registered before the rate limiter's own before_request, so its 429s find it; the
-    # receiver replaces it with its own for webhook routes.
-    @app.before_request
-    def _install_recorder() -> None:
-        request.environ.setdefault(RECORD_KEY, _count_request)

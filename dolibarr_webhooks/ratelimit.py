@@ -14,29 +14,25 @@ from __future__ import annotations
 
 import hashlib
 
-from flask import Flask, current_app, g, request
+from flask import Flask, request
 from flask_limiter import Limiter
 
-from .auth import AuthError, Credentials, authenticate
-from .netaccess import client_address
+from .auth import SIGNATURE_HEADER, AuthError
+from .receiver import request_client, request_source
 
 SCOPE = "webhook"
 
 
 def client_key() -> str:
-    if "client" not in g:
-        g.client = client_address(request.remote_addr, request.headers.get("X-Forwarded-For"),
-                                  current_app.config["TRUSTED_PROXIES"])
-    return "client:" + g.client
+    return "client:" + request_client()
 
 
 def source_key() -> str:
-    svc = current_app.extensions["dolibarr_webhooks"]
-    credentials = Credentials.from_headers(request.headers, path_token=(request.view_args or {}).get("token"),
-                                           query_token=request.args.get("token"))
+    # A signature covers the body, so only then is the body read (and kept for the view).
+    signed = SIGNATURE_HEADER in request.headers or "webhook-signature" in request.headers
     try:
-        body = request.get_data(cache=True) if (credentials.signature or credentials.webhook_signature) else b""
-        return "source:" + authenticate(list(svc.sources.values()), credentials, body).name
+        body = request.get_data(cache=True) if signed else b""
+        return "source:" + request_source((request.view_args or {}).get("token"), body).name
     except AuthError:
         return "source:-"  # unauthenticated requests share one bucket; they get 401 anyway
 

@@ -10,7 +10,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 
 from .auth import AuthError, Credentials, authenticate
 from .config import Source
-from .errors import json_error
+from .errors import json_error, record_outcome
 from .netaccess import address_allowed, client_address
 from .payload import MissingTriggerCode, ParseError
 from .samples import sample_body
@@ -25,11 +25,22 @@ def service():
     return current_app.extensions["dolibarr_webhooks"]
 
 
-def _client() -> str:
+def request_client() -> str:
+    """The client's address, behind the configured number of trusted proxies (once per request)."""
     if "client" not in g:
         g.client = client_address(request.remote_addr, request.headers.get("X-Forwarded-For"),
                                   current_app.config["TRUSTED_PROXIES"])
     return g.client
+
+
+def request_source(token: str | None, body: bytes) -> Source:
+    """The source whose secret this request carries, or ``AuthError``. Remembered for the
+    request: the rate limiter's per-source key and the view need the same answer."""
+    if "authenticated" not in g:
+        credentials = Credentials.from_headers(request.headers, path_token=token,
+                                               query_token=request.args.get("token"))
+        g.authenticated = authenticate(list(service().sources.values()), credentials, body)
+    return g.authenticated
 
 
 class Refused(Exception):
@@ -42,7 +53,7 @@ def _authenticated_source(token: str | None, body: bytes) -> Source:
     """The source of this request, or ``Refused`` (401 or 403)."""
     svc = service()
     sources = list(svc.sources.values())
-    client = _client()
+    client = request_client()
     # Addresses that no source allows are refused before any credential is looked at.
     if all(s.allowed_ips for s in sources) and sources and not any(
             address_allowed(client, s.allowed_ips) for s in sources):
@@ -52,10 +63,8 @@ def _authenticated_source(token: str | None, body: bytes) -> Source:
     if not any(s.secrets for s in sources):
         raise Refused(401, "unauthorized", "no secret is configured on this service, so no event is accepted; "
                                            "set DOLIBARR_WEBHOOKS_SECRET")
-    credentials = Credentials.from_headers(request.headers, path_token=token,
-                                           query_token=request.args.get("token"))
     try:
-        source = authenticate(sources, credentials, body)
+        source = request_source(token, body)
     except AuthError as exc:
         raise Refused(401, "unauthorized", str(exc)) from None
     if not address_allowed(client, source.allowed_ips):
@@ -64,13 +73,8 @@ def _authenticated_source(token: str | None, body: bytes) -> Source:
     return source
 
 
-def _record(status: int, reason: str) -> None:
-    g.outcome = reason
-    service().metrics.request(status, reason)
-
-
 def _refusal(exc: Refused):
-    _record(exc.status, {401: "auth", 403: "ip"}.get(exc.status, exc.error))
+    record_outcome(exc.status, {401: "auth", 403: "ip"}.get(exc.status, exc.error))
     response = json_error(exc.status, exc.error, exc.message)
     if exc.status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="dolibarr-webhooks"'
@@ -80,7 +84,6 @@ def _refusal(exc: Refused):
 @bp.before_request
 def _start() -> None:
     g.started = time.perf_counter()
-    request.environ["dolibarr_webhooks.record"] = _record
 
 
 @bp.post("/webhook")
@@ -100,29 +103,29 @@ def _accept(raw: bytes, source: Source, test: bool):
     try:
         event = svc.event_from_body(raw, source, test=test)
     except MissingTriggerCode as exc:
-        _record(422, "no_trigger_code")
+        record_outcome(422, "no_trigger_code")
         return json_error(422, "no_trigger_code", str(exc))
     except ParseError as exc:
         if current_app.config["STRICT"]:
-            _record(400, "parse")
+            record_outcome(400, "parse")
             return json_error(400, "bad_request", str(exc))
         # Any 4xx would roll back the Dolibarr user's action: keep the body, answer 2xx, warn operators.
         try:
-            event_id = svc.quarantine(raw, source, str(exc), _client())
+            event_id = svc.quarantine(raw, source, str(exc), request_client())
         except StoreError:
-            _record(503, "store")
+            record_outcome(503, "store")
             return json_error(503, "store_unavailable", "the event could not be stored; try again")
-        _record(202, "quarantined")
+        record_outcome(202, "quarantined")
         g.event_id = event_id
         return jsonify({"status": "quarantined", "id": event_id,
                         "warning": f"{exc}; the body is kept for re-processing"}), 202
     try:
-        result = svc.dispatch(event, remote_addr=_client())
+        result = svc.dispatch(event, remote_addr=request_client())
     except StoreError as exc:
         logger.error("could not store %s from %s: the store is unavailable (%s)", event.trigger_code, source.name, exc)
-        _record(503, "store")
+        record_outcome(503, "store")
         return json_error(503, "store_unavailable", "the event could not be stored; try again")
-    _record(200, result.status)
+    record_outcome(200, result.status)
     g.event_id, g.trigger_code = event.id, event.trigger_code
     svc.metrics.acknowledged(g.started)
     body = {"status": result.status, "id": event.id, "trigger_code": event.trigger_code}
