@@ -21,6 +21,7 @@ import click
 
 from .cli import LOCAL_URL_WARNING, is_local_url, target_url, webhooks
 from .config import ENV_PREFIX, MIN_SECRET_LENGTH, ConfigError, Settings, env_name, load_settings
+from .store import describe_error, redacted_url
 
 OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
 LEVELS = (OK, INFO, WARNING, ERROR)
@@ -142,18 +143,7 @@ def _check_secrets(settings: Settings, report: Report) -> None:
 
 # -- store ----------------------------------------------------------------------------------
 def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy understands: show nothing of it
-        return "(unreadable URL)"
-
-
-def _error_text(exc: BaseException) -> str:
-    cause = getattr(exc, "orig", None) or exc
-    text = str(cause).strip().splitlines()
-    return f"{type(cause).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return redacted_url(url) or "(unreadable URL)"  # not a URL SQLAlchemy understands: show nothing of it
 
 
 def _check_store(settings: Settings, report: Report) -> None:
@@ -189,14 +179,14 @@ def _check_store(settings: Settings, report: Report) -> None:
     try:
         store = Store(url, settings["SQLITE_SYNCHRONOUS"])
     except Exception as exc:  # a driver missing or a URL SQLAlchemy refuses
-        report.add(ERROR, "store", f"cannot use {shown}: {_error_text(exc)}", env_name("DATABASE_URL"))
+        report.add(ERROR, "store", f"cannot use {shown}: {describe_error(exc)}", env_name("DATABASE_URL"))
         return
     try:
         with store.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
         version = store.schema_version()
     except SQLAlchemyError as exc:
-        report.add(ERROR, "store", f"cannot reach {shown}: {_error_text(exc)}", env_name("DATABASE_URL"))
+        report.add(ERROR, "store", f"cannot reach {shown}: {describe_error(exc)}", env_name("DATABASE_URL"))
         return
     finally:
         store.dispose()
@@ -307,7 +297,7 @@ def _check_ratelimit(settings: Settings, report: Report) -> None:
     try:
         reachable = storage_from_string(storage_url).check()
     except Exception as exc:  # a scheme limits does not know, a client library missing
-        report.add(ERROR, "rate limit", f"cannot use {_safe_url(storage_url)}: {_error_text(exc)}",
+        report.add(ERROR, "rate limit", f"cannot use {_safe_url(storage_url)}: {describe_error(exc)}",
                    env_name("RATELIMIT_STORAGE_URL"))
         return
     if reachable:

@@ -19,6 +19,7 @@ from flask_limiter import Limiter
 
 from .auth import SIGNATURE_HEADER, AuthError
 from .receiver import request_client, request_source
+from .store import redacted_url
 
 SCOPE = "webhook"
 
@@ -41,12 +42,8 @@ def key_prefix(database_url: str) -> str:
     """Counters are shared by the processes and hosts of one deployment, and only by them:
     the prefix is derived from the store they share (its URL without the password), so
     two deployments on one Redis never mix their counts."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        url = make_url(database_url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL fails later, at the store, with a clear message
-        url = database_url
+    # An unparsable URL fails later, at the store, with a clear message.
+    url = redacted_url(database_url) or database_url
     return "dolibarr_webhooks:" + hashlib.sha256(url.encode()).hexdigest()[:12]
 
 

@@ -143,10 +143,22 @@ class StoreError(Exception):
     """The store cannot be read or written (the receiver answers 503)."""
 
 
-def _reason(exc: SQLAlchemyError) -> str:
-    """The driver's first line (disk full, read-only...), without SQLAlchemy's statement dump."""
-    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"{type(exc).__name__}: {detail[0] if detail else ''}"[:300]
+def describe_error(exc: BaseException) -> str:
+    """One line for an operator: the driver's error and its first line (disk full,
+    read-only...), without SQLAlchemy's dump of the statement and its parameters."""
+    cause = getattr(exc, "orig", None) or exc
+    detail = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {detail[0] if detail else ''}".rstrip(": ")[:300]
+
+
+def redacted_url(url: str) -> str | None:
+    """A database (or Redis) URL with its password hidden; None when it cannot be parsed."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # SQLAlchemy raises several types for a malformed URL
+        return None
 
 
 @dataclass(frozen=True)
@@ -329,7 +341,7 @@ class Store:
                     conn.execute(_INSERT_DELIVERY, [self._new_delivery(event.id, p, now) for p in plugins])
                     self._notify(conn)
         except SQLAlchemyError as exc:
-            raise StoreError(_reason(exc)) from exc
+            raise StoreError(describe_error(exc)) from exc
         if plugins:
             self._wake()
         return IngestResult(ACCEPTED, event.id, None, len(plugins))
@@ -350,7 +362,7 @@ class Store:
                     remote_addr=remote_addr,
                 ))
         except SQLAlchemyError as exc:
-            raise StoreError(_reason(exc)) from exc
+            raise StoreError(describe_error(exc)) from exc
 
     def quarantined(self, event_id: str | None = None) -> list[dict[str, Any]]:
         query = select(events.c.id, events.c.source, events.c.raw_body, events.c.received_at, events.c.error,
