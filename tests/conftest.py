@@ -33,14 +33,19 @@ def _drop_postgres_database(name: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'webhooks.sqlite3'}"
-        return
+@pytest.fixture
+def postgres_database_url():
+    """A throw-away PostgreSQL database, dropped afterwards."""
     name, url = _postgres_database()
     yield url
     _drop_postgres_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'webhooks.sqlite3'}"
+    return request.getfixturevalue("postgres_database_url")
 
 
 @pytest.fixture

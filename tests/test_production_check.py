@@ -133,29 +133,14 @@ def test_a_store_that_is_not_migrated(tmp_path):
     assert "migrated at the next start" in findings(report, WARNING, "store")[0]["message"]
 
 
-def test_a_postgresql_store(tmp_path):
-    psycopg = pytest.importorskip("psycopg")
-    admin = os.environ.get("DOLIBARR_WEBHOOKS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"dw_check_{os.getpid()}"
-    try:
-        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL is required in CI: {exc}")
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    url = admin.rsplit("/", 1)[0] + "/" + name
-    try:
-        env = dict(DOLIBARR_WEBHOOKS_SECRET=SECRET, DOLIBARR_WEBHOOKS_PUBLIC_URL=PUBLIC,
-                   DOLIBARR_WEBHOOKS_DATABASE_URL=url, DOLIBARR_WEBHOOKS_AUTO_MIGRATE="false")
-        code, report = check(tmp_path, **env)
-        assert code == 1 and "not migrated" in findings(report, ERROR, "store")[0]["message"]
-        assert run(tmp_path, "migrate", **env).returncode == 0
-        code, report = check(tmp_path, **env)
-        assert code == 0 and "is current" in findings(report, OK, "store")[0]["message"], report
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def test_a_postgresql_store(tmp_path, postgres_database_url):
+    env = dict(DOLIBARR_WEBHOOKS_SECRET=SECRET, DOLIBARR_WEBHOOKS_PUBLIC_URL=PUBLIC,
+               DOLIBARR_WEBHOOKS_DATABASE_URL=postgres_database_url, DOLIBARR_WEBHOOKS_AUTO_MIGRATE="false")
+    code, report = check(tmp_path, **env)
+    assert code == 1 and "not migrated" in findings(report, ERROR, "store")[0]["message"]
+    assert run(tmp_path, "migrate", **env).returncode == 0
+    code, report = check(tmp_path, **env)
+    assert code == 0 and "is current" in findings(report, OK, "store")[0]["message"], report
 
 
 def test_a_plugin_that_stops_start_up_is_named_and_the_others_still_listed(migrated):
