@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 
@@ -81,11 +80,6 @@ def _refusal(exc: Refused):
     return response
 
 
-@bp.before_request
-def _start() -> None:
-    g.started = time.perf_counter()
-
-
 @bp.post("/webhook")
 @bp.post("/webhook/<token>")
 def receive(token: str | None = None):
@@ -127,7 +121,7 @@ def _accept(raw: bytes, source: Source, test: bool):
         return json_error(503, "store_unavailable", "the event could not be stored; try again")
     record_outcome(200, result.status)
     g.event_id, g.trigger_code = event.id, event.trigger_code
-    svc.metrics.acknowledged(g.started)
+    svc.metrics.acknowledged(g.request_started)  # set for every request by logs.init_app
     body = {"status": result.status, "id": event.id, "trigger_code": event.trigger_code}
     if result.duplicate_of:
         body["duplicate_of"] = result.duplicate_of

@@ -248,7 +248,6 @@ class Store:
         self.engine = make_engine(url, synchronous)
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self._listeners: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
         database = self.engine.url.database if not self.is_postgres else None
         self._writers = WriterQueue(database + ".lock") if database and database != ":memory:" else None
 
@@ -436,11 +435,6 @@ class Store:
                 or_(and_(deliveries.c.status.in_((PENDING, FAILED)), deliveries.c.next_attempt_at <= now),
                     and_(deliveries.c.status == RUNNING, deliveries.c.lease_expires_at < now)),
             ).limit(1)).first() is not None
-
-    def next_due_at(self, plugins: Iterable[str]) -> float | None:
-        with self._readonly() as conn:
-            return conn.execute(select(func.min(deliveries.c.next_attempt_at)).where(
-                deliveries.c.plugin.in_(list(plugins)), deliveries.c.status.in_((PENDING, FAILED)))).scalar()
 
     def finish(self, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
                worker: str, outcome: str | None = None, count_attempt: bool = True) -> bool:

@@ -54,7 +54,6 @@ def describe_error(error: BaseException) -> str:
 @dataclass
 class Running:
     claim: Claim
-    thread: threading.Thread
     deadline: float
     recording: bool = False  # the handler returned; its outcome is being written
 
@@ -137,7 +136,7 @@ class Worker:
             thread = threading.Thread(target=self._execute, args=(claim,), daemon=True,
                                       name=f"dolibarr-webhooks:{claim.plugin}:{claim.delivery_id}")
             with self._lock:
-                self._running[claim.delivery_id] = Running(claim, thread, time.time() + timeout)
+                self._running[claim.delivery_id] = Running(claim, time.time() + timeout)
             thread.start()
         return len(claims)
 
