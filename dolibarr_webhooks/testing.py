@@ -108,6 +108,24 @@ def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | 
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
+@contextlib.contextmanager
+def local_http_server(handler: type) -> Iterator[Any]:
+    """A ``ThreadingHTTPServer`` on a free loopback port, served from a thread until the block
+    ends: the fake remote systems of plugin tests (Slack, a receiver, Dolibarr's REST API)."""
+    from http.server import ThreadingHTTPServer
+    import threading
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
 def fresh_venv(path: str | os.PathLike, *packages: str | os.PathLike) -> Path:
     """A new virtual environment at ``path`` with ``packages`` pip-installed; returns its python."""
     path = Path(path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 import time
@@ -15,8 +14,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from dolibarr_webhooks import Event
-from dolibarr_webhooks.payload import event_from_body
-from dolibarr_webhooks.samples import sample_body
+from dolibarr_webhooks.testing import free_port, local_http_server
 
 # The plugin is one module beside tests/: import it from the source tree when it is not
 # pip-installed, rather than installing it into the environment the core's tests share.
@@ -24,7 +22,6 @@ PLUGIN_DIR = Path(__file__).resolve().parents[1]
 if str(PLUGIN_DIR) not in sys.path:
     sys.path.insert(0, str(PLUGIN_DIR))
 
-DOLIBARR_URL = "https://erp.example"
 
 # The last path segment of the webhook URL picks Slack's answer: (status, body, headers).
 ANSWERS: dict[str, tuple[int, str, dict[str, str]]] = {
@@ -173,35 +170,19 @@ def _handler(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
 
 @pytest.fixture
 def slack() -> Iterator[FakeSlack]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
-    fake = FakeSlack(server)
-    server.RequestHandlerClass = _handler(fake)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with local_http_server(BaseHTTPRequestHandler) as server:
+        fake = FakeSlack(server)
+        server.RequestHandlerClass = _handler(fake)  # the handler answers from the fake's state
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture
 def closed_port_url() -> str:
     """A webhook URL on a loopback port nobody listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/services/T000TEAM/B000SALES/gone"
+    return f"http://127.0.0.1:{free_port()}/services/T000TEAM/B000SALES/gone"
 
 
 @pytest.fixture
-def make_event() -> Callable[..., Event]:
-    """``make_event("BILL_PAYED", name="x")``: a sample Dolibarr body, object keys overridden."""
-
-    def make(code: str, *, dolibarr_url: str | None = DOLIBARR_URL, **overrides: Any) -> Event:
-        body = json.loads(sample_body(code))
-        body["object"].update(overrides)
-        return event_from_body(json.dumps(body).encode(), dolibarr_url=dolibarr_url)
-
-    return make
+def make_event(dolibarr_event) -> Callable[..., Event]:
+    """``make_event("BILL_PAYED", name="x")``: the core's sample-body factory, object keys overridden."""
+    return dolibarr_event

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from dolibarr_webhooks.payload import event_from_body
 from dolibarr_webhooks.samples import sample_body
+from dolibarr_webhooks.testing import free_port, local_http_server
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 API_KEY = "dolibarr-api-key-for-tests"
@@ -32,19 +32,6 @@ def make_event():
         return event_from_body(sample_body(code), dolibarr_url="https://erp.example", **overrides)
 
     return make
-
-
-def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 class QuietHandler(BaseHTTPRequestHandler):
@@ -135,7 +122,7 @@ def receiver() -> Iterator[Receiver]:
                 headers["Location"] = query["location"]
             self.answer(int(parts.path.rsplit("/", 1)[1]), b"receiver says no", headers)
 
-    for server in _serve(Handler):
+    with local_http_server(Handler) as server:
         state.server = server
         yield state
 
@@ -143,10 +130,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture
 def closed_port_url() -> str:
     """A loopback URL where nothing listens: connection refused."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/hook"
+    return f"http://127.0.0.1:{free_port()}/hook"
 
 
 @dataclass
@@ -201,7 +185,7 @@ def dolibarr() -> Iterator[FakeDolibarr]:
             status, body = state.answer(path, key)
             self.answer(status, json.dumps(body).encode(), {"Content-Type": "application/json"})
 
-    for server in _serve(Handler):
+    with local_http_server(Handler) as server:
         state.server = server
         yield state
 
