@@ -227,12 +227,24 @@ class Wrk:
 
 
 # -- a paced client ----------------------------------------------------------------------------
+def post_once(port: int, path: str, body: bytes) -> tuple[int, bytes]:
+    """One POST on a new connection, as Dolibarr posts: (status, response body)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("POST", path, body=body, headers={"User-Agent": "Dolibarr geturl function",
+                                                       "Accept": "*/*", "Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
 def paced_posts(port: int, path: str, body: bytes, rate: float, count: int, id_base: int) -> list[float]:
     """Seconds each POST took, ``count`` posts at ``rate`` per second, one at a time on a new
     connection each (as Dolibarr posts), each body with its own object id. A post that leaves
     late because the previous one was slow is still timed from its own start."""
-    import http.client
-
     latencies = []
     start = time.perf_counter()
     for i in range(count):
@@ -241,17 +253,10 @@ def paced_posts(port: int, path: str, body: bytes, rate: float, count: int, id_b
             time.sleep(delay)
         unique = body.replace(OBJECT_ID_MARK, b'"id":%d' % (id_base + i), 1)
         sent = time.perf_counter()
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        try:
-            conn.request("POST", path, body=unique, headers={"User-Agent": "Dolibarr geturl function",
-                                                             "Accept": "*/*", "Content-Type": "application/json"})
-            response = conn.getresponse()
-            response.read()
-        finally:
-            conn.close()
+        status, _ = post_once(port, path, unique)
         latencies.append(time.perf_counter() - sent)
-        if not 200 <= response.status < 300:
-            raise RuntimeError(f"POST answered {response.status}")
+        if not 200 <= status < 300:
+            raise RuntimeError(f"POST answered {status}")
     return latencies
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import http.client
 import json
 import random
 import sys
@@ -25,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import GunicornSettings, Summary, database, log, plugin_venv, product_server, table
+from _common import GunicornSettings, Summary, database, log, plugin_venv, post_once, product_server, table
 
 TARGET_MEDIAN_MS = 100.0
 
@@ -48,17 +47,10 @@ def handle_event(event, config):
 def post(port: int, path: str, body: bytes) -> tuple[float, float, str]:
     """(sent at, answered at, event id) of one POST on a fresh connection."""
     sent = time.time()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("POST", path, body=body, headers={"User-Agent": "Dolibarr geturl function",
-                                                       "Accept": "*/*", "Content-Type": "application/json"})
-        response = conn.getresponse()
-        data = response.read()
-    finally:
-        conn.close()
+    status, data = post_once(port, path, body)
     answered = time.time()
-    if not 200 <= response.status < 300:
-        raise RuntimeError(f"POST answered {response.status}: {data[:300]!r}")
+    if not 200 <= status < 300:
+        raise RuntimeError(f"POST answered {status}: {data[:300]!r}")
     return sent, answered, json.loads(data)["id"]
 
 
