@@ -19,13 +19,12 @@ import tempfile
 import textwrap
 import time
 import uuid
-import venv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from dolibarr_webhooks.samples import sample_body
-from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, RunningService, free_port, wait_for_port
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, RunningService, free_port, overlay_venv, wait_for_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 POSTGRES_ADMIN_URL = os.environ.get("DOLIBARR_WEBHOOKS_BENCH_POSTGRES",
@@ -390,15 +389,19 @@ def product_server(gunicorn: GunicornSettings, database_url: str | None = None, 
 
 
 @contextlib.contextmanager
-def noop_server(gunicorn: GunicornSettings) -> Iterator[Server]:
-    """``bench/noop_app.py`` under the same gunicorn settings."""
+def noop_server(gunicorn: GunicornSettings, app: str = "noop_app:app", route: str = "") -> Iterator[Server]:
+    """``bench/noop_app.py`` (or another app of ``bench/``, the webhook URL under ``route``)
+    under the same gunicorn settings."""
     with tempfile.TemporaryDirectory(prefix="dw-bench-noop-") as tmp:
         workdir = Path(tmp)
         env = service_env("sqlite:///unused", workdir)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
+        env["BENCH_SPOOL_DIR"] = tmp
         server = Server(Path(sys.executable), workdir, env, free_port())
+        if route:
+            server.webhook_url = f"{server.url}/{route}/webhook/{server.secret}"
         try:
-            server.start_gunicorn(gunicorn, "noop_app:app")
+            server.start_gunicorn(gunicorn, app)
             yield server
         finally:
             server.close()
@@ -454,7 +457,7 @@ if __name__ == "__main__":
 
 
 def plugin_venv(root: Path, name: str, source: str) -> Path:
-    """A virtual environment that sees the installed core (``--system-site-packages``) and has the
+    """A virtual environment that sees the installed core (``overlay_venv``) and has the
     one-module plugin ``name`` pip-installed, declared in the ``dolibarr_webhooks.handlers`` group.
     Returns the environment's python."""
     package = root / f"plugin-{name}"
@@ -477,9 +480,8 @@ def plugin_venv(root: Path, name: str, source: str) -> Path:
         py-modules = ["{module}"]
         """))
     env_dir = root / f"venv-{name}"
-    venv.EnvBuilder(system_site_packages=True, with_pip=False, clear=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    # pip and the core come from the system site-packages; pip fetches only the build backend.
+    python = overlay_venv(env_dir)
+    # pip and the core come from the running environment; pip fetches only the build backend.
     done = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
                            str(package)], timeout=300, capture_output=True, text=True)
     if done.returncode:

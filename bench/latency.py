@@ -3,7 +3,7 @@
     python bench/latency.py [--database sqlite|postgresql|both] [--events 200]
 
 A one-module plugin (``benchstamp``) is pip-installed into a throw-away virtual environment
-(``--system-site-packages``, so the core is the one of this checkout) and found through its
+(``overlay_venv``: it sees this checkout's core) and found through its
 real entry point; its handler appends ``EVENT_ID TIME`` to a file. gunicorn and
 ``dolibarr-webhooks worker`` run from that environment. Events are posted one at a time, each
 on a new connection as Dolibarr does; the next one leaves only after the handler of the

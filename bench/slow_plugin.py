@@ -5,7 +5,7 @@ a plugin whose handler sleeps 10 s.
                                 [--rate 50] [--paced-events 300] [--rounds 2]
 
 A one-module plugin (``benchsleeper``: ``time.sleep(10)`` in ``handle_event``) is
-pip-installed into a throw-away virtual environment (``--system-site-packages``, so the core
+pip-installed into a throw-away virtual environment (``testing.overlay_venv``, so the core
 is the one of this checkout) and found through its real entry point. Two services run at
 once, each real gunicorn plus ``dolibarr-webhooks worker``:
 

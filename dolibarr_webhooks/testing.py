@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import venv
@@ -134,6 +135,26 @@ def fresh_venv(path: str | os.PathLike, *packages: str | os.PathLike) -> Path:
     if packages:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                         *[str(p) for p in packages]], check=True, timeout=900)
+    return python
+
+
+def overlay_venv(path: str | os.PathLike) -> Path:
+    """A new virtual environment at ``path`` that also sees every package of the running one
+    (the core under test, its dependencies, pip, editable installs included); what is
+    pip-installed into it lands in its own site-packages and comes first. Returns its python.
+
+    ``--system-site-packages`` would not do: run from inside a virtual environment (as
+    ``.ci/run`` does), it links the base interpreter's packages, not this environment's.
+    """
+    path = Path(path)
+    venv.EnvBuilder(with_pip=False, clear=True).create(path)
+    python = path / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    parents = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    # addsitedir, not a bare path: it also reads the parent's .pth files (editable installs).
+    (Path(own) / "_dolibarr_webhooks_overlay.pth").write_text(
+        "".join(f"import site; site.addsitedir({parent!r})\n" for parent in parents))
     return python
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
-import venv
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from dolibarr_webhooks.config import ConfigError, load_settings
 from dolibarr_webhooks.plugins import ENTRY_POINT_GROUP, PluginLoadError, build_plugins
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
+from dolibarr_webhooks.testing import overlay_venv
 
 
 def make_plugin_package(root: Path, name: str, module_source: str) -> Path:
@@ -41,8 +41,7 @@ def make_plugin_package(root: Path, name: str, module_source: str) -> Path:
 def plugin_env(tmp_path_factory):
     """A virtual environment that sees the installed core and gets two real plugin packages."""
     root = tmp_path_factory.mktemp("plugins")
-    env = root / "venv"
-    venv.EnvBuilder(system_site_packages=True, with_pip=True).create(env)
+    python = overlay_venv(root / "venv")
     good = make_plugin_package(root, "hello", """
         from dolibarr_webhooks import hookimpl
 
@@ -55,7 +54,6 @@ def plugin_env(tmp_path_factory):
             print("hello", event.trigger_code)
     """)
     broken = make_plugin_package(root, "broken", "import a_module_that_does_not_exist\n")
-    python = env / "bin" / "python"
     for package in (good, broken):
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps",
                         "--disable-pip-version-check", str(package)], check=True, timeout=300)
