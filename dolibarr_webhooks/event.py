@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
+
+from . import fastjson
 
 # Card pages relative to the Dolibarr root, by object type (``element``).
 CARD_PATHS = {
@@ -54,7 +55,7 @@ class Event:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        return fastjson.dumps(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Event:
@@ -67,4 +68,4 @@ class Event:
 
     @classmethod
     def from_json(cls, text: str) -> Event:
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(fastjson.loads(text))

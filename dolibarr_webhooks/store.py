@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import secrets
 import threading
@@ -24,6 +23,7 @@ from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, Larg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import fastjson
 from .event import Event
 
 NOTIFY_CHANNEL = "dolibarr_webhooks"
@@ -512,7 +512,7 @@ class Store:
             data = dict(row._mapping)
             raw = data.pop("raw_body")
             data["raw_body_size"] = len(raw) if raw is not None else None
-            data["payload"] = json.loads(data["payload"]) if data["payload"] else None
+            data["payload"] = fastjson.loads(data["payload"]) if data["payload"] else None
             data["deliveries"] = []
             for d in conn.execute(select(deliveries).where(deliveries.c.event_id == event_id)
                                   .order_by(deliveries.c.id)):

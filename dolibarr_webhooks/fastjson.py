@@ -1,0 +1,83 @@
+"""JSON for the bodies and payloads on the hot path: orjson, with the standard library's
+semantics kept for everything orjson declines.
+
+Decoding a 15 KB invoice and encoding its event are the two largest costs of a request that
+does not wait on the disk (about 0.15 ms and 0.11 ms with ``json``; 0.08 and 0.01 with
+orjson; ``bench/cpu_per_event.py``). orjson is strict RFC 8259; ``json`` also accepts
+``NaN``, integers wider than 64 bits, lone surrogates and a UTF-8 BOM. Whatever orjson
+refuses is handed to ``json``, so what parses, what does not and every error message are
+the standard library's.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, Iterable
+
+import orjson
+
+_DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS
+
+
+def loads(raw: bytes | str, drop_keys: Iterable[str] = ()) -> Any:
+    """Decode ``raw``; remove ``drop_keys`` from every object at every depth.
+
+    Raises ``ValueError`` (``json.JSONDecodeError``, or nesting too deep) or
+    ``UnicodeDecodeError``, as ``json.loads`` does.
+    """
+    drop = tuple(drop_keys)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass  # NaN, a BOM, a lone surrogate, or not JSON: json decides, and words the error
+    else:
+        if _drop_in_place(data, drop):
+            return data
+    try:
+        return json.loads(raw, object_hook=_dropper(drop) if drop else None)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text, non-ASCII kept as is (``separators=(",", ":"), ensure_ascii=False``)."""
+    try:
+        return orjson.dumps(value, option=_DUMPS_OPTIONS).decode()
+    except TypeError:  # orjson.JSONEncodeError: an integer wider than 64 bits, a subclass...
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _dropper(drop: tuple[str, ...]) -> Callable[[dict], dict]:
+    def hook(mapping: dict[str, Any]) -> dict[str, Any]:
+        for key in drop:
+            mapping.pop(key, None)
+        return mapping
+    return hook
+
+
+_INT64_MIN = -9223372036854775808.0
+
+
+def _drop_in_place(value: Any, drop: tuple[str, ...]) -> bool:
+    """Drop the keys; False when a float may be an integer orjson could not hold exactly.
+
+    orjson decodes integers from -2**63 to 2**64-1 exactly and wider ones as floats; PHP
+    never writes one, but the standard library keeps every digit, so such a body goes to it.
+    """
+    # Iterative: a deeply nested body must not hit Python's recursion limit.
+    stack = [[value]]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            for key in drop:
+                item.pop(key, None)
+            children = item.values()
+        else:
+            children = item
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append(child)
+            elif kind is float and not _INT64_MIN <= child < 18446744073709551616.0:
+                return False
+    return True
