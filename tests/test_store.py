@@ -281,6 +281,30 @@ def test_identical_bodies_posted_at_once_are_dispatched_once(make_app, tmp_path)
     assert counts(app)["deliveries"] == 2
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_workers_are_woken_by_new_deliveries_only(make_app, tmp_path, database_url):
+    """On PostgreSQL the ingest notifies the workers' LISTEN in its own transaction; a duplicate,
+    which adds no delivery, wakes nobody (without the notification a worker waits up to 1 s)."""
+    import psycopg
+
+    from dolibarr_webhooks.store import NOTIFY_CHANNEL
+
+    app = make_app(handler_config(tmp_path, recorder=True))
+    client = app.test_client()
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+        def notifications() -> int:
+            return sum(1 for _ in listener.notifies(timeout=0.5))
+
+        first = client.post(WEBHOOK, data=body(object_id=1)).get_json()
+        assert first["status"] == "accepted" and notifications() == 1
+        again = client.post(WEBHOOK, data=body(object_id=1)).get_json()
+        assert again["status"] == "duplicate" and notifications() == 0
+        assert client.post(WEBHOOK, data=body(object_id=2)).get_json()["status"] == "accepted"
+        assert notifications() == 1
+
+
 # -- retention ---------------------------------------------------------------------------------
 def test_purge_keeps_unfinished_events_unless_asked(make_app, tmp_path):
     # Three apps on one database, as three processes would be: the first's failer is dead at once on
