@@ -3,7 +3,7 @@ with a no-op Flask endpoint under the same gunicorn settings.
 
     python bench/ingest.py [--database sqlite|postgresql|both] [--concurrency 1,16,64]
                            [--duration 4] [--rounds 3] [--production] [--with-worker]
-                           [--baseline GIT_REVISION] [--patch NAME --compare-patched]
+                           [--baseline GIT_REVISION] [--patch NAME --compare-patched] [--floor]
 
 All targets run at once (real gunicorn, loopback): ``bench/noop_app.py`` and
 ``dolibarr_webhooks:create_app()`` on SQLite (and/or a throw-away PostgreSQL database).
@@ -12,7 +12,8 @@ posting the real BILL_VALIDATE body (about 15 KB, a unique object id per request
 a duplicate); the whole sequence is repeated ``--rounds`` times. Prints requests/s, p50 and
 p99 of the answers, the ratio durable / no-op, the share of the machine taken by the load
 generator, the server and everything else, and the server's CPU time per request; then
-checks that every acknowledged event is in the store.
+checks that every acknowledged event is in the store. ``--floor`` adds ``bench/floor_app.py``,
+which only appends each body to a file and fdatasyncs it: the bound of any durable design.
 """
 
 from __future__ import annotations
@@ -60,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also run each durable target with the core package of this revision (git archive)")
     parser.add_argument("--compare-patched", action="store_true",
                         help="run each durable target twice in the same run: as shipped and with --patch")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run bench/floor_app.py: the least a receiver that keeps what it "
+                             "acknowledges can do (append the body to a file and fdatasync; and after a JSON check)")
     return parser.parse_args(argv)
 
 
@@ -84,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dw-bench-wrk-") as tmp, contextlib.ExitStack() as stack:
         wrk = Wrk(Path(tmp))
         targets = {"no-op": stack.enter_context(noop_server(gunicorn))}
+        if args.floor:
+            for route in ("append", "parse-append"):
+                targets[f"floor-{route}"] = stack.enter_context(noop_server(gunicorn, "floor_app:app", route))
         variants = [("", [])]
         if args.patch:
             variants = [("", []), ("+patched", args.patch)] if args.compare_patched else [("+patched", args.patch)]
@@ -151,7 +158,10 @@ def print_report(results, targets, concurrencies, integrity) -> None:
                          "-" if name == "no-op" else f"{ratio:.2f}{spread}",
                          f"{med('loadgen_cpu'):.0%}", f"{med('server_cpu'):.0%}", f"{other:.0%}",
                          f"{med('server_cpu_ms'):.2f}", sum(r.failed for r in runs)])
-            if name != "no-op" and connections == TARGET_CONCURRENCY:
+            if name.startswith("floor") and connections == TARGET_CONCURRENCY:
+                verdicts.append(f"{name}: req/s ratio {ratio:.2f}, p99 {p99:.1f} ms: the bound of any receiver "
+                                "that keeps what it acknowledges, on this machine")
+            if name.startswith("durable") and connections == TARGET_CONCURRENCY:
                 ok_ratio, ok_p99 = ratio >= TARGET_RATIO, p99 < TARGET_P99_MS
                 verdicts.append(f"{name}: req/s ratio {ratio:.2f} (target >= {TARGET_RATIO}): "
                                 f"{'met' if ok_ratio else 'NOT met'}; p99 {p99:.1f} ms "
