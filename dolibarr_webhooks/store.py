@@ -158,6 +158,8 @@ _EVENT_PAYLOAD = select(events.c.payload).where(events.c.id == bindparam("event_
 _FINISH_HELD = update(deliveries).where(deliveries.c.id == bindparam("held_id"),
                                         deliveries.c.lease_token == bindparam("held_token"))
 _INSERT_ATTEMPT = insert(attempts)
+_NEXT_RETRY = select(func.min(deliveries.c.next_attempt_at)).where(
+    deliveries.c.status == bindparam("failed"), deliveries.c.plugin.in_(bindparam("plugins", expanding=True)))
 
 
 def _initial_schema(conn: Connection) -> None:
@@ -465,6 +467,16 @@ class Store:
                 or_(and_(deliveries.c.status.in_((PENDING, FAILED)), deliveries.c.next_attempt_at <= now),
                     and_(deliveries.c.status == RUNNING, deliveries.c.lease_expires_at < now)),
             ).limit(1)).first() is not None
+
+    def next_retry_at(self, plugins: Iterable[str]) -> float | None:
+        """When the earliest retry of these plugins comes due. New deliveries and replays wake a
+        PostgreSQL worker with a NOTIFY; a retry coming due does not, so the worker must not
+        sleep past it."""
+        plugins = list(plugins)
+        if not plugins:
+            return None
+        with self._readonly() as conn:
+            return conn.execute(_NEXT_RETRY, {"plugins": plugins, "failed": FAILED}).scalar()
 
     def finish(self, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
                worker: str, outcome: str | None = None, count_attempt: bool = True) -> bool:

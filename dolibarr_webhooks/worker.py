@@ -197,8 +197,13 @@ class Worker:
     def _wait(self, listener: _Listener | None) -> None:
         poll = self.settings["POLL_INTERVAL"]
         if listener is not None and not self.busy():
-            # Idle: LISTEN/NOTIFY wakes us at once; the poll still catches retries coming due.
-            listener.wait(max(poll, 1.0), self.wake_event, step=poll)
+            # Idle: a NOTIFY wakes us at once for new deliveries and replays; a retry coming due
+            # sends none, so sleep no longer than until the next one.
+            timeout = max(poll, 1.0)
+            retry_at = self.store.next_retry_at(self.lanes())
+            if retry_at is not None:
+                timeout = min(timeout, max(0.0, retry_at - time.time()))
+            listener.wait(timeout, self.wake_event, step=poll)
         else:
             # Handlers running: the first to finish wakes us (a NOTIFY waits, queued, for the next wait).
             self.wake_event.wait(poll)
