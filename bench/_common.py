@@ -16,7 +16,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -24,7 +23,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dolibarr_webhooks.samples import sample_body
-from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, RunningService, free_port, overlay_venv, wait_for_port
+from dolibarr_webhooks.testing import (WEBHOOKS_TEST_SECRET, RunningService, free_port, overlay_venv, plugin_package,
+                                       wait_for_port)
 
 BENCH_DIR = Path(__file__).resolve().parent
 POSTGRES_ADMIN_URL = os.environ.get("DOLIBARR_WEBHOOKS_BENCH_POSTGRES",
@@ -460,25 +460,7 @@ def plugin_venv(root: Path, name: str, source: str) -> Path:
     """A virtual environment that sees the installed core (``overlay_venv``) and has the
     one-module plugin ``name`` pip-installed, declared in the ``dolibarr_webhooks.handlers`` group.
     Returns the environment's python."""
-    package = root / f"plugin-{name}"
-    package.mkdir(parents=True)
-    module = f"dolibarr_webhooks_bench_{name}"
-    (package / f"{module}.py").write_text(textwrap.dedent(source))
-    (package / "pyproject.toml").write_text(textwrap.dedent(f"""\
-        [build-system]
-        requires = ["setuptools>=61"]
-        build-backend = "setuptools.build_meta"
-
-        [project]
-        name = "dolibarr-webhooks-bench-{name}"
-        version = "0.0.1"
-
-        [project.entry-points."dolibarr_webhooks.handlers"]
-        {name} = "{module}"
-
-        [tool.setuptools]
-        py-modules = ["{module}"]
-        """))
+    package = plugin_package(root, name, source)
     env_dir = root / f"venv-{name}"
     python = overlay_venv(env_dir)
     # pip and the core come from the running environment; pip fetches only the build backend.

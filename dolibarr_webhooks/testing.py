@@ -23,6 +23,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import textwrap
 import time
 import venv
 from pathlib import Path
@@ -136,6 +137,35 @@ def fresh_venv(path: str | os.PathLike, *packages: str | os.PathLike) -> Path:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                         *[str(p) for p in packages]], check=True, timeout=900)
     return python
+
+
+def plugin_package(root: str | os.PathLike, name: str, source: str, version: str = "0.0.1") -> Path:
+    """A pip-installable package ``dolibarr-webhooks-<name>`` whose one module
+    ``dolibarr_webhooks_<name>`` holds ``source`` and is declared as plugin ``name`` in the
+    ``dolibarr_webhooks.handlers`` entry point group, as a real plugin's is. Returns its folder."""
+    from .plugins import ENTRY_POINT_GROUP
+
+    package = Path(root) / f"dolibarr-webhooks-{name}"
+    package.mkdir(parents=True)
+    module = f"dolibarr_webhooks_{name}"
+    (package / "pyproject.toml").write_text(textwrap.dedent(f"""\
+        [build-system]
+        requires = ["setuptools>=61"]
+        build-backend = "setuptools.build_meta"
+
+        [project]
+        name = "dolibarr-webhooks-{name}"
+        version = "{version}"
+        dependencies = ["dolibarr-webhooks"]
+
+        [project.entry-points."{ENTRY_POINT_GROUP}"]
+        {name} = "{module}"
+
+        [tool.setuptools]
+        py-modules = ["{module}"]
+        """))
+    (package / f"{module}.py").write_text(textwrap.dedent(source))
+    return package
 
 
 def overlay_venv(path: str | os.PathLike) -> Path:

@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from dolibarr_webhooks import PermanentFailure, create_app, hookimpl
 from dolibarr_webhooks.config import ConfigError, load_settings
-from dolibarr_webhooks.plugins import ENTRY_POINT_GROUP, PluginLoadError, build_plugins
+from dolibarr_webhooks.plugins import PluginLoadError, build_plugins
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
-from dolibarr_webhooks.testing import overlay_venv
-
-
-def make_plugin_package(root: Path, name: str, module_source: str) -> Path:
-    package = root / f"dolibarr-webhooks-{name}"
-    package.mkdir()
-    (package / "pyproject.toml").write_text(textwrap.dedent(f"""
-        [build-system]
-        requires = ["setuptools>=61"]
-        build-backend = "setuptools.build_meta"
-        [project]
-        name = "dolibarr-webhooks-{name}"
-        version = "1.2.3"
-        dependencies = ["dolibarr-webhooks"]
-        [project.entry-points."{ENTRY_POINT_GROUP}"]
-        {name} = "dolibarr_webhooks_{name}"
-        [tool.setuptools]
-        py-modules = ["dolibarr_webhooks_{name}"]
-    """))
-    (package / f"dolibarr_webhooks_{name}.py").write_text(textwrap.dedent(module_source))
-    return package
+from dolibarr_webhooks.testing import overlay_venv, plugin_package
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +21,7 @@ def plugin_env(tmp_path_factory):
     """A virtual environment that sees the installed core and gets two real plugin packages."""
     root = tmp_path_factory.mktemp("plugins")
     python = overlay_venv(root / "venv")
-    good = make_plugin_package(root, "hello", """
+    good = plugin_package(root, "hello", version="1.2.3", source="""
         from dolibarr_webhooks import hookimpl
 
         @hookimpl
@@ -53,7 +32,7 @@ def plugin_env(tmp_path_factory):
         def handle_event(event):
             print("hello", event.trigger_code)
     """)
-    broken = make_plugin_package(root, "broken", "import a_module_that_does_not_exist\n")
+    broken = plugin_package(root, "broken", "import a_module_that_does_not_exist\n")
     for package in (good, broken):
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps",
                         "--disable-pip-version-check", str(package)], check=True, timeout=300)
