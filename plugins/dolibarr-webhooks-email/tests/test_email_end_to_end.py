@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from dolibarr_webhooks import testing
+
 ROOT = Path(__file__).resolve().parents[3]  # the repository: the core's project
 PLUGIN = Path(__file__).resolve().parents[1]
 
@@ -22,9 +24,6 @@ RULES = textwrap.dedent("""\
 
 @pytest.mark.slow
 def test_email_welcome_and_invoice_paid_arrive(tmp_path, smtp_server):
-    testing = pytest.importorskip("dolibarr_webhooks.testing")
-    if not hasattr(testing, "running_service"):
-        pytest.skip("dolibarr_webhooks.testing.running_service is not written yet")
     python = testing.fresh_venv(tmp_path / "venv", ROOT, PLUGIN)
     config_file = tmp_path / "dolibarr-webhooks.toml"
     config_file.write_text(RULES, encoding="utf-8")

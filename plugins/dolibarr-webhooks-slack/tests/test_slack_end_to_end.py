@@ -7,15 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from dolibarr_webhooks import testing
+
 ROOT = Path(__file__).resolve().parents[3]  # the repository: the core's project
 PLUGIN = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_slack_proposal_signed_reaches_the_sales_channel(tmp_path, slack):
-    testing = pytest.importorskip("dolibarr_webhooks.testing")
-    if not hasattr(testing, "running_service"):
-        pytest.skip("dolibarr_webhooks.testing.running_service is not written yet")
     python = testing.fresh_venv(tmp_path / "venv", ROOT, PLUGIN)
     env = {
         # The README's two lines, pointed at the local Slack stand-in.

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-testing = pytest.importorskip("dolibarr_webhooks.testing")
-if not hasattr(testing, "running_service"):  # the core's fixtures are not written yet
-    pytest.skip("dolibarr_webhooks.testing.running_service is not available yet", allow_module_level=True)
+from dolibarr_webhooks import testing
 
 pytestmark = pytest.mark.slow
 
