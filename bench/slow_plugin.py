@@ -28,10 +28,10 @@ import argparse
 import contextlib
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from dolibarr_webhooks.samples import sample_body
+from dolibarr_webhooks.testing import wait_for
 
 from _common import (GunicornSettings, Summary, Wrk, WrkResult, database, log, median, paced_posts, percentile,
                      plugin_venv, product_server, table)
@@ -51,14 +51,12 @@ def handle_event(event, config):
 
 
 def wait_for_sleeper(server, busy: int, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+    def running() -> dict | None:
         stats = server.stats()
-        if stats["plugins"].get("benchsleeper", {}).get("running", 0) >= busy:
-            return stats
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the sleeper never got {busy} deliveries running: {stats}\n{server.logs()}")
-        time.sleep(0.2)
+        return stats if stats["plugins"].get("benchsleeper", {}).get("running", 0) >= busy else None
+
+    return wait_for(running, timeout, interval=0.2, message=lambda: (
+        f"the sleeper never got {busy} deliveries running: {server.stats()}\n{server.logs()}"))
 
 
 def _median_result(results: list[WrkResult]) -> WrkResult:

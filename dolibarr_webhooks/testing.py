@@ -27,7 +27,7 @@ import textwrap
 import time
 import venv
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import pytest
 
@@ -97,6 +97,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05,
+             message: str | Callable[[], str] = "condition") -> Any:
+    """Poll ``predicate`` until it returns something true; its value, or TimeoutError naming ``message``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"after {timeout}s: {message() if callable(message) else message}")
+        time.sleep(interval)
 
 
 def wait_for_port(port: int, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
@@ -250,17 +263,16 @@ class RunningService:
         return json.loads(self.cli("stats", "--json").stdout)
 
     def wait_delivered(self, count: int, timeout: float = 30, plugin: str | None = None) -> dict[str, Any]:
-        deadline = time.time() + timeout
-        while True:
-            stats = self.stats()
-            done = (stats["plugins"].get(plugin, {}).get("delivered", 0) if plugin
-                    else stats["deliveries"]["delivered"])
-            if done >= count:
-                return stats
-            if time.time() > deadline:
-                raise TimeoutError(f"{done} of {count} deliveries delivered after {timeout}s: {stats}\n"
-                                   + self.logs(tail=4000))
-            time.sleep(0.2)
+        last: dict[str, Any] = {}
+
+        def delivered() -> dict[str, Any] | None:
+            last["stats"] = stats = self.stats()
+            last["done"] = (stats["plugins"].get(plugin, {}).get("delivered", 0) if plugin
+                            else stats["deliveries"]["delivered"])
+            return stats if last["done"] >= count else None
+
+        return wait_for(delivered, timeout, interval=0.2, message=lambda: (
+            f"{last['done']} of {count} deliveries delivered: {last['stats']}\n" + self.logs(tail=4000)))
 
     def logs(self, tail: int | None = None) -> str:
         """Every log file of the service, whole (or its last ``tail`` characters)."""

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -230,14 +229,3 @@ def cli_json(service, *args: str) -> Any:
 
 def python_bin() -> Path:
     return Path(sys.executable).parent
-
-
-def wait_until(predicate, timeout: float = 20.0, interval: float = 0.1, message: str = "condition"):
-    deadline = time.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.time() > deadline:
-            raise TimeoutError(f"{message} not met after {timeout}s")
-        time.sleep(interval)

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import requests
 from dolibarr_webhooks.cli import is_local_url
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
-from dolibarr_webhooks.testing import free_port, running_service, wait_for_port
+from dolibarr_webhooks.testing import free_port, running_service, wait_for, wait_for_port
 
 SCRIPT = Path(sys.executable).parent / "dolibarr-webhooks"
 
@@ -86,15 +85,12 @@ def test_serve_generates_a_secret_and_prints_the_target_url(tmp_path):
                                  timeout=10)
         assert response.status_code == 200
         # The embedded worker delivers it without a separate process.
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            stats = subprocess.run([str(SCRIPT), "stats", "--json"], cwd=tmp_path, env=env, capture_output=True,
-                                   text=True)
-            if json.loads(stats.stdout)["deliveries"]["delivered"] == 1:
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"not delivered: {stats.stdout}")
+        def stats() -> dict:
+            return json.loads(subprocess.run([str(SCRIPT), "stats", "--json"], cwd=tmp_path, env=env,
+                                             capture_output=True, text=True).stdout)
+
+        wait_for(lambda: stats()["deliveries"]["delivered"] == 1, 20, interval=0.2,
+                 message=lambda: f"not delivered: {stats()}")
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         output = process.communicate(timeout=30)[0]

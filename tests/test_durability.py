@@ -18,9 +18,8 @@ import pytest
 import requests
 
 from dolibarr_webhooks.store import Store
-from dolibarr_webhooks.testing import running_service
-from dolibarr_webhooks_testplugin import (body, handler_config, handler_env, overlapping_runs, read_records,
-                                          wait_for)
+from dolibarr_webhooks.testing import running_service, wait_for
+from dolibarr_webhooks_testplugin import body, handler_config, handler_env, overlapping_runs, read_records
 
 
 class Posting:

@@ -20,8 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from dolibarr_webhooks.ratelimit import key_prefix
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.store import Store
-from dolibarr_webhooks.testing import running_service
-from production_helpers import DOLIBARR_HEADERS, production_env, service_logs, wait_until
+from dolibarr_webhooks.testing import running_service, wait_for
+from production_helpers import DOLIBARR_HEADERS, production_env, service_logs
 
 pytestmark = pytest.mark.slow
 
@@ -301,4 +301,4 @@ def test_sigterm_under_load_loses_no_acknowledged_event(tmp_path):
         assert not missing, f"{len(missing)} acknowledged events are not in the store: {missing[:5]}"
         print(f"\nSIGTERM under load: {len(acknowledged)} acknowledged events all stored ({before} before the signal), "
               f"{len(failures)} refused after it; gunicorn stopped {stopped_after:.2f}s after SIGTERM")
-        wait_until(lambda: web.poll() is not None, 5, message="gunicorn exited")
+        wait_for(lambda: web.poll() is not None, 5, message="gunicorn exited")

@@ -24,9 +24,9 @@ from sqlalchemy import text
 
 from dolibarr_webhooks.payload import new_event_id
 from dolibarr_webhooks.store import SCHEMA_VERSION, normalise_url
-from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET
-from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, read_records,
-                                          running_worker, wait_for, writes_blocked)
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, wait_for
+from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, read_records, running_worker,
+                                          writes_blocked)
 
 WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, RunningService, running_service
-from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, handler_env,
-                                          read_records, release, running_worker, wait_for, writes_blocked)
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, RunningService, running_service, wait_for
+from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, handler_env, read_records,
+                                          release, running_worker, writes_blocked)
 
 WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
 SCHEDULE = "0.1s,0.2s,0.3s"

@@ -259,19 +259,6 @@ def by_plugin(app: Any, event_id: str) -> dict[str, dict[str, Any]]:
     return {d["plugin"]: d for d in shown["deliveries"]}
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05,
-             message: str | Callable[[], str] = "condition") -> Any:
-    """Poll ``predicate`` until it returns something true; its value, or TimeoutError naming ``message``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"after {timeout}s: {message() if callable(message) else message}")
-        time.sleep(interval)
-
-
 @contextlib.contextmanager
 def running_worker(app: Any, name: str = "test-worker") -> Iterator[Any]:
     """The app's worker in a thread of this process, stopped (with its grace period) on exit."""

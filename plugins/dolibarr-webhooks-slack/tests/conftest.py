@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from dolibarr_webhooks import Event
-from dolibarr_webhooks.testing import free_port, local_http_server
+from dolibarr_webhooks.testing import free_port, local_http_server, wait_for
 
 # The plugin is one module beside tests/: import it from the source tree when it is not
 # pip-installed, rather than installing it into the environment the core's tests share.
@@ -119,12 +119,8 @@ class FakeSlack:
             return [r for r in self.requests if channel is None or f"/{channel}/" in r["path"]]
 
     def wait_for(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if len(self.posted()) >= count:
-                return self.posted()
-            time.sleep(0.05)
-        raise AssertionError(f"Slack got {len(self.posted())} requests, expected {count}")
+        return wait_for(lambda: len(self.posted()) >= count and self.posted(), timeout,
+                        message=lambda: f"Slack got {len(self.posted())} requests, expected {count}")
 
 
 def _handler(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
