@@ -28,6 +28,7 @@ import requests
 
 from dolibarr_webhooks import ConfigError, Event, PermanentFailure, PluginDisabled, RetryLater, hookimpl
 from dolibarr_webhooks.catalogue import matches
+from dolibarr_webhooks.config import parse_bool
 from dolibarr_webhooks.payload import scrub
 
 __version__ = "0.1.0"
@@ -146,14 +147,10 @@ def _number(value: Any, setting: str, default: float, minimum: float, strict: bo
 
 
 def _flag(value: Any, setting: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(setting, f"must be true or false, not {value!r}")
+    try:
+        return parse_bool(value)  # the core's words for true and false
+    except ValueError:
+        raise ConfigError(setting, f"must be true or false, not {value!r}") from None
 
 
 def _events(value: Any, setting: str) -> tuple[str, ...] | None:
