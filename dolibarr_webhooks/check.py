@@ -153,8 +153,9 @@ def _check_store(settings: Settings, report: Report) -> None:
 
     url = settings["DATABASE_URL"]
     shown = _safe_url(url)
-    migrate_hint = "run 'dolibarr-webhooks migrate'" + ("" if not settings["AUTO_MIGRATE"] else
-                                                       " (or start the service: AUTO_MIGRATE is on)")
+    migrate_hint = "run 'dolibarr-webhooks migrate'"
+    if settings["AUTO_MIGRATE"]:
+        migrate_hint += " (or start the service: AUTO_MIGRATE is on)"
     if url.startswith("sqlite"):
         path = Path(url.split(":///", 1)[1]) if ":///" in url else None
         if path is not None and str(path) not in ("", ":memory:") and not path.exists():

@@ -369,4 +369,6 @@ def main() -> None:
     except ConfigError as exc:  # a bad setting or plugin: one plain line, not a traceback
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
+
+
 from . import check  # noqa: E402,F401  (registers the check command on the group)

@@ -16,7 +16,6 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("health", __name__)
 
 
-
 def service():
     return current_app.extensions["dolibarr_webhooks"]
 

@@ -40,7 +40,8 @@ def test_events_lists_codes_labels_objects_and_plugins(webhooks_runner):
 
 
 def test_plugins_lists_name_version_hooks_events(webhooks_runner):
-    rows = {row["name"]: row for row in json.loads(webhooks_runner.invoke(args=["webhooks", "plugins", "--json"]).output)}
+    output = webhooks_runner.invoke(args=["webhooks", "plugins", "--json"]).output
+    rows = {row["name"]: row for row in json.loads(output)}
     assert rows["log"] == {"name": "log", "version": rows["log"]["version"], "hooks": ["handle_event"],
                            "events": None, "status": "enabled", "reason": "", "builtin": True}
     assert rows["catalogue"]["hooks"] == ["register_events"]
@@ -85,6 +86,7 @@ def test_serve_generates_a_secret_and_prints_the_target_url(tmp_path):
                                  timeout=10)
         assert response.status_code == 200
         # The embedded worker delivers it without a separate process.
+
         def stats() -> dict:
             return json.loads(subprocess.run([str(SCRIPT), "stats", "--json"], cwd=tmp_path, env=env,
                                              capture_output=True, text=True).stdout)

@@ -12,8 +12,8 @@ SECRET = "s" * 20
 
 def test_order_of_sources(tmp_path):
     env_file = tmp_path / ".env"
-    env_file.write_text("DOLIBARR_WEBHOOKS_DEDUP_WINDOW=1m\nDOLIBARR_WEBHOOKS_PORT=1000\nDOLIBARR_WEBHOOKS_RETENTION=2d\n"
-                        "DOLIBARR_WEBHOOKS_SECRET=" + SECRET + "\n")
+    env_file.write_text("DOLIBARR_WEBHOOKS_DEDUP_WINDOW=1m\nDOLIBARR_WEBHOOKS_PORT=1000\n"
+                        "DOLIBARR_WEBHOOKS_RETENTION=2d\nDOLIBARR_WEBHOOKS_SECRET=" + SECRET + "\n")
     toml = tmp_path / "config.toml"
     toml.write_text('retention = "3d"\nmax_body_size = "1MiB"\n')
     settings = load_settings({"MAX_BODY_SIZE": 5}, env_file=env_file, environ={

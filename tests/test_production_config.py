@@ -106,9 +106,9 @@ def test_env_example_is_read_by_the_service_once_filled_in(tmp_path):
 
 # -- contrib/gunicorn.conf.py ---------------------------------------------------------------------
 def _gunicorn_settings(tmp_path: Path, **env: str) -> dict[str, str]:
+    gunicorn_own = ("WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS")
     full_env = {k: v for k, v in os.environ.items()
-                if not k.startswith(("DOLIBARR_WEBHOOKS_", "GUNICORN_")) and k not in ("WEB_CONCURRENCY",
-                                                                                      "FORWARDED_ALLOW_IPS")}
+                if not k.startswith(("DOLIBARR_WEBHOOKS_", "GUNICORN_")) and k not in gunicorn_own}
     full_env.update({"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
                      "DOLIBARR_WEBHOOKS_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
                      "DOLIBARR_WEBHOOKS_SECRET": SECRET, **env})

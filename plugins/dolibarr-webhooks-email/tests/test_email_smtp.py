@@ -103,14 +103,16 @@ def test_silent_server_times_out_and_is_retried(email_config, dolibarr_event, sm
 def test_recipient_refused_550_is_permanent(smtp_server, email_config, dolibarr_event):
     smtp_server.handler.rcpt_answers["nobody@acme.example"] = "550 5.1.1 No such user"
     with pytest.raises(PermanentFailure, match="nobody@acme.example: 550 5.1.1 No such user"):
-        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=email_config(smtp_server, to="nobody@acme.example"))
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"),
+                            config=email_config(smtp_server, to="nobody@acme.example"))
     assert smtp_server.received == []
 
 
 def test_recipient_refused_4xx_is_retried(smtp_server, email_config, dolibarr_event):
     smtp_server.handler.rcpt_answers["busy@acme.example"] = "450 4.2.1 Mailbox busy, try later"
     with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
-        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=email_config(smtp_server, to="busy@acme.example"))
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"),
+                            config=email_config(smtp_server, to="busy@acme.example"))
     assert not isinstance(info.value, PermanentFailure)
 
 

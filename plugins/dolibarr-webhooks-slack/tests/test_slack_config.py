@@ -46,8 +46,8 @@ def test_slack_rule_without_events_makes_everything_handled():
 
 
 def test_slack_rules_inherit_language_and_timeout():
-    config = {"language": "fr", "timeout": "4.5", "rules": [{"webhook_url": URL}, {"webhook_url": URL,
-                                                                                  "language": "en", "timeout": 2}]}
+    config = {"language": "fr", "timeout": "4.5",
+              "rules": [{"webhook_url": URL}, {"webhook_url": URL, "language": "en", "timeout": 2}]}
     assert [(r.language, r.timeout) for r in slack_plugin.parse_config(config)] == [("fr", 4.5), ("en", 2.0)]
 
 
