@@ -49,6 +49,8 @@ os.environ.setdefault("PGCONNECT_TIMEOUT", "5")
 # GUNICORN_BIND: comma-separated addresses. Default 127.0.0.1:<DOLIBARR_WEBHOOKS_PORT or 8080>:
 # only nginx, on this host, reaches gunicorn. Never bind a public address: the application
 # trusts X-Forwarded-For from DOLIBARR_WEBHOOKS_TRUSTED_PROXIES hops. unix:/run/... works too.
+# Started by systemd with contrib/systemd/dolibarr-webhooks.socket, gunicorn listens on the
+# socket systemd hands it (LISTEN_FDS) and ignores this.
 bind = (os.environ.get("GUNICORN_BIND") or f"127.0.0.1:{_service.get('PORT', 8080)}").split(",")
 
 # WEB_CONCURRENCY: worker processes (gunicorn's own variable). Sync workers handle one

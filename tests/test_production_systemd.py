@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from dolibarr_webhooks.config import SETTINGS, parse_duration
-from production_helpers import GUNICORN_CONF, SYSTEMD, python_bin, require_tool
+from production_helpers import GUNICORN_CONF, NGINX_SITE, SYSTEMD, python_bin, require_tool
 
 WEB = SYSTEMD / "dolibarr-webhooks.service"
+SOCKET = SYSTEMD / "dolibarr-webhooks.socket"
 WORKER = SYSTEMD / "dolibarr-webhooks-worker.service"
 INSTALLED_BIN = "/opt/dolibarr-webhooks/venv/bin/"
 
@@ -52,6 +53,8 @@ def rendered(folder: Path, path: Path) -> Path:
 def test_systemd_analyze_verify(tmp_path):
     analyze = require_tool("systemd-analyze", "systemd")
     units = [str(rendered(tmp_path, WEB)), str(rendered(tmp_path, WORKER))]
+    (tmp_path / SOCKET.name).write_text(SOCKET.read_text())  # beside the service it activates
+    units.append(str(tmp_path / SOCKET.name))
     result = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=120)
     # Unknown keys and bad values are only warnings for systemd: any output is a failure here.
     assert result.returncode == 0 and not result.stderr.strip() and not result.stdout.strip(), \
@@ -82,6 +85,19 @@ def test_units_run_sandboxed_and_restart(path):
                        "PrivateDevices": "yes", "KillSignal": "SIGTERM", "CapabilityBoundingSet": ""}.items():
         assert service.get(key) == value, f"{path.name}: {key}={service.get(key)!r}"
     assert unit["Install"] == [("WantedBy", "multi-user.target")]
+
+
+def test_the_web_service_gets_its_socket_from_systemd():
+    # Held across restarts of the service (tests/test_production_gunicorn.py restarts
+    # gunicorn under load on such a socket and no request fails).
+    socket_unit, web = parse_unit(SOCKET), parse_unit(WEB)
+    assert values(web, "Unit", "Requires") == [SOCKET.name]
+    assert SOCKET.name in values(web, "Unit", "After")[0].split()
+    listen = values(socket_unit, "Socket", "ListenStream")
+    assert listen == ["127.0.0.1:8080"], "loopback only, behind nginx"
+    assert f"server {listen[0]};" in NGINX_SITE.read_text(), "nginx proxies to the socket's address"
+    assert values(socket_unit, "Socket", "Accept") in ([], ["no"]), "one socket handed to gunicorn"
+    assert socket_unit["Install"] == [("WantedBy", "sockets.target")]
 
 
 def test_both_units_share_the_metrics_folder_and_the_settings():
