@@ -1,20 +1,31 @@
-"""The floor of ``bench/ingest.py --floor``: the least any receiver that keeps what it
-acknowledges must do, as a Flask app beside ``noop_app.py``.
+"""The floors of ``bench/ingest.py --floor``: the least any receiver must do, as a Flask app
+beside ``noop_app.py``, under the same gunicorn settings.
 
-``/append``: append the raw body to a file of this process and ``fdatasync`` it, then answer
-200 JSON: no authentication, no parsing, no index, no database. ``/parse-append``: the same
-after checking that the body is JSON (with orjson, the fastest decoder on PyPI), since a
-receiver must answer 400 to a body that is not. Whatever the durable receiver's design, its
-requests/s cannot pass these two on the same machine, so their ratio to the no-op endpoint
-bounds the ratio the issue asks of it.
+- ``/append``: append the raw body to a file of this process and ``fdatasync`` it, then
+  answer 200 JSON: no authentication, no parsing, no index, no database. The least a
+  receiver that keeps what it acknowledges does.
+- ``/scrub``: parse the body and scrub Dolibarr's database handler from it with the
+  product's own ``payload.parse_body`` (orjson and the key-dropping walk), then answer; store
+  nothing. The least a receiver that scrubs before it stores does, even if storing were free.
+- ``/scrub-append``: both; the scrubbed object, re-encoded, is what is appended.
+- ``/append-grouped``: ``/append`` with group commit: a thread that finds another's
+  ``fdatasync`` under way waits for it and syncs only if its own write was not covered, so
+  the threads of a ``gthread`` worker share fsyncs (with sync workers, one request per
+  process, it is ``/append``). The bound of a receiver that batches its commits.
+
+Whatever the durable receiver's design, its requests/s cannot pass these on the same
+machine, so their ratios to the no-op endpoint bound the ratio the issue asks of it.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 
 import orjson
 from flask import Flask, jsonify, request
+
+from dolibarr_webhooks.payload import ParseError, parse_body
 
 app = Flask(__name__)
 _spool: dict[int, int] = {}  # pid -> descriptor: gunicorn forks after import
@@ -29,6 +40,45 @@ def _append(body: bytes) -> None:
     os.fdatasync(_spool[pid])
 
 
+class _GroupSync:
+    """fdatasync shared by the threads of one process: write numbers go up; a sync covers
+    every write numbered before it began."""
+
+    def __init__(self) -> None:
+        self.count_lock, self.sync_lock = threading.Lock(), threading.Lock()
+        self.written = self.synced = 0
+
+    def append(self, fd: int, record: bytes) -> None:
+        with self.count_lock:
+            os.write(fd, record)
+            self.written += 1
+            mine = self.written
+        with self.sync_lock:
+            if self.synced >= mine:
+                return  # a sync that began after this write has finished
+            with self.count_lock:
+                covered = self.written
+            os.fdatasync(fd)
+            self.synced = covered
+
+
+_grouped: dict[int, tuple[int, _GroupSync]] = {}
+
+
+def _append_grouped(body: bytes) -> None:
+    pid = os.getpid()
+    if pid not in _grouped:
+        path = os.path.join(os.environ.get("BENCH_SPOOL_DIR", "."), f"spool-grouped-{pid}.bin")
+        _grouped[pid] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), _GroupSync()
+    fd, group = _grouped[pid]
+    group.append(fd, len(body).to_bytes(4, "big") + body)
+
+
+def _scrubbed(body: bytes) -> bytes:
+    code, obj = parse_body(body)
+    return orjson.dumps({"triggercode": code, "object": obj})
+
+
 @app.post("/append/<path:_path>")
 def append(_path: str):
     body = request.get_data(cache=False)
@@ -36,12 +86,29 @@ def append(_path: str):
     return jsonify({"status": "accepted", "size": len(body)}), 200
 
 
-@app.post("/parse-append/<path:_path>")
-def parse_append(_path: str):
+@app.post("/scrub/<path:_path>")
+def scrub(_path: str):
     body = request.get_data(cache=False)
     try:
-        orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return jsonify({"error": "invalid_json"}), 400
-    _append(body)
+        size = len(_scrubbed(body))
+    except ParseError:
+        return jsonify({"error": "bad_request"}), 400
+    return jsonify({"status": "accepted", "size": size}), 200
+
+
+@app.post("/scrub-append/<path:_path>")
+def scrub_append(_path: str):
+    body = request.get_data(cache=False)
+    try:
+        scrubbed = _scrubbed(body)
+    except ParseError:
+        return jsonify({"error": "bad_request"}), 400
+    _append(scrubbed)
+    return jsonify({"status": "accepted", "size": len(scrubbed)}), 200
+
+
+@app.post("/append-grouped/<path:_path>")
+def append_grouped(_path: str):
+    body = request.get_data(cache=False)
+    _append_grouped(body)
     return jsonify({"status": "accepted", "size": len(body)}), 200
