@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dolibarr_webhooks.check import ERROR, OK, WARNING, secret_strength
+from dolibarr_webhooks.store import SCHEMA_VERSION
 from dolibarr_webhooks.store import Store
 
 BIN = Path(sys.executable).parent
@@ -51,7 +52,7 @@ def test_a_good_configuration(migrated):
     code, report = check(migrated, DOLIBARR_WEBHOOKS_SECRET=SECRET, DOLIBARR_WEBHOOKS_PUBLIC_URL=PUBLIC)
     assert code == 0 and report["ok"] and report["errors"] == 0, report
     assert report["targets"] == [{"source": "default", "url": f"{PUBLIC}/webhook/{SECRET}", "local": False}]
-    assert any("schema version 1 is current" in f["message"] for f in findings(report, OK, "store"))
+    assert any(f"schema version {SCHEMA_VERSION} is current" in f["message"] for f in findings(report, OK, "store"))
     assert any(f["message"].startswith("secret of source default: 28 characters") for f in findings(report, OK))
     log = [p for p in report["plugins"] if p["name"] == "log"]
     assert log and log[0]["status"] == "enabled"

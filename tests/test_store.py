@@ -305,6 +305,75 @@ def test_postgresql_workers_are_woken_by_new_deliveries_only(make_app, tmp_path,
         assert notifications() == 1
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_ingest_is_one_statement_in_autocommit(make_app, tmp_path, database_url):
+    """One round trip per event: the duplicate lock, the search, the rows and the NOTIFY are
+    one call committed by itself, not BEGIN, the lock, a statement and COMMIT."""
+    from sqlalchemy import event as sa_event
+
+    app = make_app(handler_config(tmp_path, recorder=True))
+    client = app.test_client()
+    client.post(WEBHOOK, data=body(object_id=1))  # connections opened, schema checked
+    engine = store(app).engine
+    sent: list[tuple[str, bool]] = []
+
+    def record(conn, _cursor, statement, _parameters, _context, _executemany):
+        sent.append((statement.split("(")[0], conn.connection.dbapi_connection.autocommit))
+
+    sa_event.listen(engine, "before_cursor_execute", record)
+    try:
+        for object_id, status in [(2, "accepted"), (2, "duplicate")]:
+            sent.clear()
+            assert client.post(WEBHOOK, data=body(object_id=object_id)).get_json()["status"] == status
+            assert sent == [("SELECT dolibarr_webhooks_ingest", True)]
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", record)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgresql_duplicate_search_stays_on_its_index_as_the_table_grows(database_url):
+    """The search's plan is made once per connection. Made just after autovacuum analysed a
+    small table, it would read the whole table at every ingest (cheaper for 20 rows) until the
+    next analysis: it must go through the dedup index whatever the statistics say."""
+    from dolibarr_webhooks.payload import event_from_body
+    from dolibarr_webhooks.samples import sample_body
+    from dolibarr_webhooks.store import Store
+
+    sample = sample_body("BILL_VALIDATE")
+    store_ = Store(database_url)
+
+    def ingest(numbers: range) -> None:
+        for number in numbers:
+            event = event_from_body(sample.replace(b'"id":311', b'"id":%d' % number, 1))
+            assert store_.ingest(event, ["log"], dedup_window=600).status == "accepted"
+
+    def scans() -> dict[str, int]:
+        """Scans of events so far, by index and sequential (statistics lag each backend by up
+        to a few seconds)."""
+        with store_.engine.connect() as conn:
+            found = dict(conn.execute(text(
+                "SELECT indexrelname, idx_scan FROM pg_stat_user_indexes WHERE relname = 'events'")).all())
+            found["sequential"] = conn.execute(text(
+                "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = 'events'")).scalar()
+        return found
+
+    def after(searches: int) -> dict[str, int]:
+        return wait_for(lambda: (lambda s: s if s["ix_events_dedup"] >= searches else None)(scans()), 20,
+                        message=lambda: f"{searches} searches expected through ix_events_dedup: {scans()}")
+
+    try:
+        store_.migrate()
+        ingest(range(1, 21))
+        with store_.engine.begin() as conn:
+            conn.execute(text("ANALYZE events"))  # as autovacuum does, while the table is small
+        before = after(20)
+        ingest(range(21, 321))
+        now = after(before["ix_events_dedup"] + 300)
+        assert now["sequential"] == before["sequential"], (before, now)
+    finally:
+        store_.dispose()
+
+
 # -- retention ---------------------------------------------------------------------------------
 def test_purge_keeps_unfinished_events_unless_asked(make_app, tmp_path):
     # Three apps on one database, as three processes would be: the first's failer is dead at once on
