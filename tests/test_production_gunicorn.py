@@ -326,8 +326,11 @@ def start_socket_activated(service, listener: socket.socket, name: str) -> subpr
     """gunicorn as systemd starts it under contrib/systemd/dolibarr-webhooks.socket: the
     listening socket inherited as descriptor 3, ``LISTEN_FDS=1``, ``LISTEN_PID`` its own pid."""
     fd = listener.fileno()
-    command = ["sh", "-c", f'export LISTEN_FDS=1 LISTEN_PID=$$; exec "$0" "$@" 3<&{fd}',
-               str(service.bin / "gunicorn"), "-w", "2", "--graceful-timeout", "10", "dolibarr_webhooks:create_app()"]
+    # A Python trampoline, not sh: dash takes no descriptor above 9 in a redirection.
+    trampoline = ("import os, sys; os.dup2(int(sys.argv[1]), 3); "
+                  "os.environ.update(LISTEN_FDS='1', LISTEN_PID=str(os.getpid())); os.execv(sys.argv[2], sys.argv[2:])")
+    command = [str(service.python), "-c", trampoline, str(fd), str(service.bin / "gunicorn"),
+               "-w", "2", "--graceful-timeout", "10", "dolibarr_webhooks:create_app()"]
     with open(service.workdir / f"{name}.log", "ab") as log:
         process = subprocess.Popen(command, cwd=service.workdir, env=service.env, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True, pass_fds=(fd,))
