@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             results[kind] = measure(kind, python, args.events, args.warmup, gap, body, workdir)
 
     print(f"# latency: {args.events} BILL_VALIDATE events one at a time, gaps {gap[0]:g}-{gap[1]:g} s, "
-          f"idle worker (default settings: POLL_INTERVAL 50ms, SQLite synchronous FULL), gunicorn "
+          f"idle worker (default settings: on SQLite woken through <database>.wake, synchronous FULL), gunicorn "
           f"{GunicornSettings().describe()}, plugin benchstamp through its entry point")
     rows = []
     for kind, series in results.items():

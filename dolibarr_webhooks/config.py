@@ -151,7 +151,9 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "WORKER_CONCURRENCY": (2, parse_positive_int, "deliveries run at once for each plugin, per worker"),
     "LEASE": ("", lambda v: parse_duration(v) if v not in ("", None) else None,
               "time after which a delivery held by a dead worker is claimed again (default: timeout + 30s)"),
-    "POLL_INTERVAL": ("50ms", parse_duration, "how often an idle worker looks for new deliveries on SQLite"),
+    "POLL_INTERVAL": ("50ms", parse_duration,
+                      "how often an idle worker on SQLite looks for new deliveries where it cannot watch the "
+                      "database file (no inotify); with a watch, every commit wakes it"),
     "SHUTDOWN_GRACE": ("20s", parse_duration, "on SIGTERM, time given to running handlers before release"),
     "EMBEDDED_WORKER": (False, parse_bool,
                         "run the worker inside each gunicorn process (serve sets it; see contrib/gunicorn.conf.py)"),

@@ -317,7 +317,11 @@ class Store:
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else None
         self._listeners: list[Callable[[], None]] = []
         database = self.engine.url.database if not self.is_postgres else None
-        self._writers = WriterQueue(database + ".lock") if database and database != ":memory:" else None
+        # The SQLite file, if there is one (not PostgreSQL, not :memory:).
+        self.sqlite_file = os.path.abspath(database) if database and database != ":memory:" else None
+        # Touched after each commit that adds due deliveries, to wake workers of other processes.
+        self.wake_file = self.sqlite_file + ".wake" if self.sqlite_file else None
+        self._writers = WriterQueue(self.sqlite_file + ".lock") if self.sqlite_file else None
 
     @contextlib.contextmanager
     def _write(self):
@@ -374,6 +378,16 @@ class Store:
     def _wake(self) -> None:
         for callback in self._listeners:
             callback()
+        if self.wake_file:
+            # Workers of other processes watch this file (worker._CommitWatch). Its change time
+            # is set after the commit: the WAL itself is written before the commit is visible.
+            try:
+                os.utime(self.wake_file)
+            except FileNotFoundError:
+                with contextlib.suppress(OSError):
+                    os.close(os.open(self.wake_file, os.O_WRONLY | os.O_CREAT, 0o600))
+            except OSError:
+                pass  # not ours to touch: the workers still look every POLL_INTERVAL
 
     # -- ingest -----------------------------------------------------------------
     def ingest(self, event: Event, plugins: Iterable[str], dedup_window: float = 0,

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .exceptions import PermanentFailure, RetryLater
+from .inotify import FolderWatch
 from .logs import request_id
 from .plugins import Plugins
 from .store import DEAD, DELIVERED, FAILED, NOTIFY_CHANNEL, Claim, Store, StoreError
@@ -165,7 +166,9 @@ class Worker:
     def run(self, stop_after_idle: float | None = None) -> None:
         """Loop until ``stop()``; with ``stop_after_idle``, also stop once nothing was due for that long."""
         logger.info("worker %s started: plugins %s", self.name, ", ".join(self.plugins.handlers()) or "none")
-        listener: _Listener | None = None
+        # PostgreSQL: LISTEN, (re)connected in the loop. SQLite: a watch on the store's wake
+        # file, or None where inotify is missing (then the worker looks every POLL_INTERVAL).
+        listener: _Listener | _CommitWatch | None = None if self.store.is_postgres else _CommitWatch.open(self.store)
         idle_since = time.time()
         try:
             while not self.stop_event.is_set():
@@ -185,7 +188,7 @@ class Worker:
                 except STORE_ERRORS as exc:
                     logger.error("worker %s: the store is unavailable (%s); retrying in %gs", self.name,
                                  describe_error(exc), RECONNECT_DELAY)
-                    if listener is not None:
+                    if self.store.is_postgres and listener is not None:
                         listener.close()
                         listener = None
                     self.stop_event.wait(RECONNECT_DELAY)
@@ -197,8 +200,8 @@ class Worker:
     def _wait(self, listener: _Listener | None) -> None:
         poll = self.settings["POLL_INTERVAL"]
         if listener is not None and not self.busy():
-            # Idle: a NOTIFY wakes us at once for new deliveries and replays; a retry coming due
-            # sends none, so sleep no longer than until the next one.
+            # Idle: a NOTIFY (PostgreSQL) or a commit (SQLite) wakes us at once for new deliveries
+            # and replays; a retry coming due sends none, so sleep no longer than until the next one.
             timeout = max(poll, 1.0)
             retry_at = self.store.next_retry_at(self.lanes())
             if retry_at is not None:
@@ -269,6 +272,33 @@ class _Listener:
 
     def close(self) -> None:
         self.conn.close()
+
+
+class _CommitWatch:
+    """SQLite: the store touches ``<database>.wake`` after each commit that adds due
+    deliveries, in whatever process; that wakes the idle worker at once."""
+
+    def __init__(self, watch: FolderWatch) -> None:
+        self.watch = watch
+
+    @classmethod
+    def open(cls, store: Store) -> _CommitWatch | None:
+        if not store.sqlite_file:
+            return None
+        folder, name = os.path.split(store.wake_file)
+        watch = FolderWatch.open(folder, [name])
+        return cls(watch) if watch else None
+
+    def wait(self, timeout: float, wake: threading.Event, step: float) -> None:
+        """Until a commit, ``timeout``, or ``wake`` (stop(), a handler done), looked at every ``step``."""
+        deadline = time.monotonic() + timeout
+        while not wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.watch.wait(min(left, step)):
+                return
+
+    def close(self) -> None:
+        self.watch.close()
 
 
 def start_embedded(worker: Worker) -> threading.Thread:

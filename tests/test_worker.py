@@ -10,6 +10,7 @@ processes are the real ``dolibarr-webhooks worker`` console script.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import statistics
@@ -342,3 +343,29 @@ def test_an_idle_worker_picks_up_a_new_event_quickly(database_url, tmp_path):
                               timeout=10, message=service.logs)
             delays.append(record["start"] - posted)
     assert statistics.median(delays) < 1.0, delays
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the wake-up watch uses Linux's inotify")
+def test_an_idle_sqlite_worker_is_woken_by_another_process_commit(database_url, tmp_path):
+    """The web process's commits (and the replay command's) wake the worker process through
+    <database>.wake, so it need not poll: with POLL_INTERVAL at 60 s, each event is still
+    handled at once."""
+    recorder_file = tmp_path / "recorder.jsonl"
+    env = {**handler_env(handler_config(tmp_path, recorder=True)), "DOLIBARR_WEBHOOKS_POLL_INTERVAL": "60s"}
+    with running_service(env=env, database_url=database_url, workers=1) as service:
+
+        def handled(event_id: str, runs: int = 1) -> None:
+            wait_for(lambda: len([r for r in read_records(recorder_file) if r["event"] == event_id]) >= runs,
+                     timeout=10, message=service.logs)
+
+        time.sleep(1.5)  # the worker has looked once and now waits, up to a minute
+        for n in range(3):
+            response = service.post(body(object_id=n))
+            assert response.status_code == 200, response.text
+            handled(response.json()["id"])
+            time.sleep(0.3)
+        event_id = response.json()["id"]
+        assert json.loads(service.cli("replay", event_id, "--json").stdout)["replayed"] >= 1
+        handled(event_id, runs=2)
