@@ -168,7 +168,7 @@ class Worker:
         logger.info("worker %s started: plugins %s", self.name, ", ".join(self.plugins.handlers()) or "none")
         # PostgreSQL: LISTEN, (re)connected in the loop. SQLite: a watch on the store's wake
         # file, or None where inotify is missing (then the worker looks every POLL_INTERVAL).
-        listener: _Listener | _CommitWatch | None = None if self.store.is_postgres else _CommitWatch.open(self.store)
+        listener: _Wakeup | None = None if self.store.is_postgres else _CommitWatch.open(self.store)
         idle_since = time.time()
         try:
             while not self.stop_event.is_set():
@@ -197,7 +197,7 @@ class Worker:
                 listener.close()
             self._shutdown()
 
-    def _wait(self, listener: _Listener | None) -> None:
+    def _wait(self, listener: _Wakeup | None) -> None:
         poll = self.settings["POLL_INTERVAL"]
         if listener is not None and not self.busy():
             # Idle: a NOTIFY (PostgreSQL) or a commit (SQLite) wakes us at once for new deliveries
@@ -242,7 +242,26 @@ class Worker:
             logger.info("purged %d delivered events older than %gs", purged, self.settings["RETENTION"])
 
 
-class _Listener:
+class _Wakeup:
+    """What wakes an idle worker at once: ``wait`` returns on a wake-up, after ``timeout``,
+    or once ``wake`` is set (stop(), a handler done), which it looks at every ``step``."""
+
+    def wait(self, timeout: float, wake: threading.Event, step: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not wake.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self._woken(min(left, step)):
+                return
+
+    def _woken(self, seconds: float) -> bool:
+        """True on a wake-up within ``seconds``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _Listener(_Wakeup):
     """PostgreSQL LISTEN on its own autocommit connection."""
 
     def __init__(self, store: Store) -> None:
@@ -255,18 +274,11 @@ class _Listener:
         except psycopg.Error as exc:
             raise StoreError(f"cannot LISTEN: {exc}") from exc
 
-    def wait(self, timeout: float, wake: threading.Event, step: float) -> None:
-        """Until a NOTIFY, ``timeout``, or ``wake`` (stop(), a handler done), looked at every ``step``."""
+    def _woken(self, seconds: float) -> bool:
         import psycopg
 
-        deadline = time.monotonic() + timeout
         try:
-            while not wake.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                for _ in self.conn.notifies(timeout=min(left, step), stop_after=1):
-                    return
+            return any(True for _ in self.conn.notifies(timeout=seconds, stop_after=1))
         except psycopg.Error as exc:
             raise StoreError(f"LISTEN connection lost: {exc}") from exc
 
@@ -274,7 +286,7 @@ class _Listener:
         self.conn.close()
 
 
-class _CommitWatch:
+class _CommitWatch(_Wakeup):
     """SQLite: the store touches ``<database>.wake`` after each commit that adds due
     deliveries, in whatever process; that wakes the idle worker at once."""
 
@@ -283,19 +295,14 @@ class _CommitWatch:
 
     @classmethod
     def open(cls, store: Store) -> _CommitWatch | None:
-        if not store.sqlite_file:
+        if not store.wake_file:
             return None
         folder, name = os.path.split(store.wake_file)
         watch = FolderWatch.open(folder, [name])
         return cls(watch) if watch else None
 
-    def wait(self, timeout: float, wake: threading.Event, step: float) -> None:
-        """Until a commit, ``timeout``, or ``wake`` (stop(), a handler done), looked at every ``step``."""
-        deadline = time.monotonic() + timeout
-        while not wake.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0 or self.watch.wait(min(left, step)):
-                return
+    def _woken(self, seconds: float) -> bool:
+        return self.watch.wait(seconds)
 
     def close(self) -> None:
         self.watch.close()
