@@ -41,3 +41,61 @@ def test_readme_opens_with_the_two_commands():
     ci = (ROOT / ".ci" / "run").read_text()
     test_command = [line.strip() for line in blocks[1].splitlines() if "pytest" in line][0]
     assert test_command in ci, ".ci/run must run the README's test command"
+
+
+def test_the_documented_sqlite_backup_copies_a_live_store(tmp_path):
+    """contrib/README.rst's backup command, run as written (paths swapped) while events keep
+    arriving: the copy is a sound database with every event committed before it began."""
+    import subprocess
+    import sys
+    import threading
+
+    from dolibarr_webhooks.payload import event_from_body
+    from dolibarr_webhooks.samples import sample_body
+    from dolibarr_webhooks.store import Store
+
+    text = (ROOT / "contrib" / "README.rst").read_text()
+    block = re.search(r"^Backups\n.*?\.\. code-block:: sh\n\n((?:        [^\n]*\n)+)", text, re.M | re.S)
+    assert block, "contrib/README.rst: no Backups section with a command"
+    command = "\n".join(line[8:] for line in block.group(1).splitlines())
+    database, copy = tmp_path / "dolibarr-webhooks.sqlite3", tmp_path / "backup.sqlite3"
+    command = (command.replace("/opt/dolibarr-webhooks/venv/bin/python", sys.executable)
+               .replace("/var/lib/dolibarr-webhooks/dolibarr-webhooks.sqlite3", str(database))
+               .replace("/var/backups/dolibarr-webhooks.sqlite3", str(copy)))
+
+    store = Store(f"sqlite:///{database}")
+    store.migrate()
+    sample = sample_body("BILL_VALIDATE")
+
+    def ingest(number: int) -> None:
+        store.ingest(event_from_body(sample.replace(b'"id":311', b'"id":%d' % number, 1)), ["log"], 600)
+
+    for number in range(200):
+        ingest(number)
+    stop = threading.Event()
+
+    def keep_posting() -> None:
+        number = 1000
+        while not stop.is_set():
+            ingest(number)
+            number += 1
+
+    writer = threading.Thread(target=keep_posting)
+    writer.start()
+    try:
+        result = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=60)
+    finally:
+        stop.set()
+        writer.join(30)
+        store.dispose()
+    assert result.returncode == 0, result.stderr
+    backup = Store(f"sqlite:///{copy}")
+    try:
+        with backup.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+            ids = {row[0] for row in conn.exec_driver_sql("SELECT object_id FROM events")}
+            delivered = conn.exec_driver_sql("SELECT count(*) FROM deliveries").scalar()
+        assert {str(n) for n in range(200)} <= ids
+        assert delivered == len(ids), "each event with its delivery: one snapshot"
+    finally:
+        backup.dispose()
