@@ -193,6 +193,16 @@ _NEXT_RETRY = select(func.min(deliveries.c.next_attempt_at)).where(
     deliveries.c.status == bindparam("failed"), deliveries.c.plugin.in_(bindparam("plugins", expanding=True)))
 
 
+def _due(now: float):
+    """Deliveries a worker may claim at ``now``: waiting and due, or running on a lease that
+    expired. The leading ``status IN`` lets ix_deliveries_due skip the delivered and dead rows
+    (the bulk of the table); without it SQLite read every delivery of the plugin at each claim
+    and each idle look: 0.5 ms at 7,500 rows and growing, against 0.006 ms."""
+    return and_(deliveries.c.status.in_((PENDING, FAILED, RUNNING)),
+                or_(and_(deliveries.c.status.in_((PENDING, FAILED)), deliveries.c.next_attempt_at <= now),
+                    and_(deliveries.c.status == RUNNING, deliveries.c.lease_expires_at < now)))
+
+
 def _initial_schema(conn: Connection) -> None:
     metadata.create_all(conn, tables=[events, deliveries, attempts], checkfirst=True)
 
@@ -476,13 +486,9 @@ class Store:
             for plugin, limit in lanes.items():
                 if limit <= 0:
                     continue
-                due = or_(
-                    and_(deliveries.c.status.in_((PENDING, FAILED)), deliveries.c.next_attempt_at <= now),
-                    and_(deliveries.c.status == RUNNING, deliveries.c.lease_expires_at < now),
-                )
                 rows = conn.execute(
                     select(deliveries.c.id, deliveries.c.status, deliveries.c.attempts, deliveries.c.event_id)
-                    .where(deliveries.c.plugin == plugin, due)
+                    .where(deliveries.c.plugin == plugin, _due(now))
                     .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
                     .limit(limit)
                     .with_for_update(skip_locked=True)
@@ -510,10 +516,7 @@ class Store:
             return False
         with self._readonly() as conn:
             return conn.execute(select(deliveries.c.id).where(
-                deliveries.c.plugin.in_(plugins),
-                or_(and_(deliveries.c.status.in_((PENDING, FAILED)), deliveries.c.next_attempt_at <= now),
-                    and_(deliveries.c.status == RUNNING, deliveries.c.lease_expires_at < now)),
-            ).limit(1)).first() is not None
+                deliveries.c.plugin.in_(plugins), _due(now)).limit(1)).first() is not None
 
     def next_retry_at(self, plugins: Iterable[str]) -> float | None:
         """When the earliest retry of these plugins comes due. New deliveries and replays wake a

@@ -374,6 +374,40 @@ def test_postgresql_duplicate_search_stays_on_its_index_as_the_table_grows(datab
         store_.dispose()
 
 
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_claims_and_idle_looks_skip_finished_deliveries(database_url):
+    """A worker looks for due deliveries at every claim and every idle wake-up, while the table
+    fills with delivered ones: SQLite must reach the waiting ones through the index's
+    (plugin, status) prefix, not read every delivery of the plugin."""
+    from sqlalchemy import event as sa_event
+
+    from dolibarr_webhooks.payload import event_from_body
+    from dolibarr_webhooks.samples import sample_body
+    from dolibarr_webhooks.store import Store
+
+    store_ = Store(database_url)
+    store_.migrate()
+    store_.ingest(event_from_body(sample_body("BILL_VALIDATE")), ["log"])
+    looked: list[tuple[str, tuple]] = []
+
+    def record(_conn, _cursor, statement, parameters, _context, _executemany):
+        if statement.lstrip().upper().startswith("SELECT") and "FROM deliveries" in statement:
+            looked.append((statement, parameters))
+
+    sa_event.listen(store_.engine, "before_cursor_execute", record)
+    try:
+        assert store_.has_due(["log"])
+        assert len(store_.claim({"log": 2}, "test", lease=30)) == 1
+    finally:
+        sa_event.remove(store_.engine, "before_cursor_execute", record)
+    assert len(looked) == 2
+    with store_.engine.connect() as conn:
+        for statement, parameters in looked:
+            plan = " ".join(row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
+            assert "ix_deliveries_due (plugin=? AND status=?)" in plan, (statement, plan)
+    store_.dispose()
+
+
 # -- retention ---------------------------------------------------------------------------------
 def test_purge_keeps_unfinished_events_unless_asked(make_app, tmp_path):
     # Three apps on one database, as three processes would be: the first's failer is dead at once on
