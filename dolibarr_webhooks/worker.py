@@ -23,7 +23,7 @@ from .exceptions import PermanentFailure, RetryLater
 from .inotify import FolderWatch
 from .logs import request_id
 from .plugins import Plugins
-from .store import DEAD, DELIVERED, FAILED, NOTIFY_CHANNEL, Claim, Store, StoreError
+from .store import DEAD, DELIVERED, FAILED, NOTIFY_CHANNEL, Claim, Store, StoreError, describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,9 @@ def retry_decision(attempts_done: int, error: BaseException, schedule: list[floa
     return FAILED, now + delay
 
 
-def describe_error(error: BaseException) -> str:
+def describe_failure(error: BaseException) -> str:
+    """A handler's failure as kept with its attempt: the exception's whole text, which is the
+    plugin's account of what went wrong (store errors use ``store.describe_error``)."""
     text = str(error) or type(error).__name__
     return f"{type(error).__name__}: {text}"[:2000]
 
@@ -87,9 +89,9 @@ class Worker:
                                              self.settings["RETRY_JITTER"])
             log = logger.error if status == DEAD else logger.warning
             log("%s on %s %s failed (attempt %d): %s; %s", claim.plugin, claim.event.trigger_code, claim.event.id,
-                claim.attempts + 1, describe_error(error),
+                claim.attempts + 1, describe_failure(error),
                 "dead" if status == DEAD else f"retry in {next_at - time.time():.0f}s")
-            self._record(claim, status, describe_error(error), next_at)
+            self._record(claim, status, describe_failure(error), next_at)
         else:
             self._record(claim, DELIVERED, None, None)
         finally:
@@ -155,7 +157,7 @@ class Worker:
                                              self.settings["RETRY_JITTER"])
             logger.warning("%s on %s %s timed out; %s", claim.plugin, claim.event.trigger_code, claim.event.id,
                            "dead" if status == DEAD else "will retry")
-            self.store.finish(claim, status, describe_error(error), next_at, self.name, outcome="timeout")
+            self.store.finish(claim, status, describe_failure(error), next_at, self.name, outcome="timeout")
             if self.metrics is not None:
                 self.metrics.delivery_finished(claim.plugin, "timeout", time.time() - claim.started_at)
 
