@@ -327,11 +327,10 @@ class Store:
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else None
         self._listeners: list[Callable[[], None]] = []
         database = self.engine.url.database if not self.is_postgres else None
-        # The SQLite file, if there is one (not PostgreSQL, not :memory:).
-        self.sqlite_file = os.path.abspath(database) if database and database != ":memory:" else None
+        sqlite_file = os.path.abspath(database) if database and database != ":memory:" else None
         # Touched after each commit that adds due deliveries, to wake workers of other processes.
-        self.wake_file = self.sqlite_file + ".wake" if self.sqlite_file else None
-        self._writers = WriterQueue(self.sqlite_file + ".lock") if self.sqlite_file else None
+        self.wake_file = sqlite_file + ".wake" if sqlite_file else None
+        self._writers = WriterQueue(sqlite_file + ".lock") if sqlite_file else None
 
     @contextlib.contextmanager
     def _write(self):
