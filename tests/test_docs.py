@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import inspect
 import re
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from dolibarr_webhooks import hookspecs
+from dolibarr_webhooks.payload import event_from_body
+from dolibarr_webhooks.store import Store
+from dolibarr_webhooks_testplugin import body
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = (ROOT / "docs" / "plugins.rst").read_text()
@@ -46,14 +52,6 @@ def test_readme_opens_with_the_two_commands():
 def test_the_documented_sqlite_backup_copies_a_live_store(tmp_path):
     """contrib/README.rst's backup command, run as written (paths swapped) while events keep
     arriving: the copy is a sound database with every event committed before it began."""
-    import subprocess
-    import sys
-    import threading
-
-    from dolibarr_webhooks.payload import event_from_body
-    from dolibarr_webhooks.samples import sample_body
-    from dolibarr_webhooks.store import Store
-
     text = (ROOT / "contrib" / "README.rst").read_text()
     block = re.search(r"^Backups\n.*?\.\. code-block:: sh\n\n((?:        [^\n]*\n)+)", text, re.M | re.S)
     assert block, "contrib/README.rst: no Backups section with a command"
@@ -65,10 +63,9 @@ def test_the_documented_sqlite_backup_copies_a_live_store(tmp_path):
 
     store = Store(f"sqlite:///{database}")
     store.migrate()
-    sample = sample_body("BILL_VALIDATE")
 
     def ingest(number: int) -> None:
-        store.ingest(event_from_body(sample.replace(b'"id":311', b'"id":%d' % number, 1)), ["log"], 600)
+        store.ingest(event_from_body(body(object_id=number)), ["log"], 600)
 
     for number in range(200):
         ingest(number)
