@@ -28,16 +28,26 @@ from flask import Flask, jsonify, request
 from dolibarr_webhooks.payload import ParseError, parse_body
 
 app = Flask(__name__)
-_spool: dict[int, int] = {}  # pid -> descriptor: gunicorn forks after import
+_spools: dict[tuple[int, str], int] = {}  # (pid, name) -> descriptor: gunicorn forks after import
+
+
+def _spool(name: str) -> int:
+    """This process's append-only file ``<name>-<pid>.bin``."""
+    key = (os.getpid(), name)
+    if key not in _spools:
+        path = os.path.join(os.environ.get("BENCH_SPOOL_DIR", "."), f"{name}-{key[0]}.bin")
+        _spools[key] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return _spools[key]
+
+
+def _framed(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
 
 
 def _append(body: bytes) -> None:
-    pid = os.getpid()
-    if pid not in _spool:
-        path = os.path.join(os.environ.get("BENCH_SPOOL_DIR", "."), f"spool-{pid}.bin")
-        _spool[pid] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    os.write(_spool[pid], len(body).to_bytes(4, "big") + body)
-    os.fdatasync(_spool[pid])
+    fd = _spool("spool")
+    os.write(fd, _framed(body))
+    os.fdatasync(fd)
 
 
 class _GroupSync:
@@ -62,16 +72,11 @@ class _GroupSync:
             self.synced = covered
 
 
-_grouped: dict[int, tuple[int, _GroupSync]] = {}
+_GROUP = _GroupSync()  # each forked process has its own copy, unlocked
 
 
 def _append_grouped(body: bytes) -> None:
-    pid = os.getpid()
-    if pid not in _grouped:
-        path = os.path.join(os.environ.get("BENCH_SPOOL_DIR", "."), f"spool-grouped-{pid}.bin")
-        _grouped[pid] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), _GroupSync()
-    fd, group = _grouped[pid]
-    group.append(fd, len(body).to_bytes(4, "big") + body)
+    _GROUP.append(_spool("spool-grouped"), _framed(body))
 
 
 def _scrubbed(body: bytes) -> bytes:
