@@ -44,6 +44,9 @@ FAMILIES: dict[str, tuple[str, str, str, bool]] = {
     "LINEBILL": ("facturedet", "Invoice line", "Ligne de facture", True),
     "LINEPROPAL": ("propaldet", "Proposal line", "Ligne de proposition", True),
     "LINEORDER": ("commandedet", "Order line", "Ligne de commande", True),
+    "PAYMENT": ("payment", "Payment", "Paiement", False),
+    "BANKACCOUNT": ("bank_account", "Bank account", "Compte bancaire", False),
+    "CATEGORY": ("category", "Category", "Catégorie", True),
 }
 
 # action: (English, French masculine, French feminine)
@@ -78,6 +81,32 @@ ACTIONS: dict[str, tuple[str, str, str]] = {
     "PRICE_MODIFY": ("price modified", "prix modifié", "prix modifié"),
     "PRODUCED": ("produced", "produit", "produite"),
     "AUTOCREATEBILL": ("generated an invoice", "a généré une facture", "a généré une facture"),
+    "ADD_TO_BANK": ("recorded in the bank account", "enregistré en banque", "enregistrée en banque"),
+    "LINK": ("linked", "lié", "liée"),
+    "UNLINK": ("unlinked", "délié", "déliée"),
+}
+
+# What a code says happened to its object, by action: Dolibarr posts the object as it was
+# *before* (a *_VALIDATE body still has the draft status, a *_CANCEL the previous one).
+IMPLIED_STATES: dict[str, str] = {
+    "VALIDATE": "validated", "UNVALIDATE": "draft", "PAYED": "paid", "PAID": "paid",
+    "CANCEL": "cancelled", "CANCELED": "cancelled", "CLOSE_SIGNED": "signed", "CLOSE_REFUSED": "refused",
+    "CLOSE": "closed", "CLOSED": "closed", "CLASSIFY_BILLED": "billed", "CLASSIFY_UNBILLED": "unbilled",
+    "DELETE": "deleted", "APPROVE": "approved", "REFUSE": "refused", "SUBMIT": "submitted",
+    "RECEIVE": "received", "REOPEN": "reopened", "RESILIATE": "terminated", "EXCLUDE": "excluded",
+    "PRODUCED": "produced",
+}
+
+# Dolibarr's status numbers for the states above, where its classes define them
+# (Facture::STATUS_*, Propal::STATUS_*, Commande::STATUS_*, Project::STATUS_*...).
+IMPLIED_STATUSES: dict[str, int] = {
+    "BILL_VALIDATE": 1, "BILL_UNVALIDATE": 0, "BILL_PAYED": 2, "BILL_CANCEL": 3,
+    "BILL_SUPPLIER_VALIDATE": 1, "BILL_SUPPLIER_UNVALIDATE": 0, "BILL_SUPPLIER_PAYED": 2,
+    "BILL_SUPPLIER_CANCEL": 3,
+    "PROPAL_VALIDATE": 1, "PROPAL_CLOSE_SIGNED": 2, "PROPAL_CLOSE_REFUSED": 3, "PROPAL_CLASSIFY_BILLED": 4,
+    "ORDER_VALIDATE": 1, "ORDER_CLOSE": 3, "ORDER_CANCEL": -1,
+    "PROJECT_VALIDATE": 1, "PROJECT_CLOSE": 2,
+    "SHIPPING_VALIDATE": 1, "SHIPPING_CLOSED": 2,
 }
 
 # family: its actions in Dolibarr's llx_c_action_trigger dictionary (offered by the target form)
@@ -162,6 +191,17 @@ def noun_and_verb(code: str, language: str = "en") -> tuple[str, str] | None:
     if language == "fr":
         return noun_fr, (verb_fr_f if feminine else verb_fr_m)
     return noun_en, verb_en
+
+
+def implied_state(code: str) -> str | None:
+    """``validated`` for ``BILL_VALIDATE``...; None when the code says nothing of a state."""
+    split = split_code(code)
+    return IMPLIED_STATES.get(split[1]) if split else None
+
+
+def implied_status(code: str) -> int | None:
+    """Dolibarr's status number after ``code``, where the catalogue knows it."""
+    return IMPLIED_STATUSES.get(code)
 
 
 def label(code: str, language: str = "en") -> str:

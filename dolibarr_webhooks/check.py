@@ -193,6 +193,7 @@ def _check_store(settings: Settings, report: Report) -> None:
         store.dispose()
     if version == SCHEMA_VERSION:
         report.add(OK, "store", f"{shown} answers; schema version {version} is current")
+        _check_stored_credentials(settings, store, report)
     elif version > SCHEMA_VERSION:
         report.add(ERROR, "store", f"{shown}: schema version {version} is newer than this release "
                                    f"({SCHEMA_VERSION}): upgrade dolibarr-webhooks", env_name("DATABASE_URL"))
@@ -202,6 +203,33 @@ def _check_store(settings: Settings, report: Report) -> None:
     else:
         report.add(ERROR, "store", f"{shown} answers but is not migrated (schema version {version}, expected "
                                    f"{SCHEMA_VERSION}): {migrate_hint}", env_name("AUTO_MIGRATE"))
+
+
+def _check_stored_credentials(settings: Settings, store, report: Report) -> None:
+    """Events stored before credentials were masked, or under another rule, may hold
+    Dolibarr users' passwords and API keys: say how many and how to clean them."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .credentials import Scrubber
+
+    def scrubber_for(source: str) -> Scrubber:
+        known = settings.sources.get(source)
+        return Scrubber.for_keys(known.scrub_keys if known else ())
+
+    try:
+        rules = store.scrub_rules()
+    except SQLAlchemyError as exc:
+        report.add(ERROR, "credentials", f"cannot read the store: {describe_error(exc)}")
+        return
+    finally:
+        store.dispose()
+    stale = sum(count for (source, rule), count in rules.items() if rule != scrubber_for(source).fingerprint)
+    if stale:
+        report.add(WARNING, "credentials", f"{stale} stored events were scrubbed under another rule or none, and may "
+                                           "hold Dolibarr users' passwords or API keys: run 'dolibarr-webhooks scrub'",
+                   env_name("SCRUB_KEYS"))
+    else:
+        report.add(OK, "credentials", "every stored event had its credentials masked under the current rule")
 
 
 # -- plugins --------------------------------------------------------------------------------

@@ -237,10 +237,10 @@ def deliveries_command(status, plugin, code, since, limit, as_json) -> None:
     rows = service().store.list_deliveries(status=status, plugin=plugin, code=code and code.upper(),
                                            since=_since(since), limit=limit)
     _emit(rows, as_json, _table(
-        [[r["event_id"], r["trigger_code"], r["ref"] or "-", r["plugin"], r["status"], str(r["attempts"]),
-          _when(r["next_attempt_at"]) if r["status"] in ("pending", FAILED) else "-",
+        [[r["event_id"], r["trigger_code"], r["label"] or r["ref"] or "-", r["plugin"], r["status"],
+          str(r["attempts"]), _when(r["next_attempt_at"]) if r["status"] in ("pending", FAILED) else "-",
           (r["last_error"] or "")[:60]] for r in rows],
-        ["Event", "Code", "Ref", "Plugin", "Status", "Attempts", "Next", "Last error"]))
+        ["Event", "Code", "Object", "Plugin", "Status", "Attempts", "Next", "Last error"]))
 
 
 @webhooks.command("show")
@@ -251,6 +251,9 @@ def show_command(event_id: str, as_json: bool) -> None:
     data = service().store.show(event_id)
     if data is None:
         raise click.ClickException(f"no event {event_id}")
+    if data["payload"]:
+        # What was stored before credentials were masked is never shown with them.
+        data["payload"] = service().scrubber(data["source"]).scrub(data["payload"])
     lines = [f"event {data['id']}  {data['trigger_code'] or '(unparsed)'}  {data['status']}",
              f"received {_when(data['received_at'])} from source {data['source']} ({data['remote_addr'] or '-'})"]
     if data["payload"]:
@@ -264,6 +267,38 @@ def show_command(event_id: str, as_json: bool) -> None:
             lines.append(f"    #{a['number']} {_when(a['started_at'])} {a['outcome']} {a['duration_ms']:.1f} ms"
                          f" on {a['worker']}" + (f": {a['error']}" if a["error"] else ""))
     _emit(data, as_json, lines)
+
+
+def _element(kind: str) -> str:
+    """Dolibarr's object type from what a person types: ``societe``, ``COMPANY``, ``thirdparty``."""
+    from .catalogue import FAMILIES, canonical_code
+
+    family = canonical_code(kind + "_X")[:-2]
+    return FAMILIES[family][0] if family in FAMILIES else kind.lower()
+
+
+@webhooks.command("history")
+@click.argument("kind")
+@click.argument("object_id")
+@click.option("--source", help="Only this source's events.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def history_command(kind: str, object_id: str, source: str | None, as_json: bool) -> None:
+    """Every event of one Dolibarr object, oldest first: 'history societe 16' (or COMPANY 16)."""
+    element = _element(kind)
+    rows = service().store.object_events(element, object_id, source=source)
+    _emit(rows, as_json, _table(
+        [[_when(r["received_at"]), r["trigger_code"], r["label"] or "-", r["status"], r["id"]] for r in rows],
+        ["Received", "Code", "Object", "Status", "Event"]) if rows else f"no event of {element} {object_id}")
+
+
+@webhooks.command("scrub")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def scrub_command(as_json: bool) -> None:
+    """Mask credentials in events stored before the current scrub rule (and label them)."""
+    svc = service()
+    done = svc.store.rescrub(svc.scrubber)
+    _emit(done, as_json, f"{done['read']} events scrubbed again under the current rule, "
+                         f"{done['changed']} of them changed")
 
 
 @webhooks.command("replay")

@@ -8,6 +8,7 @@ from typing import Any
 
 from .catalogue import label, noun_and_verb
 from .event import Event
+from .labels import object_label
 
 AMOUNT_ELEMENTS = {"facture", "propal", "commande", "invoice_supplier", "order_supplier", "supplier_proposal"}
 
@@ -43,6 +44,13 @@ def person_name(obj: dict[str, Any]) -> str | None:
     return name or obj.get("name") or None
 
 
+def object_name(event: Event, language: str = "en") -> str | None:
+    """The object as a person calls it (labels.object_label), in ``language``."""
+    if language == "en" and event.label:
+        return event.label
+    return object_label(event.trigger_code, event.object, language) or event.label
+
+
 def thirdparty_label(obj: dict[str, Any], language: str = "en") -> str | None:
     """The third party's name when the object carries it (23 nests it), else its id."""
     nested = obj.get("thirdparty")
@@ -60,27 +68,27 @@ def summary(event: Event, language: str = "en") -> str:
     words = noun_and_verb(event.trigger_code, language)
     if words is None:
         what = event.trigger_code
-        ident = event.ref or event.object_id
+        ident = object_name(event, language)
         subject = f"{what} on {event.element or 'object'} {ident}" if ident else what
         return f"{subject} (test)" if event.test else subject
     noun, verb = words
     element = event.element or ""
-    name = event.ref
+    name = object_name(event, language)
+    if name and element in ("action", "actioncomm") and not name.startswith("#"):
+        name = f"« {name} »" if language == "fr" else f'"{name}"'  # an agenda label is a sentence
     details: list[str] = []
     tail: list[str] = []
     if element == "societe":
-        name = obj.get("name") or event.ref
         if obj.get("email"):
             tail.append(str(obj["email"]))
     elif element == "contact":
-        name = person_name(obj)
         if obj.get("email"):
             tail.append(str(obj["email"]))
     elif element == "product":
-        if obj.get("label"):
+        if obj.get("label") and obj["label"] != name:
             details.append(str(obj["label"]))
     elif element == "project":
-        if obj.get("title"):
+        if obj.get("title") and obj["title"] != name:
             details.append(str(obj["title"]))
     elif element in AMOUNT_ELEMENTS or element == "payment":
         if element == "payment":
@@ -100,8 +108,6 @@ def summary(event: Event, language: str = "en") -> str:
         third = thirdparty_label(obj, language)
         if third:
             tail.append(third)
-    if not name and event.object_id:
-        name = f"#{event.object_id}"
     line = f"{noun} {name} {verb}" if name else f"{noun} {verb}"
     if details:
         line += ": " + ", ".join(details)

@@ -7,6 +7,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from . import fastjson
+from .catalogue import implied_state, implied_status
+from .labels import object_label
 
 # Card pages relative to the Dolibarr root, by object type (``element``).
 CARD_PATHS = {
@@ -18,6 +20,16 @@ CARD_PATHS = {
     "product": "product/card.php?id={id}",
     "project": "projet/card.php?id={id}",
     "payment": "compta/paiement/card.php?id={id}",
+    "user": "user/card.php?id={id}",
+    "member": "adherents/card.php?rowid={id}",
+    "category": "categories/viewcat.php?id={id}",
+    "bank_account": "compta/bank/card.php?id={id}",
+    "shipping": "expedition/card.php?id={id}",
+    "action": "comm/action/card.php?id={id}",
+    "invoice_supplier": "fourn/facture/card.php?facid={id}",
+    "order_supplier": "fourn/commande/card.php?id={id}",
+    "ticket": "ticket/card.php?id={id}",
+    "project_task": "projet/tasks/task.php?id={id}",
 }
 
 
@@ -32,6 +44,7 @@ class Event:
     object_id: str | None = None
     ref: str | None = None
     entity: str | None = None
+    label: str | None = None  # what a person calls the object: labels.object_label
     source: str = "default"
     received_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     body_sha256: str = ""
@@ -46,6 +59,20 @@ class Event:
         if not (self.dolibarr_url and path and self.object_id):
             return None
         return self.dolibarr_url.rstrip("/") + "/" + path.format(id=self.object_id)
+
+    @property
+    def state(self) -> str | None:
+        """What the trigger code says happened to the object (``validated``, ``paid``,
+        ``signed``, ``deleted``...). Dolibarr posts the object as it was before: on
+        ``*_VALIDATE`` its ``status`` is still the draft's, on ``*_CANCEL`` the previous one.
+        Read this, or the code, never ``object["status"]``."""
+        return implied_state(self.trigger_code)
+
+    @property
+    def dolibarr_status(self) -> int | None:
+        """Dolibarr's status number that the code implies, for the documents whose numbers
+        are known (invoices, proposals, orders, projects...); None elsewhere."""
+        return implied_status(self.trigger_code)
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow on purpose: dataclasses.asdict deep-copies the object, which costs more
@@ -63,6 +90,9 @@ class Event:
         received = data.get("received_at")
         if isinstance(received, str):
             data["received_at"] = datetime.fromisoformat(received)
+        if not data.get("label") and isinstance(data.get("object"), dict):
+            # Stored before labels existed: name it by today's rule.
+            data["label"] = object_label(str(data.get("trigger_code") or ""), data["object"])
         known = cls.__dataclass_fields__
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -12,29 +12,29 @@ the standard library's.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import orjson
 
 _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS
 
 
-def loads(raw: bytes | str, drop_keys: Iterable[str] = ()) -> Any:
-    """Decode ``raw``; remove ``drop_keys`` from every object at every depth.
+def loads(raw: bytes | str, clean: Callable[[dict], None] | None = None) -> Any:
+    """Decode ``raw``; ``clean`` is called on every object, at every depth, and may change it
+    in place (the payload's scrub: ``credentials.Scrubber.clean``).
 
     Raises ``ValueError`` (``json.JSONDecodeError``, or nesting too deep) or
     ``UnicodeDecodeError``, as ``json.loads`` does.
     """
-    drop = tuple(drop_keys)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass  # NaN, a BOM, a lone surrogate, or not JSON: json decides, and words the error
     else:
-        if _drop_in_place(data, drop):
+        if _clean_in_place(data, clean):
             return data
     try:
-        return json.loads(raw, object_hook=_dropper(drop) if drop else None)
+        return json.loads(raw, object_hook=_hook(clean) if clean else None)
     except RecursionError:
         raise ValueError("JSON nested too deeply") from None
 
@@ -47,10 +47,9 @@ def dumps(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _dropper(drop: tuple[str, ...]) -> Callable[[dict], dict]:
+def _hook(clean: Callable[[dict], None]) -> Callable[[dict], dict]:
     def hook(mapping: dict[str, Any]) -> dict[str, Any]:
-        for key in drop:
-            mapping.pop(key, None)
+        clean(mapping)
         return mapping
     return hook
 
@@ -58,8 +57,8 @@ def _dropper(drop: tuple[str, ...]) -> Callable[[dict], dict]:
 _INT64_MIN = -9223372036854775808.0
 
 
-def _drop_in_place(value: Any, drop: tuple[str, ...]) -> bool:
-    """Drop the keys; False when a float may be an integer orjson could not hold exactly.
+def _clean_in_place(value: Any, clean: Callable[[dict], None] | None) -> bool:
+    """Clean every object; False when a float may be an integer orjson could not hold exactly.
 
     orjson decodes integers from -2**63 to 2**64-1 exactly and wider ones as floats; PHP
     never writes one, but the standard library keeps every digit, so such a body goes to it.
@@ -69,8 +68,8 @@ def _drop_in_place(value: Any, drop: tuple[str, ...]) -> bool:
     while stack:
         item = stack.pop()
         if type(item) is dict:
-            for key in drop:
-                item.pop(key, None)
+            if clean is not None:
+                clean(item)
             children = item.values()
         else:
             children = item

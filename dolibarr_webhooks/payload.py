@@ -10,15 +10,12 @@ import hashlib
 from typing import Any, Iterable
 
 from . import fastjson
-
-# Dolibarr 20 to 22 serialise each line object whole, database handler included.
-ALWAYS_SCRUBBED = frozenset({"db"})
+from .credentials import Scrubber
+from .labels import business_ref, object_label, text
 
 # Keys the widely copied Node guide uses instead of Dolibarr's.
 CODE_KEYS = ("triggercode", "event", "action")
 OBJECT_KEYS = ("object", "data")
-
-VALIDATE_SUFFIX = "_VALIDATE"
 
 
 class ParseError(ValueError):
@@ -35,12 +32,13 @@ def body_sha256(raw: bytes) -> str:
 
 def parse_body(raw: bytes, scrub_keys: Iterable[str] = ()) -> tuple[str, dict[str, Any]]:
     """Return ``(trigger code as sent, object)`` from a raw request body, the object scrubbed
-    of Dolibarr's database handler and of ``scrub_keys`` at every depth."""
+    at every depth: Dolibarr's database handler removed, credentials (and ``scrub_keys``)
+    masked, by the rule of ``credentials``."""
     if not raw.strip():
         # Dolibarr posts an empty body when json_encode fails (invalid UTF-8 in the object).
         raise ParseError("empty body")
     try:
-        data = fastjson.loads(raw, drop_keys=ALWAYS_SCRUBBED.union(scrub_keys))
+        data = fastjson.loads(raw, clean=Scrubber.for_keys(tuple(scrub_keys)).clean)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ParseError(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -59,38 +57,19 @@ def parse_body(raw: bytes, scrub_keys: Iterable[str] = ()) -> tuple[str, dict[st
 
 
 def scrub(value: Any, keys: Iterable[str] = ()) -> Any:
-    """Copy ``value`` without Dolibarr's database handler and the configured keys, at every depth."""
-    drop = ALWAYS_SCRUBBED.union(keys)
-    return _scrub(value, drop)
-
-
-def _scrub(value: Any, drop: frozenset[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: _scrub(v, drop) for k, v in value.items() if k not in drop}
-    if isinstance(value, list):
-        return [_scrub(v, drop) for v in value]
-    return value
-
-
-def _text(value: Any) -> str | None:
-    if value is None or value == "" or isinstance(value, (dict, list)):
-        return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return str(value)
+    """A copy of ``value`` scrubbed as ``parse_body`` scrubs, for what was stored before."""
+    return Scrubber.for_keys(tuple(keys)).scrub(value)
 
 
 def object_identity(code: str, obj: dict[str, Any]) -> dict[str, str | None]:
-    """The fields of an ``Event`` that come from the object: type, id, definitive ref, entity."""
-    ref = obj.get("ref")
-    if code.endswith(VALIDATE_SUFFIX) and obj.get("newref"):
-        # On *_VALIDATE the object still carries its provisional (PROV311) ref.
-        ref = obj["newref"]
+    """The fields of an ``Event`` that come from the object: type, id, definitive ref, entity
+    and the label a person recognises (``labels.object_label``)."""
     return {
-        "element": _text(obj.get("element")),
-        "object_id": _text(obj.get("id", obj.get("rowid"))),
-        "ref": _text(ref),
-        "entity": _text(obj.get("entity")),
+        "element": text(obj.get("element")),
+        "object_id": text(obj.get("id", obj.get("rowid"))),
+        "ref": business_ref(code, obj),
+        "entity": text(obj.get("entity")),
+        "label": object_label(code, obj),
     }
 
 

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .config import Settings, Source
+from .credentials import Scrubber
 from .event import Event
 from .metrics import Metrics
 from .payload import MissingTriggerCode, ParseError, body_sha256, event_from_body, new_event_id
@@ -37,16 +38,23 @@ class Service:
         return event_from_body(raw, source=source.name, dolibarr_url=source.dolibarr_url or None,
                                scrub_keys=source.scrub_keys, test=test)
 
+    def scrubber(self, source_name: str) -> Scrubber:
+        source = self.sources.get(source_name)
+        return Scrubber.for_keys(source.scrub_keys if source else ())
+
     def dispatch(self, event: Event, remote_addr: str | None = None) -> IngestResult:
         """Store the event with one delivery per plugin that handles it; the worker does the rest."""
         result = self.store.ingest(event, self.plugins.handlers_for(event.trigger_code),
-                                   dedup_window=self.settings["DEDUP_WINDOW"], remote_addr=remote_addr)
+                                   dedup_window=self.settings["DEDUP_WINDOW"], remote_addr=remote_addr,
+                                   scrub_rule=self.scrubber(event.source).fingerprint)
         self.metrics.event(event.trigger_code, result.status)
         return result
 
     def quarantine(self, raw: bytes, source: Source, error: str, remote_addr: str | None = None) -> str:
         event_id = new_event_id()
-        self.store.quarantine(event_id, raw, source.name, error, body_sha256(raw), time.time(), remote_addr)
+        # A body that does not parse still has its credentials masked where they can be found.
+        kept = self.scrubber(source.name).scrub_raw(raw)
+        self.store.quarantine(event_id, kept, source.name, error, body_sha256(raw), time.time(), remote_addr)
         self.metrics.event("", "quarantined")
         logger.warning("quarantined an authenticated body from source %s that cannot be parsed (%s, %d bytes): "
                        "event %s; fix, then run 'dolibarr-webhooks reprocess %s'",
@@ -65,7 +73,8 @@ class Service:
                 continue
             event = Event(**{**parsed.__dict__, "id": row["id"],
                              "received_at": datetime.fromtimestamp(row["received_at"], timezone.utc)})
-            count = self.store.accept_quarantined(event, self.plugins.handlers_for(event.trigger_code))
+            count = self.store.accept_quarantined(event, self.plugins.handlers_for(event.trigger_code),
+                                                  scrub_rule=self.scrubber(source.name).fingerprint)
             results.append((row["id"], f"accepted as {event.trigger_code}, {count} deliveries"))
         return results
 

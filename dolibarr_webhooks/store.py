@@ -55,8 +55,14 @@ events = Table(
     Column("raw_body", LargeBinary),  # kept only for quarantined bodies
     Column("error", Text),
     Column("remote_addr", String(64)),
+    Column("label", Text),  # what a person calls the object (labels.object_label)
+    Column("scrub_rule", String(64)),  # credentials.Scrubber.fingerprint of the rule the payload went through
 )
 Index("ix_events_dedup", events.c.source, events.c.body_sha256, events.c.received_at)
+# Every event of one object, from its creation to its deletion.
+Index("ix_events_object", events.c.element, events.c.object_id, events.c.received_at)
+# check and scrub find the events stored under an older rule (or none) without reading payloads.
+Index("ix_events_scrub_rule", events.c.scrub_rule)
 Index("ix_events_received", events.c.received_at)
 Index("ix_events_status", events.c.status)
 
@@ -120,13 +126,13 @@ _FIND_DUPLICATE = select(events.c.id).where(
 
 # On PostgreSQL every statement is a round trip, and each costs the web process more CPU in
 # psycopg than the statement costs the server. The ingest is therefore one call, in
-# autocommit, of the function schema version 2 creates (below): the duplicate lock, the
-# duplicate search, the event, its deliveries and the workers' wake-up, in one round trip
-# instead of four (BEGIN, lock, statement, COMMIT). Against the CTE statement it replaces:
-# 0.40 -> 0.26 ms of the web process's CPU per ingest, 0.96 -> 0.68 ms from call to commit.
+# autocommit, of a database function: the duplicate lock, the duplicate search, the event,
+# its deliveries and the workers' wake-up, in one round trip instead of four (BEGIN, lock,
+# statement, COMMIT). Its definition is the latest migration that creates
+# dolibarr_webhooks_ingest (schema version 2, then 3 below).
 _INGEST_POSTGRES = text(
     "SELECT dolibarr_webhooks_ingest(:id, :source, :trigger_code, :sent_code, :element, :object_id, :ref, :entity, "
-    ":received_at, :body_sha256, :test, :payload, :remote_addr, "
+    ":label, :scrub_rule, :received_at, :body_sha256, :test, :payload, :remote_addr, "
     ":dedup, :since, :now, :plugins, :accepted, :duplicate, :pending, :channel)"
 )
 
@@ -181,6 +187,62 @@ $$
 """)
 
 
+def _objects_and_credentials(conn: Connection) -> None:
+    """Schema version 3: each event's label and the scrub rule its payload went through, and
+    an index to list the events of one object. A new database got them from version 1's
+    ``create_all``, so every step checks first."""
+    from sqlalchemy import inspect
+
+    columns = {c["name"] for c in inspect(conn).get_columns("events")}
+    for column in (events.c.label, events.c.scrub_rule):
+        if column.name not in columns:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE events ADD COLUMN {column.name} {kind}")
+    for index in events.indexes:
+        if index.name in ("ix_events_object", "ix_events_scrub_rule"):
+            index.create(conn, checkfirst=True)
+    if conn.dialect.name != "postgresql":
+        return
+    conn.exec_driver_sql("DROP FUNCTION IF EXISTS dolibarr_webhooks_ingest(varchar, varchar, varchar, varchar, "
+                         "varchar, varchar, varchar, varchar, double precision, varchar, boolean, text, varchar, "
+                         "boolean, double precision, double precision, text[], varchar, varchar, varchar, text)")
+    conn.exec_driver_sql("""
+CREATE OR REPLACE FUNCTION dolibarr_webhooks_ingest(
+    p_id varchar, p_source varchar, p_trigger_code varchar, p_sent_code varchar, p_element varchar,
+    p_object_id varchar, p_ref varchar, p_entity varchar, p_label text, p_scrub_rule varchar,
+    p_received_at double precision, p_body_sha256 varchar, p_test boolean, p_payload text, p_remote_addr varchar,
+    p_dedup boolean, p_since double precision, p_now double precision, p_plugins text[],
+    p_accepted varchar, p_duplicate varchar, p_pending varchar, p_channel text)
+RETURNS varchar LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $$
+DECLARE
+    found varchar;
+BEGIN
+    IF p_dedup THEN
+        -- Serialise identical bodies, so that two copies cannot both pass the search.
+        PERFORM pg_advisory_xact_lock(hashtext(p_source || ':' || p_body_sha256));
+        SELECT id INTO found FROM events
+        WHERE source = p_source AND body_sha256 = p_body_sha256 AND trigger_code = p_trigger_code
+          AND object_id IS NOT DISTINCT FROM p_object_id AND received_at >= p_since AND status = p_accepted
+        ORDER BY received_at DESC
+        LIMIT 1;
+    END IF;
+    INSERT INTO events (id, source, trigger_code, sent_code, element, object_id, ref, entity, label, scrub_rule,
+                        received_at, body_sha256, test, payload, remote_addr, status, duplicate_of)
+    VALUES (p_id, p_source, p_trigger_code, p_sent_code, p_element, p_object_id, p_ref, p_entity, p_label,
+            p_scrub_rule, p_received_at, p_body_sha256, p_test, p_payload, p_remote_addr,
+            CASE WHEN found IS NULL THEN p_accepted ELSE p_duplicate END, found);
+    IF found IS NULL AND cardinality(p_plugins) > 0 THEN
+        INSERT INTO deliveries (event_id, plugin, status, attempts, runs, reclaims, next_attempt_at,
+                                created_at, updated_at)
+        SELECT p_id, plugin, p_pending, 0, 0, 0, p_now, p_now, p_now FROM unnest(p_plugins) AS plugin;
+        PERFORM pg_notify(p_channel, '');
+    END IF;
+    RETURN found;
+END
+$$
+""")
+
+
 # The worker's per-delivery statements, built once for the same reason. The SET columns of
 # _FINISH_HELD are the keys given at execution, other than its WHERE parameters.
 _LEASE = update(deliveries).where(deliveries.c.id == bindparam("lease_id")).values(
@@ -211,6 +273,7 @@ def _initial_schema(conn: Connection) -> None:
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "events, deliveries and attempts", _initial_schema),
     (2, "PostgreSQL: the ingest in one call", _postgresql_ingest_function),
+    (3, "events: label, scrub rule, index by object", _objects_and_credentials),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -400,7 +463,7 @@ class Store:
 
     # -- ingest -----------------------------------------------------------------
     def ingest(self, event: Event, plugins: Iterable[str], dedup_window: float = 0,
-               remote_addr: str | None = None) -> IngestResult:
+               remote_addr: str | None = None, scrub_rule: str | None = None) -> IngestResult:
         """Store an event and its deliveries in one transaction, unless it is a duplicate."""
         now = time.time()
         plugins = list(plugins)
@@ -408,6 +471,7 @@ class Store:
         row = dict(  # built before BEGIN: the write lock is held for the statements only
             id=event.id, source=event.source, trigger_code=event.trigger_code, sent_code=event.sent_code,
             element=event.element, object_id=event.object_id, ref=event.ref, entity=event.entity,
+            label=event.label, scrub_rule=scrub_rule,
             received_at=event.received_at.timestamp(), body_sha256=event.body_sha256, test=event.test,
             payload=event.to_json(), remote_addr=remote_addr,
         )
@@ -459,7 +523,7 @@ class Store:
         with self._readonly() as conn:
             return [dict(row._mapping) for row in conn.execute(query.order_by(events.c.received_at))]
 
-    def accept_quarantined(self, event: Event, plugins: Iterable[str]) -> int:
+    def accept_quarantined(self, event: Event, plugins: Iterable[str], scrub_rule: str | None = None) -> int:
         """A quarantined body now parses: store its event in place and create its deliveries."""
         now = time.time()
         plugins = list(plugins)
@@ -467,7 +531,7 @@ class Store:
             changed = conn.execute(update(events).where(events.c.id == event.id, events.c.status == QUARANTINED).values(
                 trigger_code=event.trigger_code, sent_code=event.sent_code, element=event.element,
                 object_id=event.object_id, ref=event.ref, entity=event.entity, test=event.test,
-                status=ACCEPTED, payload=event.to_json(), raw_body=None,
+                label=event.label, scrub_rule=scrub_rule, status=ACCEPTED, payload=event.to_json(), raw_body=None,
                 error="re-processed at %s" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
             )).rowcount
             if changed and plugins:
@@ -581,7 +645,8 @@ class Store:
                         since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
         query = (select(deliveries.c.id, deliveries.c.event_id, deliveries.c.plugin, deliveries.c.status,
                         deliveries.c.attempts, deliveries.c.next_attempt_at, deliveries.c.last_error,
-                        deliveries.c.updated_at, events.c.trigger_code, events.c.ref, events.c.received_at)
+                        deliveries.c.updated_at, events.c.trigger_code, events.c.ref, events.c.label,
+                        events.c.received_at)
                  .join(events, events.c.id == deliveries.c.event_id))
         if status:
             query = query.where(deliveries.c.status == status)
@@ -613,6 +678,65 @@ class Store:
                     select(attempts).where(attempts.c.delivery_id == d.id).order_by(attempts.c.id))]
                 data["deliveries"].append(item)
         return data
+
+    def object_events(self, element: str, object_id: str, source: str | None = None,
+                      limit: int = 1000) -> list[dict[str, Any]]:
+        """Every event of one object (its type and Dolibarr id), oldest first."""
+        query = (select(events.c.id, events.c.source, events.c.trigger_code, events.c.label, events.c.ref,
+                        events.c.status, events.c.duplicate_of, events.c.received_at)
+                 .where(events.c.element == element, events.c.object_id == str(object_id)))
+        if source:
+            query = query.where(events.c.source == source)
+        with self._readonly() as conn:
+            return [dict(row._mapping) for row in conn.execute(query.order_by(events.c.received_at).limit(limit))]
+
+    # -- credentials ------------------------------------------------------------
+    def scrub_rules(self) -> dict[tuple[str, str | None], int]:
+        """How many events each ``(source, scrub rule fingerprint)`` has; None: stored before
+        credentials were scrubbed. Read from ix_events_scrub_rule, not from the payloads."""
+        with self._readonly() as conn:
+            rows = conn.execute(select(events.c.source, events.c.scrub_rule, func.count())
+                                .group_by(events.c.source, events.c.scrub_rule)).all()
+        return {(source, rule): count for source, rule, count in rows}
+
+    def rescrub(self, scrubber_for: Callable[[str], Any], batch: int = 200) -> dict[str, int]:
+        """Scrub again, under today's rule, every event stored under another rule (or none):
+        payloads and quarantined bodies rewritten with their credentials masked, labels given
+        to events stored before labels existed. Returns what was read and what was changed."""
+        from .labels import object_label
+
+        done = {"read": 0, "changed": 0}
+        for source_rule in self.scrub_rules():
+            source, rule = source_rule
+            scrubber = scrubber_for(source)
+            if rule == scrubber.fingerprint:
+                continue
+            rule_test = events.c.scrub_rule.is_(None) if rule is None else events.c.scrub_rule == rule
+            while True:
+                with self._write() as conn:
+                    rows = conn.execute(select(events.c.id, events.c.trigger_code, events.c.payload, events.c.raw_body,
+                                               events.c.label)
+                                        .where(events.c.source == source, rule_test).limit(batch)).all()
+                    for row in rows:
+                        values: dict[str, Any] = {"scrub_rule": scrubber.fingerprint}
+                        if row.payload:
+                            stored = fastjson.loads(row.payload)
+                            scrubbed = scrubber.scrub(stored)
+                            if isinstance(scrubbed.get("object"), dict) and not row.label:
+                                scrubbed["label"] = object_label(row.trigger_code, scrubbed["object"])
+                                values["label"] = scrubbed["label"]
+                            if scrubbed != stored:
+                                values["payload"] = fastjson.dumps(scrubbed)
+                        if row.raw_body:
+                            raw = scrubber.scrub_raw(row.raw_body)
+                            if raw != row.raw_body:
+                                values["raw_body"] = raw
+                        done["changed"] += "payload" in values or "raw_body" in values
+                        conn.execute(update(events).where(events.c.id == row.id).values(**values))
+                done["read"] += len(rows)
+                if len(rows) < batch:
+                    break
+        return done
 
     def replay(self, event_id: str | None = None, statuses: Iterable[str] = (), since: float | None = None,
                plugin: str | None = None, handlers: Callable[[str], list[str]] | None = None) -> int:

@@ -40,9 +40,12 @@ def test_db_handler_is_in_the_raw_line_and_gone_after():
     assert all("db" not in line for line in event.object["lines"])
 
 
-def test_configured_keys_scrubbed_at_every_depth():
+def test_configured_keys_masked_at_every_depth_and_db_removed():
     obj = {"a": 1, "secret_note": "x", "lines": [{"secret_note": "y", "db": {}, "b": [{"secret_note": 1}]}]}
-    assert scrub(obj, ["secret_note"]) == {"a": 1, "lines": [{"b": [{}]}]}
+    masked = "[scrubbed]"
+    assert scrub(obj, ["secret_note"]) == {"a": 1, "secret_note": masked,
+                                           "lines": [{"secret_note": masked, "b": [{"secret_note": masked}]}]}
+    assert obj["secret_note"] == "x", "scrub copies"
 
 
 def test_validate_uses_the_definitive_ref():

@@ -261,7 +261,7 @@ def message_id(event: Event, endpoint: Endpoint) -> str:
 
 def message_body(event: Event, obj: dict[str, Any], enriched: bool) -> bytes:
     data = event.to_dict()
-    data.update(object=obj, card_url=event.card_url, enriched=enriched)
+    data.update(object=obj, card_url=event.card_url, enriched=enriched, state=event.state)
     message = {"type": event.trigger_code, "timestamp": event.received_at.isoformat(), "data": data}
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 

@@ -81,10 +81,13 @@ class Recorder:
         if delay:
             time.sleep(delay)
         end = time.time()
-        append_record(config["file"], {
+        record = {
             "plugin": self.name, "event": event.id, "code": event.trigger_code, "object_id": event.object_id,
             "pid": os.getpid(), "thread": threading.get_ident(), "start": start, "end": end, "time": end,
-        })
+        }
+        if config.get("full"):  # everything the plugin was handed, for tests of what plugins see
+            record["handed"] = json.loads(event.to_json())
+        append_record(config["file"], record)
 
 
 def parse_mode(mode: Any) -> tuple[str, float]:

@@ -1,0 +1,156 @@
+"""Credentials on the objects Dolibarr posts, and the one rule that masks them.
+
+Dolibarr serialises its objects whole. Read from its classes (20 to 23) and seen in bodies
+posted by a real 22.0.4:
+
+- ``User`` (USER_CREATE, USER_MODIFY, USER_NEW_PASSWORD...): ``pass`` and ``pass_indatabase``
+  in clear text when an admin types a password, ``pass_indatabase_crypted`` (its hash),
+  ``pass_crypted``, ``pass_temp``, ``api_key`` (clear text, or ``dolcrypt:`` encrypted),
+  ``clicktodial_password``; the same again in ``oldcopy`` on 20 to 22;
+- ``Adherent`` (MEMBER_*): ``pass`` in clear text and ``pass_indatabase_crypted``;
+- ``Societe`` (COMPANY_*): ``webservices_key``;
+- objects of modules that keep a connection to another system (mail collectors, payment
+  and OAuth modules): ``password``, ``token``, ``secret``, ``*_key``.
+
+Bank accounts (``Account``, ``CompanyBankAccount``) carry account numbers, not credentials:
+they are kept. The rule, also documented in README.rst:
+
+1. ``db``, the database handler Dolibarr 20 to 22 leaves on each line, is removed.
+2. A key holds a credential when it is in ``DEFAULT_KEYS`` or ``DOLIBARR_WEBHOOKS_SCRUB_KEYS``
+   (which add to the default, never replace it), or when a word of its name (split on ``_``,
+   ``-``, ``.``, spaces and camelCase) is one of ``SECRET_WORDS``, or its last word is ``key``
+   (``api_key``, ``webservices_key``, ``privateKey``) and the name is not in ``NOT_SECRET``.
+3. A credential that has a value is replaced by ``MARKER``, at every depth, so that a reader
+   sees a value was there; ``null``, ``""`` and ``[]`` are left as they are.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from typing import Any, Iterable
+
+MARKER = "[scrubbed]"
+
+# Bumped whenever the rule below changes, so that ``check`` finds events stored under an older one.
+RULE_VERSION = 1
+
+ALWAYS_REMOVED = frozenset({"db"})
+
+DEFAULT_KEYS = frozenset({
+    "pass", "pass_crypted", "pass_indatabase", "pass_indatabase_crypted", "pass_temp", "api_key",
+    "clicktodial_password", "webservices_key", "password", "oauth_token", "token",
+})
+
+SECRET_WORDS = frozenset({"pass", "passwd", "password", "pwd", "passphrase", "secret", "token", "apikey",
+                          "credential", "credentials"})
+
+# Ends in "key" but names no credential: Dolibarr's import batch id, and a generic map key.
+NOT_SECRET = frozenset({"import_key", "key"})
+
+_WORDS = re.compile(r"[_\-.\s]+|(?<=[a-z0-9])(?=[A-Z])")
+
+_EMPTY = (None, "", [])
+
+
+def _words(key: str) -> list[str]:
+    return [w for w in _WORDS.split(key.strip()) if w]
+
+
+class Scrubber:
+    """Masks the credentials of Dolibarr objects; one per set of extra keys (see ``for_keys``)."""
+
+    def __init__(self, extra_keys: Iterable[str] = ()) -> None:
+        self.extra_keys = frozenset(k.strip().lower() for k in extra_keys if k.strip())
+        # The same few hundred key names come back in every body: decide each name once.
+        self._verdicts: dict[str, bool] = {}
+        self.fingerprint = hashlib.sha256(
+            f"{RULE_VERSION}:{','.join(sorted(self.extra_keys))}".encode()).hexdigest()[:16]
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def for_keys(extra_keys: tuple[str, ...] = ()) -> Scrubber:
+        return Scrubber(extra_keys)
+
+    def is_credential(self, key: Any) -> bool:
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            verdict = self._verdicts[key] = isinstance(key, str) and self._decide(key)
+        return verdict
+
+    def _decide(self, key: str) -> bool:
+        lowered = key.strip().lower()
+        if lowered in DEFAULT_KEYS or lowered in self.extra_keys:
+            return True
+        if lowered in NOT_SECRET:
+            return False
+        words = [w.lower() for w in _words(key)]
+        if any(w in SECRET_WORDS for w in words):
+            return True
+        return bool(words) and (words[-1] == "key" or words[-1].endswith("apikey"))
+
+    def clean(self, mapping: dict[str, Any]) -> None:
+        """Scrub one mapping in place (its children are the caller's walk)."""
+        removed = False
+        for key, value in mapping.items():
+            if key in ALWAYS_REMOVED:
+                removed = True
+            elif self.is_credential(key) and value not in _EMPTY and value != MARKER:
+                mapping[key] = MARKER
+        if removed:
+            for key in ALWAYS_REMOVED:
+                mapping.pop(key, None)
+
+    def scrub(self, value: Any) -> Any:
+        """A copy of ``value`` with every mapping cleaned, at every depth, without recursion."""
+        copy = _copy(value)
+        stack = [copy]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                self.clean(item)
+                stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+            elif isinstance(item, list):
+                stack.extend(v for v in item if isinstance(v, (dict, list)))
+        return copy
+
+    def holds_credentials(self, value: Any) -> bool:
+        """Whether scrubbing ``value`` would change it."""
+        return self.scrub(value) != value
+
+    def scrub_raw(self, raw: bytes) -> bytes:
+        """Mask ``"key": value`` pairs in a body that does not parse as JSON (kept in quarantine)."""
+        def mask(match: re.Match[bytes]) -> bytes:
+            key = match.group(3).decode("utf-8", "replace")
+            value = match.group(4)
+            if not self.is_credential(key) or value in (b'""', b"null", b"[]", _MARKER_JSON):
+                return match.group(0)
+            return match.group(1) + _MARKER_JSON
+        return _RAW_PAIR.sub(mask, raw)
+
+
+_MARKER_JSON = b'"' + MARKER.encode() + b'"'
+_RAW_PAIR = re.compile(rb'(("((?:[^"\\]|\\.){1,200})")\s*:\s*)("(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*|true|false|null)')
+
+
+def _copy(value: Any) -> Any:
+    """Copy the containers of a decoded JSON value without recursion (scalars are shared)."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(root, 0, value)]
+    while stack:
+        parent, slot, item = stack.pop()
+        if isinstance(item, dict):
+            new: Any = dict(item)
+            for k, v in item.items():
+                if isinstance(v, (dict, list)):
+                    stack.append((new, k, v))
+        elif isinstance(item, list):
+            new = list(item)
+            for i, v in enumerate(item):
+                if isinstance(v, (dict, list)):
+                    stack.append((new, i, v))
+        else:
+            new = item
+        parent[slot] = new
+    return root[0]
