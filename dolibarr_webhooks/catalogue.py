@@ -109,48 +109,16 @@ IMPLIED_STATUSES: dict[str, int] = {
     "SHIPPING_VALIDATE": 1, "SHIPPING_CLOSED": 2,
 }
 
-# family: its actions in Dolibarr's llx_c_action_trigger dictionary (offered by the target form)
-OFFERED: dict[str, tuple[str, ...]] = {
-    "COMPANY": ("CREATE", "MODIFY", "DELETE", "SENTBYMAIL"),
-    "COMPANY_RIB": ("CREATE", "MODIFY", "DELETE"),
-    "CONTACT": ("CREATE", "MODIFY", "DELETE", "SENTBYMAIL", "ENABLEDISABLE"),
-    "BILL": ("MODIFY", "VALIDATE", "UNVALIDATE", "SENTBYMAIL", "PAYED", "CANCEL", "DELETE"),
-    "BILLREC": ("CREATE", "MODIFY", "DELETE", "AUTOCREATEBILL"),
-    "BILL_SUPPLIER": ("CREATE", "MODIFY", "VALIDATE", "UNVALIDATE", "SENTBYMAIL", "PAYED", "CANCELED", "DELETE"),
-    "PROPAL": ("MODIFY", "VALIDATE", "SENTBYMAIL", "CLOSE_SIGNED", "CLOSE_REFUSED", "CLASSIFY_BILLED", "DELETE"),
-    "PROPOSAL_SUPPLIER": ("CREATE", "MODIFY", "VALIDATE", "SENTBYMAIL", "CLOSE_SIGNED", "CLOSE_REFUSED", "DELETE"),
-    "ORDER": ("MODIFY", "VALIDATE", "SENTBYMAIL", "CLOSE", "CLASSIFY_BILLED", "CANCEL", "DELETE"),
-    "ORDER_SUPPLIER": ("CREATE", "MODIFY", "VALIDATE", "APPROVE", "REFUSE", "SUBMIT", "RECEIVE",
-                       "SENTBYMAIL", "CLASSIFY_BILLED", "CANCEL", "DELETE"),
-    "PAYMENT_SUPPLIER": ("CREATE",),
-    "PRODUCT": ("CREATE", "MODIFY", "DELETE", "PRICE_MODIFY"),
-    "PROJECT": ("CREATE", "MODIFY", "VALIDATE", "CLOSE", "DELETE"),
-    "TASK": ("CREATE", "MODIFY", "DELETE"),
-    "MEMBER": ("CREATE", "MODIFY", "VALIDATE", "RESILIATE", "EXCLUDE", "SENTBYMAIL", "DELETE"),
-    "MEMBER_SUBSCRIPTION": ("CREATE", "MODIFY", "DELETE"),
-    "TICKET": ("CREATE", "MODIFY", "ASSIGNED", "CLOSE", "SENTBYMAIL", "DELETE"),
-    "USER": ("CREATE", "MODIFY", "ENABLEDISABLE", "NEW_PASSWORD", "SENTBYMAIL", "DELETE"),
-    "SHIPPING": ("CREATE", "MODIFY", "VALIDATE", "SENTBYMAIL", "CLOSED", "REOPEN", "DELETE"),
-    "RECEPTION": ("CREATE", "MODIFY", "VALIDATE", "SENTBYMAIL", "CLOSED", "REOPEN", "DELETE"),
-    "FICHINTER": ("CREATE", "MODIFY", "VALIDATE", "CLASSIFY_BILLED", "CLASSIFY_UNBILLED", "REOPEN",
-                  "SENTBYMAIL", "CLOSE", "DELETE"),
-    "CONTRACT": ("CREATE", "MODIFY", "VALIDATE", "CLOSE", "SENTBYMAIL", "DELETE"),
-    "ACTION": ("CREATE",),
-    "EXPENSE_REPORT": ("CREATE", "MODIFY", "VALIDATE", "APPROVE", "PAID", "DELETE"),
-    "HOLIDAY": ("CREATE", "MODIFY", "VALIDATE", "APPROVE", "CANCEL", "DELETE"),
-    "BOM": ("CREATE", "MODIFY", "VALIDATE", "UNVALIDATE", "CLOSE", "REOPEN", "DELETE"),
-    "MRP_MO": ("CREATE", "MODIFY", "VALIDATE", "PRODUCED", "CANCEL", "DELETE"),
-}
-
-# Emitted by Dolibarr but not offered by the target form (reachable through the REST API).
-EMITTED_ONLY: dict[str, tuple[str, ...]] = {
-    "BILL": ("CREATE",),
-    "PROPAL": ("CREATE",),
-    "ORDER": ("CREATE",),
-    "PAYMENT_CUSTOMER": ("CREATE",),
-    "LINEBILL": ("INSERT", "MODIFY", "DELETE"),
-    "LINEPROPAL": ("INSERT", "MODIFY", "DELETE"),
-    "LINEORDER": ("INSERT", "MODIFY", "DELETE"),
+# Dolibarr's module (Setup > Modules) by the source folder that fires a code (triggers.json).
+MODULES: dict[str, str] = {
+    "societe": "Third parties", "contact": "Third parties", "facture": "Invoices", "fourn": "Vendors",
+    "propal": "Commercial proposals", "supplier_proposal": "Vendor commercial proposals",
+    "commande": "Sales orders", "paiement": "Invoices", "product": "Products", "projet": "Projects",
+    "adherents": "Members", "ticket": "Tickets", "user": "Users & groups", "expedition": "Shipments",
+    "reception": "Receptions", "fichinter": "Interventions", "contrat": "Contracts", "action": "Agenda",
+    "expensereport": "Expense reports", "holiday": "Leave requests", "bom": "Bills of materials",
+    "mrp": "Manufacturing orders", "bank": "Banks & cash", "categories": "Tags/categories",
+    "webhook": "Webhooks",
 }
 
 TEST_CODE = "TEST_TRIGGER_CODE"
@@ -219,15 +187,31 @@ def split_code(code: str) -> tuple[str, str] | None:
     return None
 
 
-def dolibarr_codes() -> list[tuple[str, str, bool]]:
-    """Every known Dolibarr code as ``(code, element, offered by the target form)``."""
-    rows = []
-    for table, offered in ((OFFERED, True), (EMITTED_ONLY, False)):
-        for family, actions in table.items():
-            element = FAMILIES[family][0]
-            rows.extend((f"{family}_{action}", element, offered) for action in actions)
-    rows.append((TEST_CODE, "", True))
-    return sorted(rows)
+@dataclass(frozen=True)
+class DolibarrCode:
+    """One entry of triggers.json (see triggers_from_source)."""
+
+    code: str
+    element: str
+    module: str  # Dolibarr's module that must be on for the code to be fired
+    fired: tuple[str, ...]  # releases whose source calls it
+    offered: tuple[str, ...]  # releases whose target form offers it
+
+    @property
+    def never_fired(self) -> bool:
+        """Offered by Dolibarr's form but fired by no release: a target subscribed to it gets nothing."""
+        return bool(self.offered) and not self.fired
+
+
+def dolibarr_codes() -> list[DolibarrCode]:
+    """Every Dolibarr code of ``triggers.json``, in code order."""
+    import json
+    from pathlib import Path
+
+    data = json.loads(Path(__file__).with_name("triggers.json").read_text(encoding="utf-8"))
+    return [DolibarrCode(code, entry["element"], MODULES.get(entry["module"], entry["module"]),
+                         tuple(entry["fired"]), tuple(entry["offered"]))
+            for code, entry in sorted(data["codes"].items())]
 
 
 @dataclass(frozen=True)
@@ -239,6 +223,8 @@ class EventType:
     offered: bool = False
     aliases: tuple[str, ...] = ()
     plugin: str = ""  # who registered it
+    module: str = ""  # the Dolibarr module that fires it
+    never_fired: bool = False  # offered by Dolibarr's target form, fired by no release
 
 
 @dataclass

@@ -279,6 +279,10 @@ def _check_plugins(settings: Settings, report: Report) -> None:
         return
     for info in plugins.info.values():
         _describe_plugin(report, info)
+        never = [c for c in info.events or () if (known := plugins.catalogue.get(c)) and known.never_fired]
+        if never:
+            report.add(WARNING, "plugins", f"plugin {info.name} waits for {', '.join(never)}, which Dolibarr's target "
+                                           "form offers but no Dolibarr release fires: it never comes")
     if not plugins.handlers():
         report.add(WARNING, "plugins", "no enabled plugin handles events: they are stored and nothing else happens")
 

@@ -78,6 +78,8 @@ def event_rows(plugins) -> list[dict[str, Any]]:
             "label_fr": known.label_fr if known else code,
             "element": known.element if known else None,
             "offered_by_dolibarr_form": known.offered if known else False,
+            "never_fired": known.never_fired if known else False,
+            "module": (known.module or None) if known else None,
             "aliases": list(known.aliases) if known else [],
             "plugins": plugins.handlers_for(code),
         })
@@ -94,8 +96,14 @@ def plugin_rows(plugins) -> list[dict[str, Any]]:
 def events_command(as_json: bool, handled: bool) -> None:
     """List every known or handled event code, its label, object type and plugins."""
     rows = [r for r in event_rows(service().plugins) if r["plugins"] or not handled]
-    _emit(rows, as_json, _table([[r["code"], r["label"], r["element"] or "-", ",".join(r["plugins"]) or "-"]
-                                 for r in rows], ["Code", "Label", "Object", "Plugins"]))
+    lines = _table([[r["code"] + (" (never fired)" if r["never_fired"] else ""), r["label"], r["element"] or "-",
+                     r["module"] or "-", ",".join(r["plugins"]) or "-"] for r in rows],
+                   ["Code", "Label", "Object", "Module", "Plugins"])
+    never = [r["code"] for r in rows if r["never_fired"]]
+    if never:
+        lines.append(f"never fired: {', '.join(never)} (offered by Dolibarr's target form, fired by no release: "
+                     "a target subscribed to it gets nothing)")
+    _emit(rows, as_json, lines)
 
 
 @webhooks.command("plugins")

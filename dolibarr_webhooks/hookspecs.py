@@ -20,7 +20,7 @@ hookimpl = HookimplMarker(PROJECT_NAME)
 @hookspec
 def register_events(register: Callable[..., None]) -> None:
     """Add trigger codes to the catalogue with
-    ``register(code, element, label_en, label_fr, offered=False, aliases=())``."""
+    ``register(code, element, label_en, label_fr, offered=False, aliases=(), module="", never_fired=False)``."""
 
 
 @hookspec

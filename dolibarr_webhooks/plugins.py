@@ -183,11 +183,13 @@ def _collect_events(plugins: Plugins) -> None:
             continue
 
         def register(code: str, element: str = "", label_en: str = "", label_fr: str = "",
-                     offered: bool = False, aliases: Iterable[str] = (), _name: str = name) -> None:
+                     offered: bool = False, aliases: Iterable[str] = (), module: str = "",
+                     never_fired: bool = False, _name: str = name) -> None:
             code = canonical_code(code)
             plugins.catalogue.add(EventType(code=code, element=element, label_en=label_en or code,
                                             label_fr=label_fr or label_en or code, offered=offered,
-                                            aliases=tuple(aliases), plugin=_name))
+                                            aliases=tuple(aliases), plugin=_name, module=module,
+                                            never_fired=never_fired))
         try:
             plugins.call("register_events", name, register=register)
         except ValueError as exc:

@@ -36,7 +36,7 @@ def test_events_lists_codes_labels_objects_and_plugins(webhooks_runner):
     assert rows["PROPAL_CLOSE_SIGNED"]["offered_by_dolibarr_form"] is True
     assert "THIRDPARTY_CREATE" not in rows  # aliases are not codes
     text = webhooks_runner.invoke(args=["webhooks", "events"]).output
-    assert re.search(r"^COMPANY_CREATE\s+Third party created\s+societe\s+log$", text, re.M)
+    assert re.search(r"^COMPANY_CREATE\s+Third party created\s+societe\s+Third parties\s+log$", text, re.M)
 
 
 def test_plugins_lists_name_version_hooks_events(webhooks_runner):
