@@ -142,3 +142,14 @@ def test_schema_3_is_added_to_a_version_2_store(make_app, database_url):
                                          ("COMPANY_MODIFY", None)])
 def test_state_implied_by_the_code(code, state):
     assert event_from_body(f'{{"triggercode":"{code}","object":{{"id":1}}}}'.encode()).state == state
+
+
+def test_log_lines_and_messages_name_the_object_by_its_label():
+    from dolibarr_webhooks.describe import summary
+
+    for name, label in LABELS.items():
+        event = event_from_body((MORE / f"{name}.json").read_bytes())
+        assert label in summary(event), name
+    assert summary(event_from_body((MORE / "21_SHIPPING_CREATE.json").read_bytes())) == "Shipment #6 created"
+    assert summary(event_from_body((MORE / "50_USER_CREATE.json").read_bytes()), "fr") == \
+        "Utilisateur harn.1203023006 créé"

@@ -23,6 +23,7 @@ from dolibarr_webhooks.describe import (
     currency,
     format_amount,
     noun_and_verb,
+    object_name,
     person_name,
     summary,
     thirdparty_label,
@@ -317,15 +318,7 @@ def build_message(event: Event, language: str = "en") -> dict[str, Any]:
 
 def _title(event: Event, language: str) -> str:
     """``Proposal PR2611-0088 signed``: what happened, to what."""
-    obj = event.object
-    if event.element == "societe":
-        name = obj.get("name") or obj.get("nom") or event.ref
-    elif event.element == "contact":
-        name = person_name(obj)
-    else:
-        name = event.ref
-    if not name and event.object_id:
-        name = f"#{event.object_id}"
+    name = object_name(event, language)
     words = noun_and_verb(event.trigger_code, language)
     if words is None:
         return f"{event.trigger_code} {name}" if name else event.trigger_code

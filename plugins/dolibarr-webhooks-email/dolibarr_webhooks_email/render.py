@@ -15,7 +15,7 @@ from jinja2 import (ChoiceLoader, Environment, FileSystemLoader, PackageLoader, 
 
 from dolibarr_webhooks import Event
 from dolibarr_webhooks.catalogue import FAMILIES, label, split_code
-from dolibarr_webhooks.describe import (currency, format_amount, noun_and_verb, person_name, summary,
+from dolibarr_webhooks.describe import (currency, format_amount, noun_and_verb, object_name, summary,
                                         thirdparty_label, to_decimal)
 
 from .config import Rule, parse_addresses
@@ -123,16 +123,14 @@ def recipients(event: Event, rule: Rule) -> list[str]:
     return unique
 
 
-def _name(event: Event) -> str | None:
+def _name(event: Event, language: str) -> str | None:
     obj = event.object
-    if event.element == "societe":
-        return obj.get("name") or obj.get("nom") or event.ref
-    if event.element == "contact":
-        return person_name(obj)
     if event.element == "product":
         return obj.get("label") or event.ref
     if event.element == "project":
         return obj.get("title") or event.ref
+    if event.element in ("societe", "contact", "user", "member", "category"):
+        return object_name(event, language)
     return None
 
 
@@ -153,7 +151,8 @@ def context(event: Event, rule: Rule) -> dict[str, Any]:
         "summary": summary(event, lang),
         "family": family(event),
         "ref": event.ref,
-        "name": _name(event),
+        "name": _name(event, lang),
+        "object_label": object_name(event, lang),
         "thirdparty": thirdparty_label(obj, lang),
         "email": obj.get("email") or None,
         "currency": cur,
