@@ -36,8 +36,6 @@ MARKER = "[scrubbed]"
 # Bumped whenever the rule below changes, so that ``check`` finds events stored under an older one.
 RULE_VERSION = 1
 
-ALWAYS_REMOVED = frozenset({"db"})
-
 DEFAULT_KEYS = frozenset({
     "pass", "pass_crypted", "pass_indatabase", "pass_indatabase_crypted", "pass_temp", "api_key",
     "clicktodial_password", "webservices_key", "password", "oauth_token", "token",
@@ -53,6 +51,8 @@ _WORDS = re.compile(r"[_\-.\s]+|(?<=[a-z0-9])(?=[A-Z])")
 
 _EMPTY = (None, "", [])
 
+MAX_REMEMBERED = 20_000  # key names; Dolibarr's objects use a few hundred
+
 
 def _words(key: str) -> list[str]:
     return [w for w in _WORDS.split(key.strip()) if w]
@@ -63,8 +63,10 @@ class Scrubber:
 
     def __init__(self, extra_keys: Iterable[str] = ()) -> None:
         self.extra_keys = frozenset(k.strip().lower() for k in extra_keys if k.strip())
-        # The same few hundred key names come back in every body: decide each name once.
-        self._verdicts: dict[str, bool] = {}
+        # The same few hundred key names come back in every body: each name is decided once,
+        # and a mapping is then cleaned with two set operations done in C (see ``clean``).
+        self._seen: set[Any] = set()
+        self._credentials: set[Any] = set()
         self.fingerprint = hashlib.sha256(
             f"{RULE_VERSION}:{','.join(sorted(self.extra_keys))}".encode()).hexdigest()[:16]
 
@@ -74,10 +76,16 @@ class Scrubber:
         return Scrubber(extra_keys)
 
     def is_credential(self, key: Any) -> bool:
-        verdict = self._verdicts.get(key)
-        if verdict is None:
-            verdict = self._verdicts[key] = isinstance(key, str) and self._decide(key)
-        return verdict
+        return key in self._credentials or (key not in self._seen and bool(self._learn((key,))))
+
+    def _learn(self, keys: Iterable[Any]) -> set[Any]:
+        """Decide ``keys``; returns the credentials among them. Remembered up to a bound, so
+        that bodies full of made-up key names cannot grow a worker's memory."""
+        found = {key for key in keys if isinstance(key, str) and self._decide(key)}
+        if len(self._seen) < MAX_REMEMBERED:
+            self._seen.update(keys)
+            self._credentials.update(found)
+        return found
 
     def _decide(self, key: str) -> bool:
         lowered = key.strip().lower()
@@ -92,15 +100,15 @@ class Scrubber:
 
     def clean(self, mapping: dict[str, Any]) -> None:
         """Scrub one mapping in place (its children are the caller's walk)."""
-        removed = False
-        for key, value in mapping.items():
-            if key in ALWAYS_REMOVED:
-                removed = True
-            elif self.is_credential(key) and value not in _EMPTY and value != MARKER:
+        keys = mapping.keys()
+        hits = keys & self._credentials
+        if not keys <= self._seen:
+            hits |= self._learn(keys - self._seen)
+        for key in hits:
+            if mapping[key] not in _EMPTY:
                 mapping[key] = MARKER
-        if removed:
-            for key in ALWAYS_REMOVED:
-                mapping.pop(key, None)
+        if "db" in mapping:
+            del mapping["db"]
 
     def scrub(self, value: Any) -> Any:
         """A copy of ``value`` with every mapping cleaned, at every depth, without recursion."""

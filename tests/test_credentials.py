@@ -146,3 +146,15 @@ def test_posted_as_dolibarr_posts_them_no_credential_is_kept_anywhere(service):
     assert labels == {"USER_CREATE": "harn.1203023006", "USER_NEW_PASSWORD": "harn.1203023006",
                       "USER_MODIFY": "harn.1203023006", "MEMBER_CREATE": "Anaïs Lefèvre"}
     assert "User harn.1203023006 given a new password" in service.logs()
+
+
+def test_made_up_key_names_do_not_grow_memory_and_are_still_masked():
+    from dolibarr_webhooks.credentials import MAX_REMEMBERED
+
+    scrubber = Scrubber()
+    for start in range(0, 2 * MAX_REMEMBERED, 1000):
+        body = {f"k{i}": 1 for i in range(start, start + 1000)}
+        body[f"x{start}_password"] = "pw"
+        scrubber.clean(body)
+        assert body[f"x{start}_password"] == MARKER and body[f"k{start}"] == 1
+    assert len(scrubber._seen) <= MAX_REMEMBERED + 1001
