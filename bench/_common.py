@@ -389,12 +389,14 @@ def product_server(gunicorn: GunicornSettings, database_url: str | None = None, 
 
 
 @contextlib.contextmanager
-def noop_server(gunicorn: GunicornSettings, app: str = "noop_app:app", route: str = "") -> Iterator[Server]:
+def noop_server(gunicorn: GunicornSettings, app: str = "noop_app:app", route: str = "",
+                extra_env: dict[str, str] | None = None) -> Iterator[Server]:
     """``bench/noop_app.py`` (or another app of ``bench/``, the webhook URL under ``route``)
     under the same gunicorn settings."""
     with tempfile.TemporaryDirectory(prefix="dw-bench-noop-") as tmp:
         workdir = Path(tmp)
         env = service_env("sqlite:///unused", workdir)
+        env.update(extra_env or {})
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
         env["BENCH_SPOOL_DIR"] = tmp
         server = Server(Path(sys.executable), workdir, env, free_port())

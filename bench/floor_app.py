@@ -12,6 +12,10 @@ beside ``noop_app.py``, under the same gunicorn settings.
   ``fdatasync`` under way waits for it and syncs only if its own write was not covered, so
   the threads of a ``gthread`` worker share fsyncs (with sync workers, one request per
   process, it is ``/append``). The bound of a receiver that batches its commits.
+- ``/sqlite-insert``: the least durable Flask receiver people write (issue #15's floor):
+  ``json.loads`` the body, then INSERT the raw body into SQLite (WAL, ``synchronous=FULL``,
+  autocommit), answer 200. ``/postgres-insert``: the same into PostgreSQL, autocommit
+  (``BENCH_POSTGRES_URL``). No authentication, no scrub, no deliveries, no index.
 
 Whatever the durable receiver's design, its requests/s cannot pass these on the same
 machine, so their ratios to the no-op endpoint bound the ratio the issue asks of it.
@@ -19,7 +23,9 @@ machine, so their ratios to the no-op endpoint bound the ratio the issue asks of
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 import threading
 
 import orjson
@@ -82,6 +88,48 @@ def _append_grouped(body: bytes) -> None:
 def _scrubbed(body: bytes) -> bytes:
     code, obj = parse_body(body)
     return orjson.dumps({"triggercode": code, "object": obj})
+
+
+_connections: dict[tuple[int, str], object] = {}  # (pid, kind) -> connection, opened after the fork
+
+
+def _sqlite():
+    key = (os.getpid(), "sqlite")
+    if key not in _connections:
+        path = os.path.join(os.environ.get("BENCH_SPOOL_DIR", "."), "floor.sqlite3")
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+        _connections[key] = conn
+    return _connections[key]
+
+
+def _postgres():
+    import psycopg
+
+    key = (os.getpid(), "postgres")
+    if key not in _connections:
+        conn = psycopg.connect(os.environ["BENCH_POSTGRES_URL"], autocommit=True)
+        conn.execute("CREATE TABLE IF NOT EXISTS bodies (id bigserial PRIMARY KEY, body bytea NOT NULL)")
+        _connections[key] = conn
+    return _connections[key]
+
+
+@app.post("/sqlite-insert/<path:_path>")
+def sqlite_insert(_path: str):
+    body = request.get_data(cache=False)
+    json.loads(body)
+    _sqlite().execute("INSERT INTO bodies (body) VALUES (?)", (body,))
+    return jsonify({"status": "accepted"}), 200
+
+
+@app.post("/postgres-insert/<path:_path>")
+def postgres_insert(_path: str):
+    body = request.get_data(cache=False)
+    json.loads(body)
+    _postgres().execute("INSERT INTO bodies (body) VALUES (%s)", (body,))
+    return jsonify({"status": "accepted"}), 200
 
 
 @app.post("/append/<path:_path>")
