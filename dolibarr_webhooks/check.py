@@ -210,20 +210,15 @@ def _check_stored_credentials(settings: Settings, store, report: Report) -> None
     Dolibarr users' passwords and API keys: say how many and how to clean them."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .credentials import Scrubber
-
-    def scrubber_for(source: str) -> Scrubber:
-        known = settings.sources.get(source)
-        return Scrubber.for_keys(known.scrub_keys if known else ())
+    from .credentials import expected_rules
 
     try:
-        rules = store.scrub_rules()
+        stale = store.count_stale(*expected_rules(settings.sources))
     except SQLAlchemyError as exc:
         report.add(ERROR, "credentials", f"cannot read the store: {describe_error(exc)}")
         return
     finally:
         store.dispose()
-    stale = sum(count for (source, rule), count in rules.items() if rule != scrubber_for(source).fingerprint)
     if stale:
         report.add(WARNING, "credentials", f"{stale} stored events were scrubbed under another rule or none, and may "
                                            "hold Dolibarr users' passwords or API keys: run 'dolibarr-webhooks scrub'",

@@ -303,8 +303,10 @@ def history_command(kind: str, object_id: str, source: str | None, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def scrub_command(as_json: bool) -> None:
     """Mask credentials in events stored before the current scrub rule (and label them)."""
+    from .credentials import expected_rules
+
     svc = service()
-    done = svc.store.rescrub(svc.scrubber)
+    done = svc.store.rescrub(svc.scrubber, *expected_rules(svc.sources))
     _emit(done, as_json, f"{done['read']} events scrubbed again under the current rule, "
                          f"{done['changed']} of them changed")
 

@@ -138,6 +138,13 @@ class Scrubber:
         return _RAW_PAIR.sub(mask, raw)
 
 
+def expected_rules(sources: dict[str, Any]) -> tuple[dict[str, str], str]:
+    """The fingerprint each configured source's events are scrubbed under, and the one of a
+    source no longer configured (the default rule)."""
+    expected = {name: Scrubber.for_keys(tuple(source.scrub_keys)).fingerprint for name, source in sources.items()}
+    return expected, Scrubber.for_keys(()).fingerprint
+
+
 _MARKER_JSON = b'"' + MARKER.encode() + b'"'
 _RAW_PAIR = re.compile(rb'(("((?:[^"\\]|\\.){1,200})")\s*:\s*)("(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*|true|false|null)')
 

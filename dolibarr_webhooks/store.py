@@ -62,7 +62,7 @@ Index("ix_events_dedup", events.c.source, events.c.body_sha256, events.c.receive
 # Every event of one object, from its creation to its deletion.
 Index("ix_events_object", events.c.element, events.c.object_id, events.c.received_at)
 # check and scrub find the events stored under an older rule (or none) without reading payloads.
-Index("ix_events_scrub_rule", events.c.scrub_rule)
+Index("ix_events_scrub_rule", events.c.scrub_rule, events.c.source)
 Index("ix_events_received", events.c.received_at)
 Index("ix_events_status", events.c.status)
 
@@ -241,6 +241,17 @@ BEGIN
 END
 $$
 """)
+
+
+# Each distinct scrub rule in one index look-up (a loose index scan, on both databases).
+_DISTINCT_RULES = text(
+    "WITH RECURSIVE rules(rule) AS ("
+    " SELECT (SELECT scrub_rule FROM events WHERE scrub_rule IS NOT NULL ORDER BY scrub_rule LIMIT 1)"
+    " UNION ALL"
+    " SELECT (SELECT scrub_rule FROM events WHERE scrub_rule > rules.rule ORDER BY scrub_rule LIMIT 1)"
+    " FROM rules WHERE rules.rule IS NOT NULL"
+    ") SELECT rule FROM rules WHERE rule IS NOT NULL"
+)
 
 
 # The worker's per-delivery statements, built once for the same reason. The SET columns of
@@ -691,51 +702,75 @@ class Store:
             return [dict(row._mapping) for row in conn.execute(query.order_by(events.c.received_at).limit(limit))]
 
     # -- credentials ------------------------------------------------------------
-    def scrub_rules(self) -> dict[tuple[str, str | None], int]:
-        """How many events each ``(source, scrub rule fingerprint)`` has; None: stored before
-        credentials were scrubbed. Read from ix_events_scrub_rule, not from the payloads."""
+    def scrub_rules_in_use(self) -> set[str | None]:
+        """The scrub rules events were stored under (None: before credentials were masked).
+        A loose index scan: one index look-up per distinct rule, whatever the store's size."""
         with self._readonly() as conn:
-            rows = conn.execute(select(events.c.source, events.c.scrub_rule, func.count())
-                                .group_by(events.c.source, events.c.scrub_rule)).all()
-        return {(source, rule): count for source, rule, count in rows}
+            rules: set[str | None] = set(conn.execute(_DISTINCT_RULES).scalars())
+            if conn.execute(select(events.c.id).where(events.c.scrub_rule.is_(None)).limit(1)).first():
+                rules.add(None)
+        return rules
 
-    def rescrub(self, scrubber_for: Callable[[str], Any], batch: int = 200) -> dict[str, int]:
+    def _stale(self, expected: dict[str, str], default: str):
+        """Events whose rule is not the one expected for their source (``default`` for a source
+        no longer configured); each term reads a range of ix_events_scrub_rule, so a store
+        whose events all follow the current rule answers at once."""
+        terms = []
+        for rule in self.scrub_rules_in_use():
+            if rule is None:
+                terms.append(events.c.scrub_rule.is_(None))
+                continue
+            expecting = [s for s, fp in expected.items() if fp == rule]
+            others = [s for s, fp in expected.items() if fp != rule]
+            if rule == default:
+                if others:
+                    terms.append(and_(events.c.scrub_rule == rule, events.c.source.in_(others)))
+            else:
+                terms.append(and_(events.c.scrub_rule == rule, events.c.source.not_in(expecting))
+                             if expecting else events.c.scrub_rule == rule)
+        return or_(*terms) if terms else None
+
+    def count_stale(self, expected: dict[str, str], default: str) -> int:
+        """How many events were scrubbed under another rule than their source's (or none)."""
+        stale = self._stale(expected, default)
+        if stale is None:
+            return 0
+        with self._readonly() as conn:
+            return conn.execute(select(func.count()).select_from(events).where(stale)).scalar() or 0
+
+    def rescrub(self, scrubber_for: Callable[[str], Any], expected: dict[str, str], default: str,
+                batch: int = 200) -> dict[str, int]:
         """Scrub again, under today's rule, every event stored under another rule (or none):
         payloads and quarantined bodies rewritten with their credentials masked, labels given
         to events stored before labels existed. Returns what was read and what was changed."""
         from .labels import object_label
 
         done = {"read": 0, "changed": 0}
-        for source_rule in self.scrub_rules():
-            source, rule = source_rule
-            scrubber = scrubber_for(source)
-            if rule == scrubber.fingerprint:
-                continue
-            rule_test = events.c.scrub_rule.is_(None) if rule is None else events.c.scrub_rule == rule
-            while True:
-                with self._write() as conn:
-                    rows = conn.execute(select(events.c.id, events.c.trigger_code, events.c.payload, events.c.raw_body,
-                                               events.c.label)
-                                        .where(events.c.source == source, rule_test).limit(batch)).all()
-                    for row in rows:
-                        values: dict[str, Any] = {"scrub_rule": scrubber.fingerprint}
-                        if row.payload:
-                            stored = fastjson.loads(row.payload)
-                            scrubbed = scrubber.scrub(stored)
-                            if isinstance(scrubbed.get("object"), dict) and not row.label:
-                                scrubbed["label"] = object_label(row.trigger_code, scrubbed["object"])
-                                values["label"] = scrubbed["label"]
-                            if scrubbed != stored:
-                                values["payload"] = fastjson.dumps(scrubbed)
-                        if row.raw_body:
-                            raw = scrubber.scrub_raw(row.raw_body)
-                            if raw != row.raw_body:
-                                values["raw_body"] = raw
-                        done["changed"] += "payload" in values or "raw_body" in values
-                        conn.execute(update(events).where(events.c.id == row.id).values(**values))
-                done["read"] += len(rows)
-                if len(rows) < batch:
-                    break
+        stale = self._stale(expected, default)
+        while stale is not None:
+            with self._write() as conn:
+                rows = conn.execute(select(events.c.id, events.c.source, events.c.trigger_code, events.c.payload,
+                                           events.c.raw_body, events.c.label).where(stale).limit(batch)).all()
+                for row in rows:
+                    scrubber = scrubber_for(row.source)
+                    values: dict[str, Any] = {"scrub_rule": scrubber.fingerprint}
+                    if row.payload:
+                        stored = fastjson.loads(row.payload)
+                        scrubbed = scrubber.scrub(stored)
+                        if isinstance(scrubbed.get("object"), dict) and not row.label:
+                            scrubbed["label"] = object_label(row.trigger_code, scrubbed["object"])
+                            values["label"] = scrubbed["label"]
+                        if scrubbed != stored:
+                            values["payload"] = fastjson.dumps(scrubbed)
+                    if row.raw_body:
+                        raw = scrubber.scrub_raw(row.raw_body)
+                        if raw != row.raw_body:
+                            values["raw_body"] = raw
+                    done["changed"] += "payload" in values or "raw_body" in values
+                    conn.execute(update(events).where(events.c.id == row.id).values(**values))
+            done["read"] += len(rows)
+            if len(rows) < batch:
+                break
         return done
 
     def replay(self, event_id: str | None = None, statuses: Iterable[str] = (), since: float | None = None,

@@ -153,3 +153,19 @@ def test_log_lines_and_messages_name_the_object_by_its_label():
     assert summary(event_from_body((MORE / "21_SHIPPING_CREATE.json").read_bytes())) == "Shipment #6 created"
     assert summary(event_from_body((MORE / "50_USER_CREATE.json").read_bytes()), "fr") == \
         "Utilisateur harn.1203023006 créé"
+
+
+def test_stale_events_are_found_by_rule_and_source(make_app):
+    from dolibarr_webhooks.payload import event_from_body as parse
+
+    store = make_app().extensions["dolibarr_webhooks"].store
+    raw = (MORE / "52_USER_MODIFY.json").read_bytes()
+    for number, (source, rule) in enumerate([("shop", "A"), ("shop", "A"), ("erp", "B"), ("erp", "A"),
+                                             ("gone", "A"), ("gone", None)]):
+        event = parse(raw.replace(b'"id":"12"', f'"id":"{number}"'.encode()), source=source)
+        store.ingest(event, [], scrub_rule=rule)
+    assert store.scrub_rules_in_use() == {"A", "B", None}
+    # shop and sources no longer configured expect A, erp expects B.
+    assert store.count_stale({"shop": "A", "erp": "B"}, default="A") == 2  # erp's A, gone's None
+    assert store.count_stale({"shop": "A", "erp": "A"}, default="A") == 2  # erp's B, gone's None
+    assert store.count_stale({"shop": "B", "erp": "B"}, default="B") == 5
