@@ -459,7 +459,8 @@ def main() -> None:
     """``dolibarr-webhooks``: the ``webhooks`` commands, bound to the app."""
     # load_dotenv off: the settings read .env themselves and know which value came from it.
     group = _Commands(create_app=_create_cli_app, add_default_commands=False, add_version_option=True,
-                      load_dotenv=False, help="Receive, inspect and replay Dolibarr webhooks (see 'flask --app dolibarr_webhooks').")
+                      load_dotenv=False,
+                      help="Receive, inspect and replay Dolibarr webhooks (see 'flask --app dolibarr_webhooks').")
     for name, command in webhooks.commands.items():
         group.add_command(command, name)
     try:

@@ -61,6 +61,16 @@ def test_readme_opens_with_the_two_commands():
     assert "pip install" not in ci
 
 
+@pytest.mark.parametrize("plugin", sorted(p.name for p in (ROOT / "plugins").iterdir()))
+def test_each_plugin_readme_has_a_test_command_that_installs_pytest(plugin):
+    """pytest comes with the test extras only: a plugin README's command installs them."""
+    readme = (ROOT / "plugins" / plugin / "README.rst").read_text()
+    command = re.search(r"\.\. code-block:: sh\n\n    (.+)\n", readme).group(1)
+    assert command == (f"pip install -e '.[test]' -e './plugins/{plugin}[test]' "
+                       f"&& python -m pytest plugins/{plugin}/tests")
+    assert re.search(r'^test = \[[^\]]*"pytest>=', (ROOT / "plugins" / plugin / "pyproject.toml").read_text(), re.M)
+
+
 @pytest.mark.slow
 def test_readme_first_command_serves_a_real_dolibarr_request(tmp_path):
     """The README's first command, typed in a copy of the project inside a new virtual environment
