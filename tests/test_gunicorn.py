@@ -10,7 +10,7 @@ import requests
 
 from dolibarr_webhooks.samples import sample_codes
 from dolibarr_webhooks.testing import running_service
-from production_helpers import CAPTURED, big_invoice, dolibarr_send
+from production_helpers import CAPTURED, big_invoice, dolibarr_send, require_php
 
 pytestmark = pytest.mark.slow
 
@@ -107,3 +107,10 @@ def test_dolibarr_basic_auth_url(service):
     report = dolibarr_send(url, PAYLOADS / "COMPANY_CREATE.json", "--dolibarr=22")
     assert report["success"], report
     assert "Authorization: Basic " in report["request_head"]
+
+
+def test_without_php_the_skip_names_the_debian_packages(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no php on it
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=r"apt-get install -y php-cli php-curl"):
+        require_php()
