@@ -418,11 +418,11 @@ def init_app(app: Flask) -> None:
     app.cli.add_command(webhooks)
 
 
-# Commands that run the service: they create and migrate the store and announce the
-# configuration (a missing secret, plugin warnings) in the log. Those that only read the store
-# need one already there; the rest (and --help) leave no file behind in the folder they run in.
+# Commands that run the service create and migrate the store and announce the configuration
+# (a missing secret, plugin warnings) in the log. Those that need no store (and --help) leave no
+# file behind in the folder they run in; every other command works on a store already there.
 SERVICE_COMMANDS = ("worker", "migrate")
-STORE_READERS = ("stats", "deliveries", "show", "replay", "purge", "reprocess")
+STORELESS_COMMANDS = ("events", "plugins", "send")
 
 
 def _create_cli_app() -> Flask:
@@ -436,7 +436,7 @@ def _create_cli_app() -> Flask:
         return create_app({"ANNOUNCE": command == "worker"})
     database = sqlite_path(load_settings()["DATABASE_URL"])
     missing = database is not None and not os.path.exists(database)
-    if command in STORE_READERS and missing:
+    if command not in STORELESS_COMMANDS and missing:
         raise click.ClickException(f"no store at {database} yet: 'dolibarr-webhooks serve' (or 'migrate') "
                                    f"creates it; run this command where the service runs, or set "
                                    f"DOLIBARR_WEBHOOKS_DATABASE_URL")
