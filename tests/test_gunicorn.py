@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -114,3 +116,45 @@ def test_without_php_the_skip_names_the_debian_packages(monkeypatch, tmp_path):
     monkeypatch.delenv("CI", raising=False)
     with pytest.raises(pytest.skip.Exception, match=r"apt-get install -y php-cli php-curl"):
         require_php()
+
+
+@pytest.fixture
+def redirector():
+    """An HTTP server on loopback answering every POST with a redirection to ``target[0]``."""
+    target = [""]
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(int(self.path.rsplit("/", 1)[-1]))
+            self.send_header("Location", target[0])
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", target
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("status", ["301", "302", "303", "307"])
+def test_dolibarr_follows_a_redirection_and_posts_again(service, redirector, status):
+    base, target = redirector
+    target[0] = service.webhook_url
+    report = dolibarr_send(f"{base}/moved/{status}", CAPTURED / "05_BILL_PAYED.json", "--dolibarr=22")
+    assert report["success"] and [r["status"] for r in report["redirections"]] == [int(status)], report
+    assert report["request_head"].startswith(f"POST /webhook/{service.secret} ")
+    assert json.loads(report["answer"])["trigger_code"] == "BILL_PAYED"
+
+
+def test_dolibarr_gives_up_after_five_redirections(redirector):
+    base, target = redirector
+    target[0] = f"{base}/again/307"
+    report = dolibarr_send(target[0], CAPTURED / "05_BILL_PAYED.json", "--dolibarr=22")
+    assert not report["success"] and len(report["redirections"]) == 6
+    assert report["curl_error"] == "Maximum number of redirections reached"
