@@ -22,6 +22,9 @@ EXTENSION = "dolibarr_webhooks"
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     test_config = dict(test_config or {})
     extra_plugins = test_config.pop("EXTRA_PLUGINS", ())  # (name, module) pairs registered without entry points
+    # Log what an operator must know (no secret, plugin warnings) once, where the service runs:
+    # commands that only read turn it off, and serve says it once for all its processes.
+    announce = test_config.pop("ANNOUNCE", True)
     settings = load_settings(test_config)
     app = Flask(__name__)
     app.config.update(settings.values)
@@ -43,7 +46,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     ratelimit.init_app(app)
     cli.init_app(app)
-    _announce(app, svc)
+    if announce:
+        _announce(app, svc)
     return app
 
 
@@ -58,3 +62,5 @@ def _announce(app: Flask, svc: Service) -> None:
     for name, info in svc.plugins.info.items():
         if info.status == "disabled":
             logger.info("plugin %s is disabled: %s", name, info.reason)
+        for warning in info.warnings:
+            logger.warning("plugin %s: %s", name, warning)

@@ -247,6 +247,8 @@ def _describe_plugin(report: Report, info) -> None:
     else:
         report.add(INFO if info.builtin else WARNING, "plugins",
                    f"{what} {info.name}{version} is installed but disabled: {info.reason}")
+    for warning in info.warnings:
+        report.add(WARNING, "plugins", f"{what} {info.name}: {warning}")
 
 
 def _check_plugins(settings: Settings, report: Report) -> None:
@@ -285,8 +287,8 @@ def _check_plugins(settings: Settings, report: Report) -> None:
 # -- where Dolibarr posts ------------------------------------------------------------------
 def _check_targets(settings: Settings, report: Report) -> None:
     if not settings["PUBLIC_URL"]:
-        report.add(WARNING, "target", f"{env_name('PUBLIC_URL')} is not set: the URL below is guessed from this "
-                                      f"host's name and port; set it to the address Dolibarr reaches "
+        report.add(WARNING, "target", f"{env_name('PUBLIC_URL')} is not set: the URL below uses this host's "
+                                      f"address on its network and the port; set it to the address Dolibarr reaches "
                                       f"(https://webhooks.example.com behind nginx)", env_name("PUBLIC_URL"))
     elif settings["PUBLIC_URL"].startswith("http://"):
         report.add(WARNING, "target", "PUBLIC_URL is plain http: the secret in the URL crosses the network in "
@@ -344,15 +346,30 @@ def _check_operations(settings: Settings, report: Report) -> None:
     if settings["METRICS"] and not settings["METRICS_TOKEN"]:
         report.add(INFO, "metrics", "GET /metrics is open: restrict it at the proxy (contrib/nginx does) or set "
                                     "METRICS_TOKEN", env_name("METRICS_TOKEN"))
-    if not settings["EMBEDDED_WORKER"]:
-        report.add(INFO, "worker", "events are delivered by 'dolibarr-webhooks worker': keep it running "
-                                   "(contrib/systemd/dolibarr-webhooks-worker.service)")
+    if settings["EMBEDDED_WORKER"]:
+        report.add(INFO, "worker", "each web process also delivers events (EMBEDDED_WORKER is on): no separate "
+                                   "worker is needed", env_name("EMBEDDED_WORKER"))
+    else:
+        report.add(INFO, "worker", "'dolibarr-webhooks serve' delivers events itself; under gunicorn "
+                                   "(contrib/gunicorn.conf.py, EMBEDDED_WORKER off) 'dolibarr-webhooks worker' "
+                                   "does: keep it running (contrib/systemd/dolibarr-webhooks-worker.service)")
     known = [name.upper().replace("-", "_") + "_" for name in _plugin_names()]
     for key in sorted(settings.plugin_raw):
         if key == "ENV_FILE" or any(key.startswith(prefix) for prefix in known):
             continue
         report.add(WARNING, "settings", f"{ENV_PREFIX}{key} is not a setting of dolibarr-webhooks or of an "
                                         f"installed plugin (a typo?); it is ignored", ENV_PREFIX + key)
+
+
+def _origins(settings: Settings) -> str:
+    """Where the settings came from, as load_settings read them."""
+    counts = Counter(settings.origins.values())
+    if not counts:
+        return "all defaults: no .env file and no DOLIBARR_WEBHOOKS_* variable"
+    named = {"environment": "the environment", "legacy environment": "the environment (the Node guide's names)"}
+    parts = [f"{named.get(where, where)} ({count} setting{'s' if count != 1 else ''})"
+             for where, count in counts.items()]
+    return "read from " + ", ".join(parts) + "; the rest are defaults"
 
 
 def run_checks(env_file: str | None = None) -> Report:
@@ -363,8 +380,7 @@ def run_checks(env_file: str | None = None) -> Report:
     except ConfigError as exc:
         report.add(ERROR, "settings", f"{exc.setting}: {exc.message}", exc.setting)
         return report
-    report.add(OK, "settings", "read from the environment" + (f", {env_file}" if env_file else "")
-               + (f" and {settings['CONFIG']}" if settings["CONFIG"] else ""))
+    report.add(OK, "settings", _origins(settings))
     _check_secrets(settings, report)
     _check_store(settings, report)
     _check_plugins(settings, report)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -97,8 +98,9 @@ def events_command(as_json: bool, handled: bool) -> None:
     """List every known or handled event code, its label, object type and plugins."""
     rows = [r for r in event_rows(service().plugins) if r["plugins"] or not handled]
     lines = _table([[r["code"] + (" (never fired)" if r["never_fired"] else ""), r["label"], r["element"] or "-",
-                     r["module"] or "-", ",".join(r["plugins"]) or "-"] for r in rows],
-                   ["Code", "Label", "Object", "Module", "Plugins"])
+                     r["module"] or "-", ",".join(r["plugins"]) or "-", ",".join(r["aliases"])] for r in rows],
+                   ["Code", "Label", "Object", "Module", "Plugins", "Also accepted as"])
+    lines += ["", "'Also accepted as': names some guides use; such events are stored under Dolibarr's code."]
     never = [r["code"] for r in rows if r["never_fired"]]
     if never:
         lines.append(f"never fired: {', '.join(never)} (offered by Dolibarr's target form, fired by no release: "
@@ -119,16 +121,30 @@ def plugins_command(as_json: bool) -> None:
 
 
 # -- target URLs, shared by serve and check ---------------------------------------------
-def _guess_address() -> str:
+ALL_INTERFACES = ("0.0.0.0", "::", "")
+
+
+def reachable_address() -> str:
+    """This host's address on the network its default route leads to: the one another machine
+    (Dolibarr's) most likely reaches it at. Connecting a UDP socket sends nothing."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: only the route is looked up
+        return probe.getsockname()[0]
     try:
-        address = socket.gethostbyname(socket.gethostname())
+        return socket.gethostbyname(socket.gethostname())
     except OSError:
-        address = "127.0.0.1"
-    return address
+        return "127.0.0.1"
 
 
 def target_url(settings, secret: str) -> str:
-    base = settings["PUBLIC_URL"] or f"http://{_guess_address()}:{settings['PORT']}"
+    """The URL to give Dolibarr: PUBLIC_URL, else the address the service listens on, else (on
+    every interface) this host's reachable address."""
+    host = settings["HOST"]
+    if host in ALL_INTERFACES:
+        host = reachable_address()
+    if ":" in host:
+        host = f"[{host}]"
+    base = settings["PUBLIC_URL"] or f"http://{host}:{settings['PORT']}"
     return f"{base.rstrip('/')}/webhook/{secret}"
 
 
@@ -269,10 +285,14 @@ def show_command(event_id: str, as_json: bool) -> None:
     if data["error"]:
         lines.append(f"  note: {data['error']}")
     for d in data["deliveries"]:
-        lines.append(f"- {d['plugin']}: {d['status']}, {d['attempts']} attempts"
+        runs = _number_runs(d["attempts_log"])
+        made = _plural(d["attempts"], "attempt") + (f" in run {runs} ({_plural(len(d['attempts_log']), 'attempt')} "
+                                                    f"in all)" if runs > 1 else "")
+        lines.append(f"- {d['plugin']}: {d['status']}, {made}"
                      + (f", last error: {d['last_error']}" if d["last_error"] else ""))
         for a in d["attempts_log"]:
-            lines.append(f"    #{a['number']} {_when(a['started_at'])} {a['outcome']} {a['duration_ms']:.1f} ms"
+            run = f"run {a['run']} " if runs > 1 else ""
+            lines.append(f"    {run}#{a['number']} {_when(a['started_at'])} {a['outcome']} {a['duration_ms']:.1f} ms"
                          f" on {a['worker']}" + (f": {a['error']}" if a["error"] else ""))
     _emit(data, as_json, lines)
 
@@ -309,6 +329,21 @@ def scrub_command(as_json: bool) -> None:
     done = svc.store.rescrub(svc.scrubber, *expected_rules(svc.sources))
     _emit(done, as_json, f"{done['read']} events scrubbed again under the current rule, "
                          f"{done['changed']} of them changed")
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _number_runs(attempts: list[dict[str, Any]]) -> int:
+    """Set each attempt's ``run``: attempts are numbered from 1 again after each replay. Returns the runs."""
+    run, previous = 0, None
+    for attempt in attempts:
+        if previous is None or attempt["number"] <= previous:
+            run += 1
+        previous = attempt["number"]
+        attempt["run"] = run
+    return run
 
 
 @webhooks.command("replay")
@@ -380,33 +415,96 @@ def serve_command(host: str | None, port: int | None, workers: int, env_file: st
         os.environ["DOLIBARR_WEBHOOKS_SECRET"] = secret
         click.echo(f"Generated a secret and saved it to {env_file}.")
         secrets = [secret]
+    origin = settings.origins.get("HOST")
+    where = "--host" if host else (f"DOLIBARR_WEBHOOKS_HOST from {origin}" if origin else "the default")
     host = host or settings["HOST"]
     port = port or settings["PORT"]
+    os.environ["DOLIBARR_WEBHOOKS_HOST"] = host
     os.environ["DOLIBARR_WEBHOOKS_PORT"] = str(port)
     os.environ["DOLIBARR_WEBHOOKS_EMBEDDED_WORKER"] = "1"
     settings = load_settings(env_file=env_file)
     click.echo(f"Database: {settings['DATABASE_URL']}")
+    if host in ALL_INTERFACES:
+        click.echo(f"Listening on {host or '0.0.0.0'}:{port}, every network interface ({where}), so that Dolibarr "
+                   f"on another machine can reach it; --host 127.0.0.1 keeps it to this machine.")
+    else:
+        click.echo(f"Listening on {host}:{port} ({where}): only what reaches this address can post.")
     if secrets:
         url = target_url(settings, secrets[0])
         click.echo("Paste this URL in Dolibarr (Home > Setup > Modules > Webhook > Targets > New target):\n\n"
                    f"    {url}\n")
+        if not settings["PUBLIC_URL"] and host in ALL_INTERFACES:
+            click.echo("(this host's address on its network; if Dolibarr reaches it by another name or through "
+                       "a proxy, set DOLIBARR_WEBHOOKS_PUBLIC_URL)")
         if is_local_url(url):
             click.echo(f"Note: {LOCAL_URL_WARNING}")
+    _announce(settings)
     from .gunicorn import run
 
-    run(f"{host}:{port}", workers=workers)
+    run(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", workers=workers)
+
+
+def _announce(settings) -> None:
+    """What each of serve's processes would log at start, said once (they do not)."""
+    from .plugins import build_plugins
+
+    if not settings.secrets:
+        click.echo("INSECURE: DOLIBARR_WEBHOOKS_INSECURE_NO_AUTH is on: events are accepted from anyone. "
+                   "For local trials only.", err=True)
+    for name, info in build_plugins(settings).info.items():
+        if info.status == "disabled" and not info.builtin:
+            click.echo(f"Plugin {name} is off: {info.reason}")
+        for warning in info.warnings:
+            click.echo(f"Warning: plugin {name}: {warning}", err=True)
 
 
 def init_app(app: Flask) -> None:
     app.cli.add_command(webhooks)
 
 
+# Commands that run the service create and migrate the store and announce the configuration
+# (a missing secret, plugin warnings) in the log. Those that need no store (and --help) leave no
+# file behind in the folder they run in; every other command works on a store already there.
+SERVICE_COMMANDS = ("worker", "migrate")
+STORELESS_COMMANDS = ("events", "plugins", "send")
+
+
+def _create_cli_app() -> Flask:
+    """The app for one command, built when the command first needs it."""
+    from . import create_app
+    from .store import sqlite_path
+
+    ctx = click.get_current_context(silent=True)
+    command = ctx.info_name if ctx else None
+    if command in SERVICE_COMMANDS:
+        return create_app({"ANNOUNCE": command == "worker"})
+    database = sqlite_path(load_settings()["DATABASE_URL"])
+    missing = database is not None and not os.path.exists(database)
+    if command not in STORELESS_COMMANDS and missing:
+        raise click.ClickException(f"no store at {database} yet: 'dolibarr-webhooks serve' (or 'migrate') "
+                                   f"creates it; run this command where the service runs, or set "
+                                   f"DOLIBARR_WEBHOOKS_DATABASE_URL")
+    # events, plugins, send: nothing to store, so no file to create.
+    return create_app({"ANNOUNCE": False, **({"AUTO_MIGRATE": False} if missing else {})})
+
+
+class _Commands(FlaskGroup):
+    """Only the ``webhooks`` commands, listed without building the app: Flask's group would
+    load it (and create the store) to list the app's other command groups, itself included."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return click.Group.list_commands(self, ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return click.Group.get_command(self, ctx, name)
+
+
 def main() -> None:
     """``dolibarr-webhooks``: the ``webhooks`` commands, bound to the app."""
-    from . import create_app
-
-    group = FlaskGroup(create_app=lambda: create_app(), add_default_commands=False, add_version_option=True,
-                       help="Receive, inspect and replay Dolibarr webhooks (see 'flask --app dolibarr_webhooks').")
+    # load_dotenv off: the settings read .env themselves and know which value came from it.
+    group = _Commands(create_app=_create_cli_app, add_default_commands=False, add_version_option=True,
+                      load_dotenv=False,
+                      help="Receive, inspect and replay Dolibarr webhooks (see 'flask --app dolibarr_webhooks').")
     for name, command in webhooks.commands.items():
         group.add_command(command, name)
     try:

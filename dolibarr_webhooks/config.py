@@ -192,6 +192,7 @@ class Settings:
     plugin_raw: dict[str, dict[str, Any]] = field(default_factory=dict)  # PLUGIN_KEY -> value from env
     plugin_tables: dict[str, dict[str, Any]] = field(default_factory=dict)  # [plugins.NAME] tables
     unknown: list[str] = field(default_factory=list)
+    origins: dict[str, str] = field(default_factory=dict)  # key -> the .env file, "environment" or TOML file
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -285,7 +286,8 @@ def load_settings(test_config: Mapping[str, Any] | None = None, environ: Mapping
     sources = build_sources(values, source_tables)
     if values["LEASE"] is None:
         values["LEASE"] = values["HANDLER_TIMEOUT"] + 30.0
-    return Settings(values=values, sources=sources, plugin_raw=plugin_raw, plugin_tables=plugin_tables)
+    return Settings(values=values, sources=sources, plugin_raw=plugin_raw, plugin_tables=plugin_tables,
+                    origins=origin)
 
 
 def build_sources(values: dict[str, Any], tables: Mapping[str, Any]) -> dict[str, Source]:

@@ -204,6 +204,7 @@ def run(bind: str, workers: int = 2) -> None:
         def load(self):
             from . import create_app
 
-            return create_app()
+            # serve said once what each process would announce (cli._announce).
+            return create_app({"ANNOUNCE": False})
 
     Application().run()

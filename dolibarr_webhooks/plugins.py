@@ -9,6 +9,7 @@ plugin's exception never stops another's.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from importlib import import_module, metadata
 from typing import Any, Iterable
@@ -44,6 +45,7 @@ class PluginInfo:
     status: str = "enabled"  # enabled | disabled
     reason: str = ""
     builtin: bool = False
+    warnings: list[str] = field(default_factory=list)  # what handled_events warned about its settings
 
     @property
     def handles_events(self) -> bool:
@@ -51,7 +53,7 @@ class PluginInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "hooks": self.hooks, "events": self.events,
-                "status": self.status, "reason": self.reason, "builtin": self.builtin}
+                "status": self.status, "reason": self.reason, "builtin": self.builtin, "warnings": self.warnings}
 
 
 @dataclass
@@ -162,7 +164,13 @@ def build_plugins(settings: Settings, extra: Iterable[tuple[str, Any]] = ()) -> 
                           builtin=name in DEFAULT_PLUGINS)
         if "handled_events" in hooks:
             try:
-                result = plugins.call("handled_events", name, config=plugins.config_for(name))
+                # A plugin warns (warnings.warn) about settings that work but should change; kept
+                # here, the warnings are logged once at start and counted by check, not printed
+                # by every command that builds the plugins.
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    result = plugins.call("handled_events", name, config=plugins.config_for(name))
+                info.warnings = list(dict.fromkeys(str(w.message) for w in caught))
             except PluginDisabled as exc:
                 info.status, info.reason = "disabled", str(exc)
             except ConfigError:

@@ -338,6 +338,16 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def sqlite_path(url: str) -> str | None:
+    """The absolute path of an SQLite store's file; None for PostgreSQL or an in-memory database."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return os.path.abspath(parsed.database)
+
+
 def make_engine(url: str, synchronous: str = "FULL") -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -400,8 +410,7 @@ class Store:
         # The same pool; the ingest's single statement commits by itself (see _INGEST_POSTGRES).
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT") if self.is_postgres else None
         self._listeners: list[Callable[[], None]] = []
-        database = self.engine.url.database if not self.is_postgres else None
-        sqlite_file = os.path.abspath(database) if database and database != ":memory:" else None
+        sqlite_file = sqlite_path(url)
         # Touched after each commit that adds due deliveries, to wake workers of other processes.
         self.wake_file = sqlite_file + ".wake" if sqlite_file else None
         self._writers = WriterQueue(sqlite_file + ".lock") if sqlite_file else None

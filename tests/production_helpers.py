@@ -26,6 +26,10 @@ GUNICORN_CONF = CONTRIB / "gunicorn.conf.py"
 NGINX_SITE = CONTRIB / "nginx" / "dolibarr-webhooks.conf"
 SYSTEMD = CONTRIB / "systemd"
 ENV_EXAMPLE = CONTRIB / "dolibarr-webhooks.env.example"
+# The project's own reproduction of Dolibarr's request (tests/dolibarr/README.rst), and bodies
+# captured from a real Dolibarr 22.0.4.
+DOLIBARR_SENDER = ROOT / "tests" / "dolibarr" / "dolibarr_send.php"
+CAPTURED = ROOT / "tests" / "data" / "captured-22.0.4"
 
 DOLIBARR_HEADERS = {"User-Agent": "Dolibarr geturl function", "Accept": "*/*", "Content-Type": "application/json"}
 
@@ -40,6 +44,31 @@ def require_tool(name: str, package: str) -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def require_php() -> str:
+    """PHP with its curl extension, which Dolibarr's request needs; in CI a missing one is a failure."""
+    php = require_tool("php", "php-cli php-curl")
+    if subprocess.run([php, "-r", "exit(extension_loaded('curl') ? 0 : 1);"], timeout=60).returncode:
+        message = "PHP's curl extension is not installed (apt-get install -y php-curl)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return php
+
+
+def dolibarr_send(url: str, body: Path, *options: str) -> dict[str, Any]:
+    """Post ``body`` to ``url`` as Dolibarr's getURLContent() does, with PHP's curl; returns the
+    sender's report: ``success`` (Dolibarr's verdict), ``http_code``, ``curl_error_no``,
+    ``request_head`` (as curl sent it), ``answer``. Options: ``--dolibarr=19|20|21|22|23``,
+    ``--allow-localurl``, ``--prod``."""
+    php = require_php()
+    result = subprocess.run([php, str(DOLIBARR_SENDER), *options, url, str(body)], capture_output=True,
+                            text=True, timeout=90)
+    assert result.returncode in (0, 1), result.stderr
+    report = json.loads(result.stdout)
+    assert report["success"] == (result.returncode == 0), report
+    return report
 
 
 def production_env(**extra: str) -> dict[str, str]:

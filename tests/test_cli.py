@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from dolibarr_webhooks.cli import is_local_url
+from dolibarr_webhooks.cli import is_local_url, reachable_address
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 from dolibarr_webhooks.testing import free_port, running_service, wait_for, wait_for_port
@@ -36,14 +36,18 @@ def test_events_lists_codes_labels_objects_and_plugins(webhooks_runner):
     assert rows["PROPAL_CLOSE_SIGNED"]["offered_by_dolibarr_form"] is True
     assert "THIRDPARTY_CREATE" not in rows  # aliases are not codes
     text = webhooks_runner.invoke(args=["webhooks", "events"]).output
-    assert re.search(r"^COMPANY_CREATE\s+Third party created\s+societe\s+Third parties\s+log$", text, re.M)
+    assert re.search(r"^COMPANY_CREATE\s+Third party created\s+societe\s+Third parties\s+log\s+THIRDPARTY_CREATE$",
+                     text, re.M)
+    # The names guides use, which the receiver accepts, are listed with the real code.
+    assert re.search(r"^BILL_PAYED\s.*\sINVOICE_PAYED$", text, re.M)
+    assert re.search(r"^PROPAL_CLOSE_SIGNED\s.*\sPROPOSAL_CLOSE_SIGNED$", text, re.M)
 
 
 def test_plugins_lists_name_version_hooks_events(webhooks_runner):
     output = webhooks_runner.invoke(args=["webhooks", "plugins", "--json"]).output
     rows = {row["name"]: row for row in json.loads(output)}
     assert rows["log"] == {"name": "log", "version": rows["log"]["version"], "hooks": ["handle_event"],
-                           "events": None, "status": "enabled", "reason": "", "builtin": True}
+                           "events": None, "status": "enabled", "reason": "", "builtin": True, "warnings": []}
     assert rows["catalogue"]["hooks"] == ["register_events"]
 
 
@@ -102,6 +106,7 @@ def test_serve_generates_a_secret_and_prints_the_target_url(tmp_path):
     # A private address gets the note about Dolibarr 23.0.3's refusal of local URLs.
     assert is_local_url(url) == ("$dolibarr_allow_localurl_for_webhooks = 1;" in output)
     assert "Database: sqlite:///" in output
+    assert f"Listening on 127.0.0.1:{port} (--host): only what reaches this address can post." in output
     # A second start reuses the saved secret instead of making a new one.
     again = subprocess.run([str(SCRIPT), "plugins"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 0 and "no secret configured" not in again.stderr
@@ -113,3 +118,51 @@ def test_a_bad_setting_is_one_plain_line_naming_it(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("Error: DOLIBARR_WEBHOOKS_RETENTION:")
     assert "Traceback" not in result.stderr
+
+
+def test_serve_on_every_interface_says_so_and_prints_a_reachable_url(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_"))}
+    env.update(PYTHONUNBUFFERED="1", DOLIBARR_WEBHOOKS_PORT=str(port),
+               DOLIBARR_WEBHOOKS_SLACK_WEBHOOK_URL="http://127.0.0.1:9/services/T/B/X")
+    log = tmp_path.parent / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([str(SCRIPT), "serve"], cwd=tmp_path, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, process=process)
+        # Both gunicorn processes have built their app (and announced what they announce).
+        wait_for(lambda: len(re.findall(r"worker \S+ started", log.read_text())) == 2, 30, message=log.read_text)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    output = log.read_text()
+    assert f"Listening on 0.0.0.0:{port}, every network interface (the default)" in output
+    url = re.search(r"^\s+(http://\S+/webhook/\S+)$", output, re.M).group(1)
+    assert url.startswith(f"http://{reachable_address()}:{port}/webhook/")
+    assert reachable_address() == "127.0.0.1" or "127.0.0.1" not in url
+    # The Slack plugin's warning about its plain-http URL: once, for every process of serve.
+    assert output.count("plain http") == 1, output
+    assert "Warning: plugin slack: DOLIBARR_WEBHOOKS_SLACK_WEBHOOK_URL uses plain http" in output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["events"], ["plugins"], ["check"], ["send", "--help"]])
+def test_commands_that_only_read_leave_no_file(tmp_path, args):
+    """Run in whatever folder, they create no store, no lock file, and log no error."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_"))}
+    result = subprocess.run([str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == (1 if args == ["check"] else 0), result.stderr  # check: no secret is an error
+    assert list(tmp_path.iterdir()) == []
+    assert "ERROR" not in result.stderr and "Traceback" not in result.stderr
+    if args == ["--help"]:
+        commands = re.findall(r"^  (\S+)  ", result.stdout.split("Commands:")[1], re.M)
+        assert "events" in commands and "serve" in commands
+        assert "webhooks" not in commands and "limiter" not in commands
+
+
+def test_reading_commands_name_a_missing_store(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_"))}
+    result = subprocess.run([str(SCRIPT), "stats"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1 and f"no store at {tmp_path / 'dolibarr-webhooks.sqlite3'} yet" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import json
+import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -14,7 +18,9 @@ import pytest
 from dolibarr_webhooks import hookspecs
 from dolibarr_webhooks.payload import event_from_body
 from dolibarr_webhooks.store import Store
+from dolibarr_webhooks.testing import free_port, fresh_venv, wait_for, wait_for_port
 from dolibarr_webhooks_testplugin import body
+from production_helpers import CAPTURED, dolibarr_send
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = (ROOT / "docs" / "plugins.rst").read_text()
@@ -39,14 +45,69 @@ def test_every_hook_is_implemented_in_a_test(hook):
     assert re.search(rf"def {hook}\(", tests), f"no test implements the {hook} hook"
 
 
+def readme_command(number: int) -> str:
+    """The README's opening command ``number`` as .ci/run reads it."""
+    return subprocess.run([sys.executable, str(ROOT / ".ci" / "readme-command"), str(number)], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
 def test_readme_opens_with_the_two_commands():
-    readme = (ROOT / "README.rst").read_text()
-    blocks = re.findall(r"\.\. code-block:: sh\n\n((?:    .+\n)+)", readme)
-    assert "dolibarr-webhooks serve" in blocks[0] and "pip install" in blocks[0]
-    assert "pytest" in blocks[1] and "pip install" in blocks[1]
+    first, second = readme_command(1), readme_command(2)
+    assert first == "pip install . && dolibarr-webhooks serve"
+    assert "pip install" in second and second.endswith("&& python -m pytest") and "\n" not in second
+    # CI runs the README's test command as read from the README, and installs nothing else with pip.
     ci = (ROOT / ".ci" / "run").read_text()
-    test_command = [line.strip() for line in blocks[1].splitlines() if "pytest" in line][0]
-    assert test_command in ci, ".ci/run must run the README's test command"
+    assert 'command="$(.ci/readme-command 2)"' in ci and 'eval "$command"' in ci
+    assert "pip install" not in ci
+
+
+@pytest.mark.parametrize("plugin", sorted(p.name for p in (ROOT / "plugins").iterdir()))
+def test_each_plugin_readme_has_a_test_command_that_installs_pytest(plugin):
+    """pytest comes with the test extras only: a plugin README's command installs them."""
+    readme = (ROOT / "plugins" / plugin / "README.rst").read_text()
+    command = re.search(r"\.\. code-block:: sh\n\n    (.+)\n", readme).group(1)
+    assert command == (f"pip install -e '.[test]' -e './plugins/{plugin}[test]' "
+                       f"&& python -m pytest plugins/{plugin}/tests")
+    assert re.search(r'^test = \[[^\]]*"pytest>=', (ROOT / "plugins" / plugin / "pyproject.toml").read_text(), re.M)
+
+
+@pytest.mark.slow
+def test_readme_first_command_serves_a_real_dolibarr_request(tmp_path):
+    """The README's first command, typed in a copy of the project inside a new virtual environment
+    (with the pip python3 -m venv ships): it installs, serves, prints the URL to give Dolibarr, and
+    a body a real Dolibarr 22.0.4 posted, posted the way Dolibarr posts it to that URL, is stored."""
+    source = tmp_path / "dolibarr-webhooks"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".env", "*.sqlite3*", ".pytest_cache"))
+    venv = fresh_venv(tmp_path / "venv").parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_", "VIRTUAL_ENV"))}
+    port = free_port()
+    env.update(PATH=f"{venv}:{env['PATH']}", VIRTUAL_ENV=str(venv.parent), PYTHONUNBUFFERED="1",
+               DOLIBARR_WEBHOOKS_PORT=str(port))
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(["sh", "-c", readme_command(1)], cwd=source, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: re.search(r"^\s+(http://\S+/webhook/\S+)$", log.read_text(), re.M) or process.poll(), 600,
+                 interval=0.5, message=lambda: log.read_text()[-3000:])
+        wait_for_port(port, process=process, timeout=120)
+        url = re.search(r"^\s+(http://\S+/webhook/\S+)$", log.read_text(), re.M).group(1)
+        report = dolibarr_send(url, CAPTURED / "04_BILL_VALIDATE.json", "--dolibarr=22")
+        assert report["success"] and report["http_code"] == 200, (report, log.read_text()[-3000:])
+        event_id = json.loads(report["answer"])["id"]
+
+        def shown() -> dict | None:
+            result = subprocess.run(["dolibarr-webhooks", "show", event_id, "--json"], cwd=source, env=env,
+                                    capture_output=True, text=True, timeout=120)
+            data = json.loads(result.stdout) if result.returncode == 0 else None
+            return data if data and all(d["status"] == "delivered" for d in data["deliveries"]) else None
+
+        event = wait_for(shown, 30, interval=0.5, message=lambda: log.read_text()[-3000:])
+        assert event["trigger_code"] == "BILL_VALIDATE" and event["deliveries"]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
 
 
 def test_the_documented_sqlite_backup_copies_a_live_store(tmp_path):

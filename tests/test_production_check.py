@@ -238,3 +238,31 @@ def test_a_misspelt_variable_is_a_warning(migrated):
 ])
 def test_secret_strength(secret, level):
     assert secret_strength(secret)[0] == level
+
+
+def test_check_says_where_each_setting_came_from(migrated):
+    (migrated / ".env").write_text(f"DOLIBARR_WEBHOOKS_SECRET={SECRET}\nDOLIBARR_WEBHOOKS_PUBLIC_URL={PUBLIC}\n")
+    code, report = check(migrated)  # the environment only names the database
+    assert code == 0, report
+    said = findings(report, OK, "settings")[0]["message"]
+    assert said == "read from .env (2 settings), the environment (1 setting); the rest are defaults"
+
+
+def test_check_describes_who_delivers_the_events(migrated):
+    _code, report = check(migrated, DOLIBARR_WEBHOOKS_SECRET=SECRET)
+    worker = findings(report, topic="worker")[0]["message"]
+    assert "'dolibarr-webhooks serve' delivers events itself" in worker and "dolibarr-webhooks worker" in worker
+    _code, report = check(migrated, DOLIBARR_WEBHOOKS_SECRET=SECRET, DOLIBARR_WEBHOOKS_EMBEDDED_WORKER="1")
+    assert "each web process also delivers events" in findings(report, topic="worker")[0]["message"]
+
+
+def test_a_plugin_warning_is_counted_once(migrated):
+    # Slack on plain http works but warns: check reports it among the warnings, once.
+    env = dict(DOLIBARR_WEBHOOKS_SECRET=SECRET, DOLIBARR_WEBHOOKS_PUBLIC_URL=PUBLIC,
+               DOLIBARR_WEBHOOKS_SLACK_WEBHOOK_URL="http://127.0.0.1:9/services/T/B/X")
+    code, report = check(migrated, **env)
+    warned = [f["message"] for f in findings(report, WARNING, "plugins") if "plain http" in f["message"]]
+    assert warned == ["plugin slack: DOLIBARR_WEBHOOKS_SLACK_WEBHOOK_URL uses plain http; Slack's webhooks are https"]
+    assert next(p for p in report["plugins"] if p["name"] == "slack")["warnings"]
+    result = run(migrated, "check", **env)
+    assert result.stdout.count("plain http") == 1 and "plain http" not in result.stderr

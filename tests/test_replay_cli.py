@@ -76,8 +76,22 @@ def test_show(scenario):
     assert failer["status"] == "dead" and [a["outcome"] for a in failer["attempts_log"]] == ["failed", "dead"]
     assert "lease_token" not in failer
     text = command(app, "show", ids["BILL_PAYED"])
-    assert "failer: dead, 2 attempts" in text and "recorder: delivered, 1 attempts" in text
+    assert "failer: dead, 2 attempts" in text and "recorder: delivered, 1 attempt" in text
+    assert "1 attempts" not in text and "run 1" not in text  # one run: numbers alone are unambiguous
     assert "no event evt_missing" in command(app, "show", "evt_missing", exit_code=1)
+
+
+def test_show_after_a_replay_numbers_attempts_per_run(scenario, deliver):
+    app, ids = scenario
+    assert command(app, "replay", ids["BILL_PAYED"], "--plugin", "recorder", "--json") == {"replayed": 1}
+    deliver(app, idle=0.5)
+    text = command(app, "show", ids["BILL_PAYED"])
+    assert "recorder: delivered, 1 attempt in run 2 (2 attempts in all)" in text
+    recorder = text.split("- recorder:")[1]
+    assert "run 1 #1 " in recorder and "run 2 #1 " in recorder
+    shown = command(app, "show", ids["BILL_PAYED"], "--json")
+    attempts = next(d for d in shown["deliveries"] if d["plugin"] == "recorder")["attempts_log"]
+    assert [(a["run"], a["number"]) for a in attempts] == [(1, 1), (2, 1)]
 
 
 def test_replay_forms(scenario, deliver, tmp_path):
@@ -141,6 +155,11 @@ def test_the_console_script(database_url, tmp_path, make_app):
         assert done.returncode == exit_code, done.stdout + done.stderr
         return json.loads(done.stdout) if "--json" in args else done.stdout + done.stderr
 
+    if database_url.startswith("sqlite"):
+        # Run in the wrong folder, a reading command says so instead of creating an empty store.
+        assert "no store at" in console("stats", exit_code=1)
+        assert not list(tmp_path.glob("*.sqlite3*"))
+        console("migrate")
     assert console("stats", "--json")["deliveries"] == {state: 0 for state in DELIVERY_STATES}
     # The event comes in through an app on the same database, as the web process would store it.
     web = make_app(handler_config(tmp_path, recorder=True, failer="times:2"))

@@ -6,9 +6,9 @@ Settings (the plugin's config dict, from ``DOLIBARR_WEBHOOKS_SLACK_*`` and ``[pl
 
 from __future__ import annotations
 
-import logging
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -40,8 +40,6 @@ DEFAULT_RETRY_AFTER = 30.0  # when a 429 comes without Retry-After
 LANGUAGES = ("en", "fr")
 TOP_KEYS = {"webhook_url", "events", "timeout", "language", "rules"}
 RULE_KEYS = {"webhook_url", "events", "timeout", "language"}
-
-logger = logging.getLogger(__name__)
 
 
 class SlackUnavailable(Exception):
@@ -149,7 +147,9 @@ def handled_events(config: dict[str, Any]) -> list[str] | None:
     rules = parse_config(config)
     for rule in rules:
         if rule.webhook_url.lower().startswith("http:"):
-            logger.warning("slack: %s uses plain http; Slack's webhooks are https", rule.name)
+            # A warning, not a log line: the core records it, logs it once at start and
+            # counts it in 'dolibarr-webhooks check'.
+            warnings.warn(f"{rule.name} uses plain http; Slack's webhooks are https", stacklevel=2)
     if any(rule.events is None for rule in rules):
         return None
     return sorted({pattern for rule in rules for pattern in rule.events or ()})

@@ -3,6 +3,10 @@ a loopback SMTP server, send what the README says."""
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -10,6 +14,7 @@ import pytest
 
 import dolibarr_webhooks_email as plugin
 from dolibarr_webhooks.config import load_settings, plugin_config
+from dolibarr_webhooks.testing import free_port, wait_for, wait_for_port
 
 README = Path(__file__).parents[1] / "README.rst"
 
@@ -121,3 +126,29 @@ def test_every_documented_template_is_packaged_in_both_languages(name):
         for part in ("subject.txt", "body.txt", "body.html"):
             assert (templates / lang / f"{name}.{part}").is_file()
     assert f"``{name}``" in README.read_text(encoding="utf-8")
+
+
+def test_trying_it_locally(tmp_path, dolibarr_event):
+    """The README's local recipe as written, only the port swapped for a free one: its aiosmtpd
+    command receives what the plugin sends with its .env settings, and prints the message."""
+    command = block_with("sh", "python -m aiosmtpd").strip()
+    env_text = block_with("sh", "SECURITY=none")
+    port = free_port()
+    args = shlex.split(command.replace(":8025", f":{port}"))
+    assert args[0] == "python"
+    log = tmp_path / "smtp.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen([sys.executable, *args[1:]], stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_for_port(port, process=server)
+        env_file = tmp_path / ".env"
+        env_file.write_text(env_text.replace("PORT=8025", f"PORT={port}"), encoding="utf-8")
+        config = plugin_config(load_settings(environ={}, env_file=env_file), "email")
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)
+        printed = wait_for(lambda: "Subject: [Dolibarr] Invoice" in log.read_text() and log.read_text(), 20,
+                           message=log.read_text)
+    finally:
+        server.terminate()
+        server.wait(10)
+    assert "you@example.com" in printed and "erp@example.com" in printed

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 
@@ -83,8 +82,8 @@ def test_slack_bad_setting_is_named(config, setting):
     assert "XXXXSECRETXXXX" not in str(caught.value)
 
 
-def test_slack_plain_http_is_allowed_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="dolibarr_webhooks_slack"):
+def test_slack_plain_http_is_allowed_with_a_warning():
+    with pytest.warns(UserWarning) as caught:
         assert slack_plugin.handled_events(config={"webhook_url": "http://127.0.0.1:9/services/T/B/X"}) is None
-    assert "plain http" in caplog.text
-    assert "127.0.0.1" not in caplog.text
+    assert len(caught) == 1 and "plain http" in str(caught[0].message)
+    assert "127.0.0.1" not in str(caught[0].message)
