@@ -198,7 +198,7 @@ def worker_command(until_idle: float | None, name: str | None) -> None:
     if not svc.store.is_postgres:
         # The worker's own writes (claims, outcomes) need no fsync each: one lost in a power cut
         # only runs a delivery again, as after a lost lease; the web's FULL commits stay durable.
-        store = Store(svc.settings["DATABASE_URL"], "NORMAL")
+        store = Store(svc.settings["DATABASE_URL"], "NORMAL", svc.settings["REQUEST_DEADLINE"])
     worker = svc.make_worker(name, store=store)
 
     def stop(signum, _frame):
