@@ -255,6 +255,10 @@ def show_command(event_id: str, as_json: bool) -> None:
              f"received {_when(data['received_at'])} from source {data['source']} ({data['remote_addr'] or '-'})"]
     if data["payload"]:
         lines.append("  " + summary(Event.from_dict(data["payload"])))
+    if data["duplicate_of"]:
+        # A duplicate keeps no payload: its body is the original's.
+        lines.append(f"  duplicate of {data['duplicate_of']} (the same body): "
+                     f"dolibarr-webhooks show {data['duplicate_of']}")
     if data["error"]:
         lines.append(f"  note: {data['error']}")
     for d in data["deliveries"]:
@@ -349,7 +353,7 @@ def serve_command(host: str | None, port: int | None, workers: int, env_file: st
             click.echo(f"Note: {LOCAL_URL_WARNING}")
     from .gunicorn import run
 
-    run(f"{host}:{port}", workers=workers)
+    run(f"{host}:{port}", workers=workers, request_deadline=settings["REQUEST_DEADLINE"])
 
 
 def init_app(app: Flask) -> None:

@@ -75,8 +75,8 @@ REFUSE_FAILER = {
     "sqlite": ["CREATE TRIGGER refuse_failer BEFORE INSERT ON deliveries WHEN NEW.plugin = 'failer' "
                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
     "postgresql": ["CREATE FUNCTION refuse_failer() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                   "IF NEW.plugin = 'failer' THEN RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'check_violation'; "
-                   "END IF; RETURN NEW; END $$",
+                   "IF NEW.plugin = 'failer' THEN RAISE EXCEPTION 'refused by the test' "
+                   "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$",
                    "CREATE TRIGGER refuse_failer BEFORE INSERT ON deliveries FOR EACH ROW "
                    "EXECUTE FUNCTION refuse_failer()"],
 }
