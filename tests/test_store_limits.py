@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 
 import pytest
@@ -204,7 +205,8 @@ def test_a_locked_store_is_answered_by_the_deadline_and_keeps_nothing(make_app, 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_sqlite_writers_queue_gives_up_at_the_deadline(make_app, tmp_path, database_url):
     """Another process's writer holds the queue's flock: the request stops waiting for it at
-    its deadline, and the lock, once free, is taken again at once."""
+    its deadline, and the lock, once free, is taken again at once. In the main thread (sync
+    workers) the wait is interrupted by an alarm; elsewhere it waits in a thread of its own."""
     app = make_app(handler_config(tmp_path, recorder=True), REQUEST_DEADLINE="1s")
     client = app.test_client()
     lock_file = database_url.removeprefix("sqlite:///") + ".lock"
@@ -212,10 +214,48 @@ def test_the_sqlite_writers_queue_gives_up_at_the_deadline(make_app, tmp_path, d
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         _assert_refused_in_time(app, client, 1, 1)
-        _assert_refused_in_time(app, client, 1, 2)  # adopts the first request's wait
+        errors: list[BaseException] = []
+
+        def in_a_thread():
+            try:
+                _assert_refused_in_time(app, client, 1, 2)
+                _assert_refused_in_time(app, client, 1, 3)  # takes the previous request's wait over
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+
+        thread = threading.Thread(target=in_a_thread)
+        thread.start()
+        thread.join()
+        assert not errors, errors
     finally:
         os.close(descriptor)
     started = time.monotonic()
     assert client.post(WEBHOOK, data=body(object_id=3)).status_code == 200
     assert time.monotonic() - started < 1
     assert store(app).stats()["events"] == 1
+    assert client.post(WEBHOOK, data=body(object_id=4)).status_code == 200, "the lock is not left held"
+
+
+def test_the_timeouts_are_ordered_around_the_deadline():
+    """deadline < gunicorn's timeout < nginx's proxy_read_timeout < Dolibarr's 30 s, in the
+    files as shipped, and for serve whatever the deadline."""
+    import re
+    from pathlib import Path
+
+    from dolibarr_webhooks.config import DOLIBARR_TIMEOUT, SETTINGS, ConfigError, load_settings, parse_duration
+    from dolibarr_webhooks.gunicorn import worker_timeout
+
+    contrib = Path(__file__).resolve().parent.parent / "contrib"
+    deadline = parse_duration(SETTINGS["REQUEST_DEADLINE"][0])
+    gunicorn = int(re.search(r'GUNICORN_TIMEOUT"\) or (\d+)\)', (contrib / "gunicorn.conf.py").read_text()).group(1))
+    nginx = (contrib / "nginx" / "dolibarr-webhooks.conf").read_text()
+    proxy_read = parse_duration(re.search(r"^\s*proxy_read_timeout (\w+);", nginx, re.MULTILINE).group(1))
+    assert deadline < gunicorn < proxy_read < DOLIBARR_TIMEOUT
+    assert 'proxy_set_header X-Request-Start "t=${msec}";' in nginx
+    for value in (1, 10, 25, 29.5):
+        assert value < worker_timeout(value)
+    for refused in ("0", "30s", "1m"):
+        with pytest.raises(ConfigError, match="REQUEST_DEADLINE"):
+            load_settings(environ={"DOLIBARR_WEBHOOKS_REQUEST_DEADLINE": refused}, env_file="")
+    settings = load_settings(environ={"DOLIBARR_WEBHOOKS_REQUEST_DEADLINE": "2500ms"}, env_file="")
+    assert settings["REQUEST_DEADLINE"] == 2.5
