@@ -9,11 +9,11 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 
 from .auth import AuthError, Credentials, authenticate
 from .config import Source
+from .deadline import REQUEST_START_HEADER, request_deadline as deadline_at
 from .errors import json_error, record_outcome
 from .netaccess import address_allowed, client_address
 from .payload import MissingTriggerCode, ParseError
 from .samples import sample_body
-from .deadline import REQUEST_START_HEADER, request_deadline as deadline_at
 from .store import DATA, TIMEOUT, UNAVAILABLE, StoreError
 
 logger = logging.getLogger(__name__)

@@ -162,6 +162,10 @@ def test_postgresql_read_only_or_dropped_answers_503(make_app, tmp_path, databas
         cut_connections(conn, name)
         response = client.post(WEBHOOK, data=body(object_id=2))
         assert response.status_code == 503
+        # Reads still work: /ready must say what a write meets.
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json["checks"]["store"] is True, ready.json
+        assert "read-only" in ready.json["problems"]["writes"]
         conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
         cut_connections(conn, name)
         assert counts(app) == before
