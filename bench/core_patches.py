@@ -110,8 +110,8 @@ def _sync_after_unlock(store_module) -> None:
     original_write = store_module.Store._write
 
     @contextlib.contextmanager
-    def _write(self):
-        with original_write(self) as conn:
+    def _write(self, *deadline):  # the request deadline since schema version 4's release
+        with original_write(self, *deadline) as conn:
             yield conn
         if self._writers is not None:
             try:
@@ -185,9 +185,9 @@ def _group_commit(store_module) -> None:
     S = store_module
     original_ingest = S.Store.ingest
 
-    def ingest(self, event, plugins, dedup_window=0, remote_addr=None):
+    def ingest(self, event, plugins, dedup_window=0, remote_addr=None, **deadline):
         if self.is_postgres:
-            return original_ingest(self, event, plugins, dedup_window, remote_addr)
+            return original_ingest(self, event, plugins, dedup_window, remote_addr, **deadline)
         if not hasattr(self, "_group"):
             self._group = _GroupCommit(self._write)
         now = time.time()
@@ -242,10 +242,10 @@ def apply(names: list[str]) -> None:
         original_init = store_module.Store.__init__
         in_worker = __name__ == "__main__" and sys.argv[1:2] == ["worker"]
 
-        def __init__(self, url, synchronous="FULL"):
+        def __init__(self, url, synchronous="FULL", *deadline):
             if "normal" in names or "sync_after_unlock" in names or ("worker_normal" in names and in_worker):
                 synchronous = "NORMAL"
-            original_init(self, url, synchronous)
+            original_init(self, url, synchronous, *deadline)
             if "flock" in names and not hasattr(self, "_writers"):
                 raise SystemExit("the flock writers' queue is in the product (dolibarr_webhooks.store.WriterQueue) "
                                  "since it was measured here; this revision predates it")

@@ -62,9 +62,12 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or min(2 * multiprocessing.cpu_c
 # opens the connection to gunicorn, so a slow Dolibarr upload never ties a worker up.
 worker_class = "sync"
 
-# GUNICORN_TIMEOUT: a worker silent for this long is killed and replaced (a stuck database,
-# a deadlock). 20 s: nginx (proxy_read_timeout 25s) then answers 502, still before
-# Dolibarr's 30 s.
+# GUNICORN_TIMEOUT: a worker silent for this long is killed and replaced (a deadlock, a
+# stuck disk). The timeouts are ordered: DOLIBARR_WEBHOOKS_REQUEST_DEADLINE (10 s; every
+# wait for the store ends by then, and what is not stored by then is not stored) < this
+# (20 s) < nginx's proxy_read_timeout (25 s) < Dolibarr's 30 s. A worker killed after it
+# committed but before it answered would leave a stored event Dolibarr counts as failed:
+# the deadline, well below, makes that a stuck-disk case only.
 timeout = int(os.environ.get("GUNICORN_TIMEOUT") or 20)
 
 # GUNICORN_GRACEFUL_TIMEOUT: on SIGTERM (systemctl stop/restart) gunicorn stops accepting,
@@ -125,6 +128,11 @@ def on_starting(server):
     server.log.info("metrics folder %s (%d stale files removed)", _metrics_dir, removed)
     if timeout >= 30 or graceful_timeout <= 0:
         server.log.warning("timeout=%ss: Dolibarr gives up after 30 s; keep it well below", timeout)
+    deadline = _service.get("REQUEST_DEADLINE")
+    if deadline and timeout <= deadline:
+        server.log.warning("timeout=%ss is not above DOLIBARR_WEBHOOKS_REQUEST_DEADLINE (%ss): a worker may be "
+                           "killed after storing an event and before answering; keep the deadline below", timeout,
+                           deadline)
 
 
 def child_exit(server, worker):

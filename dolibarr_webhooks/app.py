@@ -33,7 +33,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     logs.init_app(app, settings.secrets)
 
     plugins = build_plugins(settings, extra=extra_plugins)
-    store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"])
+    store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"], settings["REQUEST_DEADLINE"])
     if settings["AUTO_MIGRATE"]:
         store.migrate()
     svc = Service(settings=settings, plugins=plugins, store=store, metrics=Metrics())

@@ -222,7 +222,7 @@ def worker_command(until_idle: float | None, name: str | None) -> None:
     if not svc.store.is_postgres:
         # The worker's own writes (claims, outcomes) need no fsync each: one lost in a power cut
         # only runs a delivery again, as after a lost lease; the web's FULL commits stay durable.
-        store = Store(svc.settings["DATABASE_URL"], "NORMAL")
+        store = Store(svc.settings["DATABASE_URL"], "NORMAL", svc.settings["REQUEST_DEADLINE"])
     worker = svc.make_worker(name, store=store)
 
     def stop(signum, _frame):
@@ -282,6 +282,10 @@ def show_command(event_id: str, as_json: bool) -> None:
              f"received {_when(data['received_at'])} from source {data['source']} ({data['remote_addr'] or '-'})"]
     if data["payload"]:
         lines.append("  " + summary(Event.from_dict(data["payload"])))
+    if data["duplicate_of"]:
+        # A duplicate keeps no payload: its body is the original's.
+        lines.append(f"  duplicate of {data['duplicate_of']} (the same body): "
+                     f"dolibarr-webhooks show {data['duplicate_of']}")
     if data["error"]:
         lines.append(f"  note: {data['error']}")
     for d in data["deliveries"]:
@@ -441,7 +445,8 @@ def serve_command(host: str | None, port: int | None, workers: int, env_file: st
     _announce(settings)
     from .gunicorn import run
 
-    run(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", workers=workers)
+    run(f"[{host}]:{port}" if ":" in host else f"{host}:{port}", workers=workers,
+        request_deadline=settings["REQUEST_DEADLINE"])
 
 
 def _announce(settings) -> None:

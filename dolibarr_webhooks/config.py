@@ -120,6 +120,17 @@ def parse_database_url(value: Any) -> str:
     return text
 
 
+# Dolibarr gives up on a webhook after 30 s and fails the user's action.
+DOLIBARR_TIMEOUT = 30.0
+
+
+def parse_deadline(value: Any) -> float:
+    seconds = parse_duration(value)
+    if not 0 < seconds < DOLIBARR_TIMEOUT:
+        raise ValueError(f"must be more than 0 and less than Dolibarr's {DOLIBARR_TIMEOUT:g} s")
+    return seconds
+
+
 def parse_schedule(value: Any) -> list[float]:
     delays = [parse_duration(item) for item in parse_list(value)]
     if not delays:
@@ -143,6 +154,9 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "DATABASE_URL": ("", parse_database_url, "sqlite:///path or postgresql://user@host/db"),
     "AUTO_MIGRATE": (True, parse_bool, "migrate the database schema at start-up"),
     "SQLITE_SYNCHRONOUS": ("FULL", parse_choice("full", "normal"), "SQLite fsync policy (FULL survives power loss)"),
+    "REQUEST_DEADLINE": ("10s", parse_deadline,
+                         "longest a webhook request may take, its wait behind the proxy included: an event not "
+                         "stored by then is not stored at all (503)"),
     "DEDUP_WINDOW": ("10m", parse_duration, "same source, code, object and body within this time is a duplicate"),
     "RETENTION": ("7d", parse_duration, "delivered events older than this are purged by the worker"),
     "RETRY_SCHEDULE": (DEFAULT_RETRY_SCHEDULE, parse_schedule, "delays between attempts; after the last, dead"),

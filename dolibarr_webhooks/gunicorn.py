@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -180,7 +181,13 @@ def post_worker_init(worker) -> None:
         start_embedded(app.extensions["dolibarr_webhooks"].make_worker())
 
 
-def run(bind: str, workers: int = 2) -> None:
+def worker_timeout(request_deadline: float) -> int:
+    """gunicorn's timeout for ``serve``: above the request deadline (a worker is never killed
+    between a commit and its answer), 20 s with the default deadline of 10 s."""
+    return max(20, math.ceil(request_deadline) + 10)
+
+
+def run(bind: str, workers: int = 2, request_deadline: float = 10.0) -> None:
     """``dolibarr-webhooks serve``: gunicorn with the embedded defaults, for a first try."""
     from gunicorn.app.base import BaseApplication
 
@@ -191,7 +198,7 @@ def run(bind: str, workers: int = 2) -> None:
         def load_config(self):
             self.cfg.set("bind", bind)
             self.cfg.set("workers", workers)
-            self.cfg.set("timeout", 20)
+            self.cfg.set("timeout", worker_timeout(request_deadline))
             self.cfg.set("graceful_timeout", 25)
             self.cfg.set("logger_class", RedactingLogger)
             self.cfg.set("child_exit", lambda _server, worker: mark_process_dead(worker.pid))

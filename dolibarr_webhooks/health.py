@@ -27,9 +27,11 @@ def health():
 
 
 def readiness() -> tuple[bool, dict]:
-    """Whether this process can take events: the store answers and is migrated, the plugins are loaded."""
+    """Whether this process can take events: the store answers, is migrated and takes a write
+    within the request deadline, the plugins are loaded. A read alone said ready while every
+    write failed (a read-only file, stale read-only connections)."""
     svc = service()
-    checks = {"store": False, "schema": False, "plugins": False}
+    checks = {"store": False, "schema": False, "writes": False, "plugins": False}
     problems: dict[str, str] = {}
     try:
         checks["store"] = svc.store.ping()
@@ -43,6 +45,11 @@ def readiness() -> tuple[bool, dict]:
                                       "run 'dolibarr-webhooks migrate'")
             elif version > SCHEMA_VERSION:
                 problems["schema"] = f"schema version {version} is newer than this release ({SCHEMA_VERSION})"
+            if version:
+                failure = svc.store.probe_write()
+                checks["writes"] = failure is None
+                if failure:
+                    problems["writes"] = f"a write fails: {failure}"
     except SQLAlchemyError as exc:
         problems["store"] = f"the store failed: {type(exc).__name__}"
     checks["plugins"] = bool(svc.plugins.info)
@@ -58,7 +65,7 @@ def readiness() -> tuple[bool, dict]:
 
 @bp.get("/ready")
 def ready():
-    """The store answers and is migrated, and the plugins are loaded; 503 otherwise."""
+    """The store answers, is migrated and takes writes, and the plugins are loaded; 503 otherwise."""
     ok, body = readiness()
     response = jsonify(body)
     response.status_code = 200 if ok else 503

@@ -49,7 +49,7 @@ class Metrics:
         self.requests = Counter("dolibarr_webhooks_requests",
                                 "Requests by answer status and reason (accepted, duplicate, quarantined, auth, ip, "
                                 "parse, no_trigger_code, request_entity_too_large, not_found, "
-                                "method_not_allowed, too_many_requests, store)",
+                                "method_not_allowed, too_many_requests, store, store_timeout, store_data)",
                                 ["status", "reason"], registry=self.registry)
         self.events = Counter("dolibarr_webhooks_events", "Events received by trigger code and result",
                               ["code", "result"], registry=self.registry)
@@ -59,6 +59,11 @@ class Metrics:
                                   ["plugin", "outcome"], registry=self.registry)
         self.handler_seconds = Histogram("dolibarr_webhooks_handler_seconds", "Time a plugin took for one event",
                                          ["plugin"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.store_errors = Counter("dolibarr_webhooks_store_errors",
+                                    "Store operations of the request path that failed, by operation (ingest, "
+                                    "quarantine) and kind: unavailable (an outage), timeout (the request deadline "
+                                    "passed) or data (the store refused the event's data)",
+                                    ["operation", "kind"], registry=self.registry)
         self.ack_seconds = Histogram("dolibarr_webhooks_ack_seconds",
                                      "Time from the start of a webhook request to its acknowledgement",
                                      buckets=LATENCY_BUCKETS, registry=self.registry)
@@ -72,6 +77,9 @@ class Metrics:
     def delivery_finished(self, plugin: str, outcome: str, seconds: float) -> None:
         self.deliveries.labels(plugin, outcome).inc()
         self.handler_seconds.labels(plugin).observe(seconds)
+
+    def store_error(self, operation: str, kind: str) -> None:
+        self.store_errors.labels(operation, kind).inc()
 
     def acknowledged(self, started: float) -> None:
         self.ack_seconds.observe(time.perf_counter() - started)

@@ -9,11 +9,12 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 
 from .auth import AuthError, Credentials, authenticate
 from .config import Source
+from .deadline import REQUEST_START_HEADER, request_deadline as deadline_at
 from .errors import json_error, record_outcome
 from .netaccess import address_allowed, client_address
 from .payload import MissingTriggerCode, ParseError
 from .samples import sample_body
-from .store import StoreError
+from .store import DATA, TIMEOUT, UNAVAILABLE, StoreError
 
 logger = logging.getLogger(__name__)
 
@@ -92,8 +93,49 @@ def receive(token: str | None = None):
     return _accept(raw, source, test=False)
 
 
+def request_deadline() -> float:
+    """The ``time.monotonic()`` instant by which this request's event must be stored; the
+    proxy's X-Request-Start counts only from a trusted proxy (a client's could only shorten it)."""
+    stamp = request.headers.get(REQUEST_START_HEADER) if current_app.config["TRUSTED_PROXIES"] else None
+    return deadline_at(current_app.config["REQUEST_DEADLINE"], g.request_started, stamp)
+
+
+# The answer to a store failure, by kind. A timeout is an outage to Dolibarr (try again
+# later); a data error is not, and is only answered when even the raw body could not be
+# kept (see _accept): trying again would meet the same refusal.
+_STORE_ANSWERS = {
+    UNAVAILABLE: (503, "store", "store_unavailable", "the event could not be stored; try again"),
+    TIMEOUT: (503, "store_timeout", "store_timeout",
+              "the event could not be stored within the request deadline, so it is not stored; try again"),
+    DATA: (422, "store_data", "unstorable", "the store refused this event's data; it is not stored"),
+}
+
+
+def _store_failed(exc: StoreError):
+    status, reason, error, message = _STORE_ANSWERS[exc.kind]
+    record_outcome(status, reason)
+    response = json_error(status, error, message)
+    if status == 503:
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+def _quarantine(raw: bytes, source: Source, reason: str, deadline: float):
+    """Keep an authenticated body that cannot become a stored event; any 4xx would roll back
+    the Dolibarr user's action, so: keep the body, answer 2xx, warn operators."""
+    try:
+        event_id = service().quarantine(raw, source, reason, request_client(), deadline=deadline)
+    except StoreError as exc:
+        return _store_failed(exc)
+    record_outcome(202, "quarantined")
+    g.event_id = event_id
+    return jsonify({"status": "quarantined", "id": event_id,
+                    "warning": f"{reason}; the body is kept for re-processing"}), 202
+
+
 def _accept(raw: bytes, source: Source, test: bool):
     svc = service()
+    deadline = request_deadline()
     try:
         event = svc.event_from_body(raw, source, test=test)
     except MissingTriggerCode as exc:
@@ -103,22 +145,15 @@ def _accept(raw: bytes, source: Source, test: bool):
         if current_app.config["STRICT"]:
             record_outcome(400, "parse")
             return json_error(400, "bad_request", str(exc))
-        # Any 4xx would roll back the Dolibarr user's action: keep the body, answer 2xx, warn operators.
-        try:
-            event_id = svc.quarantine(raw, source, str(exc), request_client())
-        except StoreError:
-            record_outcome(503, "store")
-            return json_error(503, "store_unavailable", "the event could not be stored; try again")
-        record_outcome(202, "quarantined")
-        g.event_id = event_id
-        return jsonify({"status": "quarantined", "id": event_id,
-                        "warning": f"{exc}; the body is kept for re-processing"}), 202
+        return _quarantine(raw, source, str(exc), deadline)
     try:
-        result = svc.dispatch(event, remote_addr=request_client())
+        result = svc.dispatch(event, remote_addr=request_client(), deadline=deadline)
     except StoreError as exc:
-        logger.error("could not store %s from %s: the store is unavailable (%s)", event.trigger_code, source.name, exc)
-        record_outcome(503, "store")
-        return json_error(503, "store_unavailable", "the event could not be stored; try again")
+        if exc.kind != DATA:
+            return _store_failed(exc)
+        # Not an outage: this event's data cannot go in the store's columns. The raw body can
+        # (a blob holds anything), like an unparseable one's: 202, quarantined, operators warned.
+        return _quarantine(raw, source, f"the store refused the event ({exc})", deadline)
     record_outcome(200, result.status)
     g.event_id, g.trigger_code = event.id, event.trigger_code
     svc.metrics.acknowledged(g.request_started)  # set for every request by logs.init_app

@@ -16,7 +16,7 @@ from .event import Event
 from .metrics import Metrics
 from .payload import MissingTriggerCode, ParseError, body_sha256, event_from_body, new_event_id
 from .plugins import Plugins
-from .store import IngestResult, Store
+from .store import DATA, TIMEOUT, UNAVAILABLE, IngestResult, Store, StoreError
 from .worker import Worker
 
 logger = logging.getLogger(__name__)
@@ -42,21 +42,38 @@ class Service:
         source = self.sources.get(source_name)
         return Scrubber.for_keys(source.scrub_keys if source else ())
 
-    def dispatch(self, event: Event, remote_addr: str | None = None) -> IngestResult:
-        """Store the event with one delivery per plugin that handles it; the worker does the rest."""
-        result = self.store.ingest(event, self.plugins.handlers_for(event.trigger_code),
-                                   dedup_window=self.settings["DEDUP_WINDOW"], remote_addr=remote_addr,
-                                   scrub_rule=self.scrubber(event.source).fingerprint)
+    def dispatch(self, event: Event, remote_addr: str | None = None, deadline: float | None = None) -> IngestResult:
+        """Store the event with one delivery per plugin that handles it; the worker does the rest.
+        ``deadline``: the ``time.monotonic()`` instant after which nothing may be stored."""
+        try:
+            result = self.store.ingest(event, self.plugins.handlers_for(event.trigger_code),
+                                       dedup_window=self.settings["DEDUP_WINDOW"], remote_addr=remote_addr,
+                                       deadline=deadline, scrub_rule=self.scrubber(event.source).fingerprint)
+        except StoreError as exc:
+            self._store_failed("ingest", f"{event.trigger_code} from source {event.source}", exc)
+            raise
         self.metrics.event(event.trigger_code, result.status)
         return result
 
-    def quarantine(self, raw: bytes, source: Source, error: str, remote_addr: str | None = None) -> str:
+    def _store_failed(self, operation: str, what: str, exc: StoreError) -> None:
+        self.metrics.store_error(operation, exc.kind)
+        meaning = {UNAVAILABLE: "the store is unavailable", TIMEOUT: "the request deadline passed",
+                   DATA: "the store refused its data"}[exc.kind]
+        logger.error("could not %s %s: %s (%s)", operation, what, meaning, exc)
+
+    def quarantine(self, raw: bytes, source: Source, error: str, remote_addr: str | None = None,
+                   deadline: float | None = None) -> str:
         event_id = new_event_id()
         # A body that does not parse still has its credentials masked where they can be found.
         kept = self.scrubber(source.name).scrub_raw(raw)
-        self.store.quarantine(event_id, kept, source.name, error, body_sha256(raw), time.time(), remote_addr)
+        try:
+            self.store.quarantine(event_id, kept, source.name, error, body_sha256(raw), time.time(), remote_addr,
+                                  deadline=deadline)
+        except StoreError as exc:
+            self._store_failed("quarantine", f"a body of {len(raw)} bytes from source {source.name}", exc)
+            raise
         self.metrics.event("", "quarantined")
-        logger.warning("quarantined an authenticated body from source %s that cannot be parsed (%s, %d bytes): "
+        logger.warning("quarantined an authenticated body from source %s that cannot become an event (%s, %d bytes): "
                        "event %s; fix, then run 'dolibarr-webhooks reprocess %s'",
                        source.name, error, len(raw), event_id, event_id)
         return event_id

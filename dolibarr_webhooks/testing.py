@@ -222,8 +222,9 @@ class RunningService:
         self.processes[name] = process
         return process
 
-    def start_web(self, workers: int = 2, extra: list[str] = ()) -> subprocess.Popen:
-        process = self.start("web", [str(self.bin / "gunicorn"), "-b", f"127.0.0.1:{self.port}", "-w",
+    def start_web(self, workers: int = 2, extra: list[str] = (), prefix: list[str] = ()) -> subprocess.Popen:
+        """gunicorn; ``prefix`` runs it through another command (``setpriv ...``)."""
+        process = self.start("web", [*prefix, str(self.bin / "gunicorn"), "-b", f"127.0.0.1:{self.port}", "-w",
                                      str(workers), "--graceful-timeout", "10", *extra,
                                      "dolibarr_webhooks:create_app()"])
         wait_for_port(self.port, process=process)
@@ -287,9 +288,10 @@ class RunningService:
 @contextlib.contextmanager
 def running_service(python: str | os.PathLike | None = None, env: dict[str, str] | None = None,
                     worker: bool = True, workers: int = 2, database_url: str | None = None,
-                    gunicorn_args: Iterable[str] = ()) -> Iterator[RunningService]:
+                    gunicorn_args: Iterable[str] = (), web_prefix: Iterable[str] = ()) -> Iterator[RunningService]:
     """Real gunicorn on a free loopback port plus, by default, the worker process, on a
-    temporary SQLite file (or ``database_url``). Stopped with SIGTERM on exit."""
+    temporary SQLite file (or ``database_url``). Stopped with SIGTERM on exit. ``web_prefix``
+    runs gunicorn through another command (``setpriv ...``)."""
     python = Path(python or sys.executable)
     with tempfile.TemporaryDirectory(prefix="dolibarr-webhooks-") as tmp:
         workdir = Path(tmp)
@@ -307,7 +309,7 @@ def running_service(python: str | os.PathLike | None = None, env: dict[str, str]
         try:
             # Migrate once before several processes start, as a deployment would.
             service.cli("migrate")
-            service.start_web(workers=workers, extra=list(gunicorn_args))
+            service.start_web(workers=workers, extra=list(gunicorn_args), prefix=list(web_prefix))
             if worker:
                 service.start_worker()
             yield service

@@ -43,7 +43,7 @@ def test_ready_when_the_store_answers_and_is_migrated(webhooks_client):
     response = webhooks_client.get("/ready")
     assert response.status_code == 200, response.json
     assert response.json["status"] == "ready"
-    assert response.json["checks"] == {"store": True, "schema": True, "plugins": True}
+    assert response.json["checks"] == {"store": True, "schema": True, "writes": True, "plugins": True}
     assert response.json["plugins"]["log"] == "enabled"
     assert response.headers["Cache-Control"] == "no-store"
 
@@ -69,7 +69,7 @@ def test_a_store_that_is_not_migrated(app_for):
     client = app.test_client()
     response = client.get("/ready")
     assert response.status_code == 503
-    assert response.json["checks"] == {"store": True, "schema": False, "plugins": True}
+    assert response.json["checks"] == {"store": True, "schema": False, "writes": False, "plugins": True}
     assert "dolibarr-webhooks migrate" in response.json["problems"]["schema"]
     app.extensions["dolibarr_webhooks"].store.migrate()
     assert client.get("/ready").status_code == 200

@@ -75,28 +75,32 @@ REFUSE_FAILER = {
     "sqlite": ["CREATE TRIGGER refuse_failer BEFORE INSERT ON deliveries WHEN NEW.plugin = 'failer' "
                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"],
     "postgresql": ["CREATE FUNCTION refuse_failer() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                   "IF NEW.plugin = 'failer' THEN RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$",
+                   "IF NEW.plugin = 'failer' THEN RAISE EXCEPTION 'refused by the test' "
+                   "USING ERRCODE = 'check_violation'; END IF; RETURN NEW; END $$",
                    "CREATE TRIGGER refuse_failer BEFORE INSERT ON deliveries FOR EACH ROW "
                    "EXECUTE FUNCTION refuse_failer()"],
 }
 
 
 def test_a_delivery_that_cannot_be_written_leaves_no_event_behind(make_app, tmp_path):
-    """The database itself refuses one delivery row (a trigger): the event row written just
-    before it in the same request must not survive, and Dolibarr gets a 503 to try again."""
+    """The database itself refuses one delivery row (a trigger's constraint): the event row
+    written just before it in the same request must not survive. A refusal of the data is
+    not an outage: the raw body is quarantined (202), as an unparseable one would be."""
     app = make_app(handler_config(tmp_path, recorder=True, failer="always"))
     dialect = store(app).engine.dialect.name
     execute(app, *REFUSE_FAILER[dialect])
     client = app.test_client()
     response = client.post(WEBHOOK, data=body(object_id=1))
-    assert response.status_code == 503
-    assert response.get_json()["error"] == "store_unavailable"
-    assert counts(app) == {"events": 0, "deliveries": 0, "attempts": 0}
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["status"] == "quarantined"
+    assert "the store refused the event (" in response.get_json()["warning"]
+    assert counts(app) == {"events": 1, "deliveries": 0, "attempts": 0}
+    assert store(app).stats()["events"] == 0 and store(app).stats()["quarantined"] == 1
 
     execute(app, "DROP TRIGGER refuse_failer" + (" ON deliveries" if dialect == "postgresql" else ""))
     response = client.post(WEBHOOK, data=body(object_id=1))  # Dolibarr's user tries again: not a duplicate
     assert response.status_code == 200 and response.get_json()["status"] == "accepted"
-    assert counts(app) == {"events": 1, "deliveries": 3, "attempts": 0}
+    assert counts(app) == {"events": 2, "deliveries": 3, "attempts": 0}  # with the quarantined body
 
 
 # -- the store cannot write --------------------------------------------------------------------
@@ -158,6 +162,10 @@ def test_postgresql_read_only_or_dropped_answers_503(make_app, tmp_path, databas
         cut_connections(conn, name)
         response = client.post(WEBHOOK, data=body(object_id=2))
         assert response.status_code == 503
+        # Reads still work: /ready must say what a write meets.
+        ready = client.get("/ready")
+        assert ready.status_code == 503 and ready.json["checks"]["store"] is True, ready.json
+        assert "read-only" in ready.json["problems"]["writes"]
         conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
         cut_connections(conn, name)
         assert counts(app) == before
@@ -311,7 +319,7 @@ def test_postgresql_ingest_is_one_statement_in_autocommit(make_app, tmp_path, da
     app = make_app(handler_config(tmp_path, recorder=True))
     client = app.test_client()
     client.post(WEBHOOK, data=body(object_id=1))  # connections opened, schema checked
-    engine = store(app).engine
+    engine = store(app).request_engine  # the request path's own pool (statement and lock timeouts)
     sent: list[tuple[str, bool]] = []
 
     def record(conn, _cursor, statement, _parameters, _context, _executemany):
