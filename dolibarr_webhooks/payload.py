@@ -55,7 +55,7 @@ def parse_body(raw: bytes, scrub_keys: Iterable[str] = ()) -> tuple[str, dict[st
         obj = {}  # PHP's json_encode writes an empty map as []
     elif not isinstance(obj, dict):
         obj = {"value": obj}
-    return code.strip(), obj
+    return _storable(code.strip()), obj
 
 
 def scrub(value: Any, keys: Iterable[str] = ()) -> Any:
@@ -72,12 +72,23 @@ def _scrub(value: Any, drop: frozenset[str]) -> Any:
     return value
 
 
+def _storable(text: str) -> str:
+    """``text``, or its lone surrogates as ``\\udXXX`` escapes: a body may carry ``"\\ud800"``
+    (PHP never writes one, a forger may), which no database column can hold as text. The
+    object keeps them: its JSON writes them back as escapes."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 def _text(value: Any) -> str | None:
     if value is None or value == "" or isinstance(value, (dict, list)):
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return str(value)
+    return _storable(str(value))
 
 
 def object_identity(code: str, obj: dict[str, Any]) -> dict[str, str | None]:
