@@ -48,7 +48,7 @@ def _bounded(raw: bytes | str, data: Any) -> Any:
     # Counting brackets is a memchr-speed scan; only a body with that many is walked.
     opening = (b"[", b"{") if isinstance(raw, bytes) else ("[", "{")
     if raw.count(opening[0]) + raw.count(opening[1]) > MAX_DEPTH and _depth(data) > MAX_DEPTH:
-        raise ValueError(f"JSON nested deeper than {MAX_DEPTH} levels")
+        raise ValueError(f"JSON nested too deeply (over {MAX_DEPTH} levels)")
     return data
 
 
