@@ -27,7 +27,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(settings.values)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_SIZE"]
     app.json.sort_keys = False
-    logs.init_app(app, settings.secrets)
+    logs.init_app(app, settings.sensitive_values)
 
     plugins = build_plugins(settings, extra=extra_plugins)
     store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"])

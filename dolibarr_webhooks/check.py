@@ -348,7 +348,21 @@ def run_checks(env_file: str | None = None) -> Report:
     _check_ratelimit(settings, report)
     _check_operations(settings, report)
     _check_targets(settings, report)
+    _mask(report, settings)
     return report
+
+
+def _mask(report: Report, settings: Settings) -> None:
+    """A plugin's or a driver's message may quote a credential: the same masking as the logs.
+    The target URLs are left whole: they are printed to be pasted into Dolibarr."""
+    from .logs import SecretScrubber
+
+    scrubber = SecretScrubber()
+    scrubber.add(settings.sensitive_values)
+    for finding in report.findings:
+        finding.message = scrubber(finding.message)
+    for plugin in report.plugins:
+        plugin["reason"] = scrubber(plugin["reason"] or "")
 
 
 def render(report: Report) -> list[str]:

@@ -32,7 +32,7 @@ def _known_secrets() -> list[str]:
         settings = load_settings()
     except ConfigError:  # the workers stop on it, with the message
         return []
-    return settings.secrets + [settings["METRICS_TOKEN"]]
+    return settings.sensitive_values
 
 
 def _log_format() -> str:

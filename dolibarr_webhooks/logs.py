@@ -23,11 +23,11 @@ from urllib.parse import quote, unquote, unquote_plus
 
 from flask import Flask, g, request
 
+from .config import SENSITIVE_NAME as _SENSITIVE_NAME
+
 request_id: ContextVar[str] = ContextVar("dolibarr_webhooks_request_id", default="-")
 
 MASK = "***"
-# Query parameters and headers whose values are credentials, whatever else they are called.
-_SENSITIVE_NAME = re.compile(r"token|secret|passw|pwd|key|sig|auth|credential|session|cookie", re.IGNORECASE)
 # /webhook/<secret>, /webhook/<secret>/events, /webhook/<secret>/test; not /webhook/events or /webhook/test.
 _WEBHOOK_SEGMENT = re.compile(r"(/webhook/)(?!(?:events|test)(?:[/?#\s\"']|$))[^/?#\s\"']+", re.IGNORECASE)
 _USERINFO = re.compile(r"(//)[^/@\s\"']+@")
@@ -175,8 +175,9 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def init_app(app: Flask, secrets: Iterable[str] = ()) -> None:
-    """``secrets``: every source's secrets (TOML sources included), masked in every line."""
-    configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"], [*secrets, app.config.get("METRICS_TOKEN") or ""])
+    """``secrets``: ``Settings.sensitive_values`` (every source's secrets, TOML sources included,
+    the metrics token and the plugins' credentials), masked in every line."""
+    configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"], secrets)
 
     @app.before_request
     def _begin() -> None:
