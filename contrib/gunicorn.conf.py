@@ -60,7 +60,14 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or min(2 * multiprocessing.cpu_c
 
 # Sync workers: nginx buffers the whole request body (proxy_request_buffering on) before it
 # opens the connection to gunicorn, so a slow Dolibarr upload never ties a worker up.
-worker_class = "sync"
+# gunicorn's sync worker with two changes: its own errors (a request it cannot parse, a
+# worker aborted after its timeout) are answered in the service's JSON, never its HTML
+# page that repeats the request line; and a client gets 5 s to send its headers and 12 s
+# for its body, so one that stalls is dropped before the timeout below kills the worker.
+# This file is for gunicorn BEHIND nginx: exposed directly, each slow client holds a whole
+# worker (20 clients sending a byte a second hold 5 workers). 'dolibarr-webhooks serve' is
+# the setup for direct exposure (threads: a slow client holds one thread, not a worker).
+worker_class = "dolibarr_webhooks.gunicorn.SyncWorker"
 
 # GUNICORN_TIMEOUT: a worker silent for this long is killed and replaced (a stuck database,
 # a deadlock). 20 s: nginx (proxy_read_timeout 25s) then answers 502, still before

@@ -24,6 +24,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     extra_plugins = test_config.pop("EXTRA_PLUGINS", ())  # (name, module) pairs registered without entry points
     settings = load_settings(test_config)
     app = Flask(__name__)
+    # /webhook//<secret> would be answered with a 308 to /webhook/<secret>: a redirect that
+    # repeats the secret, which Dolibarr does not even follow. A 404 in JSON instead.
+    app.url_map.merge_slashes = False
     app.config.update(settings.values)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_SIZE"]
     app.json.sort_keys = False

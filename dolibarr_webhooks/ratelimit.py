@@ -27,7 +27,7 @@ from flask import Flask, current_app, request
 from flask_limiter import Limiter
 
 from .auth import SIGNATURE_HEADER, AuthError
-from .receiver import request_client, request_source
+from .receiver import Refused, request_body, request_client, request_source
 from .store import redacted_url
 
 SCOPE = "webhook"
@@ -47,10 +47,10 @@ def source_key() -> str:
     # A signature covers the body, so only then is the body read (and kept for the view).
     signed = SIGNATURE_HEADER in request.headers or "webhook-signature" in request.headers
     try:
-        body = request.get_data(cache=True) if signed else b""
+        body = request_body() if signed else b""
         return "source:" + request_source((request.view_args or {}).get("token"), body).name
-    except AuthError:
-        return "source:-"  # unauthenticated requests share one bucket; they get 401 anyway
+    except (AuthError, Refused):
+        return "source:-"  # unauthenticated requests share one bucket; they get 401 (or 400, 413) anyway
 
 
 def authenticated() -> bool:

@@ -9,11 +9,18 @@ directly and through the contrib nginx.
 from __future__ import annotations
 
 import json
+import os
+import ssl
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from dolibarr_webhooks.fastjson import MAX_DEPTH
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
+from dolibarr_webhooks.testing import running_service
+from hostile_helpers import Answer, Hostile, hostile_requests, send
+from production_helpers import production_env, require_tool, running_nginx, service_logs
 
 URL = f"/webhook/{SECRET}"
 
@@ -59,3 +66,76 @@ def test_deeper_nesting_is_quarantined(webhooks_app, webhooks_client, depth):
     assert response.status_code == 202 and response.json["status"] == "quarantined", response.json
     row = stored(webhooks_app, response.json["id"])
     assert row["status"] == "quarantined" and row["raw_body_size"] == len(nested(depth))
+
+
+# -- real gunicorn (contrib/gunicorn.conf.py), directly and behind the contrib nginx -----------
+# The suite sends a few hundred; DOLIBARR_WEBHOOKS_HOSTILE_BODIES=2000 gives the issue's figure.
+HOSTILE_BODIES = int(os.environ.get("DOLIBARR_WEBHOOKS_HOSTILE_BODIES") or 300)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    require_tool("nginx", "nginx-light")
+    env = production_env(DOLIBARR_WEBHOOKS_TRUSTED_PROXIES="1")
+    with running_service(env=env, workers=3) as service:
+        with running_nginx(tmp_path_factory.mktemp("nginx"), service.port) as nginx:
+            yield service, nginx
+
+
+def send_all(port: int, requests: list[Hostile], context=None) -> list[tuple[Hostile, Answer]]:
+    with ThreadPoolExecutor(8) as pool:
+        return list(zip(requests, pool.map(lambda r: send(port, r, context), requests)))
+
+
+def stored_count(service) -> int:
+    stats = service.stats()
+    return stats["events"] + stats["duplicates"] + stats["quarantined"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("through", ["gunicorn", "nginx"])
+def test_hostile_requests_never_get_a_5xx_nor_kill_a_worker(stack, through):
+    service, nginx = stack
+    context = None
+    if through == "nginx":
+        context = ssl.create_default_context(cafile=str(nginx.cert))
+    port = nginx.https_port if through == "nginx" else service.port
+    before = stored_count(service)
+    answers = send_all(port, hostile_requests(service.secret, HOSTILE_BODIES), context)
+
+    statuses = Counter(answer.status for _, answer in answers)
+    print(f"\n{len(answers)} hostile requests through {through}: {dict(sorted(statuses.items(), key=str))}")
+    failed = [(r.name, a.status, a.body[:120]) for r, a in answers if a.status is not None and a.status >= 500]
+    assert not failed, failed
+    not_json = [(r.name, a.head[:200]) for r, a in answers if a.status is not None and not a.is_json]
+    assert not not_json, not_json
+    echoed = [r.name for r, a in answers if service.secret.encode() in a.body or service.secret in a.head]
+    assert not echoed, f"answers that repeat the secret: {echoed}"
+    by_name: dict[str, set] = {}
+    for request, answer in answers:
+        by_name.setdefault(request.name, set()).add(answer.status)
+    assert by_name["valid event"] == {200} and by_name["chunked, valid"] == {200}
+    assert by_name["chunked over the limit"] == {413}, "too large, whatever the framing"
+    assert by_name["double slash"] == {404}, "no redirect that repeats the secret"
+    assert by_name["lone surrogate"] <= {200} and by_name["deep nesting closed"] <= {202}
+    assert by_name["chunked, bad size"] == {400} and by_name["chunked, unauthenticated and bad"] == {400}
+    # What got a 2xx is stored, and only that.
+    accepted = sum(1 for _, answer in answers if answer.status is not None and 200 <= answer.status < 300)
+    assert stored_count(service) - before == accepted
+    log = service_logs(service)
+    assert "WORKER TIMEOUT" not in log and "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_a_worker_aborted_after_its_timeout_answers_json(tmp_path):
+    # A 2 s worker timeout, under the read deadlines: a stalled body holds the worker until
+    # gunicorn aborts it, and gunicorn's own 500 is what the client sees.
+    with running_service(env=production_env(), workers=1, worker=False,
+                         gunicorn_args=["--timeout", "2"]) as service:
+        stalled = Hostile("stalled", f"POST /webhook/{service.secret} HTTP/1.1\r\nHost: x\r\n"
+                                     f"Content-Length: 100\r\n\r\n{{".encode(), stall=True)
+        answer = send(service.port, stalled)
+        assert answer.status == 500 and answer.is_json, answer
+        assert json.loads(answer.body) == {"error": "internal_server_error", "status": 500,
+                                           "message": "the service failed; the error is in its log"}
+        assert "WORKER TIMEOUT" in service_logs(service), "the test provoked what it meant to"
