@@ -360,9 +360,9 @@ def _mask(report: Report, settings: Settings) -> None:
     scrubber = SecretScrubber()
     scrubber.add(settings.sensitive_values)
     for finding in report.findings:
-        finding.message = scrubber(finding.message)
+        finding.message = scrubber.mask(finding.message)
     for plugin in report.plugins:
-        plugin["reason"] = scrubber(plugin["reason"] or "")
+        plugin["reason"] = scrubber.mask(plugin["reason"] or "")
 
 
 def render(report: Report) -> list[str]:

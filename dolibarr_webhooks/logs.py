@@ -61,12 +61,18 @@ def redact(target: str) -> str:
     return path + sep + (_redact_query(query) if sep else "")
 
 
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """Free text (a formatted log line, an exception) with secrets removed: webhook paths,
-    credential query parameters, URL user-info, Authorization values and known secrets."""
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each of the known ``secrets`` replaced by ``***``."""
     for secret in secrets:
         if secret and secret in text:
             text = text.replace(secret, MASK)
+    return text
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """Free text (a formatted log line, an exception) with secrets removed: webhook paths,
+    credential query parameters, URL user-info, Authorization values and known secrets."""
+    text = mask(text, secrets)
     text = _WEBHOOK_SEGMENT.sub(r"\1" + MASK, text)
     text = _QUERY_PARAM.sub(r"\1" + MASK, text)
     text = _USERINFO.sub(r"\1" + MASK + "@", text)
@@ -87,6 +93,10 @@ class SecretScrubber:
 
     def __call__(self, text: str) -> str:
         return scrub(text, self.secrets)
+
+    def mask(self, text: str) -> str:
+        """Only the known secrets: for text that is not a log line (``check``'s findings)."""
+        return mask(text, self.secrets)
 
 
 class RequestIdFilter(logging.Filter):
