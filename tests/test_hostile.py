@@ -118,7 +118,9 @@ def test_hostile_requests_never_get_a_5xx_nor_kill_a_worker(stack, through):
     assert not echoed, f"answers that repeat the secret: {echoed}"
     by_name: dict[str, set] = {}
     for request, answer in answers:
-        by_name.setdefault(request.name, set()).add(answer.status)
+        # nginx's flood limit (50 per second, bursts of 200) may answer any of them first.
+        if not (through == "nginx" and answer.status == 429):
+            by_name.setdefault(request.name, set()).add(answer.status)
     assert by_name["valid event"] == {200} and by_name["chunked, valid"] == {200}
     assert by_name["chunked over the limit"] == {413}, "too large, whatever the framing"
     assert by_name["double slash"] == {404}, "no redirect that repeats the secret"
