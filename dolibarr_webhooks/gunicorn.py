@@ -19,12 +19,11 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
 from gunicorn.workers.sync import SyncWorker as _SyncWorker
 
+from .config import SENSITIVE_NAME
 from .logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# Request headers (``{name}i``) and environ keys (``{name}e``) whose values are credentials.
-_SENSITIVE_ATOM = re.compile(r"authorization|cookie|signature|token|secret|api[-_]?key|password", re.IGNORECASE)
 _TARGET_ATOMS = {"{raw_uri}e", "{request_uri}e", "{path_info}e", "{script_name}e", "{http_referer}e",
                  "{referer}i", "f", "U"}
 _QUERY_ATOMS = {"q", "{query_string}e"}
@@ -81,7 +80,7 @@ class RedactingLogger(Logger):
                 atoms[key] = redact("?" + value)[1:] if value else value
             elif key in _TARGET_ATOMS:
                 atoms[key] = redact(value)
-            elif key.startswith("{") and _SENSITIVE_ATOM.search(key):
+            elif key.startswith("{") and SENSITIVE_NAME.search(key):  # a header or environ key named like a credential
                 atoms[key] = MASK
         return atoms
 

@@ -31,7 +31,7 @@ MASK = "***"
 # /webhook/<secret>, /webhook/<secret>/events, /webhook/<secret>/test; not /webhook/events or /webhook/test.
 _WEBHOOK_SEGMENT = re.compile(r"(/webhook/)(?!(?:events|test)(?:[/?#\s\"']|$))[^/?#\s\"']+", re.IGNORECASE)
 _USERINFO = re.compile(r"(//)[^/@\s\"']+@")
-_QUERY_PARAM = re.compile(r"([?&;][^=&;\s\"'#?]*(?:token|secret|passw|pwd|key|sig|auth)[^=&;\s\"'#?]*=)[^&;\s\"'#]*",
+_QUERY_PARAM = re.compile(r"([?&;][^=&;\s\"'#?]*(?:" + _SENSITIVE_NAME.pattern + r")[^=&;\s\"'#?]*=)[^&;\s\"'#]*",
                           re.IGNORECASE)
 _AUTH_HEADER = re.compile(r"((?:authorization|x-dolibarr-signature|webhook-signature)[\"']?\s*[:=]\s*[\"']?"
                           r"(?:(?:basic|bearer|token|digest)\s+)?)[^\s\"',}]+", re.IGNORECASE)
