@@ -145,22 +145,31 @@ def test_plain_http_is_redirected_to_https(stack):
     assert response.headers["Location"] == f"https://127.0.0.1/webhook/{service.secret}"
 
 
+def every_credential_form(session, base: str, secret: str) -> tuple[list, list[str]]:
+    """One Dolibarr post for each way the secret can travel (path, ?token=, Basic with the
+    secret as password or as user, Bearer); returns the answers and what no log may hold."""
+    basic_password = base64.b64encode(f"dolibarr:{secret}".encode()).decode()
+    basic_user = base64.b64encode(f"{secret}:x".encode()).decode()
+    answers = [
+        dolibarr_post(session, f"{base}/webhook/{secret}", sample_body("PRODUCT_CREATE")),
+        dolibarr_post(session, f"{base}/webhook?token={secret}", sample_body("PROJECT_CREATE")),
+        dolibarr_post(session, f"{base}/webhook", sample_body("ORDER_VALIDATE"),
+                      headers={"Authorization": f"Basic {basic_password}"}),
+        dolibarr_post(session, f"{base}/webhook", sample_body("PROPAL_CLOSE_SIGNED"),
+                      headers={"Authorization": f"Basic {basic_user}"}),
+        dolibarr_post(session, f"{base}/webhook", sample_body("BILL_PAYED"),
+                      headers={"Authorization": f"Bearer {secret}"}),
+    ]
+    return answers, [secret, basic_password, basic_user]
+
+
 def test_no_secret_in_any_log(stack):
     service, nginx = stack
     secret = service.secret
     session = nginx.session()
-    basic_password = base64.b64encode(f"dolibarr:{secret}".encode()).decode()
-    basic_user = base64.b64encode(f"{secret}:x".encode()).decode()
-    sent = [
-        dolibarr_post(session, f"{nginx.https}/webhook/{secret}", sample_body("PRODUCT_CREATE")),
-        dolibarr_post(session, f"{nginx.https}/webhook?token={secret}", sample_body("PROJECT_CREATE")),
+    sent, needles = every_credential_form(session, nginx.https, secret)
+    sent += [
         dolibarr_post(session, f"{nginx.https}/webhook?a=1&token={secret}&b=2", sample_body("CONTACT_CREATE")),
-        dolibarr_post(session, f"{nginx.https}/webhook", sample_body("ORDER_VALIDATE"),
-                      headers={"Authorization": f"Basic {basic_password}"}),
-        dolibarr_post(session, f"{nginx.https}/webhook", sample_body("PROPAL_CLOSE_SIGNED"),
-                      headers={"Authorization": f"Basic {basic_user}"}),
-        dolibarr_post(session, f"{nginx.https}/webhook", sample_body("BILL_PAYED"),
-                      headers={"Authorization": f"Bearer {secret}"}),
         dolibarr_post(session, f"{nginx.https}/webhook/{secret}/test", b""),
         session.get(f"{nginx.https}/webhook/{secret}/events", timeout=10),
     ]
@@ -177,7 +186,7 @@ def test_no_secret_in_any_log(stack):
     logs = {f"nginx {name}": text for name, text in nginx.logs().items()}
     logs["gunicorn and the application"] = app_log = service_logs(service)
     for name, text in logs.items():
-        for needle in (secret, basic_password, basic_user):
+        for needle in needles:
             assert needle not in text, f"{needle[:6]}... found in the {name} log:\n" + "\n".join(
                 line for line in text.splitlines() if needle in line)
     access = logs["nginx dolibarr-webhooks.access.log"]
@@ -217,18 +226,7 @@ def test_no_secret_in_any_log_with_hooks_traced_at_debug(tmp_path):
                              DOLIBARR_WEBHOOKS_SYNC_SECRET=SYNC_SECRET)
         with running_service(env=env, workers=2) as service, running_nginx(tmp_path / "nginx", service.port) as nginx:
             secret, session = service.secret, nginx.session()
-            basic_password = base64.b64encode(f"dolibarr:{secret}".encode()).decode()
-            basic_user = base64.b64encode(f"{secret}:x".encode()).decode()
-            accepted = [
-                dolibarr_post(session, f"{nginx.https}/webhook/{secret}", sample_body("PRODUCT_CREATE")),
-                dolibarr_post(session, f"{nginx.https}/webhook?token={secret}", sample_body("PROJECT_CREATE")),
-                dolibarr_post(session, f"{nginx.https}/webhook", sample_body("ORDER_VALIDATE"),
-                              headers={"Authorization": f"Basic {basic_password}"}),
-                dolibarr_post(session, f"{nginx.https}/webhook", sample_body("PROPAL_CLOSE_SIGNED"),
-                              headers={"Authorization": f"Basic {basic_user}"}),
-                dolibarr_post(session, f"{nginx.https}/webhook", sample_body("BILL_PAYED"),
-                              headers={"Authorization": f"Bearer {secret}"}),
-            ]
+            accepted, needles = every_credential_form(session, nginx.https, secret)
             assert [r.status_code for r in accepted] == [200] * 5, [r.text for r in accepted]
             # Names the service does not read: refused, and never logged either.
             for name in ("pwd", "x", "t", "secret", "password"):
@@ -243,7 +241,7 @@ def test_no_secret_in_any_log_with_hooks_traced_at_debug(tmp_path):
             logs["gunicorn, the application and the worker"] = app_log = service_logs(service)
     assert "handle_event [hook]" in app_log and "config: {" in app_log and "[DEBUG]" in app_log, "traced"
     for name, text in logs.items():
-        for needle in (secret, basic_password, basic_user, SYNC_SECRET, SYNC_SECRET[len("whsec_"):]):
+        for needle in (*needles, SYNC_SECRET, SYNC_SECRET[len("whsec_"):]):
             assert needle not in text, f"{needle[:8]}... found in the {name} log:\n" + "\n".join(
                 line for line in text.splitlines() if needle in line)
 
