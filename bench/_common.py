@@ -290,7 +290,7 @@ class GunicornSettings:
             args += ["-k", self.worker_class]
         if not self.config:
             args += ["--graceful-timeout", "10"]
-        if self.worker_class == "gthread":
+        if self.threads > 1 or self.worker_class == "gthread":
             args += ["--threads", str(self.threads)]
         return args + [app]
 
@@ -301,7 +301,7 @@ class GunicornSettings:
                 config = config.relative_to(BENCH_DIR.parent)
             return (f"-c {config}" + (f" -w {self.workers}" if self.workers else "")
                     + (f" -k {self.worker_class}" if self.worker_class else ""))
-        extra = f", {self.threads} threads each" if self.worker_class == "gthread" else ""
+        extra = f", {self.threads} threads each" if self.threads > 1 else ""
         return f"{self.workers} {self.worker_class} workers{extra}"
 
 

@@ -2,6 +2,10 @@
 
     gunicorn -c contrib/gunicorn.conf.py 'dolibarr_webhooks:create_app()'
 
+For gunicorn BEHIND nginx (contrib/nginx/dolibarr-webhooks.conf), on loopback: its sync
+workers serve one connection each, and nginx hands them whole requests. Do not expose it
+to Dolibarr directly; 'dolibarr-webhooks serve' is the setup for that.
+
 Every value below can be changed with the environment variable named next to it (the
 systemd unit reads them from /etc/dolibarr-webhooks/dolibarr-webhooks.env); options given
 on gunicorn's command line win over this file.
@@ -60,7 +64,14 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or min(2 * multiprocessing.cpu_c
 
 # Sync workers: nginx buffers the whole request body (proxy_request_buffering on) before it
 # opens the connection to gunicorn, so a slow Dolibarr upload never ties a worker up.
-worker_class = "sync"
+# gunicorn's sync worker with two changes: its own errors (a request it cannot parse, a
+# worker aborted after its timeout) are answered in the service's JSON, never its HTML
+# page that repeats the request line; and a client gets 5 s to send its headers and 12 s
+# for its body, so one that stalls is dropped before the timeout below kills the worker.
+# This file is for gunicorn BEHIND nginx: exposed directly, each slow client holds a whole
+# worker (20 clients sending a byte a second hold 5 workers). 'dolibarr-webhooks serve' is
+# the setup for direct exposure (threads: a slow client holds one thread, not a worker).
+worker_class = "dolibarr_webhooks.gunicorn.SyncWorker"
 
 # GUNICORN_TIMEOUT: a worker silent for this long is killed and replaced (a deadlock, a
 # stuck disk). The timeouts are ordered: DOLIBARR_WEBHOOKS_REQUEST_DEADLINE (10 s; every

@@ -27,10 +27,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     announce = test_config.pop("ANNOUNCE", True)
     settings = load_settings(test_config)
     app = Flask(__name__)
+    # /webhook//<secret> would be answered with a 308 to /webhook/<secret>: a redirect that
+    # repeats the secret, which Dolibarr does not even follow. A 404 in JSON instead.
+    app.url_map.merge_slashes = False
     app.config.update(settings.values)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_SIZE"]
     app.json.sort_keys = False
-    logs.init_app(app, settings.secrets)
+    logs.init_app(app, settings.sensitive_values)
 
     plugins = build_plugins(settings, extra=extra_plugins)
     store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"], settings["REQUEST_DEADLINE"])

@@ -324,18 +324,22 @@ def _check_ratelimit(settings: Settings, report: Report) -> None:
         return
     from limits.storage import storage_from_string
 
+    from .ratelimit import REDIS_TIMEOUTS
+
     try:
-        reachable = storage_from_string(storage_url).check()
+        options = REDIS_TIMEOUTS if storage_url.startswith("redis") else {}
+        reachable = storage_from_string(storage_url, **options).check()
     except Exception as exc:  # a scheme limits does not know, a client library missing
         report.add(ERROR, "rate limit", f"cannot use {_safe_url(storage_url)}: {describe_error(exc)}",
                    env_name("RATELIMIT_STORAGE_URL"))
         return
     if reachable:
-        report.add(OK, "rate limit", f"{rule} per source and per client address, counted in "
-                                     f"{_safe_url(storage_url)}")
+        report.add(OK, "rate limit", f"{rule} per source, and {rule} refused requests per client address, "
+                                     f"counted in {_safe_url(storage_url)}")
     else:
-        report.add(ERROR, "rate limit", f"{_safe_url(storage_url)} does not answer (requests would then be "
-                                        f"counted in each process's memory)", env_name("RATELIMIT_STORAGE_URL"))
+        report.add(ERROR, "rate limit", f"{_safe_url(storage_url)} does not answer: requests are let through and "
+                                        f"counted in each process's memory until it does (the service logs it "
+                                        f"and /ready shows it)", env_name("RATELIMIT_STORAGE_URL"))
 
 
 def _check_operations(settings: Settings, report: Report) -> None:
@@ -387,7 +391,21 @@ def run_checks(env_file: str | None = None) -> Report:
     _check_ratelimit(settings, report)
     _check_operations(settings, report)
     _check_targets(settings, report)
+    _mask(report, settings)
     return report
+
+
+def _mask(report: Report, settings: Settings) -> None:
+    """A plugin's or a driver's message may quote a credential: the same masking as the logs.
+    The target URLs are left whole: they are printed to be pasted into Dolibarr."""
+    from .logs import SecretScrubber
+
+    scrubber = SecretScrubber()
+    scrubber.add(settings.sensitive_values)
+    for finding in report.findings:
+        finding.message = scrubber.mask(finding.message)
+    for plugin in report.plugins:
+        plugin["reason"] = scrubber.mask(plugin["reason"] or "")
 
 
 def render(report: Report) -> list[str]:

@@ -34,6 +34,11 @@ LEGACY_VARIABLES = {"WEBHOOK_SECRET": "SECRET", "WEBHOOK_PORT": "PORT", "LOG_LEV
 
 DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"  # close to Standard Webhooks' schedule
 
+# Names of settings, query parameters and headers whose values are credentials, whatever
+# else they are called. A Slack incoming-webhook URL is one too.
+SENSITIVE_NAME = re.compile(r"token|secret|passw|pwd|key|sig|auth|credential|session|cookie|webhook_url",
+                            re.IGNORECASE)
+
 
 def parse_duration(value: Any) -> float:
     """Seconds from ``30``, ``"500ms"``, ``"5s"``, ``"5m"``, ``"2h"``, ``"30d"``."""
@@ -215,6 +220,28 @@ class Settings:
     def secrets(self) -> list[str]:
         """Every source's secrets, the default source's first."""
         return [secret for source in self.sources.values() for secret in source.secrets]
+
+    @property
+    def sensitive_values(self) -> list[str]:
+        """Every value never to print: the sources' secrets, the metrics token, and each plugin
+        setting named like a credential (the sync plugin's ``whsec_`` secret, an SMTP password,
+        a Slack webhook URL), at any depth. Log formatters and ``check`` mask them wherever they
+        appear: a pluggy trace prints each hook's ``config``, a plugin's error may quote it."""
+        found = [*self.secrets, self.values.get("METRICS_TOKEN") or ""]
+        _collect_sensitive(self.plugin_raw, found)
+        _collect_sensitive(self.plugin_tables, found)
+        return [value for value in found if value]
+
+
+def _collect_sensitive(value: Any, found: list[str], sensitive: bool = False) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            _collect_sensitive(item, found, sensitive or bool(SENSITIVE_NAME.search(str(key))))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _collect_sensitive(item, found, sensitive)
+    elif sensitive and isinstance(value, (str, int)) and not isinstance(value, bool):
+        found.append(str(value).strip())
 
 
 def _decode_env_value(text: str) -> Any:

@@ -1,5 +1,6 @@
-"""gunicorn glue: a logger that never writes a secret, the multi-process metrics folder,
-and the runner behind ``serve``. ``contrib/gunicorn.conf.py`` uses all of it."""
+"""gunicorn glue: a logger that never writes a secret, worker classes that answer in JSON
+and give each client a bounded time to send its request, the multi-process metrics
+folder, and the runner behind ``serve``. ``contrib/gunicorn.conf.py`` uses all of it."""
 
 from __future__ import annotations
 
@@ -10,16 +11,20 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from datetime import datetime, timezone
 
+from gunicorn import util
 from gunicorn.glogging import Logger
+from gunicorn.http.errors import NoMoreData
+from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
+from gunicorn.workers.sync import SyncWorker as _SyncWorker
 
+from .config import SENSITIVE_NAME
 from .logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
-# Request headers (``{name}i``) and environ keys (``{name}e``) whose values are credentials.
-_SENSITIVE_ATOM = re.compile(r"authorization|cookie|signature|token|secret|api[-_]?key|password", re.IGNORECASE)
 _TARGET_ATOMS = {"{raw_uri}e", "{request_uri}e", "{path_info}e", "{script_name}e", "{http_referer}e",
                  "{referer}i", "f", "U"}
 _QUERY_ATOMS = {"q", "{query_string}e"}
@@ -33,7 +38,7 @@ def _known_secrets() -> list[str]:
         settings = load_settings()
     except ConfigError:  # the workers stop on it, with the message
         return []
-    return settings.secrets + [settings["METRICS_TOKEN"]]
+    return settings.sensitive_values
 
 
 def _log_format() -> str:
@@ -76,7 +81,7 @@ class RedactingLogger(Logger):
                 atoms[key] = redact("?" + value)[1:] if value else value
             elif key in _TARGET_ATOMS:
                 atoms[key] = redact(value)
-            elif key.startswith("{") and _SENSITIVE_ATOM.search(key):
+            elif key.startswith("{") and SENSITIVE_NAME.search(key):  # a header or environ key named like a credential
                 atoms[key] = MASK
         return atoms
 
@@ -113,6 +118,140 @@ class RedactingLogger(Logger):
         except Exception:  # gunicorn's own access() logs a broken line the same way
             self.exception("cannot write the access log line")
         return None
+
+
+# -- worker classes ---------------------------------------------------------------------
+# A client gets HEAD_DEADLINE to send its request line and headers (Dolibarr sends them in
+# one packet), then BODY_DEADLINE for its body, and may pause at most READ_STALL between
+# two packets. Dolibarr sends a 10 MB invoice in well under a second on a LAN; behind nginx,
+# gunicorn receives every request at loopback speed. Both stay below gunicorn's worker
+# timeout (20 s), so a client that stalls or trickles (slowloris) holds a worker or a
+# thread for seconds, never long enough to have the worker killed.
+HEAD_DEADLINE = 5.0
+BODY_DEADLINE = 12.0
+READ_STALL = 5.0
+
+# What gunicorn answers itself (the request never reached the application), in words that
+# never repeat the request: its request line may hold the secret.
+_GUNICORN_MESSAGES = {
+    400: "the request is not valid HTTP/1.1",
+    403: "forbidden",
+    414: "the request line is too long",
+    417: "the Expect header cannot be met",
+    431: "the request headers are too many or too large",
+    500: "the service failed; the error is in its log",
+    501: "this transfer coding is not supported",
+}
+
+
+class RequestTimeout(NoMoreData):
+    """The client did not send its request in time. gunicorn treats it as a client that went
+    away (a line at debug level, the connection closed); the application as a body cut short."""
+
+    def __str__(self) -> str:
+        return (f"the request was not received in time ({HEAD_DEADLINE:g} s for its headers, "
+                f"{BODY_DEADLINE:g} s for its body, pauses under {READ_STALL:g} s)")
+
+
+class _ReadDeadline:
+    """The client socket, whose reads end at a deadline; everything else is the socket's."""
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+        self.restart()
+
+    def restart(self) -> None:
+        """A new request: its head is due."""
+        self._deadline = time.monotonic() + HEAD_DEADLINE
+
+    def head_received(self) -> None:
+        self._deadline = time.monotonic() + BODY_DEADLINE
+
+    def recv(self, size: int, *flags):
+        prior = self._sock.gettimeout()
+        if prior == 0.0:  # non-blocking: gunicorn polls, nothing waits
+            return self._sock.recv(size, *flags)
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestTimeout()
+        self._sock.settimeout(min(remaining, READ_STALL, prior or READ_STALL))
+        try:
+            return self._sock.recv(size, *flags)
+        except TimeoutError:
+            raise RequestTimeout() from None
+        finally:
+            self._sock.settimeout(prior)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class _Captured:
+    """Takes what gunicorn writes to a client instead of the client."""
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+        self.data = b""
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class _JsonErrors:
+    def handle_error(self, req, client, addr, exc) -> None:
+        """gunicorn logs the error and picks the status (400 for a request it cannot parse,
+        500 when a worker is aborted after its timeout); the client gets the service's JSON
+        instead of gunicorn's HTML page, which repeats the request line."""
+        captured = _Captured(client)
+        super().handle_error(req, captured, addr, exc)
+        status_line = captured.data.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+        status = int(status_line[1]) if len(status_line) == 3 and status_line[1].isdigit() else 500
+        reason = status_line[2] if len(status_line) == 3 else "Internal Server Error"
+        body = json.dumps({"error": reason.lower().replace(" ", "_"),
+                           "message": _GUNICORN_MESSAGES.get(status, reason.lower()), "status": status}) + "\n"
+        answer = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n{body}")
+        try:
+            util.write_nonblock(client, answer.encode("latin-1"))
+        except Exception:  # the client is gone: gunicorn's own write_error gives up the same way
+            self.log.debug("Failed to send error message.")
+
+
+class SyncWorker(_JsonErrors, _SyncWorker):
+    """gunicorn's sync worker, with JSON errors and a deadline on reading each request.
+    For contrib/gunicorn.conf.py, behind nginx: one slow client holds a whole worker."""
+
+    def handle(self, listener, client, addr) -> None:
+        super().handle(listener, client if self.cfg.is_ssl else _ReadDeadline(client), addr)
+
+    def handle_request(self, listener, req, client, addr):
+        if isinstance(client, _ReadDeadline):
+            client.head_received()
+        return super().handle_request(listener, req, client, addr)
+
+
+class ThreadWorker(_JsonErrors, _ThreadWorker):
+    """gunicorn's gthread worker, with JSON errors and a deadline on reading each request
+    (``serve``): a slow client holds one thread for at most READ_DEADLINE, and the other
+    threads keep answering."""
+
+    def handle(self, conn):
+        if not self.cfg.is_ssl:
+            if not isinstance(conn.sock, _ReadDeadline):
+                conn.sock = _ReadDeadline(conn.sock)
+            conn.sock.restart()  # each request of a kept-alive connection has its own time
+        return super().handle(conn)
+
+    def handle_request(self, req, conn):
+        if isinstance(conn.sock, _ReadDeadline):
+            conn.sock.head_received()
+        return super().handle_request(req, conn)
 
 
 # -- Prometheus multi-process folder ----------------------------------------------------
@@ -187,6 +326,12 @@ def worker_timeout(request_deadline: float) -> int:
     return max(20, math.ceil(request_deadline) + 10)
 
 
+# ``serve`` may face Dolibarr (and anyone else) without a proxy in front: threads, so that
+# clients sending their request slowly each hold one thread for seconds, while the others
+# keep answering (bench/slowloris.py: 20 such clients, every legitimate POST answered).
+SERVE_THREADS = 16
+
+
 def run(bind: str, workers: int = 2, request_deadline: float = 10.0) -> None:
     """``dolibarr-webhooks serve``: gunicorn with the embedded defaults, for a first try."""
     from gunicorn.app.base import BaseApplication
@@ -198,6 +343,8 @@ def run(bind: str, workers: int = 2, request_deadline: float = 10.0) -> None:
         def load_config(self):
             self.cfg.set("bind", bind)
             self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "dolibarr_webhooks.gunicorn.ThreadWorker")
+            self.cfg.set("threads", SERVE_THREADS)
             self.cfg.set("timeout", worker_timeout(request_deadline))
             self.cfg.set("graceful_timeout", 25)
             self.cfg.set("logger_class", RedactingLogger)

@@ -9,6 +9,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from .errors import json_error
+from .ratelimit import storage_state
 from .store import SCHEMA_VERSION
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ def readiness() -> tuple[bool, dict]:
             "plugins": {name: info.status for name, info in svc.plugins.info.items()}}
     if problems:
         body["problems"] = problems
+    # The limiter's store does not decide readiness (events are let through without it),
+    # but an operator must see that the counters are no longer shared.
+    limiter = storage_state()
+    if limiter is not None:
+        body["ratelimit"] = limiter
     return ok, body
 
 

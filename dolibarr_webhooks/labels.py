@@ -37,13 +37,24 @@ PERSONS = ("contact", "member", "adherent")
 ANY_NAME_KEYS = ("label", "name", "title", "subject", "login")
 
 
+def encodable(text: str) -> str:
+    """``text``, or its lone surrogates as ``\\udXXX`` escapes: a body may carry ``"\\ud800"``
+    (PHP never writes one, a forger may), which no database column, log line or plugin
+    message can hold as text. The object keeps them: its JSON writes them back as escapes."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 def text(value: Any) -> str | None:
-    """A scalar as text (``120.0`` as ``120``); None for null, empty and containers."""
+    """A scalar as text (``120.0`` as ``120``), always encodable; None for null, empty and containers."""
     if value is None or value == "" or isinstance(value, (dict, list, bool)):
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    return str(value).strip() or None
+    return encodable(str(value)).strip() or None
 
 
 def business_ref(code: str, obj: dict[str, Any]) -> str | None:

@@ -23,15 +23,15 @@ from urllib.parse import quote, unquote, unquote_plus
 
 from flask import Flask, g, request
 
+from .config import SENSITIVE_NAME as _SENSITIVE_NAME
+
 request_id: ContextVar[str] = ContextVar("dolibarr_webhooks_request_id", default="-")
 
 MASK = "***"
-# Query parameters and headers whose values are credentials, whatever else they are called.
-_SENSITIVE_NAME = re.compile(r"token|secret|passw|pwd|key|sig|auth|credential|session|cookie", re.IGNORECASE)
 # /webhook/<secret>, /webhook/<secret>/events, /webhook/<secret>/test; not /webhook/events or /webhook/test.
 _WEBHOOK_SEGMENT = re.compile(r"(/webhook/)(?!(?:events|test)(?:[/?#\s\"']|$))[^/?#\s\"']+", re.IGNORECASE)
 _USERINFO = re.compile(r"(//)[^/@\s\"']+@")
-_QUERY_PARAM = re.compile(r"([?&;][^=&;\s\"'#?]*(?:token|secret|passw|pwd|key|sig|auth)[^=&;\s\"'#?]*=)[^&;\s\"'#]*",
+_QUERY_PARAM = re.compile(r"([?&;][^=&;\s\"'#?]*(?:" + _SENSITIVE_NAME.pattern + r")[^=&;\s\"'#?]*=)[^&;\s\"'#]*",
                           re.IGNORECASE)
 _AUTH_HEADER = re.compile(r"((?:authorization|x-dolibarr-signature|webhook-signature)[\"']?\s*[:=]\s*[\"']?"
                           r"(?:(?:basic|bearer|token|digest)\s+)?)[^\s\"',}]+", re.IGNORECASE)
@@ -61,12 +61,18 @@ def redact(target: str) -> str:
     return path + sep + (_redact_query(query) if sep else "")
 
 
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """Free text (a formatted log line, an exception) with secrets removed: webhook paths,
-    credential query parameters, URL user-info, Authorization values and known secrets."""
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each of the known ``secrets`` replaced by ``***``."""
     for secret in secrets:
         if secret and secret in text:
             text = text.replace(secret, MASK)
+    return text
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """Free text (a formatted log line, an exception) with secrets removed: webhook paths,
+    credential query parameters, URL user-info, Authorization values and known secrets."""
+    text = mask(text, secrets)
     text = _WEBHOOK_SEGMENT.sub(r"\1" + MASK, text)
     text = _QUERY_PARAM.sub(r"\1" + MASK, text)
     text = _USERINFO.sub(r"\1" + MASK + "@", text)
@@ -87,6 +93,10 @@ class SecretScrubber:
 
     def __call__(self, text: str) -> str:
         return scrub(text, self.secrets)
+
+    def mask(self, text: str) -> str:
+        """Only the known secrets: for text that is not a log line (``check``'s findings)."""
+        return mask(text, self.secrets)
 
 
 class RequestIdFilter(logging.Filter):
@@ -175,8 +185,9 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def init_app(app: Flask, secrets: Iterable[str] = ()) -> None:
-    """``secrets``: every source's secrets (TOML sources included), masked in every line."""
-    configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"], [*secrets, app.config.get("METRICS_TOKEN") or ""])
+    """``secrets``: ``Settings.sensitive_values`` (every source's secrets, TOML sources included,
+    the metrics token and the plugins' credentials), masked in every line."""
+    configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"], secrets)
 
     @app.before_request
     def _begin() -> None:

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 from . import fastjson
 from .credentials import Scrubber
-from .labels import business_ref, object_label, text
+from .labels import business_ref, encodable, object_label, text
 
 # Keys the widely copied Node guide uses instead of Dolibarr's.
 CODE_KEYS = ("triggercode", "event", "action")
@@ -53,7 +53,7 @@ def parse_body(raw: bytes, scrub_keys: Iterable[str] = ()) -> tuple[str, dict[st
         obj = {}  # PHP's json_encode writes an empty map as []
     elif not isinstance(obj, dict):
         obj = {"value": obj}
-    return code.strip(), obj
+    return encodable(code.strip()), obj
 
 
 def scrub(value: Any, keys: Iterable[str] = ()) -> Any:

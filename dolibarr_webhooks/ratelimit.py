@@ -1,4 +1,10 @@
-"""Rate limits with Flask-Limiter, per source and per client address.
+"""Rate limits with Flask-Limiter: per source, and per client address for refused requests.
+
+Two buckets, each of the configured rule: the requests of each source (an authenticated
+request counts against its source), and the authentication failures (401, 403) of each
+client address. A request with valid credentials is never refused because of earlier
+failures from its address: Dolibarr's own address may be the one a scanner or a mistyped
+target keeps failing from, and a 429 there would roll Dolibarr's user actions back.
 
 In-memory by default (each process counts on its own); with
 ``DOLIBARR_WEBHOOKS_RATELIMIT_STORAGE_URL=redis://...`` every gunicorn worker and every
@@ -7,21 +13,30 @@ the failure (and, for most targets, rolls back the user's action), so set the li
 above the busiest real hour and use it against floods, not as traffic shaping.
 
 The limiter never turns an outage of its own store into refused events: when Redis does
-not answer, requests are let through (``swallow_errors``) and counted in memory.
+not answer, requests are let through (``swallow_errors``) and counted in each process's
+memory. That is logged once per process (on ``dolibarr_webhooks.ratelimit``) and shown by
+``/ready`` and ``check``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 
-from flask import Flask, request
+from flask import Flask, current_app, request
 from flask_limiter import Limiter
 
 from .auth import SIGNATURE_HEADER, AuthError
-from .receiver import request_client, request_source
+from .receiver import Refused, request_body, request_client, request_source
 from .store import redacted_url
 
 SCOPE = "webhook"
+FAILURES_SCOPE = "webhook-failures"
+EXTENSION = "dolibarr_webhooks_limiter"
+# A Redis that does not answer must cost a request milliseconds, not a worker timeout.
+REDIS_TIMEOUTS = {"socket_connect_timeout": 0.5, "socket_timeout": 0.5}
+
+logger = logging.getLogger(__name__)
 
 
 def client_key() -> str:
@@ -32,10 +47,38 @@ def source_key() -> str:
     # A signature covers the body, so only then is the body read (and kept for the view).
     signed = SIGNATURE_HEADER in request.headers or "webhook-signature" in request.headers
     try:
-        body = request.get_data(cache=True) if signed else b""
+        body = request_body() if signed else b""
         return "source:" + request_source((request.view_args or {}).get("token"), body).name
-    except AuthError:
-        return "source:-"  # unauthenticated requests share one bucket; they get 401 anyway
+    except (AuthError, Refused):
+        return "source:-"  # unauthenticated requests share one bucket; they get 401 (or 400, 413) anyway
+
+
+def authenticated() -> bool:
+    """The request carries valid credentials: the failures bucket does not apply to it."""
+    return source_key() != "source:-"
+
+
+def refused(response) -> bool:
+    return response.status_code in (401, 403)
+
+
+def storage_state(app: Flask | None = None) -> dict | None:
+    """Where the counters are kept and whether that store answers now; None without a limit."""
+    app = app or current_app
+    limiter = app.extensions.get(EXTENSION)
+    if limiter is None:
+        return None
+    url = app.config["RATELIMIT_STORAGE_URL"]
+    state = {"storage": redacted_url(url) or url.split(":", 1)[0], "shared": not url.startswith("memory://")}
+    if state["shared"]:
+        try:
+            state["reachable"] = bool(limiter.storage.check())
+        except Exception:  # the storage's client raises its own types; unreachable all the same
+            state["reachable"] = False
+        if not state["reachable"]:
+            state["problem"] = (f"{state['storage']} does not answer: each process counts in its own memory "
+                                "until it does")
+    return state
 
 
 def key_prefix(database_url: str) -> str:
@@ -51,7 +94,7 @@ def init_app(app: Flask) -> None:
     rule = app.config["RATELIMIT"]
     if not rule:
         return
-    message = f"rate limit exceeded: at most {rule} per source and per client address"
+    message = f"rate limit exceeded: at most {rule} per source, and {rule} refused requests per client address"
 
     # Registered before the limiter's own after_request, so it runs after it (Flask runs
     # them in reverse): Flask-Limiter puts Retry-After on every answer; only a 429 means it.
@@ -70,10 +113,16 @@ def init_app(app: Flask) -> None:
         key_prefix=key_prefix(app.config["DATABASE_URL"]),
         swallow_errors=True,
         in_memory_fallback_enabled=True,
+        storage_options=REDIS_TIMEOUTS if app.config["RATELIMIT_STORAGE_URL"].startswith("redis") else {},
     )
+    # Flask-Limiter says once per process when it falls back to memory and when its store
+    # recovers; on its own logger nobody would read it.
+    limiter.logger = logger
     from .receiver import bp
 
     # Shared limits: /webhook, /webhook/test and /webhook/events draw from the same buckets.
-    limiter.shared_limit(rule, scope=SCOPE, key_func=client_key, error_message=message)(bp)
+    # Failures are only tested before the request and counted after it, once refused.
+    limiter.shared_limit(rule, scope=FAILURES_SCOPE, key_func=client_key, error_message=message,
+                         exempt_when=authenticated, deduct_when=refused)(bp)
     limiter.shared_limit(rule, scope=SCOPE, key_func=source_key, error_message=message)(bp)
-    app.extensions["dolibarr_webhooks_limiter"] = limiter
+    app.extensions[EXTENSION] = limiter

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .auth import AuthError, Credentials, authenticate
 from .config import Source
@@ -49,6 +50,33 @@ class Refused(Exception):
         self.status, self.error, self.message = status, error, message
 
 
+def request_body() -> bytes:
+    """The raw body, read once per request (the rate limiter's key may need it before the
+    view), never form-parsed whatever the Content-Type; ``Refused`` (400, 413) when it
+    cannot be read whole. Reading it is also where a malformed chunked encoding, a client
+    that stalls or one that hangs up shows, as the server's own exception."""
+    if "body" not in g:
+        g.body = g.body_error = None
+        try:
+            raw = request.get_data(cache=False)
+            # Without Content-Length (chunked), werkzeug stops at MAX_CONTENT_LENGTH without
+            # saying whether more was coming: one byte more means the body is too large.
+            if request.content_length is None and len(raw) >= current_app.config["MAX_CONTENT_LENGTH"]:
+                if request.environ["wsgi.input"].read(1):
+                    raise RequestEntityTooLarge()
+            g.body = raw
+        except RequestEntityTooLarge:
+            g.body_error = Refused(413, "request_entity_too_large",
+                                   "request body is larger than the configured limit (DOLIBARR_WEBHOOKS_MAX_BODY_SIZE)")
+        except Exception as exc:  # the server's reader: its exception types are its own
+            logger.info("could not read the request body: %s: %s", type(exc).__name__, exc)
+            g.body_error = Refused(400, "bad_request", "the request body could not be read whole "
+                                                       "(malformed chunked encoding, cut short or too slow)")
+    if g.body_error is not None:
+        raise g.body_error
+    return g.body
+
+
 def _authenticated_source(token: str | None, body: bytes) -> Source:
     """The source of this request, or ``Refused`` (401 or 403)."""
     svc = service()
@@ -85,8 +113,8 @@ def _refusal(exc: Refused):
 @bp.post("/webhook/<token>")
 def receive(token: str | None = None):
     """Dolibarr's target URL."""
-    raw = request.get_data(cache=False)  # raw bytes: never form-parsed, whatever the Content-Type
     try:
+        raw = request_body()
         source = _authenticated_source(token, raw)
     except Refused as exc:
         return _refusal(exc)
@@ -187,8 +215,8 @@ def registered_events(token: str | None = None):
 @bp.post("/webhook/<token>/test")
 def test_event(token: str | None = None):
     """An event through the whole pipeline, marked as a test (the sample test body when none is sent)."""
-    raw = request.get_data(cache=False)
     try:
+        raw = request_body()
         source = _authenticated_source(token, raw)
     except Refused as exc:
         return _refusal(exc)

@@ -266,3 +266,19 @@ def test_a_plugin_warning_is_counted_once(migrated):
     assert next(p for p in report["plugins"] if p["name"] == "slack")["warnings"]
     result = run(migrated, "check", **env)
     assert result.stdout.count("plain http") == 1 and "plain http" not in result.stderr
+
+
+def test_plugin_credentials_are_masked_in_what_check_prints(migrated):
+    # An API key pasted into the wrong variable: the plugin's error quotes the value it refuses.
+    api_key = "Kc93hQ2mZ7xLw4Rv"
+    code, report = check(migrated, DOLIBARR_WEBHOOKS_SECRET=SECRET, DOLIBARR_WEBHOOKS_PUBLIC_URL=PUBLIC,
+                         DOLIBARR_WEBHOOKS_SYNC_URL="https://erp-sync.example/hook",
+                         DOLIBARR_WEBHOOKS_SYNC_SECRET="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                         DOLIBARR_WEBHOOKS_SYNC_DOLIBARR_API_URL="https://erp.example/api/index.php",
+                         DOLIBARR_WEBHOOKS_SYNC_DOLIBARR_API_KEY=api_key,
+                         DOLIBARR_WEBHOOKS_SYNC_TIMEOUT=api_key)
+    assert code == 1
+    refused = [f["message"] for f in findings(report, ERROR, "plugins")]
+    assert refused and "must be a number" in refused[0], report
+    assert api_key not in json.dumps(report) and "***" in refused[0]
+    assert "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" not in json.dumps(report)

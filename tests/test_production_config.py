@@ -14,7 +14,7 @@ import pytest
 from gunicorn.config import Config
 
 from dolibarr_webhooks.config import SETTINGS, load_settings
-from dolibarr_webhooks.gunicorn import RedactingLogger, wipe_multiproc_dir
+from dolibarr_webhooks.gunicorn import BODY_DEADLINE, HEAD_DEADLINE, RedactingLogger, wipe_multiproc_dir
 from dolibarr_webhooks.logs import redact, scrub
 from dolibarr_webhooks.ratelimit import key_prefix
 from production_helpers import CONTRIB, ENV_EXAMPLE, GUNICORN_CONF, ROOT
@@ -122,7 +122,9 @@ def _gunicorn_settings(tmp_path: Path, **env: str) -> dict[str, str]:
 
 def test_gunicorn_conf_defaults_fit_dolibarr(tmp_path):
     conf = _gunicorn_settings(tmp_path)
-    assert conf["worker_class"] == "sync"
+    assert conf["worker_class"] == "dolibarr_webhooks.gunicorn.SyncWorker", "gunicorn's sync worker, JSON errors"
+    # A client that stalls is dropped before the worker timeout could kill its worker.
+    assert HEAD_DEADLINE + BODY_DEADLINE < int(conf["timeout"])
     assert conf["bind"] == "['127.0.0.1:8080']", "loopback only, behind nginx"
     assert 2 <= int(conf["workers"]) <= 8
     assert int(conf["timeout"]) < 30 and int(conf["graceful_timeout"]) < 30, "Dolibarr gives up after 30 s"

@@ -84,8 +84,15 @@ def test_rate_limit_per_source_and_per_client_shared_by_two_workers(tmp_path, re
             assert post(default_url, body("BILL_PAYED", 100), headers=client_b).status_code == 429
             # Another client and another source: both budgets are fresh.
             assert post(other_url, body("BILL_PAYED", 101), headers=client_b).status_code == 200
-            # The first client on the other source: the client's budget is spent.
-            assert post(other_url, body("BILL_PAYED", 102), headers=client_a).status_code == 429
+            # The first client on the other source: valid credentials only count against their
+            # source, never against the client's address.
+            assert post(other_url, body("BILL_PAYED", 102), headers=client_a).status_code == 200
+            # Refused requests from one address are counted on their own, in both workers.
+            wrong = f"{service.url}/webhook/wrong-secret-0123456789"
+            failures = [post(wrong, body("BILL_PAYED", 200 + n), headers={"X-Forwarded-For": "10.0.0.3"}).status_code
+                        for n in range(7)]
+            assert failures == [401] * 5 + [429] * 2, failures
+            assert post(other_url, body("BILL_PAYED", 103), headers={"X-Forwarded-For": "10.0.0.3"}).status_code == 200
             assert requests.get(f"{service.url}/health", timeout=5).status_code == 200
 
             keys = list(redis_client.scan_iter(f"*{prefix}*"))

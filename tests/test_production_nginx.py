@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import base64
 import time
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+import requests
 
 from dolibarr_webhooks.samples import sample_body, sample_codes
-from dolibarr_webhooks.testing import running_service
+from dolibarr_webhooks.testing import local_http_server, running_service
 from production_helpers import (Nginx, big_invoice, cli_json, dolibarr_post, dolibarr_send, production_env,
                                 require_tool, running_nginx, service_logs)
 
@@ -141,22 +143,31 @@ def test_plain_http_is_redirected_to_https(stack):
     assert response.headers["Location"] == f"https://127.0.0.1/webhook/{service.secret}"
 
 
+def every_credential_form(session, base: str, secret: str) -> tuple[list, list[str]]:
+    """One Dolibarr post for each way the secret can travel (path, ?token=, Basic with the
+    secret as password or as user, Bearer); returns the answers and what no log may hold."""
+    basic_password = base64.b64encode(f"dolibarr:{secret}".encode()).decode()
+    basic_user = base64.b64encode(f"{secret}:x".encode()).decode()
+    answers = [
+        dolibarr_post(session, f"{base}/webhook/{secret}", sample_body("PRODUCT_CREATE")),
+        dolibarr_post(session, f"{base}/webhook?token={secret}", sample_body("PROJECT_CREATE")),
+        dolibarr_post(session, f"{base}/webhook", sample_body("ORDER_VALIDATE"),
+                      headers={"Authorization": f"Basic {basic_password}"}),
+        dolibarr_post(session, f"{base}/webhook", sample_body("PROPAL_CLOSE_SIGNED"),
+                      headers={"Authorization": f"Basic {basic_user}"}),
+        dolibarr_post(session, f"{base}/webhook", sample_body("BILL_PAYED"),
+                      headers={"Authorization": f"Bearer {secret}"}),
+    ]
+    return answers, [secret, basic_password, basic_user]
+
+
 def test_no_secret_in_any_log(stack):
     service, nginx = stack
     secret = service.secret
     session = nginx.session()
-    basic_password = base64.b64encode(f"dolibarr:{secret}".encode()).decode()
-    basic_user = base64.b64encode(f"{secret}:x".encode()).decode()
-    sent = [
-        dolibarr_post(session, f"{nginx.https}/webhook/{secret}", sample_body("PRODUCT_CREATE")),
-        dolibarr_post(session, f"{nginx.https}/webhook?token={secret}", sample_body("PROJECT_CREATE")),
+    sent, needles = every_credential_form(session, nginx.https, secret)
+    sent += [
         dolibarr_post(session, f"{nginx.https}/webhook?a=1&token={secret}&b=2", sample_body("CONTACT_CREATE")),
-        dolibarr_post(session, f"{nginx.https}/webhook", sample_body("ORDER_VALIDATE"),
-                      headers={"Authorization": f"Basic {basic_password}"}),
-        dolibarr_post(session, f"{nginx.https}/webhook", sample_body("PROPAL_CLOSE_SIGNED"),
-                      headers={"Authorization": f"Basic {basic_user}"}),
-        dolibarr_post(session, f"{nginx.https}/webhook", sample_body("BILL_PAYED"),
-                      headers={"Authorization": f"Bearer {secret}"}),
         dolibarr_post(session, f"{nginx.https}/webhook/{secret}/test", b""),
         session.get(f"{nginx.https}/webhook/{secret}/events", timeout=10),
     ]
@@ -173,7 +184,7 @@ def test_no_secret_in_any_log(stack):
     logs = {f"nginx {name}": text for name, text in nginx.logs().items()}
     logs["gunicorn and the application"] = app_log = service_logs(service)
     for name, text in logs.items():
-        for needle in (secret, basic_password, basic_user):
+        for needle in needles:
             assert needle not in text, f"{needle[:6]}... found in the {name} log:\n" + "\n".join(
                 line for line in text.splitlines() if needle in line)
     access = logs["nginx dolibarr-webhooks.access.log"]
@@ -186,6 +197,51 @@ def test_no_secret_in_any_log(stack):
     assert f"rid={rid}" in access
     assert f"[{rid}] dolibarr_webhooks.access: POST /webhook/*** 200 " in app_log
     assert f"rid={rid}" in app_log, "gunicorn's access line carries it too"
+
+
+SYNC_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+class SyncReceiver(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 (http.server's naming)
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format, *args):  # keep test output clean
+        pass
+
+
+def test_no_secret_in_any_log_with_hooks_traced_at_debug(tmp_path):
+    """Every way a secret can reach the service, with every log at its most talkative: hook
+    traces print each call's config (the sync plugin's whsec_ secret), gunicorn at debug
+    prints request lines."""
+    require_tool("nginx", "nginx-light")
+    with local_http_server(SyncReceiver) as receiver:
+        env = production_env(DOLIBARR_WEBHOOKS_TRACE_HOOKS="1", DOLIBARR_WEBHOOKS_LOG_LEVEL="debug",
+                             DOLIBARR_WEBHOOKS_TRUSTED_PROXIES="1", DOLIBARR_WEBHOOKS_PLUGINS="sync,log",
+                             DOLIBARR_WEBHOOKS_SYNC_URL=f"http://127.0.0.1:{receiver.server_port}/hook",
+                             DOLIBARR_WEBHOOKS_SYNC_SECRET=SYNC_SECRET)
+        with running_service(env=env, workers=2) as service, running_nginx(tmp_path / "nginx", service.port) as nginx:
+            secret, session = service.secret, nginx.session()
+            accepted, needles = every_credential_form(session, nginx.https, secret)
+            assert [r.status_code for r in accepted] == [200] * 5, [r.text for r in accepted]
+            # Names the service does not read: refused, and never logged either.
+            for name in ("pwd", "x", "t", "secret", "password"):
+                refused = dolibarr_post(session, f"{nginx.https}/webhook?{name}={secret}", sample_body("BILL_PAYED"))
+                assert refused.status_code == 401
+            # Direct to gunicorn too, without nginx's masking in front.
+            direct = requests.post(f"{service.url}/webhook?x={secret}", data=sample_body("BILL_PAYED"), timeout=10)
+            assert direct.status_code == 401
+            service.wait_delivered(5, plugin="sync")
+            time.sleep(0.5)  # let the processes flush their last lines
+            logs = {f"nginx {name}": text for name, text in nginx.logs().items()}
+            logs["gunicorn, the application and the worker"] = app_log = service_logs(service)
+    assert "handle_event [hook]" in app_log and "config: {" in app_log and "[DEBUG]" in app_log, "traced"
+    for name, text in logs.items():
+        for needle in (*needles, SYNC_SECRET, SYNC_SECRET[len("whsec_"):]):
+            assert needle not in text, f"{needle[:8]}... found in the {name} log:\n" + "\n".join(
+                line for line in text.splitlines() if needle in line)
 
 
 def test_request_ids_from_a_client_are_replaced_by_nginx(stack):

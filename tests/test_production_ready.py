@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -77,7 +78,8 @@ def test_a_store_that_is_not_migrated(app_for):
 
 
 def test_every_answer_is_counted_with_a_reason(app_for):
-    app = app_for(MAX_BODY_SIZE="64KiB", RATELIMIT="4/minute")
+    # Three answers spend the source's budget; the 401 is counted in the failures' bucket.
+    app = app_for(MAX_BODY_SIZE="64KiB", RATELIMIT="3/minute")
     client = app.test_client()
     url = f"/webhook/{WEBHOOKS_TEST_SECRET}"
     assert client.post(url, data=sample_body("BILL_PAYED")).status_code == 200
@@ -150,3 +152,58 @@ def test_log_lines_carry_the_request_id_and_no_secret(app_for, capfd):
     access = [line for line in lines if line["logger"] == "dolibarr_webhooks.access"]
     assert access and access[0]["request_id"] == "rid-1" and access[0]["path"] == "/webhook/***?token=***"
     assert any(line["message"] == "a careless message with ***" for line in lines)
+
+
+# -- the rate limiter ---------------------------------------------------------------------------
+REDIS_URL = "redis://127.0.0.1:6379"
+
+
+@pytest.fixture
+def redis_url():
+    redis = pytest.importorskip("redis")
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"Redis is required in CI at {REDIS_URL}: {exc}")
+        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_failures_from_dolibarrs_address_never_refuse_its_real_events(app_for, request, tmp_path, storage):
+    # Each run its own database, so its own counters in Redis (the prefix comes from the store's URL).
+    config = {"RATELIMIT": "5/minute", "DATABASE_URL": f"sqlite:///{tmp_path}/{storage}.sqlite3"}
+    if storage == "redis":
+        config["RATELIMIT_STORAGE_URL"] = request.getfixturevalue("redis_url")
+    client = app_for(**config).test_client()
+    wrong = [client.post("/webhook/wrong-secret-0123456789", data=sample_body("BILL_PAYED")).status_code
+             for _ in range(12)]
+    assert wrong == [401] * 5 + [429] * 7, wrong
+    url = f"/webhook/{WEBHOOKS_TEST_SECRET}"
+    real = [client.post(url, data=sample_body(code)).status_code
+            for code in ("BILL_VALIDATE", "BILL_PAYED", "COMPANY_CREATE", "ORDER_VALIDATE", "PROPAL_CLOSE_SIGNED")]
+    assert real == [200] * 5, "valid credentials are never refused for the address's failures"
+    assert client.post(url, data=sample_body("PRODUCT_CREATE")).status_code == 429, "the source's own budget"
+
+
+def test_an_unreachable_limiter_store_is_logged_once_and_shown_in_ready(app_for, capsys):
+    client = app_for(RATELIMIT="600/minute", RATELIMIT_STORAGE_URL="redis://127.0.0.1:1").test_client()
+    url = f"/webhook/{WEBHOOKS_TEST_SECRET}"
+    answers = [client.post(url, data=sample_body(code)).status_code
+               for code in ("BILL_VALIDATE", "BILL_PAYED", "COMPANY_CREATE")]
+    assert answers == [200] * 3, "events are let through"
+    logged = capsys.readouterr().err
+    assert logged.count("falling back to in-memory storage") == 1, logged
+    ready = client.get("/ready")
+    assert ready.status_code == 200, "the limiter's store does not decide readiness"
+    assert ready.json["ratelimit"]["reachable"] is False
+    assert "127.0.0.1:1 does not answer" in ready.json["ratelimit"]["problem"]
+
+
+def test_ready_shows_a_reachable_limiter_store(app_for, redis_url):
+    ready = app_for(RATELIMIT="600/minute", RATELIMIT_STORAGE_URL=redis_url).test_client().get("/ready")
+    assert ready.status_code == 200
+    assert ready.json["ratelimit"] == {"storage": redis_url, "shared": True, "reachable": True}
+    ready = app_for(RATELIMIT="600/minute").test_client().get("/ready")
+    assert ready.json["ratelimit"] == {"storage": "memory://", "shared": False}
