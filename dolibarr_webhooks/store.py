@@ -529,6 +529,12 @@ def make_engine(url: str, synchronous: str = "FULL") -> Engine:
         def _on_error(context):
             if str(context.original_exception).startswith(_SQLITE_STALE):
                 context.is_disconnect = True
+                # The connections of one process share the file's shared-memory index, and
+                # one opened read-only keeps it read-only for every new connection as long as
+                # any connection of the process stays open: the store closes them all before
+                # its next operation (Store._reopen_if_stale), not as each is next checked out
+                # (a quiet pool kept some for ever).
+                context.engine.dolibarr_webhooks_stale = True
 
         return engine
     # A server that does not answer fails the request in seconds (503), never holds a worker.
@@ -712,6 +718,7 @@ class Store:
         deadline is rolled back rather than committed late."""
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlinePassed("before the store was reached (the request waited in a queue)")
+        self._reopen_if_stale()
         with self._writers.turn(deadline) if self._writers else contextlib.nullcontext():
             with self.engine.connect() as conn:
                 if deadline is not None:
@@ -721,8 +728,16 @@ class Store:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise DeadlinePassed("the deadline passed before the commit")
 
+    def _reopen_if_stale(self) -> None:
+        """After a write met a file opened read-only (see make_engine), close every connection
+        of this process, idle or not yet returned, so that the next one opens the file anew."""
+        if getattr(self.engine, "dolibarr_webhooks_stale", False):
+            self.engine.dolibarr_webhooks_stale = False
+            self.engine.dispose()
+
     # -- schema -----------------------------------------------------------------
     def _readonly(self):
+        self._reopen_if_stale()
         return self.engine.connect().execution_options(readonly=True)
 
     def schema_version(self) -> int:
