@@ -116,20 +116,22 @@ def _postgres():
     return _connections[key]
 
 
-@app.post("/sqlite-insert/<path:_path>")
-def sqlite_insert(_path: str):
+def _insert(connection, statement: str):
+    """The least durable receiver: ``json.loads``, INSERT the raw body in autocommit, answer."""
     body = request.get_data(cache=False)
     json.loads(body)
-    _sqlite().execute("INSERT INTO bodies (body) VALUES (?)", (body,))
+    connection.execute(statement, (body,))
     return jsonify({"status": "accepted"}), 200
+
+
+@app.post("/sqlite-insert/<path:_path>")
+def sqlite_insert(_path: str):
+    return _insert(_sqlite(), "INSERT INTO bodies (body) VALUES (?)")
 
 
 @app.post("/postgres-insert/<path:_path>")
 def postgres_insert(_path: str):
-    body = request.get_data(cache=False)
-    json.loads(body)
-    _postgres().execute("INSERT INTO bodies (body) VALUES (%s)", (body,))
-    return jsonify({"status": "accepted"}), 200
+    return _insert(_postgres(), "INSERT INTO bodies (body) VALUES (%s)")
 
 
 @app.post("/append/<path:_path>")
