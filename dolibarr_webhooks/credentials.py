@@ -111,21 +111,21 @@ class Scrubber:
             del mapping["db"]
 
     def scrub(self, value: Any) -> Any:
-        """A copy of ``value`` with every mapping cleaned, at every depth, without recursion."""
-        copy = _copy(value)
-        stack = [copy]
+        """A copy of ``value`` with every mapping cleaned, at every depth, in one walk without
+        recursion (containers are copied as they are reached; scalars are shared)."""
+        root = [value]
+        stack: list[tuple[Any, Any]] = [(root, 0)]
         while stack:
-            item = stack.pop()
+            parent, slot = stack.pop()
+            item = parent[slot]
             if isinstance(item, dict):
+                item = parent[slot] = dict(item)
                 self.clean(item)
-                stack.extend(v for v in item.values() if isinstance(v, (dict, list)))
+                stack.extend((item, key) for key, child in item.items() if isinstance(child, (dict, list)))
             elif isinstance(item, list):
-                stack.extend(v for v in item if isinstance(v, (dict, list)))
-        return copy
-
-    def holds_credentials(self, value: Any) -> bool:
-        """Whether scrubbing ``value`` would change it."""
-        return self.scrub(value) != value
+                item = parent[slot] = list(item)
+                stack.extend((item, index) for index, child in enumerate(item) if isinstance(child, (dict, list)))
+        return root[0]
 
     def scrub_raw(self, raw: bytes) -> bytes:
         """Mask ``"key": value`` pairs in a body that does not parse as JSON (kept in quarantine)."""
@@ -147,25 +147,3 @@ def expected_rules(sources: dict[str, Any]) -> tuple[dict[str, str], str]:
 
 _MARKER_JSON = b'"' + MARKER.encode() + b'"'
 _RAW_PAIR = re.compile(rb'(("((?:[^"\\]|\\.){1,200})")\s*:\s*)("(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*|true|false|null)')
-
-
-def _copy(value: Any) -> Any:
-    """Copy the containers of a decoded JSON value without recursion (scalars are shared)."""
-    root: list[Any] = [None]
-    stack: list[tuple[Any, Any, Any]] = [(root, 0, value)]
-    while stack:
-        parent, slot, item = stack.pop()
-        if isinstance(item, dict):
-            new: Any = dict(item)
-            for k, v in item.items():
-                if isinstance(v, (dict, list)):
-                    stack.append((new, k, v))
-        elif isinstance(item, list):
-            new = list(item)
-            for i, v in enumerate(item):
-                if isinstance(v, (dict, list)):
-                    stack.append((new, i, v))
-        else:
-            new = item
-        parent[slot] = new
-    return root[0]

@@ -8,6 +8,7 @@ from typing import Any
 
 from .catalogue import label, noun_and_verb
 from .event import Event
+from . import labels
 from .labels import object_label
 
 AMOUNT_ELEMENTS = {"facture", "propal", "commande", "invoice_supplier", "order_supplier", "supplier_proposal"}
@@ -39,9 +40,8 @@ def currency(obj: dict[str, Any]) -> str | None:
 
 
 def person_name(obj: dict[str, Any]) -> str | None:
-    parts = [obj.get("firstname"), obj.get("lastname")]
-    name = " ".join(str(p) for p in parts if p)
-    return name or obj.get("name") or None
+    """A contact's or member's full name (labels.person_name), else the object's name."""
+    return labels.person_name(obj) or obj.get("name") or None
 
 
 def object_name(event: Event, language: str = "en") -> str | None:
