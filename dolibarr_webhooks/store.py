@@ -134,7 +134,7 @@ _FIND_DUPLICATE = select(events.c.id).where(
 # its deliveries and the workers' wake-up, in one round trip instead of four (BEGIN, lock,
 # statement, COMMIT). Against the CTE statement it replaced: 0.40 -> 0.26 ms of the web
 # process's CPU per ingest, 0.96 -> 0.68 ms from call to commit. Its definition is the latest
-# migration that creates dolibarr_webhooks_ingest (schema version 2, then 4, then 5).
+# migration that creates dolibarr_webhooks_ingest (schema version 2, then 5).
 _INGEST_POSTGRES = text(
     "SELECT dolibarr_webhooks_ingest(:id, :source, :trigger_code, :sent_code, :element, :object_id, :ref, :entity, "
     ":label, :scrub_rule, :received_at, :body_sha256, :test, :payload, :remote_addr, "
@@ -207,68 +207,11 @@ def _text_columns(conn: Connection) -> None:
                                                            for column in _OPEN_TEXT_COLUMNS))
 
 
-def _postgresql_ingest_within_deadline(conn: Connection) -> None:
-    """Schema version 4: version 2's function with two changes.
-
-    ``p_lock_timeout``: the rest of the request's deadline, for every lock the call waits for
-    (the duplicate lock, a ``LOCK TABLE``, a row lock). Set inside the function because a lock
-    is taken when a statement is planned: a ``set_config`` beside the call in the same
-    ``SELECT`` would come too late. ``is_local``: it ends with the call's implicit transaction.
-    (``statement_timeout`` cannot be changed for a running statement: the request engine sets
-    it per connection, see ``Store``.) A call that times out is rolled back whole.
-
-    A duplicate keeps no payload: ``duplicate_of`` names the event whose body it repeats.
-
-    Version 2's function (another signature) is left in place: processes of the previous
-    release keep calling it until they are restarted."""
-    if conn.dialect.name != "postgresql":
-        return
-    conn.exec_driver_sql("""
-CREATE OR REPLACE FUNCTION dolibarr_webhooks_ingest(
-    p_id varchar, p_source varchar, p_trigger_code varchar, p_sent_code varchar, p_element varchar,
-    p_object_id varchar, p_ref varchar, p_entity varchar, p_received_at double precision,
-    p_body_sha256 varchar, p_test boolean, p_payload text, p_remote_addr varchar,
-    p_dedup boolean, p_since double precision, p_now double precision, p_plugins text[],
-    p_accepted varchar, p_duplicate varchar, p_pending varchar, p_channel text, p_lock_timeout text)
-RETURNS varchar LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $$
-DECLARE
-    found varchar;
-BEGIN
-    PERFORM set_config('lock_timeout', p_lock_timeout, true);
-    IF p_dedup THEN
-        -- Serialise identical bodies, so that two copies cannot both pass the search.
-        PERFORM pg_advisory_xact_lock(hashtext(p_source || ':' || p_body_sha256));
-        -- status || '': a plan made while the table had a few hundred rows and no statistics
-        -- went through ix_events_status (every accepted event) instead of ix_events_dedup.
-        SELECT id INTO found FROM events
-        WHERE source = p_source AND body_sha256 = p_body_sha256 AND trigger_code = p_trigger_code
-          AND object_id IS NOT DISTINCT FROM p_object_id AND received_at >= p_since AND status || '' = p_accepted
-        ORDER BY received_at DESC
-        LIMIT 1;
-    END IF;
-    INSERT INTO events (id, source, trigger_code, sent_code, element, object_id, ref, entity, received_at,
-                        body_sha256, test, payload, remote_addr, status, duplicate_of)
-    VALUES (p_id, p_source, p_trigger_code, p_sent_code, p_element, p_object_id, p_ref, p_entity, p_received_at,
-            p_body_sha256, p_test, CASE WHEN found IS NULL THEN p_payload END, p_remote_addr,
-            CASE WHEN found IS NULL THEN p_accepted ELSE p_duplicate END, found);
-    IF found IS NULL AND cardinality(p_plugins) > 0 THEN
-        INSERT INTO deliveries (event_id, plugin, status, attempts, runs, reclaims, next_attempt_at,
-                                created_at, updated_at)
-        SELECT p_id, plugin, p_pending, 0, 0, 0, p_now, p_now, p_now FROM unnest(p_plugins) AS plugin;
-        PERFORM pg_notify(p_channel, '');
-    END IF;
-    RETURN found;
-END
-$$
-""")
-
-
 def _objects_and_credentials(conn: Connection) -> None:
-    """Schema version 5: each event's label and the scrub rule its payload went through
+    """Schema version 4: each event's label and the scrub rule its payload went through
     (credentials.Scrubber.fingerprint), an index to list the events of one object and one to
     find events scrubbed under an older rule. A new database got the columns and indexes from
-    version 1's ``create_all``, so every step checks first. On PostgreSQL, version 4's
-    function with the two columns; version 4's stays for processes of the previous release."""
+    version 1's ``create_all``, so every step checks first."""
     from sqlalchemy import inspect
 
     columns = {c["name"] for c in inspect(conn).get_columns("events")}
@@ -279,6 +222,24 @@ def _objects_and_credentials(conn: Connection) -> None:
     for index in events.indexes:
         if index.name in ("ix_events_object", "ix_events_scrub_rule"):
             index.create(conn, checkfirst=True)
+
+
+def _postgresql_ingest_within_deadline(conn: Connection) -> None:
+    """Schema version 5: version 2's function with three changes.
+
+    ``p_lock_timeout``: the rest of the request's deadline, for every lock the call waits for
+    (the duplicate lock, a ``LOCK TABLE``, a row lock). Set inside the function because a lock
+    is taken when a statement is planned: a ``set_config`` beside the call in the same
+    ``SELECT`` would come too late. ``is_local``: it ends with the call's implicit transaction.
+    (``statement_timeout`` cannot be changed for a running statement: the request engine sets
+    it per connection, see ``Store``.) A call that times out is rolled back whole.
+
+    A duplicate keeps no payload: ``duplicate_of`` names the event whose body it repeats.
+
+    ``p_label`` and ``p_scrub_rule`` fill version 4's columns.
+
+    Version 2's function (another signature) is left in place: processes of the previous
+    release keep calling it until they are restarted."""
     if conn.dialect.name != "postgresql":
         return
     conn.exec_driver_sql("""
@@ -367,9 +328,9 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "events, deliveries and attempts", _initial_schema),
     (2, "PostgreSQL: the ingest in one call", _postgresql_ingest_function),
     (3, "PostgreSQL: no length limit on text Dolibarr sends", _text_columns),
-    (4, "PostgreSQL: the ingest within the request deadline, duplicates without payload",
+    (4, "events: label, scrub rule, index by object", _objects_and_credentials),
+    (5, "PostgreSQL: the ingest within the request deadline, with labels, duplicates without payload",
      _postgresql_ingest_within_deadline),
-    (5, "events: label, scrub rule, index by object", _objects_and_credentials),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
