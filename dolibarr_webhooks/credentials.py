@@ -138,11 +138,17 @@ class Scrubber:
         return _RAW_PAIR.sub(mask, raw)
 
 
+def scrubber_for(source: Any | None) -> Scrubber:
+    """The scrubber of a source (``config.Source``, its ``scrub_keys`` added to the rule); the
+    default rule's for a source no longer configured (None)."""
+    return Scrubber.for_keys(tuple(source.scrub_keys) if source is not None else ())
+
+
 def expected_rules(sources: dict[str, Any]) -> tuple[dict[str, str], str]:
     """The fingerprint each configured source's events are scrubbed under, and the one of a
     source no longer configured (the default rule)."""
-    expected = {name: Scrubber.for_keys(tuple(source.scrub_keys)).fingerprint for name, source in sources.items()}
-    return expected, Scrubber.for_keys(()).fingerprint
+    expected = {name: scrubber_for(source).fingerprint for name, source in sources.items()}
+    return expected, scrubber_for(None).fingerprint
 
 
 _MARKER_JSON = b'"' + MARKER.encode() + b'"'

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from .config import Settings, Source
-from .credentials import Scrubber
+from .credentials import Scrubber, scrubber_for
 from .event import Event
 from .metrics import Metrics
 from .payload import MissingTriggerCode, ParseError, body_sha256, event_from_body, new_event_id
@@ -39,8 +39,7 @@ class Service:
                                scrub_keys=source.scrub_keys, test=test)
 
     def scrubber(self, source_name: str) -> Scrubber:
-        source = self.sources.get(source_name)
-        return Scrubber.for_keys(source.scrub_keys if source else ())
+        return scrubber_for(self.sources.get(source_name))
 
     def dispatch(self, event: Event, remote_addr: str | None = None, deadline: float | None = None) -> IngestResult:
         """Store the event with one delivery per plugin that handles it; the worker does the rest.
