@@ -238,7 +238,7 @@ class SyncWorker(_JsonErrors, _SyncWorker):
 
 class ThreadWorker(_JsonErrors, _ThreadWorker):
     """gunicorn's gthread worker, with JSON errors and a deadline on reading each request
-    (``serve``): a slow client holds one thread for at most READ_DEADLINE, and the other
+    (``serve``): a slow client holds one thread for at most HEAD_DEADLINE + BODY_DEADLINE, and the other
     threads keep answering."""
 
     def handle(self, conn):
@@ -328,7 +328,7 @@ def worker_timeout(request_deadline: float) -> int:
 
 # ``serve`` may face Dolibarr (and anyone else) without a proxy in front: threads, so that
 # clients sending their request slowly each hold one thread for seconds, while the others
-# keep answering (bench/slowloris.py: 20 such clients, every legitimate POST answered).
+# keep answering (tests/test_hostile.py: 20 such clients, legitimate POSTs answered within a second).
 SERVE_THREADS = 16
 
 
