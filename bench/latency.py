@@ -37,9 +37,9 @@ from dolibarr_webhooks import hookimpl
 
 
 @hookimpl
-def handle_event(event, config):
+def handle_event(event, settings):
     ran = time.time()
-    with open(config["file"], "a") as fh:
+    with open(settings["file"], "a") as fh:
         fh.write(f"{event.id} {ran:.6f}\\n")
 '''
 

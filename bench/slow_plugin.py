@@ -45,8 +45,8 @@ from dolibarr_webhooks import hookimpl
 
 
 @hookimpl
-def handle_event(event, config):
-    time.sleep(float(config.get("seconds", 10)))
+def handle_event(event, settings):
+    time.sleep(float(settings.get("seconds", 10)))
 '''
 
 

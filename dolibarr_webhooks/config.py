@@ -167,6 +167,8 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "RETRY_SCHEDULE": (DEFAULT_RETRY_SCHEDULE, parse_schedule, "delays between attempts; after the last, dead"),
     "RETRY_JITTER": (0.2, float, "random fraction added to or taken from each retry delay"),
     "HANDLER_TIMEOUT": ("30s", parse_duration, "longest a plugin may take for one event"),
+    "ALERT_INTERVAL": ("15m", parse_duration,
+                       "at most one alert per failing plugin in this time; the failures after it wait for one digest"),
     "WORKER_CONCURRENCY": (2, parse_positive_int, "deliveries run at once for each plugin, per worker"),
     "LEASE": ("", lambda v: parse_duration(v) if v not in ("", None) else None,
               "time after which a delivery held by a dead worker is claimed again (default: timeout + 30s)"),

@@ -13,7 +13,7 @@ class ConfigError(Exception):
 
 
 class PluginDisabled(Exception):
-    """Raised by ``handled_events`` when a plugin is not configured at all.
+    """Raised by ``read_settings`` (or ``handled_events``) when a plugin is not configured at all.
 
     The plugin is then listed as disabled, with this reason, and handles nothing.
     """

@@ -67,6 +67,9 @@ class Metrics:
         self.ack_seconds = Histogram("dolibarr_webhooks_ack_seconds",
                                      "Time from the start of a webhook request to its acknowledgement",
                                      buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.notices_lost = Counter("dolibarr_webhooks_notices_lost",
+                                    "Delivery outcomes and alerts a plugin failed to take after every retry",
+                                    ["plugin", "hook"], registry=self.registry)
 
     def request(self, status: int, reason: str) -> None:
         self.requests.labels(str(status), reason or "-").inc()
@@ -77,6 +80,9 @@ class Metrics:
     def delivery_finished(self, plugin: str, outcome: str, seconds: float) -> None:
         self.deliveries.labels(plugin, outcome).inc()
         self.handler_seconds.labels(plugin).observe(seconds)
+
+    def notice_lost(self, plugin: str, hook: str) -> None:
+        self.notices_lost.labels(plugin, hook).inc()
 
     def store_error(self, operation: str, kind: str) -> None:
         self.store_errors.labels(operation, kind).inc()

@@ -58,16 +58,15 @@ class PluginInfo:
 
 @dataclass
 class Plugins:
-    """A typed facade over the plugin manager: what is loaded, who handles what."""
+    """A typed facade over the plugin manager: what is loaded, who handles what, and each
+    plugin's settings, read once at start-up."""
 
     pm: pluggy.PluginManager
     settings: Settings
     catalogue: Catalogue
     info: dict[str, PluginInfo] = field(default_factory=dict)
+    plugin_settings: dict[str, Any] = field(default_factory=dict)  # name -> what read_settings returned
     _callers: dict[tuple[str, str], Any] = field(default_factory=dict)
-
-    def config_for(self, name: str) -> dict[str, Any]:
-        return plugin_config(self.settings, name)
 
     def handlers(self) -> list[str]:
         return [name for name, info in self.info.items() if info.handles_events]
@@ -75,6 +74,10 @@ class Plugins:
     def handlers_for(self, code: str) -> list[str]:
         """Names of the enabled plugins that handle ``code``, in a stable order."""
         return [name for name in self.handlers() if matches(code, self.info[name].events)]
+
+    def implementing(self, hook: str) -> list[str]:
+        """Names of the enabled plugins that implement ``hook``."""
+        return [name for name, info in self.info.items() if hook in info.hooks and info.status == "enabled"]
 
     def call(self, hook: str, plugin: str, **kwargs: Any) -> list[Any]:
         """Call one hook of one plugin only, with keyword arguments."""
@@ -85,9 +88,13 @@ class Plugins:
             caller = self._callers[key] = self.pm.subset_hook_caller(hook, remove_plugins=others)
         return caller(**kwargs)
 
+    def call_with_settings(self, hook: str, plugin: str, **kwargs: Any) -> list[Any]:
+        """Call one plugin's hook with the settings it read at start-up."""
+        return self.call(hook, plugin, settings=self.plugin_settings.get(plugin), **kwargs)
+
     def handle(self, plugin: str, event: Any) -> None:
         """Run one plugin's ``handle_event`` for one event; its exceptions are the caller's to record."""
-        self.call("handle_event", plugin, event=event, config=self.config_for(plugin))
+        self.call_with_settings("handle_event", plugin, event=event)
 
     def event_codes(self) -> list[str]:
         """Every code known to the catalogue or named exactly by a handler."""
@@ -162,26 +169,36 @@ def build_plugins(settings: Settings, extra: Iterable[tuple[str, Any]] = ()) -> 
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         info = PluginInfo(name=name, version=versions.get(name), hooks=hooks, events=None,
                           builtin=name in DEFAULT_PLUGINS)
-        if "handled_events" in hooks:
-            try:
-                # A plugin warns (warnings.warn) about settings that work but should change; kept
-                # here, the warnings are logged once at start and counted by check, not printed
-                # by every command that builds the plugins.
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    result = plugins.call("handled_events", name, config=plugins.config_for(name))
-                info.warnings = list(dict.fromkeys(str(w.message) for w in caught))
-            except PluginDisabled as exc:
-                info.status, info.reason = "disabled", str(exc)
-            except ConfigError:
-                raise
-            except Exception as exc:
-                raise PluginLoadError(f"plugin {name}", f"handled_events failed: {type(exc).__name__}: {exc}") from exc
-            else:
-                if result:
-                    info.events = sorted({canonical_code(p) for p in result[0]})
+        try:
+            # A plugin warns (warnings.warn) about settings that work but should change; kept
+            # here, the warnings are logged once at start and counted by check, not printed
+            # by every command that builds the plugins.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                _read_settings(plugins, name, hooks, info)
+            info.warnings = list(dict.fromkeys(str(w.message) for w in caught))
+        except PluginDisabled as exc:
+            info.status, info.reason = "disabled", str(exc)
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise PluginLoadError(f"plugin {name}", f"its settings could not be read: {type(exc).__name__}: {exc}") from exc
         plugins.info[name] = info
     return plugins
+
+
+def _read_settings(plugins: Plugins, name: str, hooks: list[str], info: PluginInfo) -> None:
+    """Once per process: the plugin's raw settings become its own checked object, which every
+    later call of its hooks receives; then it says which events it handles."""
+    settings: Any = plugin_config(plugins.settings, name)
+    if "read_settings" in hooks:
+        result = plugins.call("read_settings", name, config=settings)
+        settings = result[0] if result else settings
+    plugins.plugin_settings[name] = settings
+    if "handled_events" in hooks:
+        result = plugins.call("handled_events", name, settings=settings)
+        if result:
+            info.events = sorted({canonical_code(p) for p in result[0]})
 
 
 def _collect_events(plugins: Plugins) -> None:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from .exceptions import PermanentFailure, RetryLater
 from .inotify import FolderWatch
 from .logs import request_id
+from .notices import Notices
 from .plugins import Plugins
 from .store import DEAD, DELIVERED, FAILED, NOTIFY_CHANNEL, Claim, Store, StoreError, describe_error
 
@@ -77,6 +78,7 @@ class Worker:
         self._lock = threading.Lock()
         self._last_purge = 0.0
         self.store.add_listener(self.wake_event.set)
+        self.notices = Notices(self.plugins, self.settings, self.metrics)
 
     # -- one delivery -------------------------------------------------------------
     def _execute(self, claim: Claim) -> None:
@@ -115,6 +117,8 @@ class Worker:
                     self._running.pop(claim.delivery_id, None)
         if not held:
             logger.info("%s on event %s finished after losing its lease", claim.plugin, claim.event.id)
+        else:
+            self.notices.finished(claim.plugin, claim.event, status, claim.attempts + 1, error)
         if self.metrics is not None:
             self.metrics.delivery_finished(claim.plugin, outcome or status, time.time() - claim.started_at)
 
@@ -157,7 +161,8 @@ class Worker:
                                              self.settings["RETRY_JITTER"])
             logger.warning("%s on %s %s timed out; %s", claim.plugin, claim.event.trigger_code, claim.event.id,
                            "dead" if status == DEAD else "will retry")
-            self.store.finish(claim, status, describe_failure(error), next_at, self.name, outcome="timeout")
+            if self.store.finish(claim, status, describe_failure(error), next_at, self.name, outcome="timeout"):
+                self.notices.finished(claim.plugin, claim.event, status, claim.attempts + 1, describe_failure(error))
             if self.metrics is not None:
                 self.metrics.delivery_finished(claim.plugin, "timeout", time.time() - claim.started_at)
 
@@ -178,6 +183,7 @@ class Worker:
                     if self.store.is_postgres and listener is None:
                         listener = _Listener(self.store)
                     self._expire()
+                    self.notices.tick()
                     started = self.run_once()
                     self._maybe_purge()
                     if started or self.busy():
@@ -232,6 +238,7 @@ class Worker:
             self.store.finish(claim, FAILED if claim.attempts else "pending", "released at shutdown",
                               time.time(), self.name, outcome="released", count_attempt=False)
             logger.warning("released %s delivery of event %s at shutdown", claim.plugin, claim.event.id)
+        self.notices.close()
         logger.info("worker %s stopped", self.name)
 
     def _maybe_purge(self) -> None:

@@ -25,8 +25,8 @@ def plugin_env(tmp_path_factory):
         from dolibarr_webhooks import hookimpl
 
         @hookimpl
-        def handled_events(config):
-            return config.get("events", ["BILL_*", "COMPANY_CREATE"])
+        def handled_events(settings):
+            return settings.get("events", ["BILL_*", "COMPANY_CREATE"])
 
         @hookimpl
         def handle_event(event):
@@ -88,8 +88,8 @@ class Recorder:
         self.name, self.fail, self.seen = name, fail, []
 
     @hookimpl
-    def handle_event(self, event, config):
-        self.seen.append((event.trigger_code, config))
+    def handle_event(self, event, settings):
+        self.seen.append((event.trigger_code, settings))
         if self.fail:
             raise self.fail
 

@@ -143,21 +143,27 @@ def _timeout(value: Any, setting: str) -> float:
 # ---------------------------------------------------------------- hooks
 
 @hookimpl
-def handled_events(config: dict[str, Any]) -> list[str] | None:
+def read_settings(config: dict[str, Any]) -> list[Rule]:
     rules = parse_config(config)
     for rule in rules:
         if rule.webhook_url.lower().startswith("http:"):
             # A warning, not a log line: the core records it, logs it once at start and
             # counts it in 'dolibarr-webhooks check'.
             warnings.warn(f"{rule.name} uses plain http; Slack's webhooks are https", stacklevel=2)
+    return rules
+
+
+@hookimpl
+def handled_events(settings: list[Rule]) -> list[str] | None:
+    rules = settings
     if any(rule.events is None for rule in rules):
         return None
     return sorted({pattern for rule in rules for pattern in rule.events or ()})
 
 
 @hookimpl
-def handle_event(event: Event, config: dict[str, Any]) -> None:
-    rules = [rule for rule in parse_config(config) if matches(event.trigger_code, rule.events)]
+def handle_event(event: Event, settings: list[Rule]) -> None:
+    rules = [rule for rule in settings if matches(event.trigger_code, rule.events)]
     failures: list[Exception] = []
     posted: set[str] = set()
     for rule in rules:

@@ -398,16 +398,19 @@ def committed_object(event: Event, settings: Settings, path: str) -> dict[str, A
 # --- hooks ----------------------------------------------------------------------------------
 
 @hookimpl
-def handled_events(config: dict[str, Any]) -> list[str] | None:
-    settings = parse_settings(config)
+def read_settings(config: dict[str, Any]) -> Settings:
+    return parse_settings(config)
+
+
+@hookimpl
+def handled_events(settings: Settings) -> list[str] | None:
     if any(endpoint.events is None for endpoint in settings.endpoints):
         return None
     return sorted({code for endpoint in settings.endpoints for code in endpoint.events or ()})
 
 
 @hookimpl
-def handle_event(event: Event, config: dict[str, Any]) -> None:
-    settings = parse_settings(config)
+def handle_event(event: Event, settings: Settings) -> None:
     targets = [e for e in settings.endpoints if matches(event.trigger_code, e.events)]
     path = api_path(event)
     read: list[tuple[dict[str, Any] | None, Exception | None]] = []  # one API read per call

@@ -2,7 +2,9 @@
 
 Three entry points in ``dolibarr_webhooks.handlers``, each an object of ``@hookimpl`` methods:
 
-- ``recorder`` appends one JSON line per handled event (``DOLIBARR_WEBHOOKS_RECORDER_FILE``);
+- ``recorder`` appends one JSON line per handled event (``DOLIBARR_WEBHOOKS_RECORDER_FILE``),
+  and, when told where, one per delivery outcome (``..._RECORDER_OUTCOMES``) and per alert
+  (``..._RECORDER_ALERTS``);
 - ``failer`` fails as ``DOLIBARR_WEBHOOKS_FAILER_MODE`` says (``always``, ``times:N``,
   ``permanent``, ``retry-after:S``), counting attempts in ``DOLIBARR_WEBHOOKS_FAILER_FILE``;
 - ``sleeper`` sleeps ``DOLIBARR_WEBHOOKS_SLEEPER_SECONDS`` per event and logs start and end to
@@ -69,15 +71,15 @@ class Recorder:
         self.name = name
 
     @hookimpl
-    def handled_events(self, config: dict[str, Any]) -> list[str] | None:
-        if not config.get("file"):
+    def handled_events(self, settings: dict[str, Any]) -> list[str] | None:
+        if not settings.get("file"):
             raise PluginDisabled(f"set {ENV_PREFIX}{self.name.upper()}_FILE")
-        return _events(config)
+        return _events(settings)
 
     @hookimpl
-    def handle_event(self, event: Any, config: dict[str, Any]) -> None:
+    def handle_event(self, event: Any, settings: dict[str, Any]) -> None:
         start = time.time()
-        delay = float(config.get("delay") or 0)
+        delay = float(settings.get("delay") or 0)
         if delay:
             time.sleep(delay)
         end = time.time()
@@ -85,9 +87,24 @@ class Recorder:
             "plugin": self.name, "event": event.id, "code": event.trigger_code, "object_id": event.object_id,
             "pid": os.getpid(), "thread": threading.get_ident(), "start": start, "end": end, "time": end,
         }
-        if config.get("full"):  # everything the plugin was handed, for tests of what plugins see
+        if settings.get("full"):  # everything the plugin was handed, for tests of what plugins see
             record["handed"] = json.loads(event.to_json())
-        append_record(config["file"], record)
+        append_record(settings["file"], record)
+
+    @hookimpl
+    def delivery_outcome(self, outcome: Any, settings: dict[str, Any]) -> None:
+        if settings.get("outcomes"):
+            append_record(settings["outcomes"], {"kind": outcome.kind, "plugin": outcome.plugin,
+                                                 "event": outcome.event.id, "attempts": outcome.attempts,
+                                                 "error": outcome.error, "replay": outcome.replay_command})
+
+    @hookimpl
+    def alert(self, alert: Any, settings: dict[str, Any]) -> None:
+        if settings.get("alerts"):
+            append_record(settings["alerts"], {
+                "kind": alert.kind, "plugin": alert.plugin, "dead": [o.event.id for o in alert.dead],
+                "recovered": alert.recovered.event.id if alert.recovered else None, "title": alert.title,
+                "lines": alert.lines(), "time": time.time()})
 
 
 def parse_mode(mode: Any) -> tuple[str, float]:
@@ -109,18 +126,18 @@ class Failer:
         self.name = name
 
     @hookimpl
-    def handled_events(self, config: dict[str, Any]) -> list[str] | None:
-        if not config.get("mode"):
+    def handled_events(self, settings: dict[str, Any]) -> list[str] | None:
+        if not settings.get("mode"):
             raise PluginDisabled(f"set {ENV_PREFIX}{self.name.upper()}_MODE")
-        kind, _ = parse_mode(config["mode"])
-        if kind in ("times", "retry-after") and not config.get("file"):
+        kind, _ = parse_mode(settings["mode"])
+        if kind in ("times", "retry-after") and not settings.get("file"):
             raise ConfigError(f"{ENV_PREFIX}{self.name.upper()}_FILE", f"mode {kind} counts attempts in a file")
-        return _events(config)
+        return _events(settings)
 
     @hookimpl
-    def handle_event(self, event: Any, config: dict[str, Any]) -> None:
-        kind, arg = parse_mode(config["mode"])
-        attempt = self._count(config.get("file"), event)
+    def handle_event(self, event: Any, settings: dict[str, Any]) -> None:
+        kind, arg = parse_mode(settings["mode"])
+        attempt = self._count(settings.get("file"), event)
         if kind == "always":
             raise RuntimeError(f"{self.name} fails attempt {attempt} on purpose")
         if kind == "permanent":
@@ -152,15 +169,15 @@ class Sleeper:
         self.name = name
 
     @hookimpl
-    def handled_events(self, config: dict[str, Any]) -> list[str] | None:
-        if config.get("seconds") in (None, ""):
+    def handled_events(self, settings: dict[str, Any]) -> list[str] | None:
+        if settings.get("seconds") in (None, ""):
             raise PluginDisabled(f"set {ENV_PREFIX}{self.name.upper()}_SECONDS")
-        float(config["seconds"])
-        return _events(config)
+        float(settings["seconds"])
+        return _events(settings)
 
     @hookimpl
-    def handle_event(self, event: Any, config: dict[str, Any]) -> None:
-        path = config.get("file")
+    def handle_event(self, event: Any, settings: dict[str, Any]) -> None:
+        path = settings.get("file")
         run = 0
         if path:
             with open(path, "a+") as fh:  # locked while the runs of this event are counted
@@ -169,7 +186,7 @@ class Sleeper:
                 run = 1 + sum(1 for line in fh if (r := json.loads(line))["event"] == event.id and r["at"] == "start")
                 fh.write(json.dumps({"plugin": self.name, "event": event.id, "at": "start", "run": run,
                                      "pid": os.getpid(), "time": time.time()}) + "\n")
-        deadline = time.monotonic() + float(config["seconds"])
+        deadline = time.monotonic() + float(settings["seconds"])
         gate = Path(f"{path}.release.{event.id}.{run}") if path else None
         while time.monotonic() < deadline and not (gate and gate.exists()):
             time.sleep(0.01)

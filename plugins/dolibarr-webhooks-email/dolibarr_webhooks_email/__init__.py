@@ -19,10 +19,16 @@ __version__ = "0.1.0"
 
 
 @hookimpl
-def handled_events(config: dict[str, Any]) -> list[str] | None:
-    """Validate the settings and templates at start-up; the union of the rules' events."""
+def read_settings(config: dict[str, Any]) -> Settings:
+    """Validate the settings and templates at start-up."""
     settings = parse_settings(config)
     check_templates(settings)
+    return settings
+
+
+@hookimpl
+def handled_events(settings: Settings) -> list[str] | None:
+    """The union of the rules' events."""
     patterns: set[str] = set()
     for rule in settings.rules:
         if rule.events is None:
@@ -32,9 +38,8 @@ def handled_events(config: dict[str, Any]) -> list[str] | None:
 
 
 @hookimpl
-def handle_event(event: Event, config: dict[str, Any]) -> None:
+def handle_event(event: Event, settings: Settings) -> None:
     """One message per matching rule, all over one SMTP connection."""
-    settings = parse_settings(config)
     messages = []
     without_recipient: list[Rule] = []
     for rule in settings.rules:
