@@ -8,13 +8,23 @@ plugins shipped under ``plugins/`` keep to it.
 
 from __future__ import annotations
 
+import math
+import time
+from datetime import timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Mapping, Sequence
+
 from .catalogue import FAMILIES, canonical_code, label, matches, noun_and_verb, split_code
 from .config import parse_bool
 from .describe import currency, format_amount, object_name, person_name, summary, thirdparty_label, to_decimal
 from .event import CARD_PATHS, Event
 from .exceptions import ConfigError, PermanentFailure, PluginDisabled, RetryLater
+from .logs import redact as redact_url
+from .logs import scrub as redact_text
 from .notices import DEAD, DELIVERED, DIGEST, RECOVERED, Alert, Outcome
 from .payload import scrub
+from .signing import HEADERS as SIGNATURE_HEADERS
+from .signing import sign, signature_headers, signing_key
 
 __all__ = [
     # events and their words
@@ -25,9 +35,57 @@ __all__ = [
     # settings
     "parse_bool", "ConfigError", "PluginDisabled",
     # steering the worker
-    "PermanentFailure", "RetryLater",
+    "PermanentFailure", "RetryLater", "retry_after", "combine_failures",
     # what happened to deliveries
     "Outcome", "Alert", "DELIVERED", "DEAD", "RECOVERED", "DIGEST",
-    # payloads
-    "scrub",
+    # payloads, secrets and signatures
+    "scrub", "redact_url", "redact_text", "signing_key", "sign", "signature_headers", "SIGNATURE_HEADERS",
 ]
+
+
+def retry_after(value: str | Mapping[str, Any] | None) -> float | None:
+    """Seconds from a Retry-After value (delay-seconds or an HTTP date), or from the headers
+    that hold one (found whatever their case); None when absent or unreadable."""
+    if isinstance(value, Mapping):
+        value = next((v for k, v in value.items() if str(k).lower() == "retry-after"), None)
+    if isinstance(value, (list, tuple)):  # some clients keep every value of a repeated header
+        value = value[0] if value else None
+    text = str(value).strip() if value is not None else ""
+    if not text:
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)  # "-0000": UTC by RFC 5322
+    return max(0.0, when.timestamp() - time.time())
+
+
+def combine_failures(failures: Sequence[Exception],
+                     transient: Callable[[str], Exception] = Exception) -> Exception:
+    """One exception for the failures of one delivery's several targets (channels, endpoints),
+    to raise after trying them all: retried if any target may still succeed.
+
+    All permanent: ``PermanentFailure``. Only ``RetryLater`` besides permanent ones:
+    ``RetryLater`` after the longest wait asked. Otherwise ``transient(message)``, retried on
+    the core's backoff schedule. A single failure is returned as it is. A retry sends again
+    to every target, those that succeeded included (at-least-once delivery).
+    """
+    if len(failures) == 1:
+        return failures[0]
+    message = "; ".join(dict.fromkeys(str(f) for f in failures))  # targets may share one error
+    retryable = [f for f in failures if not isinstance(f, PermanentFailure)]
+    if not retryable:
+        return PermanentFailure(message)
+    if all(isinstance(f, RetryLater) for f in retryable):
+        return RetryLater(message, after=max(f.after for f in retryable if isinstance(f, RetryLater)))
+    combined = transient(message)
+    combined.__cause__ = next(f for f in retryable if not isinstance(f, RetryLater))
+    return combined

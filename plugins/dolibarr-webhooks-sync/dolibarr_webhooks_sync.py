@@ -13,23 +13,30 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import hmac
 import json
 import logging
 import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 from urllib.parse import quote, urlsplit
 
 import requests
 
 from dolibarr_webhooks import ConfigError, Event, PermanentFailure, PluginDisabled, RetryLater, hookimpl
-from dolibarr_webhooks.catalogue import matches
-from dolibarr_webhooks.config import parse_bool
-from dolibarr_webhooks.payload import scrub
+from dolibarr_webhooks.pluginkit import (
+    SIGNATURE_HEADERS,
+    combine_failures,
+    matches,
+    parse_bool,
+    redact_text,
+    redact_url,
+    retry_after,
+    scrub,
+    signature_headers,
+    signing_key,
+)
 
 __version__ = "0.1.0"
 
@@ -37,14 +44,11 @@ log = logging.getLogger(__name__)
 
 ENV_PREFIX = "DOLIBARR_WEBHOOKS_SYNC_"
 TOML_ENDPOINTS = "plugins.sync.endpoints"
-SECRET_PREFIX = "whsec_"
 USER_AGENT = f"dolibarr-webhooks-sync/{__version__}"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_ENRICH_DELAY = 2.0
 DEFAULT_ENRICH_ATTEMPTS = 3
 
-# The signature headers are ours: an extra header must not replace them.
-SIGNATURE_HEADERS = frozenset({"webhook-id", "webhook-timestamp", "webhook-signature"})
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
@@ -69,11 +73,16 @@ class DeliveryError(Exception):
 class Endpoint:
     name: str
     url: str
-    key: bytes = field(repr=False)  # HMAC key bytes, derived from the secret by ``secret_key``
+    key: bytes = field(repr=False)  # HMAC key bytes, checked and derived from the secret by ``secret_key``
     events: tuple[str, ...] | None  # None: every event
     headers: tuple[tuple[str, str], ...] = ()
     timeout: float = DEFAULT_TIMEOUT
     enrich: bool = False
+
+    @property
+    def where(self) -> str:
+        """How messages and logs name the endpoint: its URL with credentials masked."""
+        return f"endpoint {self.name} ({redact_url(self.url)})"
 
 
 @dataclass(frozen=True)
@@ -93,7 +102,7 @@ def env_name(key: str) -> str:
 
 
 def secret_key(secret: Any, setting: str) -> bytes:
-    """The HMAC key bytes for a secret, derived exactly as ``standardwebhooks.Webhook`` does.
+    """The HMAC key bytes for a secret (``pluginkit.signing_key``), once the secret is checked.
 
     ``whsec_<base64>``: the base64-decoded bytes (``Webhook("whsec_...")`` on the receiver).
     Any other string: its UTF-8 bytes (``Webhook(secret.encode())`` on the receiver: given a
@@ -108,20 +117,18 @@ def secret_key(secret: Any, setting: str) -> bytes:
     secret = secret.strip()
     if not secret:
         raise ConfigError(setting, "is blank: every endpoint needs a signing secret")
-    if not secret.startswith(SECRET_PREFIX):
-        return secret.encode("utf-8")
-    encoded = secret[len(SECRET_PREFIX):]
-    # The library decodes leniently (unknown characters dropped): insist on real base64 so a
+    if not secret.startswith("whsec_"):
+        return signing_key(secret)
+    encoded = secret[len("whsec_"):]
+    # The libraries decode leniently (unknown characters dropped): insist on real base64 so a
     # typo is caught here, not as signatures that never verify.
     if not BASE64.match(encoded):
         raise ConfigError(setting, "after whsec_ must come standard base64 (A-Z a-z 0-9 + /)")
     try:
-        key = base64.b64decode(encoded + "==")  # as the library does: padding optional
+        base64.b64decode(encoded + "==")  # as the libraries do: padding optional
     except binascii.Error as exc:
         raise ConfigError(setting, f"after whsec_ is not valid base64: {exc}") from None
-    if not key:
-        raise ConfigError(setting, "decodes to an empty key")
-    return key
+    return signing_key(secret)
 
 
 def _url(value: Any, setting: str) -> str:
@@ -129,7 +136,7 @@ def _url(value: Any, setting: str) -> str:
         raise ConfigError(setting, "must be an http(s) URL")
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(setting, f"must be an http(s) URL, not {safe_url(value)!r}")
+        raise ConfigError(setting, f"must be an http(s) URL, not {redact_url(value.strip())!r}")
     return value.strip()
 
 
@@ -266,45 +273,13 @@ def message_body(event: Event, obj: dict[str, Any], enriched: bool) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The ``webhook-signature`` value: HMAC-SHA256 over the exact bytes sent."""
-    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode("ascii")
-
-
 # --- HTTP -----------------------------------------------------------------------------------
 
-def safe_url(url: str) -> str:
-    """The URL for messages and logs: no credentials, no query (either may hold a token)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
-
-
 def _network_error(where: str, url: str, exc: requests.RequestException) -> DeliveryError:
-    text = str(exc)
+    # requests quotes the URL's path and query in its messages: the whole query is masked, as
+    # it may hold a token whose parameter name the core's rule does not know.
     query = urlsplit(url).query
-    if query:
-        text = text.replace(query, "...")  # requests quotes the URL path and query in its messages
-    return DeliveryError(f"{where}: {type(exc).__name__}: {text}")
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delay-seconds or HTTP-date), None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    return DeliveryError(f"{where}: {type(exc).__name__}: {redact_text(str(exc), [query])}")
 
 
 def check_response(response: requests.Response, where: str) -> None:
@@ -317,7 +292,7 @@ def check_response(response: requests.Response, where: str) -> None:
     if snippet:
         detail += f": {snippet}"
     if status in (429, 503):
-        after = retry_after(response.headers.get("Retry-After"))
+        after = retry_after(response.headers)
         if after is not None:
             raise RetryLater(detail, after=after)
     if status in (408, 429) or status >= 500:
@@ -330,17 +305,11 @@ def check_response(response: requests.Response, where: str) -> None:
 
 
 def post(endpoint: Endpoint, msg_id: str, body: bytes) -> None:
-    # Signed at each attempt: the timestamp is the sending time, which receivers check for freshness.
-    timestamp = int(time.time())
     headers = dict(endpoint.headers)
-    headers.update({
-        "Content-Type": "application/json",
-        "User-Agent": USER_AGENT,
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(endpoint.key, msg_id, timestamp, body),
-    })
-    where = f"endpoint {endpoint.name} ({safe_url(endpoint.url)})"
+    headers.update({"Content-Type": "application/json", "User-Agent": USER_AGENT})
+    # Signed at each attempt: the timestamp is the sending time, which receivers check for freshness.
+    headers.update(signature_headers(endpoint.key, msg_id, body))
+    where = endpoint.where
     try:
         response = requests.post(endpoint.url, data=body, headers=headers, timeout=endpoint.timeout,
                                  allow_redirects=False)
@@ -367,7 +336,7 @@ def committed_object(event: Event, settings: Settings, path: str) -> dict[str, A
     """
     assert settings.api_url and settings.api_key
     url = f"{settings.api_url}/{path}"
-    where = f"Dolibarr API ({safe_url(url)})"
+    where = f"Dolibarr API ({redact_url(url)})"
     age = (datetime.now(timezone.utc) - event.received_at).total_seconds()
     if settings.enrich_delay > age:
         time.sleep(settings.enrich_delay - age)  # an old event (a retry) waits no more
@@ -448,17 +417,4 @@ def handle_event(event: Event, settings: Settings) -> None:
             continue
         log.info("forwarded %s %s to %s", event.trigger_code, event.id, endpoint.name)
     if failures:
-        raise_combined(failures)
-
-
-def raise_combined(failures: list[Exception]) -> None:
-    """Raise one exception for all endpoints: retried if any endpoint may still succeed."""
-    if len(failures) == 1:
-        raise failures[0]
-    text = "; ".join(dict.fromkeys(str(f) for f in failures))  # enriched endpoints share one API error
-    retryable = [f for f in failures if not isinstance(f, PermanentFailure)]
-    if not retryable:
-        raise PermanentFailure(text)
-    if all(isinstance(f, RetryLater) for f in retryable):
-        raise RetryLater(text, after=max(f.after for f in retryable if isinstance(f, RetryLater)))
-    raise DeliveryError(text) from retryable[0]
+        raise combine_failures(failures, DeliveryError)

@@ -28,7 +28,7 @@ def enrich_config(sync_config, dolibarr):
 def test_object_is_read_once_committed(receiver, dolibarr, enrich_config, make_event):
     event = make_event("BILL_PAYED")
     dolibarr.pending["invoices/311"] = 2  # the first two reads come before Dolibarr's commit
-    sync.handle_event(event, enrich_config())
+    sync.handle_event(event=event, settings=sync.read_settings(config=enrich_config()))
 
     assert dolibarr.paths() == ["invoices/311"] * 3
     assert {key for _, _, key in dolibarr.hits} == {dolibarr.key}  # sent as the DOLAPIKEY header
@@ -48,7 +48,7 @@ def test_object_is_read_once_committed(receiver, dolibarr, enrich_config, make_e
 def test_first_read_waits_the_delay_after_reception(dolibarr, enrich_config, make_event):
     event = make_event("BILL_PAYED", received_at=datetime.now(timezone.utc))
     started = time.monotonic()
-    sync.handle_event(event, enrich_config(enrich_delay=0.5))
+    sync.handle_event(event=event, settings=sync.read_settings(config=enrich_config(enrich_delay=0.5)))
     ((at, _, _),) = dolibarr.hits
     assert at - started >= 0.45
 
@@ -57,7 +57,7 @@ def test_an_old_event_is_read_at_once(dolibarr, enrich_config, make_event):
     # A retry hours later: Dolibarr's transaction ended long ago, no reason to wait again.
     event = make_event("BILL_PAYED", received_at=datetime.now(timezone.utc) - timedelta(hours=3))
     started = time.monotonic()
-    sync.handle_event(event, enrich_config(enrich_delay=5))
+    sync.handle_event(event=event, settings=sync.read_settings(config=enrich_config(enrich_delay=5)))
     assert time.monotonic() - started < 2
     assert dolibarr.paths() == ["invoices/311"]
 
@@ -66,15 +66,16 @@ def test_rolled_back_object_is_reported_not_forwarded(receiver, dolibarr, enrich
     dolibarr.missing.add("invoices/311")
     with caplog.at_level(logging.WARNING, logger="dolibarr_webhooks_sync"):
         with pytest.raises(PermanentFailure, match="not found.*rolled back or it was deleted; not forwarded"):
-            sync.handle_event(make_event("BILL_PAYED"), enrich_config())
+            sync.handle_event(event=make_event("BILL_PAYED"), settings=sync.read_settings(config=enrich_config()))
     assert dolibarr.paths() == ["invoices/311"] * 3
     assert receiver.requests == []
     assert any("311" in r.getMessage() and "rolled back" in r.getMessage() for r in caplog.records)
 
 
 def test_wrong_api_key_is_permanent(receiver, dolibarr, enrich_config, make_event):
+    settings = sync.read_settings(config=enrich_config(dolibarr_api_key="wrong"))
     with pytest.raises(PermanentFailure, match="Dolibarr API.*401"):
-        sync.handle_event(make_event("BILL_PAYED"), enrich_config(dolibarr_api_key="wrong"))
+        sync.handle_event(event=make_event("BILL_PAYED"), settings=settings)
     assert dolibarr.hits[0][2] == "wrong"
     assert receiver.requests == []
 
@@ -84,22 +85,24 @@ def test_wrong_api_key_is_permanent(receiver, dolibarr, enrich_config, make_even
 def test_api_errors(receiver, dolibarr, enrich_config, make_event, status, outcome):
     dolibarr.failing["invoices/311"] = status
     with pytest.raises(Exception) as info:
-        sync.handle_event(make_event("BILL_PAYED"), enrich_config())
+        sync.handle_event(event=make_event("BILL_PAYED"), settings=sync.read_settings(config=enrich_config()))
     assert type(info.value) is outcome and str(status) in str(info.value)
     assert dolibarr.paths() == ["invoices/311"]  # only 404 is read again
     assert receiver.requests == []
 
 
 def test_api_unreachable_is_retried(receiver, closed_port_url, enrich_config, make_event):
+    settings = sync.read_settings(config=enrich_config(dolibarr_api_url=closed_port_url))
     with pytest.raises(sync.DeliveryError, match="Dolibarr API"):
-        sync.handle_event(make_event("BILL_PAYED"), enrich_config(dolibarr_api_url=closed_port_url))
+        sync.handle_event(event=make_event("BILL_PAYED"), settings=settings)
     assert receiver.requests == []
 
 
 def test_api_answering_html_is_a_configuration_error(receiver, enrich_config, make_event):
     # A wrong dolibarr_api_url (a web page, not JSON) is not retried forever.
+    settings = sync.read_settings(config=enrich_config(dolibarr_api_url=receiver.url("/not-api")))
     with pytest.raises(PermanentFailure, match="DOLIBARR_API_URL"):
-        sync.handle_event(make_event("BILL_PAYED"), enrich_config(dolibarr_api_url=receiver.url("/not-api")))
+        sync.handle_event(event=make_event("BILL_PAYED"), settings=settings)
 
 
 @pytest.mark.parametrize(("code", "path"), [
@@ -113,7 +116,7 @@ def test_api_answering_html_is_a_configuration_error(receiver, enrich_config, ma
     ("CONTACT_CREATE", "contacts/118"),
 ])
 def test_elements_map_to_api_resources(receiver, dolibarr, enrich_config, make_event, code, path):
-    sync.handle_event(make_event(code), enrich_config(enrich_delay=0))
+    sync.handle_event(event=make_event(code), settings=sync.read_settings(config=enrich_config(enrich_delay=0)))
     assert dolibarr.paths() == [path]
     assert receiver.requests[0].payload["data"]["object"]["ref"] == "COMMITTED-" + path.split("/")[1]
 
@@ -121,7 +124,7 @@ def test_elements_map_to_api_resources(receiver, dolibarr, enrich_config, make_e
 @pytest.mark.parametrize("code", ["COMPANY_DELETE", "PAYMENT_CUSTOMER_CREATE", "TEST_TRIGGER_CODE"])
 def test_deleted_and_unknown_objects_are_forwarded_as_sent(receiver, dolibarr, enrich_config, make_event, code):
     event = make_event(code)
-    sync.handle_event(event, enrich_config())
+    sync.handle_event(event=event, settings=sync.read_settings(config=enrich_config()))
     assert dolibarr.hits == []
     data = receiver.requests[0].payload["data"]
     assert data["enriched"] is False and data["object"] == event.object
@@ -136,7 +139,7 @@ def test_enrichment_is_per_endpoint(receiver, dolibarr, secret, make_event):
             {"name": "bi", "url": receiver.url("/bi"), "secret": secret, "enrich": True},
         ],
     }
-    sync.handle_event(make_event("BILL_PAYED"), config)
+    sync.handle_event(event=make_event("BILL_PAYED"), settings=sync.read_settings(config=config))
     assert dolibarr.paths() == ["invoices/311"]  # one read for both enriched endpoints
     enriched = {r.path: r.payload["data"]["enriched"] for r in receiver.requests}
     assert enriched == {"/erp2": True, "/archive": False, "/bi": True}
@@ -144,14 +147,15 @@ def test_enrichment_is_per_endpoint(receiver, dolibarr, secret, make_event):
     # A rolled-back object: the plain endpoint still gets what Dolibarr sent, the delivery is dead.
     receiver.requests.clear()
     dolibarr.missing.add("invoices/311")
+    settings = sync.read_settings(config=dict(config, enrich_attempts=1))
     with pytest.raises(PermanentFailure, match="not found"):
-        sync.handle_event(make_event("BILL_PAYED"), dict(config, enrich_attempts=1))
+        sync.handle_event(event=make_event("BILL_PAYED"), settings=settings)
     assert [r.path for r in receiver.requests] == ["/archive"]
 
 
 def test_enriched_endpoint_busy_after_read(receiver, dolibarr, enrich_config, make_event):
+    settings = sync.read_settings(config=enrich_config(url=receiver.url("/status/429?retry_after=5"), enrich_delay=0))
     with pytest.raises(RetryLater):
-        sync.handle_event(make_event("BILL_PAYED"), enrich_config(
-            url=receiver.url("/status/429?retry_after=5"), enrich_delay=0))
+        sync.handle_event(event=make_event("BILL_PAYED"), settings=settings)
     assert dolibarr.paths() == ["invoices/311"]
     assert receiver.requests[0].payload["data"]["enriched"] is True

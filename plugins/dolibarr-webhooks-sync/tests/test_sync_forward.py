@@ -14,7 +14,8 @@ from dolibarr_webhooks import PermanentFailure, RetryLater
 
 def test_forwarded_request_verifies_with_standardwebhooks(receiver, sync_config, make_event):
     event = make_event("BILL_PAYED")
-    sync.handle_event(event, sync_config(headers={"X-Tenant": "acme", "Authorization": "Bearer t0k"}))
+    settings = sync.read_settings(config=sync_config(headers={"X-Tenant": "acme", "Authorization": "Bearer t0k"}))
+    sync.handle_event(event=event, settings=settings)
 
     (request,) = receiver.requests
     assert request.verified, request.error
@@ -45,7 +46,7 @@ def test_forwarded_request_verifies_with_standardwebhooks(receiver, sync_config,
 def test_wrong_secret_fails_verification(receiver, sync_config, make_event):
     other = "whsec_" + "QUJD" * 8
     with pytest.raises(PermanentFailure, match="401"):
-        sync.handle_event(make_event("BILL_PAYED"), sync_config(secret=other))
+        sync.handle_event(event=make_event("BILL_PAYED"), settings=sync.read_settings(config=sync_config(secret=other)))
     (request,) = receiver.requests
     assert not request.verified
     assert "No matching signature" in request.error
@@ -53,7 +54,8 @@ def test_wrong_secret_fails_verification(receiver, sync_config, make_event):
 
 def test_raw_secret_verifies_with_its_bytes(receiver, sync_config, make_event):
     receiver.secret = "a raw shared secret".encode()
-    sync.handle_event(make_event("COMPANY_CREATE"), sync_config(secret="a raw shared secret"))
+    settings = sync.read_settings(config=sync_config(secret="a raw shared secret"))
+    sync.handle_event(event=make_event("COMPANY_CREATE"), settings=settings)
     (request,) = receiver.requests
     assert request.verified, request.error
     assert request.payload["type"] == "COMPANY_CREATE"
@@ -67,14 +69,15 @@ def test_webhook_id_is_stable_across_retries_and_distinct_per_endpoint(secret, r
     ]}
     for _ in range(2):  # the worker's retry calls the hook again with the same event
         with pytest.raises(sync.DeliveryError, match="erp2"):
-            sync.handle_event(event, config)
+            sync.handle_event(event=event, settings=sync.read_settings(config=config))
     ids = [(r.path, r.headers["webhook-id"]) for r in receiver.requests]
     assert len(ids) == 4
     assert ids[0] == ids[2] and ids[1] == ids[3]
     assert ids[0][1] != ids[1][1]
     assert all(r.verified for r in receiver.requests)
     # Another event gets another id.
-    sync.handle_event(make_event("BILL_PAYED"), {"url": receiver.url(), "secret": secret})
+    settings = sync.read_settings(config={"url": receiver.url(), "secret": secret})
+    sync.handle_event(event=make_event("BILL_PAYED"), settings=settings)
     assert receiver.requests[-1].headers["webhook-id"] not in {i for _, i in ids}
 
 
@@ -96,10 +99,10 @@ def test_webhook_id_is_stable_across_retries_and_distinct_per_endpoint(secret, r
 def test_status_codes(receiver, sync_config, make_event, path, outcome):
     event = make_event("BILL_PAYED")
     if outcome is None:
-        sync.handle_event(event, sync_config(path))
+        sync.handle_event(event=event, settings=sync.read_settings(config=sync_config(path)))
     else:
         with pytest.raises(Exception) as info:
-            sync.handle_event(event, sync_config(path))
+            sync.handle_event(event=event, settings=sync.read_settings(config=sync_config(path)))
         assert type(info.value) is outcome
         assert "endpoint default" in str(info.value)
         status = path.split("/")[2].split("?")[0]
@@ -111,26 +114,30 @@ def test_status_codes(receiver, sync_config, make_event, path, outcome):
 
 def test_retry_after_as_http_date(receiver, sync_config, make_event):
     when = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=90), usegmt=True)
+    settings = sync.read_settings(config=sync_config(f"/status/429?retry_after={when}"))
     with pytest.raises(RetryLater) as info:
-        sync.handle_event(make_event("BILL_PAYED"), sync_config(f"/status/429?retry_after={when}"))
+        sync.handle_event(event=make_event("BILL_PAYED"), settings=settings)
     assert 80 <= info.value.after <= 90
 
 
 def test_closed_port_is_retried(secret, closed_port_url, make_event):
+    settings = sync.read_settings(config={"url": closed_port_url + "?token=s3cret", "secret": secret})
     with pytest.raises(sync.DeliveryError, match="ConnectionError"):
-        sync.handle_event(make_event("BILL_PAYED"), {"url": closed_port_url + "?token=s3cret", "secret": secret})
+        sync.handle_event(event=make_event("BILL_PAYED"), settings=settings)
 
 
 def test_secret_in_the_url_stays_out_of_messages(secret, closed_port_url, make_event):
+    settings = sync.read_settings(config={"url": closed_port_url + "?token=s3cret", "secret": secret})
     with pytest.raises(sync.DeliveryError) as info:
-        sync.handle_event(make_event("BILL_PAYED"), {"url": closed_port_url + "?token=s3cret", "secret": secret})
+        sync.handle_event(event=make_event("BILL_PAYED"), settings=settings)
     assert "s3cret" not in str(info.value)
 
 
 def test_timeout_is_retried(receiver, sync_config, make_event):
     started = time.monotonic()
+    settings = sync.read_settings(config=sync_config("/hook?sleep=2", timeout=0.3))
     with pytest.raises(sync.DeliveryError, match="Timeout"):
-        sync.handle_event(make_event("BILL_PAYED"), sync_config("/hook?sleep=2", timeout=0.3))
+        sync.handle_event(event=make_event("BILL_PAYED"), settings=settings)
     assert time.monotonic() - started < 1.5
 
 
@@ -140,8 +147,8 @@ def test_rules_route_events_to_endpoints(secret, receiver, make_event):
         {"name": "crm", "url": receiver.url("/crm"), "secret": secret, "events": ["COMPANY_*", "BILL_PAYED"]},
         {"name": "warehouse", "url": receiver.url("/warehouse"), "secret": secret, "events": ["PRODUCT_CREATE"]},
     ]}
-    sync.handle_event(make_event("BILL_PAYED"), config)
-    sync.handle_event(make_event("COMPANY_CREATE"), config)
+    sync.handle_event(event=make_event("BILL_PAYED"), settings=sync.read_settings(config=config))
+    sync.handle_event(event=make_event("COMPANY_CREATE"), settings=sync.read_settings(config=config))
     got = sorted((r.path, r.payload["type"]) for r in receiver.requests)
     assert got == [("/accounting", "BILL_PAYED"), ("/crm", "BILL_PAYED"), ("/crm", "COMPANY_CREATE")]
 
@@ -155,7 +162,7 @@ def test_one_failing_endpoint_does_not_stop_the_others(secret, receiver, make_ev
     ]}
     # The busy endpoint may still succeed: the whole delivery is retried after its Retry-After.
     with pytest.raises(RetryLater) as info:
-        sync.handle_event(event, config)
+        sync.handle_event(event=event, settings=sync.read_settings(config=config))
     assert info.value.after == 30
     assert "broken" in str(info.value) and "busy" in str(info.value)
     assert [r.path for r in receiver.requests][-1] == "/fine"
@@ -163,4 +170,4 @@ def test_one_failing_endpoint_does_not_stop_the_others(secret, receiver, make_ev
     # Only permanent failures left: the delivery is dead.
     config["endpoints"].pop(1)
     with pytest.raises(PermanentFailure, match="broken"):
-        sync.handle_event(event, config)
+        sync.handle_event(event=event, settings=sync.read_settings(config=config))

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import dolibarr_webhooks_sync as sync
+from dolibarr_webhooks.pluginkit import sign
 from dolibarr_webhooks.config import load_settings, plugin_config
 
 README = Path(__file__).parents[1] / "README.rst"
@@ -58,8 +59,9 @@ def test_synchronisation_toml_config(tmp_path):
     assert settings.endpoints[0].headers == (("X-Tenant", "acme"),)
     assert settings.endpoints[2].key == b"a raw secret string"
     assert (settings.enrich_delay, settings.enrich_attempts) == (2, 3)
-    assert sync.handled_events(plugin_config(load_settings(environ={"DOLIBARR_WEBHOOKS_CONFIG": str(path)},
-                                                           env_file=tmp_path / ".env"), "sync")) is None
+    config = plugin_config(load_settings(environ={"DOLIBARR_WEBHOOKS_CONFIG": str(path)}, env_file=tmp_path / ".env"),
+                           "sync")
+    assert sync.handled_events(settings=sync.read_settings(config=config)) is None
 
 
 def test_documented_body_has_the_keys_sent(make_event):
@@ -86,10 +88,10 @@ def test_receiver_snippet_verifies_and_dedupes(make_event):
     msg_id = sync.message_id(event, endpoint)
     timestamp = int(time.time())
     headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp),
-               "webhook-signature": sync.sign(endpoint.key, msg_id, timestamp, body),
+               "webhook-signature": sign(endpoint.key, msg_id, timestamp, body),
                "Content-Type": "application/json"}
     for _ in range(2):  # a retry of the same delivery
         assert client.post("/hooks/dolibarr", data=body, headers=headers).status_code == 204
     assert paid == ["FA2611-0042"]
-    forged = dict(headers, **{"webhook-signature": sync.sign(b"another key", msg_id, timestamp, body)})
+    forged = dict(headers, **{"webhook-signature": sign(b"another key", msg_id, timestamp, body)})
     assert client.post("/hooks/dolibarr", data=body, headers=forged).status_code == 401

@@ -8,6 +8,7 @@ import pytest
 from standardwebhooks import Webhook
 
 import dolibarr_webhooks_sync as sync
+from dolibarr_webhooks.pluginkit import sign
 from dolibarr_webhooks import ConfigError, PluginDisabled
 
 URL = "https://crm.example/hooks/dolibarr"
@@ -16,10 +17,10 @@ SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode
 
 def test_not_configured_is_disabled():
     with pytest.raises(PluginDisabled, match="DOLIBARR_WEBHOOKS_SYNC_URL"):
-        sync.handled_events({})
+        sync.handled_events(settings=sync.read_settings(config={}))
     # Enrichment settings alone configure no endpoint.
     with pytest.raises(PluginDisabled):
-        sync.handled_events({"dolibarr_api_url": "https://erp.example/api/index.php", "dolibarr_api_key": "k"})
+        sync.read_settings(config={"dolibarr_api_url": "https://erp.example/api/index.php", "dolibarr_api_key": "k"})
 
 
 @pytest.mark.parametrize(("config", "setting", "message"), [
@@ -60,7 +61,7 @@ def test_not_configured_is_disabled():
 ])
 def test_bad_settings_name_the_setting(config, setting, message):
     with pytest.raises(ConfigError, match=message) as info:
-        sync.handled_events(config)
+        sync.handled_events(settings=sync.read_settings(config=config))
     assert info.value.setting == setting
 
 
@@ -89,10 +90,12 @@ def test_handled_events_is_the_union_of_the_endpoints_rules():
         {"name": "accounting", "url": URL, "secret": SECRET, "events": ["BILL_PAYED", "INVOICE_VALIDATE"]},
         {"name": "crm", "url": URL, "secret": SECRET, "events": ["COMPANY_*", "BILL_PAYED"], "enrich": False},
     ]
-    assert sync.handled_events({"endpoints": endpoints}) == ["BILL_PAYED", "COMPANY_*", "INVOICE_VALIDATE"]
+    settings = sync.read_settings(config={"endpoints": endpoints})
+    assert sync.handled_events(settings=settings) == ["BILL_PAYED", "COMPANY_*", "INVOICE_VALIDATE"]
     # One endpoint without rules takes every event.
-    assert sync.handled_events({"endpoints": [*endpoints, {"name": "all", "url": URL, "secret": SECRET}]}) is None
-    assert sync.handled_events({"url": URL, "secret": SECRET}) is None
+    settings = sync.read_settings(config={"endpoints": [*endpoints, {"name": "all", "url": URL, "secret": SECRET}]})
+    assert sync.handled_events(settings=settings) is None
+    assert sync.handled_events(settings=sync.read_settings(config={"url": URL, "secret": SECRET})) is None
 
 
 def test_timeout_setting_is_the_default_of_every_endpoint():
@@ -112,7 +115,7 @@ def test_timeout_setting_is_the_default_of_every_endpoint():
 def test_whsec_secret_gives_the_key_of_standardwebhooks(secret):
     key = sync.secret_key(secret, "S")
     # The library's own key derivation, through its public API: it signs with that key.
-    ours = sync.sign(key, "msg_1", 1700000000, b"{}")
+    ours = sign(key, "msg_1", 1700000000, b"{}")
     from datetime import datetime, timezone
 
     theirs = Webhook(secret).sign("msg_1", datetime.fromtimestamp(1700000000, timezone.utc), "{}")
@@ -125,4 +128,4 @@ def test_raw_secret_is_its_utf8_bytes():
     key = sync.secret_key("  pâte à crêpes  ", "S")
     assert key == "pâte à crêpes".encode()
     theirs = Webhook("pâte à crêpes".encode()).sign("msg_1", datetime.fromtimestamp(1700000000, timezone.utc), "{}")
-    assert sync.sign(key, "msg_1", 1700000000, b"{}") == theirs
+    assert sign(key, "msg_1", 1700000000, b"{}") == theirs
