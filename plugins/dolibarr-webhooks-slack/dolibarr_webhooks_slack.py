@@ -1,35 +1,40 @@
-"""Post Dolibarr events to Slack channels, as Block Kit messages, through incoming webhooks.
+"""Post Dolibarr events to Slack channels, as Block Kit messages, through incoming webhooks,
+and tell a channel when deliveries fail (the ``alert`` hook).
 
 Settings (the plugin's config dict, from ``DOLIBARR_WEBHOOKS_SLACK_*`` and ``[plugins.slack]``):
-``webhook_url`` (+ ``events``), ``timeout``, ``language``, and ``rules`` for several channels.
+``webhook_url`` (+ ``events``), ``timeout``, ``language``, ``rules`` for several channels, and
+``alert_webhook_url`` for the alerts channel. Read once, at start-up, into ``Settings``.
 """
 
 from __future__ import annotations
 
 import re
-import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from slack_sdk.webhook import WebhookClient, WebhookResponse
 
 from dolibarr_webhooks import ConfigError, Event, PermanentFailure, PluginDisabled, RetryLater, hookimpl
-from dolibarr_webhooks.catalogue import matches
-from dolibarr_webhooks.describe import (
+from dolibarr_webhooks.pluginkit import (
+    CARD_PATHS,
+    DIGEST,
+    RECOVERED,
+    Alert,
+    combine_failures,
     currency,
     format_amount,
+    matches,
     noun_and_verb,
     object_name,
     person_name,
+    retry_after,
     summary,
     thirdparty_label,
     to_decimal,
 )
-from dolibarr_webhooks.event import CARD_PATHS
 
 __version__ = "0.1.0"
 
@@ -38,7 +43,7 @@ TOML_RULES = "[plugins.slack] rules"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRY_AFTER = 30.0  # when a 429 comes without Retry-After
 LANGUAGES = ("en", "fr")
-TOP_KEYS = {"webhook_url", "events", "timeout", "language", "rules"}
+TOP_KEYS = {"webhook_url", "events", "timeout", "language", "rules", "alert_webhook_url"}
 RULE_KEYS = {"webhook_url", "events", "timeout", "language"}
 
 
@@ -55,12 +60,28 @@ class Rule:
     events: tuple[str, ...] | None  # None: every event
     language: str = "en"
     timeout: float = DEFAULT_TIMEOUT
+    # Built once with the rule: deliveries reuse it. It holds no per-request state.
+    client: WebhookClient = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # No retry handlers: retries belong to the core's queue, not to a worker thread asleep.
+        client = WebhookClient(self.webhook_url, timeout=self.timeout, retry_handlers=[])  # type: ignore[arg-type]
+        object.__setattr__(self, "client", client)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What ``read_settings`` returns: the channels' rules and the alerts channel, if any."""
+
+    rules: tuple[Rule, ...]
+    alert: Rule | None = None  # events: None, unused: alerts are not events
 
 
 # ---------------------------------------------------------------- configuration
 
-def parse_config(config: Mapping[str, Any]) -> list[Rule]:
-    """The rules of a config dict; ``PluginDisabled`` if there is none, ``ConfigError`` if one is wrong."""
+def parse_config(config: Mapping[str, Any]) -> Settings:
+    """The settings of a config dict: ``PluginDisabled`` without any webhook URL (for events or
+    alerts), ``ConfigError`` if one is wrong."""
     for key in config:
         if key not in TOP_KEYS:
             raise ConfigError(ENV + str(key).upper(), f"unknown setting; known: {', '.join(sorted(TOP_KEYS))}")
@@ -95,9 +116,14 @@ def parse_config(config: Mapping[str, Any]) -> list[Rule]:
                 language=_language(raw.get("language", language), f"{where}.language"),
                 timeout=_timeout(raw.get("timeout", timeout), f"{where}.timeout"),
             ))
-    if not rules:
-        raise PluginDisabled("no Slack webhook URL configured (DOLIBARR_WEBHOOKS_SLACK_WEBHOOK_URL)")
-    return rules
+    alert = None
+    if config.get("alert_webhook_url") not in (None, ""):
+        alert = Rule("DOLIBARR_WEBHOOKS_SLACK_ALERT_WEBHOOK_URL",
+                     _url(config["alert_webhook_url"], ENV + "ALERT_WEBHOOK_URL"), None, language, timeout)
+    if not rules and alert is None:
+        raise PluginDisabled("no Slack webhook URL configured (DOLIBARR_WEBHOOKS_SLACK_WEBHOOK_URL, "
+                             "or DOLIBARR_WEBHOOKS_SLACK_ALERT_WEBHOOK_URL for alerts only)")
+    return Settings(tuple(rules), alert)
 
 
 def _url(value: Any, setting: str) -> str:
@@ -143,27 +169,27 @@ def _timeout(value: Any, setting: str) -> float:
 # ---------------------------------------------------------------- hooks
 
 @hookimpl
-def read_settings(config: dict[str, Any]) -> list[Rule]:
-    rules = parse_config(config)
-    for rule in rules:
+def read_settings(config: dict[str, Any]) -> Settings:
+    settings = parse_config(config)
+    for rule in (*settings.rules, *filter(None, [settings.alert])):
         if rule.webhook_url.lower().startswith("http:"):
             # A warning, not a log line: the core records it, logs it once at start and
             # counts it in 'dolibarr-webhooks check'.
             warnings.warn(f"{rule.name} uses plain http; Slack's webhooks are https", stacklevel=2)
-    return rules
+    return settings
 
 
 @hookimpl
-def handled_events(settings: list[Rule]) -> list[str] | None:
-    rules = settings
-    if any(rule.events is None for rule in rules):
+def handled_events(settings: Settings) -> list[str] | None:
+    # Only an alerts channel: the plugin handles no event ([]), and still hears alerts.
+    if any(rule.events is None for rule in settings.rules):
         return None
-    return sorted({pattern for rule in rules for pattern in rule.events or ()})
+    return sorted({pattern for rule in settings.rules for pattern in rule.events or ()})
 
 
 @hookimpl
-def handle_event(event: Event, settings: list[Rule]) -> None:
-    rules = [rule for rule in settings if matches(event.trigger_code, rule.events)]
+def handle_event(event: Event, settings: Settings) -> None:
+    rules = [rule for rule in settings.rules if matches(event.trigger_code, rule.events)]
     failures: list[Exception] = []
     posted: set[str] = set()
     for rule in rules:
@@ -174,36 +200,32 @@ def handle_event(event: Event, settings: list[Rule]) -> None:
             post(rule, event)
         except Exception as exc:  # noqa: BLE001 - every failure is re-raised below, after the other channels
             failures.append(exc)
-    if len(failures) == 1:
-        raise failures[0]
     if failures:
-        raise _combined(failures)
+        # A retry posts again to every matching channel, those that succeeded included
+        # (at-least-once delivery); the README says so.
+        raise combine_failures(failures, SlackUnavailable)
 
 
-def _combined(failures: list[Exception]) -> Exception:
-    """One exception for several channels: retried if any of them may still succeed.
-
-    A retry posts again to every matching channel, including those that succeeded
-    (at-least-once delivery); the README says so.
-    """
-    message = "; ".join(str(exc) for exc in failures)
-    if all(isinstance(exc, PermanentFailure) for exc in failures):
-        return PermanentFailure(message)
-    if all(isinstance(exc, (RetryLater, PermanentFailure)) for exc in failures):
-        return RetryLater(message, after=max(exc.after for exc in failures if isinstance(exc, RetryLater)))
-    return SlackUnavailable(message)
+@hookimpl
+def alert(alert: Alert, settings: Settings) -> None:
+    """Tell the alerts channel that deliveries failed (or recovered); the core bounds how often."""
+    if settings.alert is None:
+        return  # channels for events only: alerts are not this installation's wish
+    send(settings.alert, alert_message(alert))
 
 
 # ---------------------------------------------------------------- sending
 
 def post(rule: Rule, event: Event) -> WebhookResponse:
     """Post one event to one rule's webhook; raise as the contract asks when Slack does not take it."""
-    message = build_message(event, rule.language)
-    # No retry handlers: retries belong to the core's queue, not to a worker thread asleep.
-    client = WebhookClient(rule.webhook_url, timeout=rule.timeout, retry_handlers=[])  # type: ignore[arg-type]
+    return send(rule, build_message(event, rule.language))
+
+
+def send(rule: Rule, message: dict[str, Any]) -> WebhookResponse:
+    """Post one ``{"text", "blocks"}`` message with the rule's client; raise when Slack does not take it."""
     try:
-        response = client.send(text=message["text"], blocks=message["blocks"],
-                               unfurl_links=False, unfurl_media=False)
+        response = rule.client.send(text=message["text"], blocks=message["blocks"],
+                                    unfurl_links=False, unfurl_media=False)
     except OSError as exc:  # URLError, refused, reset, timeout: the core retries with backoff
         raise SlackUnavailable(f"{rule.name}: cannot reach Slack: {exc}") from exc
     check_response(response, rule.name)
@@ -217,7 +239,7 @@ def check_response(response: WebhookResponse, where: str = "webhook") -> None:
         return  # Slack answers 200 "ok"
     body = (response.body or "").strip()[:300]
     detail = f"{where}: Slack answered {status} {body or '(empty body)'}"
-    after = retry_after(response.headers)
+    after = retry_after(response.headers)  # pluginkit's: Slack's header case varies
     if status == 429:
         raise RetryLater(detail, after=DEFAULT_RETRY_AFTER if after is None else after)
     if status >= 500 or status == 408:
@@ -226,25 +248,6 @@ def check_response(response: WebhookResponse, where: str = "webhook") -> None:
         raise SlackUnavailable(detail)
     # 400 invalid_payload / invalid_blocks, 403 invalid_token, 404 no_service, 410 channel_is_archived...
     raise PermanentFailure(detail)
-
-
-def retry_after(headers: Mapping[str, Any] | None) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date), whatever the header's case."""
-    value = next((v for k, v in (headers or {}).items() if str(k).lower() == "retry-after"), None)
-    if isinstance(value, list):
-        value = value[0] if value else None
-    if value is None:
-        return None
-    text = str(value).strip()
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 # ---------------------------------------------------------------- the message
@@ -320,6 +323,50 @@ def build_message(event: Event, language: str = "en") -> dict[str, Any]:
         context.append(f"*{words['test']}*")
     blocks.append({"type": "context", "elements": [_mrkdwn(_cut(" · ".join(context), 3000))]})
     return {"text": escape(summary(event, language)), "blocks": blocks}
+
+
+ALERT_EVENTS = 10  # events listed in an alert; the count and the replay command cover the rest
+
+
+def alert_message(alert: Alert) -> dict[str, Any]:
+    """``{"text": fallback, "blocks": [...]}`` for an alert, in English: it is for whoever runs
+    the service. The fallback is the core's own wording (``Alert.lines``)."""
+    emoji = ":white_check_mark:" if alert.kind == RECOVERED else ":rotating_light:"
+    fields = [f"*Plugin*\n`{escape(alert.plugin)}`"]
+    if alert.kind == DIGEST or len(alert.dead) > 1:
+        fields.append(f"*Dead deliveries*\n{len(alert.dead)}")
+    if alert.last_error:
+        fields.append(_cut(f"*Last error*\n{escape(alert.last_error)}", 2000))
+    events = []
+    if alert.recovered is not None:
+        events.append(f"Delivered {_alert_event(alert.recovered.event)} after failures.")
+    for outcome in alert.dead[:ALERT_EVENTS]:
+        attempts = f"{outcome.attempts} attempt{'s' * (outcome.attempts != 1)}"
+        events.append(f"• {_alert_event(outcome.event)}: dead after {attempts}")
+    if len(alert.dead) > ALERT_EVENTS:
+        events.append(f"… and {len(alert.dead) - ALERT_EVENTS} more")
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "emoji": True, "text": _cut(f"{emoji} {alert.title}", 150)}},
+        {"type": "section", "fields": [_mrkdwn(f) for f in fields]},
+    ]
+    if events:
+        blocks.append({"type": "section", "text": _mrkdwn(_cut("\n".join(events), 3000))})
+    if alert.dead:
+        blocks.append({"type": "section", "text": _mrkdwn(_cut(f"*Replay*\n`{escape(alert.replay_command)}`", 3000))})
+    dashboard = alert.dashboard_url
+    if dashboard and dashboard.startswith(("https://", "http://")) and len(dashboard) <= 3000:
+        blocks.append({"type": "actions", "elements": [{
+            "type": "button", "action_id": "dashboard", "url": dashboard,
+            "text": {"type": "plain_text", "text": "Open in the dashboard"},
+        }]})
+    blocks.append({"type": "context", "elements": [_mrkdwn(f"dolibarr-webhooks alert · {alert.kind}")]})
+    text = "\n".join([alert.title, *alert.lines(summary)])
+    return {"text": _cut(escape(text), 3000), "blocks": blocks}
+
+
+def _alert_event(event: Event) -> str:
+    """``<card|Invoice FA2611-0042 paid: ...> (`BILL_PAYED`, event 01J...)``: the event in words."""
+    return f"{_link(event.card_url, summary(event))} (`{escape(event.trigger_code)}`, event {escape(event.id)})"
 
 
 def _title(event: Event, language: str) -> str:
