@@ -12,7 +12,7 @@ import math
 import time
 from datetime import timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from .catalogue import FAMILIES, canonical_code, label, matches, noun_and_verb, split_code
 from .config import parse_bool
@@ -31,7 +31,7 @@ __all__ = [
     "Event", "CARD_PATHS", "summary", "object_name", "person_name", "thirdparty_label", "format_amount",
     "to_decimal", "currency", "label", "noun_and_verb", "split_code", "FAMILIES",
     # choosing events
-    "matches", "canonical_code",
+    "matches", "canonical_code", "handled_by",
     # settings
     "parse_bool", "ConfigError", "PluginDisabled",
     # steering the worker
@@ -41,6 +41,16 @@ __all__ = [
     # payloads, secrets and signatures
     "scrub", "redact_url", "redact_text", "signing_key", "sign", "signature_headers", "SIGNATURE_HEADERS",
 ]
+
+
+def handled_by(targets: Iterable[Any]) -> list[str] | None:
+    """What ``handled_events`` returns for a plugin whose targets (channels, endpoints, rules)
+    each have ``events``, a list of codes or patterns or ``None`` for every event: the union
+    of their patterns, ``None`` when one target takes everything, ``[]`` without targets."""
+    targets = list(targets)
+    if any(target.events is None for target in targets):
+        return None
+    return sorted({pattern for target in targets for pattern in target.events})
 
 
 def retry_after(value: str | Mapping[str, Any] | None) -> float | None:

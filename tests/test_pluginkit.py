@@ -1,14 +1,16 @@
-"""The plugin kit's own helpers: Retry-After and the combining of several targets' failures."""
+"""The plugin kit's own helpers: Retry-After, the combining of several targets' failures, the
+events a plugin's targets handle."""
 
 from __future__ import annotations
 
 import time
 from email.utils import formatdate
+from types import SimpleNamespace as Target
 
 import pytest
 
 from dolibarr_webhooks import PermanentFailure, RetryLater
-from dolibarr_webhooks.pluginkit import combine_failures, retry_after
+from dolibarr_webhooks.pluginkit import combine_failures, handled_by, retry_after
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
@@ -40,3 +42,10 @@ def test_combine_failures():
     assert type(mixed) is Unavailable and mixed.__cause__ is down and "c: 429" in str(mixed)
     assert type(combine_failures([gone, down])) is Exception  # the default: the core's backoff
     assert str(combine_failures([down, Unavailable("d: 500")])) == "d: 500"  # one shared error, said once
+
+
+def test_handled_by():
+    assert handled_by([Target(events=("PROPAL_*", "BILL_PAYED")), Target(events=("BILL_PAYED",))]) == [
+        "BILL_PAYED", "PROPAL_*"]
+    assert handled_by([Target(events=("BILL_PAYED",)), Target(events=None)]) is None
+    assert handled_by([]) == []

@@ -26,6 +26,7 @@ from dolibarr_webhooks.pluginkit import (
     combine_failures,
     currency,
     format_amount,
+    handled_by,
     matches,
     noun_and_verb,
     object_name,
@@ -181,10 +182,7 @@ def read_settings(config: dict[str, Any]) -> Settings:
 
 @hookimpl
 def handled_events(settings: Settings) -> list[str] | None:
-    # Only an alerts channel: the plugin handles no event ([]), and still hears alerts.
-    if any(rule.events is None for rule in settings.rules):
-        return None
-    return sorted({pattern for rule in settings.rules for pattern in rule.events or ()})
+    return handled_by(settings.rules)  # only an alerts channel: [], no event, and still the alerts
 
 
 @hookimpl

@@ -28,6 +28,7 @@ from dolibarr_webhooks import ConfigError, Event, PermanentFailure, PluginDisabl
 from dolibarr_webhooks.pluginkit import (
     SIGNATURE_HEADERS,
     combine_failures,
+    handled_by,
     matches,
     parse_bool,
     redact_text,
@@ -373,9 +374,7 @@ def read_settings(config: dict[str, Any]) -> Settings:
 
 @hookimpl
 def handled_events(settings: Settings) -> list[str] | None:
-    if any(endpoint.events is None for endpoint in settings.endpoints):
-        return None
-    return sorted({code for endpoint in settings.endpoints for code in endpoint.events or ()})
+    return handled_by(settings.endpoints)
 
 
 @hookimpl
