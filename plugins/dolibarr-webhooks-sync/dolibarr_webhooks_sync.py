@@ -79,11 +79,11 @@ class Endpoint:
     headers: tuple[tuple[str, str], ...] = ()
     timeout: float = DEFAULT_TIMEOUT
     enrich: bool = False
+    # How messages and logs name the endpoint: its URL with credentials masked, once.
+    where: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def where(self) -> str:
-        """How messages and logs name the endpoint: its URL with credentials masked."""
-        return f"endpoint {self.name} ({redact_url(self.url)})"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "where", f"endpoint {self.name} ({redact_url(self.url)})")
 
 
 @dataclass(frozen=True)
