@@ -24,8 +24,8 @@ def test_whsec_secret_signs_as_the_reference_library(secret):
 
 
 def test_raw_secret_is_its_utf8_bytes():
-    theirs = Webhook("pâte à crêpes".encode()).sign("msg_1", datetime.fromtimestamp(STAMP, timezone.utc),
-                                                      BODY.decode())
+    when = datetime.fromtimestamp(STAMP, timezone.utc)
+    theirs = Webhook("pâte à crêpes".encode()).sign("msg_1", when, BODY.decode())
     assert signing.sign(signing.signing_key("pâte à crêpes"), "msg_1", STAMP, BODY) == theirs
     assert signing.signing_key("whsec_@") == b"whsec_@"  # not base64: the secret's own bytes
 
