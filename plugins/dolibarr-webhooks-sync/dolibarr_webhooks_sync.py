@@ -32,7 +32,6 @@ from dolibarr_webhooks.pluginkit import (
     matches,
     parse_bool,
     redact_text,
-    redact_url,
     retry_after,
     scrub,
     signature_headers,
@@ -79,11 +78,11 @@ class Endpoint:
     headers: tuple[tuple[str, str], ...] = ()
     timeout: float = DEFAULT_TIMEOUT
     enrich: bool = False
-    # How messages and logs name the endpoint: its URL with credentials masked, once.
+    # How messages and logs name the endpoint, made once.
     where: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "where", f"endpoint {self.name} ({redact_url(self.url)})")
+        object.__setattr__(self, "where", f"endpoint {self.name} ({shown_url(self.url)})")
 
 
 @dataclass(frozen=True)
@@ -137,7 +136,7 @@ def _url(value: Any, setting: str) -> str:
         raise ConfigError(setting, "must be an http(s) URL")
     parts = urlsplit(value.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(setting, f"must be an http(s) URL, not {redact_url(value.strip())!r}")
+        raise ConfigError(setting, f"must be an http(s) URL, not {shown_url(value.strip())!r}")
     return value.strip()
 
 
@@ -276,11 +275,16 @@ def message_body(event: Event, obj: dict[str, Any], enriched: bool) -> bytes:
 
 # --- HTTP -----------------------------------------------------------------------------------
 
+def shown_url(url: str) -> str:
+    """A URL for messages and logs: the core's redaction, and the whole query masked, as it may
+    hold a token under a name the core's rule does not know (``?code=`` of Azure Functions)."""
+    base, _, query = url.partition("?")
+    return redact_text(base) + ("?***" if query else "")
+
+
 def _network_error(where: str, url: str, exc: requests.RequestException) -> DeliveryError:
-    # requests quotes the URL's path and query in its messages: the whole query is masked, as
-    # it may hold a token whose parameter name the core's rule does not know.
-    query = urlsplit(url).query
-    return DeliveryError(f"{where}: {type(exc).__name__}: {redact_text(str(exc), [query])}")
+    # requests quotes the URL's path and query in its messages.
+    return DeliveryError(f"{where}: {type(exc).__name__}: {redact_text(str(exc), [urlsplit(url).query])}")
 
 
 def check_response(response: requests.Response, where: str) -> None:
@@ -337,7 +341,7 @@ def committed_object(event: Event, settings: Settings, path: str) -> dict[str, A
     """
     assert settings.api_url and settings.api_key
     url = f"{settings.api_url}/{path}"
-    where = f"Dolibarr API ({redact_url(url)})"
+    where = f"Dolibarr API ({shown_url(url)})"
     age = (datetime.now(timezone.utc) - event.received_at).total_seconds()
     if settings.enrich_delay > age:
         time.sleep(settings.enrich_delay - age)  # an old event (a retry) waits no more
