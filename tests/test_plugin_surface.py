@@ -5,19 +5,23 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
 import subprocess
 import sys
 import textwrap
 from collections import Counter
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 import dolibarr_webhooks
 from dolibarr_webhooks import pluginkit
-from dolibarr_webhooks.testing import overlay_venv
+from dolibarr_webhooks import ConfigError, PermanentFailure, PluginDisabled
+from dolibarr_webhooks.pluginkit import DEAD, DELIVERED, Alert, Outcome
+from dolibarr_webhooks.testing import local_http_server, overlay_venv
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = (ROOT / "docs" / "plugins.rst").read_text(encoding="utf-8")
@@ -111,6 +115,67 @@ def code_blocks(section: str, language: str) -> list[str]:
     assert match, f"docs/plugins.rst has no section {section!r}"
     return [textwrap.dedent(block) for block in
             re.findall(rf"^\.\. code-block:: {language}\n\n((?:(?: {{4}}[^\n]*)?\n)+)", match.group(1), re.M)]
+
+
+@pytest.fixture
+def forward(tmp_path, monkeypatch):
+    """The ``forward`` plugin the guide's hook examples make, as one module."""
+    path = tmp_path / "dolibarr_webhooks_forward.py"
+    path.write_text("\n\n".join(code_blocks("Hooks", "python")))
+    spec = importlib.util.spec_from_file_location("dolibarr_webhooks_forward", path)
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """The other system: keeps what is posted; answers ``status`` (a class attribute)."""
+
+    status = 202
+    posted: list[tuple[str, dict]] = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).posted.append((self.path, body))
+        self.send_response(type(self).status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_guides_hook_examples_make_a_working_plugin(forward, dolibarr_event):
+    registered = []
+    forward.register_events(register=lambda code, **kw: registered.append((code, kw["label_fr"])))
+    assert registered == [("MYMODULE_VALIDATE", "Truc validé")]
+    with pytest.raises(PluginDisabled):
+        forward.read_settings(config={})
+    with pytest.raises(ConfigError) as info:
+        forward.read_settings(config={"url": "ftp://x"})
+    assert info.value.setting == "DOLIBARR_WEBHOOKS_FORWARD_URL"
+
+    handler = type("ForwardReceiver", (Receiver,), {"posted": []})
+    with local_http_server(handler) as server:
+        settings = forward.read_settings(config={"url": f"http://127.0.0.1:{server.server_port}"})
+        assert forward.handled_events(settings=settings) == ("PROPAL_CLOSE_SIGNED",)
+        event = dolibarr_event("PROPAL_CLOSE_SIGNED")
+        forward.handle_event(event=event, settings=settings)
+        failed = Outcome(DEAD, "email", event, 3, "SMTP 550")
+        forward.delivery_outcome(outcome=Outcome(DELIVERED, "email", event, 1), settings=settings)
+        forward.delivery_outcome(outcome=failed, settings=settings)
+        forward.alert(alert=Alert(DEAD, "email", dead=(failed,)), settings=settings)
+        handler.status = 404
+        with pytest.raises(PermanentFailure, match="404"):
+            forward.handle_event(event=event, settings=settings)
+
+    (path, sent), dead, alert, _ = handler.posted
+    assert path == "/events" and sent["id"] == event.id and sent["trigger_code"] == "PROPAL_CLOSE_SIGNED"
+    assert dead == ("/dead", {"plugin": "email", "event": event.id, "error": "SMTP 550",
+                              "replay": f"dolibarr-webhooks replay {event.id} --plugin email"})
+    assert alert[0] == "/alerts" and alert[1]["text"].startswith("dolibarr-webhooks: email delivery dead\n")
+    assert "Proposal PR2611-0088 signed" in alert[1]["text"]
 
 
 @pytest.mark.slow
