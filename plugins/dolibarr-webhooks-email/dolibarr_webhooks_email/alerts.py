@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid, parseaddr
 from typing import Any
 
 from dolibarr_webhooks.pluginkit import Alert, Outcome, summary
 
 from .config import Settings
-from .render import one_line
+from .render import new_message, one_line
 
 # A digest of a long outage lists this many dead deliveries, then counts the rest.
 LISTED = 20
@@ -41,14 +40,8 @@ def alert_message(alert: Alert, settings: Settings) -> EmailMessage:
     """The alert as one plain-text message: subject ``alert.title``, body in the plugin's language."""
     language = settings.language
     body = settings.templates.first([f"{language}/_alert.body.txt"]).render(context(alert, language))
-    msg = EmailMessage()
-    msg["Subject"] = one_line(alert.title)
-    msg["From"] = settings.sender
-    msg["To"] = ", ".join(settings.alert_to)
-    msg["Date"] = formatdate(localtime=True)
-    domain = parseaddr(settings.sender or "")[1].rpartition("@")[2] or "dolibarr-webhooks"
-    msg["Message-ID"] = make_msgid("alert", domain=domain)
-    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
+    # read_settings requires a sender once ALERT_TO is set.
+    msg = new_message(one_line(alert.title), settings.sender or "", settings.alert_to)
     msg["X-Dolibarr-Webhooks-Alert"] = f"{alert.kind} {alert.plugin}"
     msg.set_content(body.strip() + "\n")
     return msg

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
-from typing import Any
+from email.utils import formatdate, make_msgid, parseaddr
+from typing import Any, Sequence
 
 from jinja2 import Template
 
@@ -147,18 +147,24 @@ def one_line(text: str) -> str:
     return re.sub(r"[ \t\r\n]+", " ", text).strip()
 
 
-def build_message(event: Event, rule: Rule, rendered: Rendered, to: list[str]) -> EmailMessage:
+def new_message(subject: str, sender: str, to: Sequence[str], unique: str | None = None) -> EmailMessage:
+    """A message with the headers every email of the plugin carries. ``unique`` makes the
+    Message-ID (the same on every retry, so receivers can drop duplicates); else a fresh one."""
     msg = EmailMessage()
-    msg["Subject"] = rendered.subject
-    msg["From"] = rule.sender
+    msg["Subject"] = subject
+    msg["From"] = sender
     msg["To"] = ", ".join(to)
+    msg["Date"] = formatdate(localtime=True)
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "dolibarr-webhooks"
+    msg["Message-ID"] = f"<{unique}@{domain}>" if unique else make_msgid(domain=domain)
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
+    return msg
+
+
+def build_message(event: Event, rule: Rule, rendered: Rendered, to: list[str]) -> EmailMessage:
+    msg = new_message(rendered.subject, rule.sender, to, unique=f"{event.id}.{rule.index}")
     if rule.reply_to:
         msg["Reply-To"] = rule.reply_to
-    msg["Date"] = formatdate(localtime=True)
-    # The same id on every retry of this event and rule, so receivers can drop duplicates.
-    domain = parseaddr(rule.sender)[1].rpartition("@")[2] or "dolibarr-webhooks"
-    msg["Message-ID"] = f"<{event.id}.{rule.index}@{domain}>"
-    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
     msg["X-Dolibarr-Trigger"] = event.trigger_code
     msg["X-Dolibarr-Webhooks-Event"] = event.id
     msg.set_content(rendered.text)

@@ -23,17 +23,24 @@ RULES = textwrap.dedent("""\
 """)
 
 
+def smtp_env(server) -> dict[str, str]:
+    """The plugin's server settings, for processes, pointing at the loopback SMTP ``server``."""
+    return {
+        "DOLIBARR_WEBHOOKS_EMAIL_HOST": server.host,
+        "DOLIBARR_WEBHOOKS_EMAIL_PORT": str(server.port),
+        "DOLIBARR_WEBHOOKS_EMAIL_SECURITY": "none",
+        "DOLIBARR_WEBHOOKS_EMAIL_TIMEOUT": "5",
+        "DOLIBARR_WEBHOOKS_EMAIL_FROM": "Acme <erp@example.com>",
+    }
+
+
 @pytest.mark.slow
 def test_email_welcome_and_invoice_paid_arrive(tmp_path, smtp_server):
     python = testing.fresh_venv(tmp_path / "venv", ROOT, PLUGIN)
     config_file = tmp_path / "dolibarr-webhooks.toml"
     config_file.write_text(RULES, encoding="utf-8")
     env = {
-        "DOLIBARR_WEBHOOKS_EMAIL_HOST": smtp_server.host,
-        "DOLIBARR_WEBHOOKS_EMAIL_PORT": str(smtp_server.port),
-        "DOLIBARR_WEBHOOKS_EMAIL_SECURITY": "none",
-        "DOLIBARR_WEBHOOKS_EMAIL_TIMEOUT": "5",
-        "DOLIBARR_WEBHOOKS_EMAIL_FROM": "Acme <erp@example.com>",
+        **smtp_env(smtp_server),
         "DOLIBARR_WEBHOOKS_CONFIG": str(config_file),
         "DOLIBARR_WEBHOOKS_DOLIBARR_URL": "https://erp.example",
     }
@@ -70,11 +77,7 @@ def test_dead_deliveries_alert_once_then_one_digest(smtp_server):
     testplugin = pytest.importorskip("dolibarr_webhooks_testplugin", reason="the failer is in tests/testplugin")
     interval = 8  # seconds: long enough for forty events to go dead inside it on a busy machine
     env = {
-        "DOLIBARR_WEBHOOKS_EMAIL_HOST": smtp_server.host,
-        "DOLIBARR_WEBHOOKS_EMAIL_PORT": str(smtp_server.port),
-        "DOLIBARR_WEBHOOKS_EMAIL_SECURITY": "none",
-        "DOLIBARR_WEBHOOKS_EMAIL_TIMEOUT": "5",
-        "DOLIBARR_WEBHOOKS_EMAIL_FROM": "Acme <erp@example.com>",
+        **smtp_env(smtp_server),
         "DOLIBARR_WEBHOOKS_EMAIL_ALERT_TO": "ops@example.com",  # alerts only: no rule
         "DOLIBARR_WEBHOOKS_FAILER_MODE": "permanent",
         "DOLIBARR_WEBHOOKS_ALERT_INTERVAL": f"{interval}s",
