@@ -75,7 +75,7 @@ def test_dead_deliveries_alert_once_then_one_digest(smtp_server):
     """Real gunicorn and worker; the test plugin ``failer`` refuses every event for good. One dead
     delivery: one alert. Forty more after the interval: one alert, then one digest of the rest."""
     testplugin = pytest.importorskip("dolibarr_webhooks_testplugin", reason="the failer is in tests/testplugin")
-    interval = 8  # seconds: long enough for forty events to go dead inside it on a busy machine
+    interval = 10  # seconds: long enough for forty events to go dead inside it on a busy machine
     env = {
         **smtp_env(smtp_server),
         "DOLIBARR_WEBHOOKS_EMAIL_ALERT_TO": "ops@example.com",  # alerts only: no rule
