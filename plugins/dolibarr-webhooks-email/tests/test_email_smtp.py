@@ -190,3 +190,21 @@ def test_implicit_tls(start_smtp, certificates, email_config, dolibarr_event):
     plugin.handle_event(event=dolibarr_event("PAYMENT_CUSTOMER_CREATE"), settings=settings)
     (received,) = server.received
     assert "2,243.76 EUR" in received.text and "PAY2611-0007" in received.message["Subject"]
+
+
+def test_settings_and_templates_are_read_once(tmp_path, smtp_server, email_config, dolibarr_event):
+    """What read_settings compiled is what deliveries use: a template edited (or removed) after
+    start-up changes nothing until the next start, and nothing is parsed per event."""
+    (tmp_path / "en").mkdir()
+    subject = tmp_path / "en" / "BILL_PAYED.subject.txt"
+    subject.write_text("Paid: {{ ref }}")
+    config = email_config(smtp_server, to="a@acme.example", templates_dir=str(tmp_path))
+    settings = plugin.read_settings(config=config)
+    config["to"] = "someone-else@acme.example"  # the raw mapping is not read again
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
+    subject.write_text("Edited: {{ ref }}")
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED", ref="FA-2"), settings=settings)
+    subject.unlink()
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED", ref="FA-3"), settings=settings)
+    assert [r.message["Subject"] for r in smtp_server.received] == ["Paid: FA2611-0042", "Paid: FA-2", "Paid: FA-3"]
+    assert all(r.rcpt_tos == ["a@acme.example"] for r in smtp_server.received)
