@@ -273,6 +273,8 @@ def parse_settings(config: dict[str, Any]) -> Settings:
 
     templates = Templates(templates_dir)
     check_templates(templates, rules)
+    if alert_to:
+        templates.first([f"{defaults['language']}/_alert.body.txt"])  # compiled now, not at the first alert
     return Settings(
         host=host,
         port=_port(config.get("port"), security),
