@@ -19,8 +19,6 @@ from .config import parse_bool
 from .describe import currency, format_amount, object_name, person_name, summary, thirdparty_label, to_decimal
 from .event import CARD_PATHS, Event
 from .exceptions import ConfigError, PermanentFailure, PluginDisabled, RetryLater
-from .logs import redact as redact_url
-from .logs import scrub as redact_text
 from .notices import DEAD, DELIVERED, DIGEST, RECOVERED, Alert, Outcome
 from .payload import scrub
 from .signing import HEADERS as SIGNATURE_HEADERS
@@ -51,6 +49,22 @@ def handled_by(targets: Iterable[Any]) -> list[str] | None:
     if any(target.events is None for target in targets):
         return None
     return sorted({pattern for target in targets for pattern in target.events})
+
+
+def redact_url(url: str) -> str:
+    """The core's redaction of a URL (``logs.redact``): user-info and credential-named query
+    parameters masked."""
+    # Imported at the call: logs.py still imports Flask, which the kit must not load.
+    from .logs import redact
+
+    return redact(url)
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """The core's redaction of free text (``logs.scrub``), ``secrets`` masked wherever they appear."""
+    from .logs import scrub as scrub_text  # at the call, as in redact_url
+
+    return scrub_text(text, secrets)
 
 
 def retry_after(value: str | Mapping[str, Any] | None) -> float | None:

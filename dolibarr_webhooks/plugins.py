@@ -182,7 +182,8 @@ def build_plugins(settings: Settings, extra: Iterable[tuple[str, Any]] = ()) -> 
         except ConfigError:
             raise
         except Exception as exc:
-            raise PluginLoadError(f"plugin {name}", f"its settings could not be read: {type(exc).__name__}: {exc}") from exc
+            raise PluginLoadError(f"plugin {name}",
+                                  f"its settings could not be read: {type(exc).__name__}: {exc}") from exc
         plugins.info[name] = info
     return plugins
 

@@ -29,7 +29,8 @@ HOOKS = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction)
 
 
 def test_hooks_are_found():
-    assert set(HOOKS) == {"register_events", "read_settings", "handled_events", "handle_event", "delivery_outcome", "alert"}
+    assert set(HOOKS) == {"register_events", "read_settings", "handled_events", "handle_event",
+                          "delivery_outcome", "alert"}
 
 
 @pytest.mark.parametrize("hook", HOOKS)

@@ -1,18 +1,19 @@
 """dolibarr-webhooks plugin ``email``: send an email (SMTP, Jinja2 templates in English and
-French, plain text and HTML) when Dolibarr events match the configured rules."""
+French, plain text and HTML) when Dolibarr events match the configured rules, and alert a
+person when deliveries fail."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from dolibarr_webhooks import ConfigError, Event, PermanentFailure, hookimpl
-from dolibarr_webhooks.catalogue import matches
+from dolibarr_webhooks import Event, PermanentFailure, hookimpl
+from dolibarr_webhooks.pluginkit import Alert, matches
 
-from .config import Rule, Settings, parse_settings, rule_key
-from .render import build_message, environment, recipients, render_rule
+from .alerts import alert_message
+from .config import Rule, Settings, parse_settings
+from .render import build_message, recipients, render_rule
 from .smtp import send_messages
 
 __version__ = "0.1.0"
@@ -20,15 +21,13 @@ __version__ = "0.1.0"
 
 @hookimpl
 def read_settings(config: dict[str, Any]) -> Settings:
-    """Validate the settings and templates at start-up."""
-    settings = parse_settings(config)
-    check_templates(settings)
-    return settings
+    """Check the settings and compile the templates, once, at start-up."""
+    return parse_settings(config)
 
 
 @hookimpl
 def handled_events(settings: Settings) -> list[str] | None:
-    """The union of the rules' events."""
+    """The union of the rules' events (none when only alerts are configured)."""
     patterns: set[str] = set()
     for rule in settings.rules:
         if rule.events is None:
@@ -39,10 +38,11 @@ def handled_events(settings: Settings) -> list[str] | None:
 
 @hookimpl
 def handle_event(event: Event, settings: Settings) -> None:
-    """One message per matching rule, all over one SMTP connection."""
+    """One message per rule of this event, all over one SMTP connection."""
     messages = []
     without_recipient: list[Rule] = []
     for rule in settings.rules:
+        # The core chose this plugin for the union of the rules' events; each rule has its own.
         if not matches(event.trigger_code, rule.events):
             continue
         to = recipients(event, rule)
@@ -50,7 +50,7 @@ def handle_event(event: Event, settings: Settings) -> None:
             without_recipient.append(rule)
             continue
         try:
-            rendered = render_rule(event, rule, settings.templates_dir)
+            rendered = render_rule(event, rule, settings.templates)
         except jinja2.TemplateError as exc:
             # A broken template fails the same way on every retry: dead, replay once fixed.
             raise PermanentFailure(f"email rule {rule.name}: template error: {exc}") from exc
@@ -67,32 +67,11 @@ def handle_event(event: Event, settings: Settings) -> None:
             for rule in without_recipient) + sent)
 
 
-def check_templates(settings: Settings) -> None:
-    """Compile the user's templates and each rule's subject and template name, so typos stop start-up."""
-    env = environment(settings.templates_dir)
-    if settings.templates_dir:
-        root = Path(settings.templates_dir)
-        for path in sorted(root.rglob("*")):
-            if path.suffix in (".txt", ".html") and path.is_file():
-                name = path.relative_to(root).as_posix()
-                try:
-                    env.get_template(name)
-                except jinja2.TemplateSyntaxError as exc:
-                    raise ConfigError("DOLIBARR_WEBHOOKS_EMAIL_TEMPLATES_DIR",
-                                      f"{name} line {exc.lineno}: {exc.message}") from exc
-    for rule in settings.rules:
-        if rule.subject:
-            try:
-                env.from_string(rule.subject)
-            except jinja2.TemplateSyntaxError as exc:
-                raise ConfigError(rule_key(rule.name, "subject"), f"bad template: {exc.message}") from exc
-        if rule.template:
-            name = f"{rule.language}/{rule.template}.body.txt"
-            try:
-                env.get_template(name)
-            except jinja2.TemplateNotFound:
-                raise ConfigError(rule_key(rule.name, "template"),
-                                  f"no template {name} in the templates folder or the packaged ones") from None
+@hookimpl
+def alert(alert: Alert, settings: Settings) -> None:
+    """Mail the alert to ``ALERT_TO``; the core bounds how often, and retries a failed send."""
+    if settings.alert_to:
+        send_messages(settings, [alert_message(alert, settings)])
 
 
-__all__ = ["handled_events", "handle_event", "parse_settings", "check_templates"]
+__all__ = ["read_settings", "handled_events", "handle_event", "alert", "parse_settings"]

@@ -1,17 +1,22 @@
 """Read the plugin's settings dict (env vars ``DOLIBARR_WEBHOOKS_EMAIL_*`` merged with
-``[plugins.email]`` of the TOML file) into frozen dataclasses, or say which setting is wrong."""
+``[plugins.email]`` of the TOML file) into frozen dataclasses, templates compiled, or say which
+setting is wrong. Done once, at start-up: deliveries only use the result."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
+from jinja2 import TemplateNotFound, TemplateSyntaxError
+
 from dolibarr_webhooks import ConfigError, PluginDisabled
+
+from .templating import Templates
 
 ENV_PREFIX = "DOLIBARR_WEBHOOKS_EMAIL_"
 SECURITIES = ("none", "starttls", "tls")
@@ -22,7 +27,7 @@ DEFAULT_TIMEOUT = 20.0
 # Keys of one rule, at the top level (the env-var rule) and in each [[plugins.email.rules]] table.
 RULE_KEYS = frozenset({"events", "to", "to_field", "from", "reply_to", "language", "subject", "template"})
 SERVER_KEYS = frozenset({"host", "port", "security", "username", "password", "timeout", "ca_file",
-                         "templates_dir", "rules"})
+                         "templates_dir", "rules", "alert_to"})
 
 _TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -54,6 +59,10 @@ class Settings:
     ca_file: str | None
     templates_dir: str | None
     rules: tuple[Rule, ...]
+    sender: str | None = None  # the default From (the alerts' sender)
+    language: str = "en"  # the default language (the alerts' language)
+    alert_to: tuple[str, ...] = ()  # who gets the alerts about failing deliveries
+    templates: Templates = field(default_factory=Templates, compare=False, repr=False)
 
 
 def env(key: str) -> str:
@@ -254,10 +263,18 @@ def parse_settings(config: dict[str, Any]) -> Settings:
         if not isinstance(data, dict):
             raise ConfigError(f"[plugins.email] rules[{i}]", "must be a table {events = [...], to = [...]}")
         rules.append(_rule(data, f"rules[{i}]", len(rules), defaults))
-    if not rules:
+    alert_to = parse_addresses(config.get("alert_to"), env("alert_to"))
+    if alert_to and sender is None:
+        raise ConfigError(env("from"), f"required with {env('alert_to')}: the alerts' sender address (From)")
+    if not rules and not alert_to:
+        # Alerts alone are a configuration: such a plugin handles no events.
         raise ConfigError(env("to"), f"no recipients: set {env('to')} and/or {env('to_field')}, "
-                                     "or [plugins.email] rules")
+                                     f"or [plugins.email] rules, or {env('alert_to')} for alerts only")
 
+    templates = Templates(templates_dir)
+    check_templates(templates, rules)
+    if alert_to:
+        templates.first([f"{defaults['language']}/_alert.body.txt"])  # compiled now, not at the first alert
     return Settings(
         host=host,
         port=_port(config.get("port"), security),
@@ -268,4 +285,27 @@ def parse_settings(config: dict[str, Any]) -> Settings:
         ca_file=ca_file,
         templates_dir=templates_dir,
         rules=tuple(rules),
+        sender=sender,
+        language=defaults["language"],
+        alert_to=alert_to,
+        templates=templates,
     )
+
+
+def check_templates(templates: Templates, rules: list[Rule]) -> None:
+    """Compile the user's templates and each rule's subject, and find each rule's template, so
+    that typos stop start-up; the compiled templates are kept for the deliveries."""
+    templates.check_folder(env("templates_dir"))
+    for rule in rules:
+        if rule.subject:
+            try:
+                templates.string(rule.subject)
+            except TemplateSyntaxError as exc:
+                raise ConfigError(rule_key(rule.name, "subject"), f"bad template: {exc.message}") from exc
+        if rule.template:
+            name = f"{rule.language}/{rule.template}.body.txt"
+            try:
+                templates.first([name])
+            except TemplateNotFound:
+                raise ConfigError(rule_key(rule.name, "template"),
+                                  f"no template {name} in the templates folder or the packaged ones") from None

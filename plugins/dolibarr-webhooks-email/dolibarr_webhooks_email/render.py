@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
-from typing import Any
+from email.utils import formatdate, make_msgid, parseaddr
+from typing import Any, Sequence
 
-from jinja2 import (ChoiceLoader, Environment, FileSystemLoader, PackageLoader, Template, TemplateNotFound,
-                    pass_context, select_autoescape)
+from jinja2 import Template
 
 from dolibarr_webhooks import Event
-from dolibarr_webhooks.catalogue import FAMILIES, label, split_code
-from dolibarr_webhooks.describe import (currency, format_amount, noun_and_verb, object_name, summary,
-                                        thirdparty_label, to_decimal)
+from dolibarr_webhooks.pluginkit import (FAMILIES, currency, format_amount, label, noun_and_verb, object_name,
+                                         split_code, summary, thirdparty_label)
 
 from .config import Rule, parse_addresses
+from .templating import Templates
 
 # Template family names, by Dolibarr object type (``element``).
 FAMILY_BY_ELEMENT = {
@@ -31,8 +28,6 @@ FAMILY_BY_ELEMENT = {
     "product": "product",
     "project": "project",
 }
-PARTS = ("subject.txt", "body.txt", "body.html")
-DATE_FORMATS = {"en": "%Y-%m-%d", "fr": "%d/%m/%Y"}
 
 
 @dataclass(frozen=True)
@@ -41,42 +36,6 @@ class Rendered:
     text: str
     html: str | None
     template: str  # the base name the body came from, e.g. ``fr/invoice``
-
-
-@functools.lru_cache(maxsize=8)
-def environment(templates_dir: str | None) -> Environment:
-    """The user's folder first, then the packaged templates; HTML autoescaped.
-
-    Cached per folder so templates are compiled once per process; Jinja2 still reloads a
-    user template whose file changed.
-    """
-    loaders: list[Any] = [FileSystemLoader(templates_dir)] if templates_dir else []
-    loaders.append(PackageLoader("dolibarr_webhooks_email", "templates"))
-    env = Environment(
-        loader=ChoiceLoader(loaders),
-        autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False, default=False),
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters["money"] = _money
-    env.filters["date"] = _date
-    return env
-
-
-@pass_context
-def _money(ctx: Any, value: Any, code: str | None = None) -> str:
-    """``{{ object.total_ht | money }}``: the amount in the rule's language and the object's currency."""
-    return format_amount(value, code or ctx.get("currency"), ctx.get("language", "en")) or ""
-
-
-@pass_context
-def _date(ctx: Any, value: Any) -> str:
-    """``{{ object.date_lim_reglement | date }}``: Dolibarr's Unix timestamps as a day."""
-    seconds = to_decimal(value)
-    if seconds is None or seconds <= 0:
-        return ""
-    day = datetime.fromtimestamp(int(seconds), tz=timezone.utc)
-    return day.strftime(DATE_FORMATS.get(ctx.get("language"), DATE_FORMATS["en"]))
 
 
 def family(event: Event) -> str | None:
@@ -165,46 +124,47 @@ def context(event: Event, rule: Rule) -> dict[str, Any]:
     }
 
 
-def render_rule(event: Event, rule: Rule, templates_dir: str | None = None) -> Rendered:
-    """Subject, plain text and HTML for one event and rule; raises jinja2 errors."""
-    env = environment(templates_dir)
+def render_rule(event: Event, rule: Rule, templates: Templates) -> Rendered:
+    """Subject, plain text and HTML for one event and rule, from the templates compiled at
+    start-up; raises jinja2 errors."""
     bases = template_bases(event, rule)
     ctx = context(event, rule)
-    subject_template: Template = (env.from_string(rule.subject) if rule.subject
-                                  else env.select_template([b + ".subject.txt" for b in bases]))
-    text_template = env.select_template([b + ".body.txt" for b in bases])
-    base = str(text_template.name)[: -len(".body.txt")]
-    html_template: Template | None
-    try:
-        html_template = env.get_template(base + ".body.html")
-    except TemplateNotFound:
-        html_template = None
-    # Only the HTML beside the text body that won: a user's text-only override must not
-    # be sent with the packaged HTML of the same name.
-    if html_template is not None and text_template.filename and html_template.filename != (
-            text_template.filename[: -len("txt")] + "html"):
-        html_template = None
+    subject_template: Template = (templates.string(rule.subject) if rule.subject
+                                  else templates.first(b + ".subject.txt" for b in bases))
+    text_template = templates.first(b + ".body.txt" for b in bases)
+    html_template = templates.html_beside(text_template)
     return Rendered(
         # One line; the narrow no-break spaces of French amounts are kept.
-        subject=re.sub(r"[ \t\r\n]+", " ", subject_template.render(ctx)).strip(),
+        subject=one_line(subject_template.render(ctx)),
         text=text_template.render(ctx).strip() + "\n",
         html=html_template.render(ctx) if html_template is not None else None,
-        template=base,
+        template=str(text_template.name)[: -len(".body.txt")],
     )
 
 
-def build_message(event: Event, rule: Rule, rendered: Rendered, to: list[str]) -> EmailMessage:
+def one_line(text: str) -> str:
+    """A header's value: runs of spaces and line breaks as one space (a no-break space kept)."""
+    return re.sub(r"[ \t\r\n]+", " ", text).strip()
+
+
+def new_message(subject: str, sender: str, to: Sequence[str], unique: str | None = None) -> EmailMessage:
+    """A message with the headers every email of the plugin carries. ``unique`` makes the
+    Message-ID (the same on every retry, so receivers can drop duplicates); else a fresh one."""
     msg = EmailMessage()
-    msg["Subject"] = rendered.subject
-    msg["From"] = rule.sender
+    msg["Subject"] = subject
+    msg["From"] = sender
     msg["To"] = ", ".join(to)
+    msg["Date"] = formatdate(localtime=True)
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "dolibarr-webhooks"
+    msg["Message-ID"] = f"<{unique}@{domain}>" if unique else make_msgid(domain=domain)
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
+    return msg
+
+
+def build_message(event: Event, rule: Rule, rendered: Rendered, to: list[str]) -> EmailMessage:
+    msg = new_message(rendered.subject, rule.sender, to, unique=f"{event.id}.{rule.index}")
     if rule.reply_to:
         msg["Reply-To"] = rule.reply_to
-    msg["Date"] = formatdate(localtime=True)
-    # The same id on every retry of this event and rule, so receivers can drop duplicates.
-    domain = parseaddr(rule.sender)[1].rpartition("@")[2] or "dolibarr-webhooks"
-    msg["Message-ID"] = f"<{event.id}.{rule.index}@{domain}>"
-    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
     msg["X-Dolibarr-Trigger"] = event.trigger_code
     msg["X-Dolibarr-Webhooks-Event"] = event.id
     msg.set_content(rendered.text)

@@ -18,9 +18,9 @@ def settings(**changes):
 
 def test_no_host_disables_the_plugin():
     with pytest.raises(PluginDisabled, match="DOLIBARR_WEBHOOKS_EMAIL_HOST"):
-        plugin.handled_events(config={})
+        plugin.read_settings(config={})
     with pytest.raises(PluginDisabled, match="ignored"):
-        plugin.handled_events(config={"to": "a@example.com"})
+        plugin.read_settings(config={"to": "a@example.com"})
 
 
 def test_defaults_from_the_simple_env_configuration():
@@ -29,7 +29,7 @@ def test_defaults_from_the_simple_env_configuration():
     (rule,) = s.rules
     assert rule.to == ("accounting@acme.example",)
     assert rule.events is None and rule.language == "en" and rule.sender == "erp@acme.example"
-    assert plugin.handled_events(config=BASE) is None  # every event
+    assert plugin.handled_events(settings=plugin.read_settings(config=BASE)) is None  # every event
 
 
 @pytest.mark.parametrize(("security", "port", "expected"), [
@@ -69,22 +69,22 @@ def test_security_and_port(security, port, expected):
 ])
 def test_bad_settings_name_the_setting(changes, setting):
     with pytest.raises(ConfigError) as info:
-        plugin.handled_events(config={k: v for k, v in {**BASE, **changes}.items() if v is not None})
+        plugin.read_settings(config={k: v for k, v in {**BASE, **changes}.items() if v is not None})
     assert info.value.setting == setting
 
 
 def test_start_up_checks_template_names_and_subjects(tmp_path):
     with pytest.raises(ConfigError) as info:
-        plugin.handled_events(config={**BASE, "template": "no-such-template"})
+        plugin.read_settings(config={**BASE, "template": "no-such-template"})
     assert info.value.setting == "DOLIBARR_WEBHOOKS_EMAIL_TEMPLATE"
     assert "en/no-such-template.body.txt" in info.value.message
     with pytest.raises(ConfigError) as info:
-        plugin.handled_events(config={**BASE, "rules": [{"to": "a@example.com", "subject": "{{ ref "}]})
+        plugin.read_settings(config={**BASE, "rules": [{"to": "a@example.com", "subject": "{{ ref "}]})
     assert info.value.setting == "[plugins.email] rules[0].subject"
     (tmp_path / "en").mkdir()
     (tmp_path / "en" / "BILL_PAYED.body.txt").write_text("Paid {% if ref %}\n")
     with pytest.raises(ConfigError) as info:
-        plugin.handled_events(config={**BASE, "templates_dir": str(tmp_path)})
+        plugin.read_settings(config={**BASE, "templates_dir": str(tmp_path)})
     assert info.value.setting == "DOLIBARR_WEBHOOKS_EMAIL_TEMPLATES_DIR"
     assert "en/BILL_PAYED.body.txt" in info.value.message
 
@@ -113,14 +113,16 @@ def test_toml_rules_and_the_events_they_need():
     assert (welcome.name, welcome.to, welcome.to_field, welcome.language) == ("rules[0]", (), "email", "en")
     assert welcome.reply_to == "sales@acme.example" and welcome.sender == "erp@acme.example"
     assert (paid.index, paid.language, paid.sender) == (1, "fr", "Billing <billing@acme.example>")
-    assert plugin.handled_events(config=config) == ["BILL_PAYED", "COMPANY_CREATE", "INVOICE_VALIDATE"]
+    settings = plugin.read_settings(config=config)
+    assert plugin.handled_events(settings=settings) == ["BILL_PAYED", "COMPANY_CREATE", "INVOICE_VALIDATE"]
 
 
 def test_env_rule_and_toml_rules_together():
     config = {**BASE, "events": ["BILL_*"], "rules": [{"events": ["COMPANY_CREATE"], "to_field": "email"}]}
     env_rule, toml_rule = parse_settings(config).rules
     assert (env_rule.name, toml_rule.name) == ("env", "rules[0]")
-    assert plugin.handled_events(config=config) == ["BILL_*", "COMPANY_CREATE"]
+    settings = plugin.read_settings(config=config)
+    assert plugin.handled_events(settings=settings) == ["BILL_*", "COMPANY_CREATE"]
 
 
 def test_display_names_are_quoted_for_the_header():

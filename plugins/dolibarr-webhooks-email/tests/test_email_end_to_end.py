@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import textwrap
 from pathlib import Path
@@ -22,17 +23,24 @@ RULES = textwrap.dedent("""\
 """)
 
 
+def smtp_env(server) -> dict[str, str]:
+    """The plugin's server settings, for processes, pointing at the loopback SMTP ``server``."""
+    return {
+        "DOLIBARR_WEBHOOKS_EMAIL_HOST": server.host,
+        "DOLIBARR_WEBHOOKS_EMAIL_PORT": str(server.port),
+        "DOLIBARR_WEBHOOKS_EMAIL_SECURITY": "none",
+        "DOLIBARR_WEBHOOKS_EMAIL_TIMEOUT": "5",
+        "DOLIBARR_WEBHOOKS_EMAIL_FROM": "Acme <erp@example.com>",
+    }
+
+
 @pytest.mark.slow
 def test_email_welcome_and_invoice_paid_arrive(tmp_path, smtp_server):
     python = testing.fresh_venv(tmp_path / "venv", ROOT, PLUGIN)
     config_file = tmp_path / "dolibarr-webhooks.toml"
     config_file.write_text(RULES, encoding="utf-8")
     env = {
-        "DOLIBARR_WEBHOOKS_EMAIL_HOST": smtp_server.host,
-        "DOLIBARR_WEBHOOKS_EMAIL_PORT": str(smtp_server.port),
-        "DOLIBARR_WEBHOOKS_EMAIL_SECURITY": "none",
-        "DOLIBARR_WEBHOOKS_EMAIL_TIMEOUT": "5",
-        "DOLIBARR_WEBHOOKS_EMAIL_FROM": "Acme <erp@example.com>",
+        **smtp_env(smtp_server),
         "DOLIBARR_WEBHOOKS_CONFIG": str(config_file),
         "DOLIBARR_WEBHOOKS_DOLIBARR_URL": "https://erp.example",
     }
@@ -60,3 +68,49 @@ def test_email_welcome_and_invoice_paid_arrive(tmp_path, smtp_server):
     assert paid.message["X-Dolibarr-Trigger"] == "BILL_PAYED"
     assert "Total incl. tax: 2,243.76 EUR" in paid.text
     assert '<a href="https://erp.example/compta/facture/card.php?facid=311"' in paid.html
+
+
+@pytest.mark.slow
+def test_dead_deliveries_alert_once_then_one_digest(smtp_server):
+    """Real gunicorn and worker; the test plugin ``failer`` refuses every event for good. One dead
+    delivery: one alert. Forty more after the interval: one alert, then one digest of the rest."""
+    testplugin = pytest.importorskip("dolibarr_webhooks_testplugin", reason="the failer is in tests/testplugin")
+    interval = 10  # seconds: long enough for forty events to go dead inside it on a busy machine
+    env = {
+        **smtp_env(smtp_server),
+        "DOLIBARR_WEBHOOKS_EMAIL_ALERT_TO": "ops@example.com",  # alerts only: no rule
+        "DOLIBARR_WEBHOOKS_FAILER_MODE": "permanent",
+        "DOLIBARR_WEBHOOKS_ALERT_INTERVAL": f"{interval}s",
+    }
+
+    def dead(service) -> int:
+        return service.stats()["plugins"].get("failer", {}).get("dead", 0)
+
+    with testing.running_service(env=env) as service:
+        plugins = {p["name"]: p for p in json.loads(service.cli("plugins", "--json").stdout)}
+        assert plugins["email"]["status"] == "enabled" and plugins["email"]["events"] == []
+
+        assert service.post(testplugin.body("BILL_PAYED", object_id=1)).status_code < 300
+        (first,) = smtp_server.handler.wait_for(1, timeout=30) or [None]
+        assert first is not None, service.logs(tail=4000)
+        time.sleep(interval + 2)  # nothing held: no digest may follow
+        assert len(smtp_server.received) == 1
+
+        for number in range(2, 42):
+            assert service.post(testplugin.body("BILL_PAYED", object_id=number)).status_code < 300
+        testing.wait_for(lambda: dead(service) == 41, 30, interval=0.2, message=lambda: service.logs(tail=4000))
+        received = smtp_server.handler.wait_for(3, timeout=interval + 30)
+        time.sleep(2)  # room for a wrong fourth message
+
+    assert [r.message["Subject"] for r in received] == [
+        "dolibarr-webhooks: failer delivery dead",
+        "dolibarr-webhooks: failer delivery dead",
+        f"dolibarr-webhooks: 39 more failer deliveries dead in the last {interval} s",
+    ]
+    assert all(r.rcpt_tos == ["ops@example.com"] for r in received)
+    text = first.text.replace("\r\n", "\n")
+    assert "A delivery of the failer plugin went dead" in text
+    assert "Invoice FA2611-0042 paid" in text and "failer refuses this event for good" in text
+    assert "dolibarr-webhooks replay evt_" in text and "--plugin failer" in text
+    digest = received[2].text.replace("\r\n", "\n")
+    assert "... and 19 more." in digest and "dolibarr-webhooks replay --dead --plugin failer" in digest

@@ -72,8 +72,9 @@ def block_with(language: str, text: str) -> str:
 
 def test_welcome_story(readme_config, readme_server, dolibarr_event):
     config = readme_config(env_text=block_with("sh", "TEMPLATE=welcome"))
-    assert plugin.handled_events(config=config) == ["COMPANY_CREATE"]
-    plugin.handle_event(event=dolibarr_event("COMPANY_CREATE"), config=config)
+    settings = plugin.read_settings(config=config)
+    assert plugin.handled_events(settings=settings) == ["COMPANY_CREATE"]
+    plugin.handle_event(event=dolibarr_event("COMPANY_CREATE"), settings=settings)
     (sent,) = readme_server.received
     assert sent.starttls and sent.login == b"erp@example.com"
     assert sent.rcpt_tos == ["billing@acme.example"]
@@ -83,8 +84,9 @@ def test_welcome_story(readme_config, readme_server, dolibarr_event):
 
 def test_invoice_paid_story(readme_config, readme_server, dolibarr_event):
     config = readme_config(env_text=block_with("sh", "EVENTS=BILL_PAYED"))
-    assert plugin.handled_events(config=config) == ["BILL_PAYED"]
-    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)
+    settings = plugin.read_settings(config=config)
+    assert plugin.handled_events(settings=settings) == ["BILL_PAYED"]
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
     (sent,) = readme_server.received
     assert sent.rcpt_tos == ["accounting@example.com"]
     assert sent.mail_from == "erp@example.com"  # FROM defaults to the username
@@ -95,9 +97,10 @@ def test_invoice_paid_story(readme_config, readme_server, dolibarr_event):
 def test_both_stories_in_toml(readme_config, readme_server, dolibarr_event):
     (toml,) = code_blocks("toml")
     config = readme_config(toml_text=toml)
-    assert plugin.handled_events(config=config) == ["BILL_PAYED", "COMPANY_CREATE"]
-    plugin.handle_event(event=dolibarr_event("COMPANY_CREATE"), config=config)
-    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)
+    settings = plugin.read_settings(config=config)
+    assert plugin.handled_events(settings=settings) == ["BILL_PAYED", "COMPANY_CREATE"]
+    plugin.handle_event(event=dolibarr_event("COMPANY_CREATE"), settings=settings)
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
     welcome, paid = readme_server.received
     assert (welcome.rcpt_tos, welcome.message["Subject"]) == (["billing@acme.example"], "Bienvenue, Acme Industries !")
     assert welcome.message["Reply-To"] == "sales@example.com"
@@ -110,10 +113,10 @@ def test_readme_template_example_renders(tmp_path, dolibarr_event):
     (tmp_path / "en" / "BILL_PAYED.body.html").write_text(example, encoding="utf-8")
     (tmp_path / "en" / "BILL_PAYED.body.txt").write_text("{{ thirdparty }} has paid {{ ref }}.", encoding="utf-8")
     config = {"host": "smtp.example", "from": "erp@example.com", "to": "a@example.com", "templates_dir": str(tmp_path)}
-    plugin.handled_events(config=config)  # compiles the folder's templates
+    settings = plugin.read_settings(config=config)  # compiles the folder's templates
     from dolibarr_webhooks_email.render import render_rule
 
-    rendered = render_rule(dolibarr_event("BILL_PAYED"), plugin.parse_settings(config).rules[0], str(tmp_path))
+    rendered = render_rule(dolibarr_event("BILL_PAYED"), settings.rules[0], settings.templates)
     assert "<p>third party 42 has paid FA2611-0042.</p>" in rendered.html
     assert "2,243.76 EUR" in rendered.html and "2026-12-27" in rendered.html
 
@@ -145,7 +148,8 @@ def test_trying_it_locally(tmp_path, dolibarr_event):
         env_file = tmp_path / ".env"
         env_file.write_text(env_text.replace("PORT=8025", f"PORT={port}"), encoding="utf-8")
         config = plugin_config(load_settings(environ={}, env_file=env_file), "email")
-        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)
+        settings = plugin.read_settings(config=config)
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
         printed = wait_for(lambda: "Subject: [Dolibarr] Invoice" in log.read_text() and log.read_text(), 20,
                            message=log.read_text)
     finally:

@@ -19,10 +19,11 @@ def test_user_stories_welcome_and_invoice_paid(smtp_server, email_config, doliba
         {"events": ["COMPANY_CREATE"], "to_field": "email", "template": "welcome", "language": "fr"},
         {"events": ["BILL_PAYED"], "to": ["Accounting <accounting@acme.example>"]},
     ])
-    assert plugin.handled_events(config=config) == ["BILL_PAYED", "COMPANY_CREATE"]
+    settings = plugin.read_settings(config=config)
+    assert plugin.handled_events(settings=settings) == ["BILL_PAYED", "COMPANY_CREATE"]
 
-    plugin.handle_event(event=dolibarr_event("COMPANY_CREATE"), config=config)
-    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)
+    plugin.handle_event(event=dolibarr_event("COMPANY_CREATE"), settings=settings)
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
 
     welcome, paid = smtp_server.received
     assert welcome.rcpt_tos == ["billing@acme.example"] and welcome.mail_from == "erp@acme.example"
@@ -44,15 +45,17 @@ def test_user_stories_welcome_and_invoice_paid(smtp_server, email_config, doliba
 
 def test_events_matching_no_rule_send_nothing(smtp_server, email_config, dolibarr_event):
     config = email_config(smtp_server, to="accounting@acme.example", events="BILL_*,INVOICE_PAID")
-    plugin.handle_event(event=dolibarr_event("COMPANY_CREATE"), config=config)
+    settings = plugin.read_settings(config=config)
+    plugin.handle_event(event=dolibarr_event("COMPANY_CREATE"), settings=settings)
     assert smtp_server.received == []
-    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)  # INVOICE_PAID is an alias
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)  # INVOICE_PAID is an alias
     assert len(smtp_server.received) == 1
 
 
 def test_display_names_with_commas_reach_every_address(smtp_server, email_config, dolibarr_event):
     config = email_config(smtp_server, to='"Doe, John" <john@acme.example>, Zoé <zoe@acme.example>')
-    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)
+    settings = plugin.read_settings(config=config)
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
     (sent,) = smtp_server.received
     assert sent.rcpt_tos == ["john@acme.example", "zoe@acme.example"]
     assert [a.display_name for a in sent.message["To"].addresses] == ["Doe, John", "Zoé"]
@@ -61,7 +64,8 @@ def test_display_names_with_commas_reach_every_address(smtp_server, email_config
 def test_several_rules_one_connection_non_ascii(smtp_server, email_config, dolibarr_event):
     config = email_config(smtp_server, to="boss@acme.example", language="fr", rules=[
         {"to": ["compta@acme.example"], "subject": "Réglé : {{ ref }}"}])
-    plugin.handle_event(event=dolibarr_event("BILL_PAYED", ref="FA-é"), config=config)
+    settings = plugin.read_settings(config=config)
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED", ref="FA-é"), settings=settings)
     boss, compta = smtp_server.received
     assert boss.message["Subject"].startswith("[Dolibarr] Facture FA-é payée")
     assert "Total TTC : 2\u202f243,76 EUR" in boss.text
@@ -74,16 +78,18 @@ def test_no_recipient_is_a_permanent_failure(smtp_server, email_config, dolibarr
         {"events": ["COMPANY_CREATE"], "to_field": "email", "template": "welcome"},
         {"events": ["COMPANY_*"], "to": "sales@acme.example"},
     ])
+    settings = plugin.read_settings(config=config)
     with pytest.raises(PermanentFailure, match=r"rules\[0\].*'email'.*1 other message"):
-        plugin.handle_event(event=dolibarr_event("COMPANY_CREATE", email=None), config=config)
+        plugin.handle_event(event=dolibarr_event("COMPANY_CREATE", email=None), settings=settings)
     # The rule that had an address was still served.
     assert [r.rcpt_tos for r in smtp_server.received] == [["sales@acme.example"]]
 
 
 def test_server_down_is_retried_not_permanent(closed_port, email_config, dolibarr_event, smtp_server):
     smtp_server.port = closed_port
+    settings = plugin.read_settings(config=email_config(smtp_server, to="a@acme.example"))
     with pytest.raises(ConnectionError, match=f"127.0.0.1:{closed_port}") as info:
-        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=email_config(smtp_server, to="a@acme.example"))
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
     assert not isinstance(info.value, PermanentFailure)
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
 
@@ -94,33 +100,34 @@ def test_silent_server_times_out_and_is_retried(email_config, dolibarr_event, sm
         silent.bind(("127.0.0.1", 0))
         silent.listen(5)
         smtp_server.port = silent.getsockname()[1]
+        settings = plugin.read_settings(config=email_config(smtp_server, to="a@acme.example", timeout=0.5))
         with pytest.raises(ConnectionError, match="timed out") as info:
-            plugin.handle_event(event=dolibarr_event("BILL_PAYED"),
-                                config=email_config(smtp_server, to="a@acme.example", timeout=0.5))
+            plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
     assert isinstance(info.value.__cause__, smtplib.SMTPServerDisconnected)  # how smtplib reports it
 
 
 def test_recipient_refused_550_is_permanent(smtp_server, email_config, dolibarr_event):
     smtp_server.handler.rcpt_answers["nobody@acme.example"] = "550 5.1.1 No such user"
+    settings = plugin.read_settings(config=email_config(smtp_server, to="nobody@acme.example"))
     with pytest.raises(PermanentFailure, match="nobody@acme.example: 550 5.1.1 No such user"):
-        plugin.handle_event(event=dolibarr_event("BILL_PAYED"),
-                            config=email_config(smtp_server, to="nobody@acme.example"))
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
     assert smtp_server.received == []
 
 
 def test_recipient_refused_4xx_is_retried(smtp_server, email_config, dolibarr_event):
     smtp_server.handler.rcpt_answers["busy@acme.example"] = "450 4.2.1 Mailbox busy, try later"
+    settings = plugin.read_settings(config=email_config(smtp_server, to="busy@acme.example"))
     with pytest.raises(smtplib.SMTPRecipientsRefused) as info:
-        plugin.handle_event(event=dolibarr_event("BILL_PAYED"),
-                            config=email_config(smtp_server, to="busy@acme.example"))
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
     assert not isinstance(info.value, PermanentFailure)
 
 
 def test_one_refused_recipient_among_several_is_logged(smtp_server, email_config, dolibarr_event, caplog):
     smtp_server.handler.rcpt_answers["gone@acme.example"] = "550 5.1.1 No such user"
     config = email_config(smtp_server, to="gone@acme.example, accounting@acme.example")
+    settings = plugin.read_settings(config=config)
     with caplog.at_level(logging.WARNING, logger="dolibarr_webhooks_email"):
-        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)  # delivered: no retry, no duplicate
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)  # delivered: no retry, no duplicate
     assert smtp_server.received[0].rcpt_tos == ["accounting@acme.example"]
     assert "gone@acme.example: 550" in caplog.text
 
@@ -131,23 +138,26 @@ def test_one_refused_recipient_among_several_is_logged(smtp_server, email_config
 ])
 def test_data_refused(smtp_server, email_config, dolibarr_event, answer, permanent):
     smtp_server.handler.data_answer = answer
+    settings = plugin.read_settings(config=email_config(smtp_server, to="a@acme.example"))
     with pytest.raises(Exception) as info:
-        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=email_config(smtp_server, to="a@acme.example"))
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
     assert isinstance(info.value, PermanentFailure) is permanent
     assert answer.split(" ", 1)[1] in str(info.value)
 
 
 def test_starttls_asked_but_not_offered_is_permanent(smtp_server, email_config, dolibarr_event):
     config = email_config(smtp_server, to="a@acme.example", security="starttls")
+    settings = plugin.read_settings(config=config)
     with pytest.raises(PermanentFailure, match="STARTTLS"):
-        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
 
 
 def test_starttls_and_auth(starttls_server, certificates, email_config, dolibarr_event):
     user, password = starttls_server.login
     config = email_config(starttls_server, to="a@acme.example", security="starttls", username=user,
                           password=password, ca_file=str(certificates.ca_file))
-    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)
+    settings = plugin.read_settings(config=config)
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
     (received,) = starttls_server.received
     assert received.starttls and received.login == user.encode()
     assert "FA2611-0042" in received.message["Subject"]
@@ -156,8 +166,9 @@ def test_starttls_and_auth(starttls_server, certificates, email_config, dolibarr
 def test_starttls_wrong_password_is_permanent(starttls_server, certificates, email_config, dolibarr_event):
     config = email_config(starttls_server, to="a@acme.example", security="starttls",
                           username=starttls_server.login[0], password="wrong", ca_file=str(certificates.ca_file))
+    settings = plugin.read_settings(config=config)
     with pytest.raises(PermanentFailure, match="535"):
-        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
     assert starttls_server.received == []
 
 
@@ -166,14 +177,34 @@ def test_starttls_untrusted_certificate_is_retried(starttls_server, email_config
     user, password = starttls_server.login
     config = email_config(starttls_server, to="a@acme.example", security="starttls", username=user,
                           password=password)
+    settings = plugin.read_settings(config=config)
     with pytest.raises(ssl.SSLCertVerificationError):
-        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), config=config)
+        plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
     assert starttls_server.received == []
 
 
 def test_implicit_tls(start_smtp, certificates, email_config, dolibarr_event):
     server = start_smtp(ssl_context=certificates.server_context())
     config = email_config(server, to="a@acme.example", security="tls", ca_file=str(certificates.ca_file))
-    plugin.handle_event(event=dolibarr_event("PAYMENT_CUSTOMER_CREATE"), config=config)
+    settings = plugin.read_settings(config=config)
+    plugin.handle_event(event=dolibarr_event("PAYMENT_CUSTOMER_CREATE"), settings=settings)
     (received,) = server.received
     assert "2,243.76 EUR" in received.text and "PAY2611-0007" in received.message["Subject"]
+
+
+def test_settings_and_templates_are_read_once(tmp_path, smtp_server, email_config, dolibarr_event):
+    """What read_settings compiled is what deliveries use: a template edited (or removed) after
+    start-up changes nothing until the next start, and nothing is parsed per event."""
+    (tmp_path / "en").mkdir()
+    subject = tmp_path / "en" / "BILL_PAYED.subject.txt"
+    subject.write_text("Paid: {{ ref }}")
+    config = email_config(smtp_server, to="a@acme.example", templates_dir=str(tmp_path))
+    settings = plugin.read_settings(config=config)
+    config["to"] = "someone-else@acme.example"  # the raw mapping is not read again
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED"), settings=settings)
+    subject.write_text("Edited: {{ ref }}")
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED", ref="FA-2"), settings=settings)
+    subject.unlink()
+    plugin.handle_event(event=dolibarr_event("BILL_PAYED", ref="FA-3"), settings=settings)
+    assert [r.message["Subject"] for r in smtp_server.received] == ["Paid: FA2611-0042", "Paid: FA-2", "Paid: FA-3"]
+    assert all(r.rcpt_tos == ["a@acme.example"] for r in smtp_server.received)
