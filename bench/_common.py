@@ -284,7 +284,7 @@ class GunicornSettings:
             args += ["-k", self.worker_class]
         if not self.config:
             args += ["--graceful-timeout", "10"]
-        if self.threads > 1 or self.worker_class in ("gthread", "dolibarr_webhooks.gunicorn.ThreadWorker"):
+        if self.threads > 1 or self.worker_class in ("gthread", "dolibarr_webhooks.web.gunicorn.ThreadWorker"):
             args += ["--threads", str(self.threads)]
         return args + [app]
 

@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(5 sync workers on 2 cores, gunicorn access log, multi-process metrics)")
     parser.add_argument("--serve", action="store_true",
                         help="every target under what 'dolibarr-webhooks serve' runs since it resists slow "
-                             "clients: 2 workers of dolibarr_webhooks.gunicorn.ThreadWorker, 16 threads each")
+                             "clients: 2 workers of dolibarr_webhooks.web.gunicorn.ThreadWorker, 16 threads each")
     parser.add_argument("--workers", type=int, default=None,
                         help="gunicorn workers (default 2, as serve; with --production, the file's)")
     parser.add_argument("--worker-class", default=None, help="gunicorn worker class (default sync)")
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.production:
         gunicorn = GunicornSettings(args.workers, args.worker_class, args.threads, PRODUCTION_CONFIG)
     elif args.serve:
-        from dolibarr_webhooks.gunicorn import SERVE_THREADS
+        from dolibarr_webhooks.web.gunicorn import SERVE_THREADS
 
-        gunicorn = GunicornSettings(args.workers or 2, "dolibarr_webhooks.gunicorn.ThreadWorker", SERVE_THREADS)
+        gunicorn = GunicornSettings(args.workers or 2, "dolibarr_webhooks.web.gunicorn.ThreadWorker", SERVE_THREADS)
     else:
         gunicorn = GunicornSettings(args.workers or 2, args.worker_class or "sync", args.threads)
     concurrencies = [int(c) for c in args.concurrency.split(",")]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from dolibarr_webhooks.cli import is_local_url, reachable_address
+from dolibarr_webhooks.cli.targets import is_local_url, reachable_address
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 from dolibarr_webhooks.testing import free_port, running_service, wait_for, wait_for_port

@@ -9,7 +9,7 @@ from typing import Any
 import jinja2
 
 from dolibarr_webhooks import ConfigError, Event, PermanentFailure, hookimpl
-from dolibarr_webhooks.catalogue import matches
+from dolibarr_webhooks.events import matches
 
 from .config import Rule, Settings, parse_settings, rule_key
 from .render import build_message, environment, recipients, render_rule

@@ -14,7 +14,7 @@ from jinja2 import (ChoiceLoader, Environment, FileSystemLoader, PackageLoader, 
                     pass_context, select_autoescape)
 
 from dolibarr_webhooks import Event
-from dolibarr_webhooks.catalogue import FAMILIES, label, split_code
+from dolibarr_webhooks.events import FAMILIES, label, split_code
 from dolibarr_webhooks.describe import (currency, format_amount, noun_and_verb, object_name, summary,
                                         thirdparty_label, to_decimal)
 

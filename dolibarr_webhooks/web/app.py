@@ -1,4 +1,5 @@
-"""``create_app``: settings, plugins, store and routes of one application."""
+"""``create_app``: settings, plugins, store and routes of one web application (the
+package's ``dolibarr_webhooks.create_app`` adds the ``webhooks`` commands to it)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,15 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from . import cli, errors, health, logs, receiver
-from .config import load_settings
-from .metrics import Metrics
-from .plugins import build_plugins
-from .service import Service
-from .store import Store
+from ..metrics import Metrics
+from ..pipeline.ingest import Service
+from ..plugins import build_plugins
+from ..settings import load_settings
+from ..store import Store
+from . import access_log, errors, health, ratelimit, views
+from .request import EXTENSION
 
 logger = logging.getLogger("dolibarr_webhooks")
-
-EXTENSION = "dolibarr_webhooks"
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -33,7 +33,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(settings.values)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_SIZE"]
     app.json.sort_keys = False
-    logs.init_app(app, settings.sensitive_values)
+    access_log.init_app(app, settings.sensitive_values)
 
     plugins = build_plugins(settings, extra=extra_plugins)
     store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"], settings["REQUEST_DEADLINE"])
@@ -43,12 +43,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions[EXTENSION] = svc
 
     errors.init_app(app)
-    receiver.init_app(app)
+    views.init_app(app)
     health.init_app(app)
-    from . import ratelimit
-
     ratelimit.init_app(app)
-    cli.init_app(app)
     if announce:
         _announce(app, svc)
     return app

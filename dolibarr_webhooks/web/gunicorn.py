@@ -20,8 +20,8 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
 from gunicorn.workers.sync import SyncWorker as _SyncWorker
 
-from .config import SENSITIVE_NAME
-from .logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
+from ..settings import SENSITIVE_NAME
+from ..logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -32,7 +32,7 @@ _QUERY_ATOMS = {"q", "{query_string}e"}
 
 def _known_secrets() -> list[str]:
     """The secrets of the service's settings, to mask wherever they appear."""
-    from .config import ConfigError, load_settings
+    from ..settings import ConfigError, load_settings
 
     try:
         settings = load_settings()
@@ -313,7 +313,7 @@ def post_worker_init(worker) -> None:
     """gunicorn hook: with ``DOLIBARR_WEBHOOKS_EMBEDDED_WORKER``, each web process also runs a
     delivery worker thread. Started here, after the fork, never in ``create_app`` (a CLI
     command or a preloading master must not start one)."""
-    from .worker import start_embedded
+    from ..pipeline.deliver import start_embedded
 
     app = worker.wsgi
     if app.config.get("EMBEDDED_WORKER"):
@@ -343,7 +343,7 @@ def run(bind: str, workers: int = 2, request_deadline: float = 10.0) -> None:
         def load_config(self):
             self.cfg.set("bind", bind)
             self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "dolibarr_webhooks.gunicorn.ThreadWorker")
+            self.cfg.set("worker_class", "dolibarr_webhooks.web.gunicorn.ThreadWorker")
             self.cfg.set("threads", SERVE_THREADS)
             self.cfg.set("timeout", worker_timeout(request_deadline))
             self.cfg.set("graceful_timeout", 25)
@@ -356,7 +356,7 @@ def run(bind: str, workers: int = 2, request_deadline: float = 10.0) -> None:
                 self.cfg.set("control_socket_disable", True)
 
         def load(self):
-            from . import create_app
+            from .app import create_app
 
             # serve said once what each process would announce (cli._announce).
             return create_app({"ANNOUNCE": False})

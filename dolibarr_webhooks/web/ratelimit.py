@@ -14,7 +14,7 @@ above the busiest real hour and use it against floods, not as traffic shaping.
 
 The limiter never turns an outage of its own store into refused events: when Redis does
 not answer, requests are let through (``swallow_errors``) and counted in each process's
-memory. That is logged once per process (on ``dolibarr_webhooks.ratelimit``) and shown by
+memory. That is logged once per process (on ``dolibarr_webhooks.web.ratelimit``) and shown by
 ``/ready`` and ``check``.
 """
 
@@ -26,9 +26,10 @@ import logging
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
 
-from .auth import SIGNATURE_HEADER, AuthError
-from .receiver import Refused, request_body, request_client, request_source
-from .store import redacted_url
+from ..pipeline.verify import SIGNATURE_HEADER, AuthError
+from ..store import redacted_url
+from .request import Refused, request_body, request_client, request_source
+from .views import bp
 
 SCOPE = "webhook"
 FAILURES_SCOPE = "webhook-failures"
@@ -118,8 +119,6 @@ def init_app(app: Flask) -> None:
     # Flask-Limiter says once per process when it falls back to memory and when its store
     # recovers; on its own logger nobody would read it.
     limiter.logger = logger
-    from .receiver import bp
-
     # Shared limits: /webhook, /webhook/test and /webhook/events draw from the same buckets.
     # Failures are only tested before the request and counted after it, once refused.
     limiter.shared_limit(rule, scope=FAILURES_SCOPE, key_func=client_key, error_message=message,

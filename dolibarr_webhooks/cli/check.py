@@ -19,9 +19,10 @@ from typing import Any
 
 import click
 
-from .cli import LOCAL_URL_WARNING, is_local_url, target_url, webhooks
-from .config import ENV_PREFIX, MIN_SECRET_LENGTH, ConfigError, Settings, env_name, load_settings
-from .store import describe_error, redacted_url
+from ..settings import ENV_PREFIX, MIN_SECRET_LENGTH, ConfigError, Settings, env_name, load_settings
+from ..store import error_line, redacted_url
+from .group import webhooks
+from .targets import LOCAL_URL_WARNING, is_local_url, target_url
 
 OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
 LEVELS = (OK, INFO, WARNING, ERROR)
@@ -149,7 +150,7 @@ def _safe_url(url: str) -> str:
 def _check_store(settings: Settings, report: Report) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .store import SCHEMA_VERSION, Store
+    from ..store import SCHEMA_VERSION, Store
 
     url = settings["DATABASE_URL"]
     shown = _safe_url(url)
@@ -180,14 +181,14 @@ def _check_store(settings: Settings, report: Report) -> None:
     try:
         store = Store(url, settings["SQLITE_SYNCHRONOUS"])
     except Exception as exc:  # a driver missing or a URL SQLAlchemy refuses
-        report.add(ERROR, "store", f"cannot use {shown}: {describe_error(exc)}", env_name("DATABASE_URL"))
+        report.add(ERROR, "store", f"cannot use {shown}: {error_line(exc)}", env_name("DATABASE_URL"))
         return
     try:
         with store.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
         version = store.schema_version()
     except SQLAlchemyError as exc:
-        report.add(ERROR, "store", f"cannot reach {shown}: {describe_error(exc)}", env_name("DATABASE_URL"))
+        report.add(ERROR, "store", f"cannot reach {shown}: {error_line(exc)}", env_name("DATABASE_URL"))
         return
     finally:
         store.dispose()
@@ -210,12 +211,12 @@ def _check_stored_credentials(settings: Settings, store, report: Report) -> None
     Dolibarr users' passwords and API keys: say how many and how to clean them."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .credentials import expected_rules
+    from ..credentials import expected_rules
 
     try:
         stale = store.count_stale(*expected_rules(settings.sources))
     except SQLAlchemyError as exc:
-        report.add(ERROR, "credentials", f"cannot read the store: {describe_error(exc)}")
+        report.add(ERROR, "credentials", f"cannot read the store: {error_line(exc)}")
         return
     finally:
         store.dispose()
@@ -231,7 +232,7 @@ def _check_stored_credentials(settings: Settings, store, report: Report) -> None
 def _plugin_names() -> list[str]:
     from importlib import metadata
 
-    from .plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
+    from ..plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
 
     return sorted({ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)} | set(DEFAULT_PLUGINS))
 
@@ -252,7 +253,7 @@ def _describe_plugin(report: Report, info) -> None:
 
 
 def _check_plugins(settings: Settings, report: Report) -> None:
-    from .plugins import build_plugins
+    from ..plugins import build_plugins
 
     try:
         plugins = build_plugins(settings)
@@ -324,13 +325,13 @@ def _check_ratelimit(settings: Settings, report: Report) -> None:
         return
     from limits.storage import storage_from_string
 
-    from .ratelimit import REDIS_TIMEOUTS
+    from ..web.ratelimit import REDIS_TIMEOUTS
 
     try:
         options = REDIS_TIMEOUTS if storage_url.startswith("redis") else {}
         reachable = storage_from_string(storage_url, **options).check()
     except Exception as exc:  # a scheme limits does not know, a client library missing
-        report.add(ERROR, "rate limit", f"cannot use {_safe_url(storage_url)}: {describe_error(exc)}",
+        report.add(ERROR, "rate limit", f"cannot use {_safe_url(storage_url)}: {error_line(exc)}",
                    env_name("RATELIMIT_STORAGE_URL"))
         return
     if reachable:
@@ -398,7 +399,7 @@ def run_checks(env_file: str | None = None) -> Report:
 def _mask(report: Report, settings: Settings) -> None:
     """A plugin's or a driver's message may quote a credential: the same masking as the logs.
     The target URLs are left whole: they are printed to be pasted into Dolibarr."""
-    from .logs import SecretScrubber
+    from ..logs import SecretScrubber
 
     scrubber = SecretScrubber()
     scrubber.add(settings.sensitive_values)

@@ -8,17 +8,14 @@ import logging
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..store import SCHEMA_VERSION
 from .errors import json_error
 from .ratelimit import storage_state
-from .store import SCHEMA_VERSION
+from .request import service
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__)
-
-
-def service():
-    return current_app.extensions["dolibarr_webhooks"]
 
 
 @bp.get("/health")
