@@ -33,19 +33,18 @@ _metrics_dir, _metrics_dir_is_ours = prepare_multiproc_dir()
 
 
 def _settings():
-    """The service's own settings (environment, then .env), for the log format, level and port.
-    A bad setting is not reported here: each worker stops on it with a clear message."""
-    from dolibarr_webhooks.settings import ConfigError, load_settings
+    """The service's own settings (environment, then .env), for the log format, level and port:
+    read once, in the master; its logger and the workers it forks use the same ones. A bad
+    setting is not reported here: each worker stops on it with a clear message."""
+    from dolibarr_webhooks.settings import ConfigError, process_settings
 
     try:
-        return load_settings().values
+        return process_settings().values
     except ConfigError:
         return {}
 
 
 _service = _settings()
-# RedactingLogger reads the format from the environment; .env values count too.
-os.environ.setdefault("DOLIBARR_WEBHOOKS_LOG_FORMAT", str(_service.get("LOG_FORMAT", "text")))
 # A PostgreSQL server that does not answer must fail a request in seconds, not hold a
 # sync worker until it is killed (libpq reads this variable).
 os.environ.setdefault("PGCONNECT_TIMEOUT", "5")

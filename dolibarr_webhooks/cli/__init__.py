@@ -15,7 +15,7 @@ import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
-from ..settings import ConfigError, load_settings
+from ..settings import ConfigError, process_settings
 from . import check, inspect, ops, serve  # noqa: F401  (each registers its commands on the group)
 from .group import webhooks
 
@@ -38,16 +38,17 @@ def _create_cli_app() -> Flask:
 
     ctx = click.get_current_context(silent=True)
     command = ctx.info_name if ctx else None
+    settings = process_settings()  # read once for the command and its app
     if command in SERVICE_COMMANDS:
-        return create_app({"ANNOUNCE": command == "worker"})
-    database = sqlite_path(load_settings()["DATABASE_URL"])
+        return create_app({"ANNOUNCE": command == "worker"}, settings=settings)
+    database = sqlite_path(settings["DATABASE_URL"])
     missing = database is not None and not os.path.exists(database)
     if command not in STORELESS_COMMANDS and missing:
         raise click.ClickException(f"no store at {database} yet: 'dolibarr-webhooks serve' (or 'migrate') "
                                    f"creates it; run this command where the service runs, or set "
                                    f"DOLIBARR_WEBHOOKS_DATABASE_URL")
     # events, plugins, send: nothing to store, so no file to create.
-    return create_app({"ANNOUNCE": False, **({"AUTO_MIGRATE": False} if missing else {})})
+    return create_app({"ANNOUNCE": False}, settings=settings.replace(AUTO_MIGRATE=False) if missing else settings)
 
 
 class _Commands(FlaskGroup):

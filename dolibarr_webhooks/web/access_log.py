@@ -7,11 +7,11 @@ import logging
 import re
 import time
 import uuid
-from typing import Iterable
 
 from flask import Flask, g, request
 
 from ..logs import configure, redact, request_id
+from ..settings import Settings
 
 access_logger = logging.getLogger("dolibarr_webhooks.access")
 
@@ -19,10 +19,11 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-def init_app(app: Flask, secrets: Iterable[str] = ()) -> None:
-    """``secrets``: ``Settings.sensitive_values`` (every source's secrets, TOML sources included,
-    the metrics token and the plugins' credentials), masked in every line."""
-    configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"], secrets)
+def init_app(app: Flask, settings: Settings) -> None:
+    """Logs at the settings' level and format; ``Settings.sensitive_values`` (every source's
+    secrets, TOML sources included, the metrics token and the plugins' credentials) are masked
+    in every line."""
+    configure(settings["LOG_LEVEL"], settings["LOG_FORMAT"], settings.sensitive_values)
 
     @app.before_request
     def _begin() -> None:

@@ -11,7 +11,7 @@ from flask import Flask
 from ..metrics import Metrics
 from ..pipeline.ingest import Service
 from ..plugins import build_plugins
-from ..settings import load_settings
+from ..settings import Settings, load_settings, process_settings
 from ..store import Store
 from . import access_log, errors, health, ratelimit, views
 from .request import EXTENSION
@@ -19,21 +19,26 @@ from .request import EXTENSION
 logger = logging.getLogger("dolibarr_webhooks")
 
 
-def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings | None = None) -> Flask:
+    """``settings``: already read (a command, ``serve``); else this process's settings
+    (``process_settings``), or, with ``test_config``, settings read with it."""
     test_config = dict(test_config or {})
     extra_plugins = test_config.pop("EXTRA_PLUGINS", ())  # (name, module) pairs registered without entry points
     # Log what an operator must know (no secret, plugin warnings) once, where the service runs:
     # commands that only read turn it off, and serve says it once for all its processes.
     announce = test_config.pop("ANNOUNCE", True)
-    settings = load_settings(test_config)
+    if settings is None:
+        settings = load_settings(test_config) if test_config else process_settings()
     app = Flask(__name__)
     # /webhook//<secret> would be answered with a 308 to /webhook/<secret>: a redirect that
     # repeats the secret, which Dolibarr does not even follow. A 404 in JSON instead.
     app.url_map.merge_slashes = False
+    # Our code reads the settings from the service (``Settings``); app.config gets a copy for
+    # Flask (its own keys, which a test may set) and for code that only has the app.
     app.config.update(settings.values)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_SIZE"]
     app.json.sort_keys = False
-    access_log.init_app(app, settings.sensitive_values)
+    access_log.init_app(app, settings)
 
     plugins = build_plugins(settings, extra=extra_plugins)
     store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"], settings["REQUEST_DEADLINE"])
@@ -53,7 +58,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
 def _announce(app: Flask, svc: Service) -> None:
     if not any(source.secrets for source in svc.sources.values()):
-        if app.config["INSECURE_NO_AUTH"]:
+        if svc.settings["INSECURE_NO_AUTH"]:
             logger.warning("INSECURE: DOLIBARR_WEBHOOKS_INSECURE_NO_AUTH is on: events are accepted from anyone. "
                            "For local trials only.")
         else:

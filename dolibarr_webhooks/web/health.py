@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import logging
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..store import SCHEMA_VERSION
@@ -78,17 +78,16 @@ def ready():
 
 @bp.get("/metrics")
 def metrics():
-    config = current_app.config
-    if not config["METRICS"]:
+    svc = service()
+    if not svc.settings["METRICS"]:
         return json_error(404, "not_found", "metrics are turned off (DOLIBARR_WEBHOOKS_METRICS)")
-    token = config["METRICS_TOKEN"]
+    token = svc.settings["METRICS_TOKEN"]
     if token:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             response = json_error(401, "unauthorized", "metrics need Authorization: Bearer <METRICS_TOKEN>")
             response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
             return response
-    svc = service()
     return Response(svc.metrics.exposition(svc.store), mimetype="text/plain; version=0.0.4")
 
 

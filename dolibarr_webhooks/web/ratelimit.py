@@ -28,7 +28,8 @@ from flask_limiter import Limiter
 
 from ..pipeline.verify import SIGNATURE_HEADER, AuthError
 from ..store import redacted_url
-from .request import Refused, request_body, request_client, request_source
+from ..settings import Settings
+from .request import EXTENSION as SERVICE, Refused, request_body, request_client, request_source
 from .views import bp
 
 SCOPE = "webhook"
@@ -69,7 +70,7 @@ def storage_state(app: Flask | None = None) -> dict | None:
     limiter = app.extensions.get(EXTENSION)
     if limiter is None:
         return None
-    url = app.config["RATELIMIT_STORAGE_URL"]
+    url = _settings(app)["RATELIMIT_STORAGE_URL"]
     state = {"storage": redacted_url(url) or url.split(":", 1)[0], "shared": not url.startswith("memory://")}
     if state["shared"]:
         try:
@@ -91,8 +92,13 @@ def key_prefix(database_url: str) -> str:
     return "dolibarr_webhooks:" + hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
+def _settings(app: Flask) -> Settings:
+    return app.extensions[SERVICE].settings
+
+
 def init_app(app: Flask) -> None:
-    rule = app.config["RATELIMIT"]
+    settings = _settings(app)
+    rule = settings["RATELIMIT"]
     if not rule:
         return
     message = f"rate limit exceeded: at most {rule} per source, and {rule} refused requests per client address"
@@ -108,13 +114,13 @@ def init_app(app: Flask) -> None:
     limiter = Limiter(
         client_key,
         app=app,
-        storage_uri=app.config["RATELIMIT_STORAGE_URL"],
+        storage_uri=settings["RATELIMIT_STORAGE_URL"],
         strategy="moving-window",
         headers_enabled=True,  # X-RateLimit-* on every answer, Retry-After on a 429
-        key_prefix=key_prefix(app.config["DATABASE_URL"]),
+        key_prefix=key_prefix(settings["DATABASE_URL"]),
         swallow_errors=True,
         in_memory_fallback_enabled=True,
-        storage_options=REDIS_TIMEOUTS if app.config["RATELIMIT_STORAGE_URL"].startswith("redis") else {},
+        storage_options=REDIS_TIMEOUTS if settings["RATELIMIT_STORAGE_URL"].startswith("redis") else {},
     )
     # Flask-Limiter says once per process when it falls back to memory and when its store
     # recovers; on its own logger nobody would read it.

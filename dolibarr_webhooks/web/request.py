@@ -27,7 +27,7 @@ def request_client() -> str:
     """The client's address, behind the configured number of trusted proxies (once per request)."""
     if "client" not in g:
         g.client = client_address(request.remote_addr, request.headers.get("X-Forwarded-For"),
-                                  current_app.config["TRUSTED_PROXIES"])
+                                  service().settings["TRUSTED_PROXIES"])
     return g.client
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, g, jsonify, request
 
 from ..deadline import REQUEST_START_HEADER, request_deadline as deadline_at
 from ..listing import event_rows, plugin_rows
@@ -31,7 +31,7 @@ def _authenticated_source(token: str | None, body: bytes) -> Source:
     if all(s.allowed_ips for s in sources) and sources and not any(
             address_allowed(client, s.allowed_ips) for s in sources):
         raise Refused(403, "forbidden", f"address {client} is not allowed")
-    if current_app.config["INSECURE_NO_AUTH"] and not any(s.secrets for s in sources):
+    if svc.settings["INSECURE_NO_AUTH"] and not any(s.secrets for s in sources):
         return sources[0]
     if not any(s.secrets for s in sources):
         raise Refused(401, "unauthorized", "no secret is configured on this service, so no event is accepted; "
@@ -69,8 +69,9 @@ def receive(token: str | None = None):
 def request_deadline() -> float:
     """The ``time.monotonic()`` instant by which this request's event must be stored; the
     proxy's X-Request-Start counts only from a trusted proxy (a client's could only shorten it)."""
-    stamp = request.headers.get(REQUEST_START_HEADER) if current_app.config["TRUSTED_PROXIES"] else None
-    return deadline_at(current_app.config["REQUEST_DEADLINE"], g.request_started, stamp)
+    settings = service().settings
+    stamp = request.headers.get(REQUEST_START_HEADER) if settings["TRUSTED_PROXIES"] else None
+    return deadline_at(settings["REQUEST_DEADLINE"], g.request_started, stamp)
 
 
 # The answer to a store failure, by kind. A timeout is an outage to Dolibarr (try again
@@ -115,7 +116,7 @@ def _accept(raw: bytes, source: Source, test: bool):
         record_outcome(422, "no_trigger_code")
         return json_error(422, "no_trigger_code", str(exc))
     except ParseError as exc:
-        if current_app.config["STRICT"]:
+        if svc.settings["STRICT"]:
             record_outcome(400, "parse")
             return json_error(400, "bad_request", str(exc))
         return _quarantine(raw, source, str(exc), deadline)
