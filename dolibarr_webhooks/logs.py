@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Iterable
 from urllib.parse import quote, unquote, unquote_plus
 
-from .settings import SENSITIVE_NAME as _SENSITIVE_NAME
+from .credentials import SENSITIVE_NAME as _SENSITIVE_NAME
 
 request_id: ContextVar[str] = ContextVar("dolibarr_webhooks_request_id", default="-")
 
@@ -28,6 +28,7 @@ MASK = "***"
 # /webhook/<secret>, /webhook/<secret>/events, /webhook/<secret>/test; not /webhook/events or /webhook/test.
 _WEBHOOK_SEGMENT = re.compile(r"(/webhook/)(?!(?:events|test)(?:[/?#\s\"']|$))[^/?#\s\"']+", re.IGNORECASE)
 _USERINFO = re.compile(r"(//)[^/@\s\"']+@")
+_PASSWORD = re.compile(r"(//[^/:@\s\"']*:)[^/@\s\"']+@")
 _QUERY_PARAM = re.compile(r"([?&;][^=&;\s\"'#?]*(?:" + _SENSITIVE_NAME.pattern + r")[^=&;\s\"'#?]*=)[^&;\s\"'#]*",
                           re.IGNORECASE)
 _AUTH_HEADER = re.compile(r"((?:authorization|x-dolibarr-signature|webhook-signature)[\"']?\s*[:=]\s*[\"']?"
@@ -45,15 +46,16 @@ def _redact_query(query: str) -> str:
     return "&".join(parts)
 
 
-def redact(target: str) -> str:
-    """A request target or URL with any secret replaced by ``***``.
+def redact(target: str, keep_user: bool = False) -> str:
+    """A request target or URL with any secret replaced by ``***``: the one URL redaction.
 
     The path is percent-decoded before it is matched (``/%77ebhook/<secret>`` reaches the
     same view as ``/webhook/<secret>``), then re-encoded, so what is logged is the
-    normalised path with the secret masked.
+    normalised path with the secret masked. ``keep_user``: the URL of a database or Redis,
+    whose user name an operator needs (which account?); only its password is masked.
     """
     path, sep, query = target.partition("?")
-    path = _USERINFO.sub(r"\1" + MASK + "@", path)
+    path = (_PASSWORD if keep_user else _USERINFO).sub(r"\1" + MASK + "@", path)
     path = quote(_WEBHOOK_SEGMENT.sub(r"\1" + MASK, unquote(path)), safe=_SAFE_PATH)
     return path + sep + (_redact_query(query) if sep else "")
 
@@ -113,6 +115,12 @@ class TextFormatter(logging.Formatter):
         return self.scrubber(super().format(record))
 
 
+# The fields of an access line, the application's (web/access_log.py) and gunicorn's
+# (web/gunicorn.py), written by JsonFormatter when a record carries them.
+ACCESS_FIELDS = ("status", "outcome", "trigger_code", "event_id", "source", "client", "duration_ms", "method",
+                 "path", "bytes", "user_agent")
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, scrubber: SecretScrubber | None = None) -> None:
         super().__init__()
@@ -126,8 +134,7 @@ class JsonFormatter(logging.Formatter):
             "message": self.scrubber(record.getMessage()),
             "request_id": getattr(record, "request_id", None) or request_id.get(),
         }
-        for key in ("status", "outcome", "trigger_code", "event_id", "source", "client", "duration_ms",
-                    "method", "path"):
+        for key in ACCESS_FIELDS:
             value = getattr(record, key, None)
             if value is not None:
                 data[key] = self.scrubber(value) if isinstance(value, str) else value

@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping
 
 from dotenv import dotenv_values
 
+from .credentials import SENSITIVE_NAME
 from .exceptions import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -37,11 +38,6 @@ DEFAULT_SOURCE = "default"
 LEGACY_VARIABLES = {"WEBHOOK_SECRET": "SECRET", "WEBHOOK_PORT": "PORT", "LOG_LEVEL": "LOG_LEVEL"}
 
 DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"  # close to Standard Webhooks' schedule
-
-# Names of settings, query parameters and headers whose values are credentials, whatever
-# else they are called. A Slack incoming-webhook URL is one too.
-SENSITIVE_NAME = re.compile(r"token|secret|passw|pwd|key|sig|auth|credential|session|cookie|webhook_url",
-                            re.IGNORECASE)
 
 
 def parse_duration(value: Any) -> float:

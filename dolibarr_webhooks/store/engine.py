@@ -11,16 +11,6 @@ from sqlalchemy import create_engine, event as sa_event
 from sqlalchemy.engine import Engine
 
 
-def redacted_url(url: str) -> str | None:
-    """A database (or Redis) URL with its password hidden; None when it cannot be parsed."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # SQLAlchemy raises several types for a malformed URL
-        return None
-
-
 def normalise_url(url: str) -> str:
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]

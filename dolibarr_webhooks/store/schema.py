@@ -254,3 +254,13 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
      _postgresql_ingest_within_deadline),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def schema_problem(version: int) -> str | None:
+    """What keeps a database at schema ``version`` from serving this release, in the words
+    ``/ready`` and ``check`` both use; None when it is current."""
+    if version < SCHEMA_VERSION:
+        return f"schema version {version}, expected {SCHEMA_VERSION}"
+    if version > SCHEMA_VERSION:
+        return f"schema version {version} is newer than this release ({SCHEMA_VERSION})"
+    return None

@@ -12,7 +12,6 @@ import re
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
 
 from gunicorn import util
 from gunicorn.glogging import Logger
@@ -20,8 +19,9 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
 from gunicorn.workers.sync import SyncWorker as _SyncWorker
 
-from ..settings import SENSITIVE_NAME, ConfigError, Settings, process_settings
+from ..credentials import SENSITIVE_NAME
 from ..logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
+from ..settings import ConfigError, Settings, process_settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -59,8 +59,9 @@ class RedactingLogger(Logger):
                                                scrubber=scrubber, datefmt="[%Y-%m-%d %H:%M:%S %z]"))
         for handler in self.access_log.handlers:
             # Last line of defence: a mistyped path (/webhooks/<secret>) is not a webhook path,
-            # but the secret itself is known and masked.
-            handler.setFormatter(TextFormatter("%(message)s", scrubber=scrubber))
+            # but the secret itself is known and masked. JSON lines in the application's format.
+            handler.setFormatter(make_formatter("json", scrubber) if json_lines else
+                                 TextFormatter("%(message)s", scrubber=scrubber))
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
@@ -96,11 +97,9 @@ class RedactingLogger(Logger):
         atoms = self.atoms(resp, req, environ, request_time)
         query = atoms.get("q") or ""
         path = (atoms.get("U") or "") + ("?" + query if query else "")
-        data = {
-            "time": datetime.now(timezone.utc).isoformat(),
-            "level": "info",
-            "logger": "gunicorn.access",
-            "message": f"{atoms.get('m')} {path} {atoms.get('s')}",
+        # One JSON format for every access line: the fields go on the record, and the handler's
+        # JsonFormatter (logs.py) writes them as it writes the application's own.
+        fields = {
             "request_id": atoms.get("{x-request-id}o") or "-",
             "status": int(atoms["s"]) if str(atoms.get("s", "")).isdigit() else atoms.get("s"),
             "method": atoms.get("m"),
@@ -111,7 +110,7 @@ class RedactingLogger(Logger):
             "user_agent": atoms.get("a"),
         }
         try:
-            self.access_log.info(json.dumps(data, ensure_ascii=False, default=str))
+            self.access_log.info("%s %s %s", atoms.get("m"), path, atoms.get("s"), extra=fields)
         except Exception:  # gunicorn's own access() logs a broken line the same way
             self.exception("cannot write the access log line")
         return None

@@ -8,7 +8,7 @@ import logging
 from flask import Blueprint, Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..store import SCHEMA_VERSION
+from ..store import SCHEMA_VERSION, schema_problem
 from .errors import json_error
 from .ratelimit import storage_state
 from .request import service
@@ -37,12 +37,10 @@ def readiness() -> tuple[bool, dict]:
             problems["store"] = "the store does not answer"
         else:
             version = svc.store.schema_version()
-            checks["schema"] = version == SCHEMA_VERSION
-            if version < SCHEMA_VERSION:
-                problems["schema"] = (f"schema version {version}, expected {SCHEMA_VERSION}: "
-                                      "run 'dolibarr-webhooks migrate'")
-            elif version > SCHEMA_VERSION:
-                problems["schema"] = f"schema version {version} is newer than this release ({SCHEMA_VERSION})"
+            problem = schema_problem(version)
+            checks["schema"] = problem is None
+            if problem:
+                problems["schema"] = problem + (": run 'dolibarr-webhooks migrate'" if version < SCHEMA_VERSION else "")
             if version:
                 failure = svc.store.probe_write()
                 checks["writes"] = failure is None

@@ -27,7 +27,7 @@ from flask import Flask, current_app, request
 from flask_limiter import Limiter
 
 from ..pipeline.verify import SIGNATURE_HEADER, AuthError
-from ..store import redacted_url
+from ..logs import redact
 from ..settings import Settings
 from .request import EXTENSION as SERVICE, Refused, request_body, request_client, request_source
 from .views import bp
@@ -71,7 +71,7 @@ def storage_state(app: Flask | None = None) -> dict | None:
     if limiter is None:
         return None
     url = _settings(app)["RATELIMIT_STORAGE_URL"]
-    state = {"storage": redacted_url(url) or url.split(":", 1)[0], "shared": not url.startswith("memory://")}
+    state = {"storage": redact(url, keep_user=True), "shared": not url.startswith("memory://")}
     if state["shared"]:
         try:
             state["reachable"] = bool(limiter.storage.check())
@@ -87,8 +87,7 @@ def key_prefix(database_url: str) -> str:
     """Counters are shared by the processes and hosts of one deployment, and only by them:
     the prefix is derived from the store they share (its URL without the password), so
     two deployments on one Redis never mix their counts."""
-    # An unparsable URL fails later, at the store, with a clear message.
-    url = redacted_url(database_url) or database_url
+    url = redact(database_url, keep_user=True)
     return "dolibarr_webhooks:" + hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
