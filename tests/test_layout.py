@@ -112,22 +112,30 @@ def test_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-# Rooms and the rooms they must not import: arrows only downwards.
+# Rooms and the rooms they must not import: arrows only downwards. "" is the ground floor
+# beside them (events, settings, plugins, credentials, logs...), which every room may use.
+ROOMS = ("cli", "web", "pipeline", "store")
 FORBIDDEN = {
     "store": ("pipeline", "web", "cli"),
     "pipeline": ("web", "cli"),
     "web": ("cli",),
+    "cli": (),
+    "": ROOMS,
 }
+# The roof: the package's top (the app factory: web and cli) and the pytest plugin.
+ROOF = (NAME, f"{NAME}.testing")
 
 
 def room(module: str) -> str:
     parts = module.split(".")
-    return parts[1] if len(parts) > 2 else ""
+    return parts[1] if len(parts) > 1 and parts[1] in ROOMS else ""
 
 
 def test_arrows_only_downwards():
-    wrong = [f"{source} imports {target}" for source, targets in import_graph().items() for target in targets
-             if room(target) in FORBIDDEN.get(room(source), ())]
+    graph = import_graph()
+    assert room(f"{NAME}.store") == "store" and room(f"{NAME}.web.views") == "web" and room(f"{NAME}.events") == ""
+    wrong = [f"{source} imports {target}" for source, targets in graph.items() for target in targets
+             if source not in ROOF and room(target) in FORBIDDEN[room(source)]]
     assert not wrong
 
 
