@@ -8,13 +8,13 @@ plugins shipped under ``plugins/`` keep to it.
 
 from __future__ import annotations
 
-from .catalogue import FAMILIES, canonical_code, label, matches, noun_and_verb, split_code
-from .config import parse_bool
+from .events import FAMILIES, canonical_code, label, matches, noun_and_verb, split_code
+from .settings import parse_bool
 from .describe import currency, format_amount, object_name, person_name, summary, thirdparty_label, to_decimal
-from .event import CARD_PATHS, Event
+from .events import CARD_PATHS, Event
 from .exceptions import ConfigError, PermanentFailure, PluginDisabled, RetryLater
-from .notices import DEAD, DELIVERED, DIGEST, RECOVERED, Alert, Outcome
-from .payload import scrub
+from .pipeline.notices import DEAD, DELIVERED, DIGEST, RECOVERED, Alert, Outcome
+from .pipeline.parse import scrub
 
 __all__ = [
     # events and their words

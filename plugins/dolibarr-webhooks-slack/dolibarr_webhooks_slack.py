@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from slack_sdk.webhook import WebhookClient, WebhookResponse
 
 from dolibarr_webhooks import ConfigError, Event, PermanentFailure, PluginDisabled, RetryLater, hookimpl
-from dolibarr_webhooks.catalogue import matches
+from dolibarr_webhooks.events import matches
 from dolibarr_webhooks.describe import (
     currency,
     format_amount,
@@ -29,7 +29,7 @@ from dolibarr_webhooks.describe import (
     thirdparty_label,
     to_decimal,
 )
-from dolibarr_webhooks.event import CARD_PATHS
+from dolibarr_webhooks.events import CARD_PATHS
 
 __version__ = "0.1.0"
 

@@ -27,9 +27,9 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from dolibarr_webhooks import ConfigError, Event, PermanentFailure, PluginDisabled, RetryLater, hookimpl
-from dolibarr_webhooks.catalogue import matches
-from dolibarr_webhooks.config import parse_bool
-from dolibarr_webhooks.payload import scrub
+from dolibarr_webhooks.events import matches
+from dolibarr_webhooks.settings import parse_bool
+from dolibarr_webhooks.pipeline.parse import scrub
 
 __version__ = "0.1.0"
 

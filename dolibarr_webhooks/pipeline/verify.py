@@ -3,7 +3,8 @@
 Dolibarr signs nothing; an admin can only put the secret in the URL or in
 ``https://user:pass@host``. Other senders may sign the raw body (HMAC hex in
 ``X-Dolibarr-Signature``, or Standard Webhooks headers). Every comparison is
-constant-time, and no secret ever reaches a log or an error message. No Flask here.
+constant-time, and no secret ever reaches a log or an error message. And from where: the
+client's real address behind reverse proxies, and IP allow-lists. No Flask here.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from .config import Source
+from ..settings import Source
 
 SIGNATURE_HEADER = "X-Dolibarr-Signature"
 STANDARD_WEBHOOKS_TOLERANCE = 300  # seconds, as the Standard Webhooks libraries
@@ -131,3 +133,33 @@ def authenticate(sources: Iterable[Source], credentials: Credentials, body: byte
             if any(_equal(token, secret) for token in tokens) or _signature_matches(secret, credentials, body, now):
                 return source
     raise AuthError("wrong credentials")
+
+
+# -- where from ---------------------------------------------------------------------------
+def client_address(remote_addr: str | None, forwarded_for: str | None, trusted_proxies: int) -> str:
+    """The address of the client as the outermost trusted proxy saw it.
+
+    Each trusted proxy appends the address it received the request from, so only the
+    last ``trusted_proxies`` entries of X-Forwarded-For are ours; anything to their left
+    was written by the client and is ignored.
+    """
+    if trusted_proxies <= 0 or not forwarded_for:
+        return remote_addr or ""
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    if len(hops) < trusted_proxies:
+        return remote_addr or ""
+    return hops[-trusted_proxies]
+
+
+def address_allowed(address: str, networks: Iterable[ipaddress._BaseNetwork]) -> bool:
+    """Whether ``address`` is in one of ``networks``; an empty list allows everyone."""
+    networks = list(networks)
+    if not networks:
+        return True
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return False
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in networks)

@@ -2,11 +2,15 @@
 TOML file, then ``test_config``; each source overrides the one before.
 
 Every value is checked here, once, so a bad setting stops start-up with a message
-naming the variable instead of failing on the first request.
+naming the variable instead of failing on the first request. A process reads them once
+(``process_settings``) and hands the ``Settings`` to whoever needs them: gunicorn's master
+reads them before it forks (``contrib/gunicorn.conf.py``, ``serve``), and its workers
+inherit them; nothing travels back through ``os.environ``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -18,6 +22,7 @@ from typing import Any, Callable, Mapping
 
 from dotenv import dotenv_values
 
+from .credentials import SENSITIVE_NAME
 from .exceptions import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -33,11 +38,6 @@ DEFAULT_SOURCE = "default"
 LEGACY_VARIABLES = {"WEBHOOK_SECRET": "SECRET", "WEBHOOK_PORT": "PORT", "LOG_LEVEL": "LOG_LEVEL"}
 
 DEFAULT_RETRY_SCHEDULE = "5s,5m,30m,2h,5h,10h,10h"  # close to Standard Webhooks' schedule
-
-# Names of settings, query parameters and headers whose values are credentials, whatever
-# else they are called. A Slack incoming-webhook URL is one too.
-SENSITIVE_NAME = re.compile(r"token|secret|passw|pwd|key|sig|auth|credential|session|cookie|webhook_url",
-                            re.IGNORECASE)
 
 
 def parse_duration(value: Any) -> float:
@@ -218,6 +218,21 @@ class Settings:
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
 
+    def replace(self, **changes: Any) -> Settings:
+        """These settings with ``changes`` (core settings by name, checked as when read); the
+        default source is built again from them (``serve``'s generated secret)."""
+        values = dict(self.values)
+        for key, value in changes.items():
+            try:
+                values[key] = SETTINGS[key][1](value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(env_name(key), str(exc)) from None
+        sources = dict(self.sources)
+        if {"SECRET", "SECRETS", "SOURCE", "ALLOWED_IPS", "DOLIBARR_URL", "SCRUB_KEYS"} & set(changes):
+            sources.pop(self.values["SOURCE"], None)
+            sources = {**build_sources(values, {}), **sources}
+        return dataclasses.replace(self, values=values, sources=sources)
+
     @property
     def secrets(self) -> list[str]:
         """Every source's secrets, the default source's first."""
@@ -331,6 +346,28 @@ def load_settings(test_config: Mapping[str, Any] | None = None, environ: Mapping
         values["LEASE"] = values["HANDLER_TIMEOUT"] + 30.0
     return Settings(values=values, sources=sources, plugin_raw=plugin_raw, plugin_tables=plugin_tables,
                     origins=origin)
+
+
+# This process's settings, once read (``process_settings``). A module global on purpose: it is
+# how gunicorn's workers, forked from the master that read the settings, get them without
+# reading them again.
+_process: Settings | None = None
+
+
+def process_settings(env_file: str | os.PathLike | None = None) -> Settings:
+    """This process's settings: read at the first call, then the same ``Settings`` for every
+    caller (the gunicorn configuration, its logger, each worker's ``create_app``, a command)."""
+    global _process
+    if _process is None:
+        _process = load_settings(env_file=env_file)
+    return _process
+
+
+def keep(settings: Settings) -> Settings:
+    """Make ``settings`` this process's (``serve``, after its command-line options)."""
+    global _process
+    _process = settings
+    return settings
 
 
 def build_sources(values: dict[str, Any], tables: Mapping[str, Any]) -> dict[str, Source]:

@@ -1,6 +1,7 @@
-"""The service: settings, plugins, store and metrics of one app, and the one boundary
-through which every event is dispatched. The receiver hands events here and does
-not know that they are stored and run later by a worker."""
+"""Ingest: an event goes into the store with one delivery per plugin that handles it (a body
+that does not parse is quarantined instead); ``deliver.py``'s worker runs the deliveries
+later. ``Service`` holds the settings, plugins, store and metrics of one app: the web views
+and the commands reach the pipeline through it."""
 
 from __future__ import annotations
 
@@ -10,14 +11,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .config import Settings, Source
-from .credentials import Scrubber, scrubber_for
-from .event import Event
-from .metrics import Metrics
-from .payload import MissingTriggerCode, ParseError, body_sha256, event_from_body, new_event_id
-from .plugins import Plugins
-from .store import DATA, TIMEOUT, UNAVAILABLE, IngestResult, Store, StoreError
-from .worker import Worker
+from ..credentials import Scrubber, scrubber_for
+from ..events import Event
+from ..metrics import Metrics
+from ..plugins import Plugins
+from ..settings import Settings, Source
+from ..store import DATA, TIMEOUT, UNAVAILABLE, IngestResult, Store, StoreError
+from ..version import __version__
+from .deliver import Worker
+from .parse import MissingTriggerCode, ParseError, body_sha256, event_from_body, new_event_id
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class Service:
     def scrubber(self, source_name: str) -> Scrubber:
         return scrubber_for(self.sources.get(source_name))
 
-    def dispatch(self, event: Event, remote_addr: str | None = None, deadline: float | None = None) -> IngestResult:
+    def ingest(self, event: Event, remote_addr: str | None = None, deadline: float | None = None) -> IngestResult:
         """Store the event with one delivery per plugin that handles it; the worker does the rest.
         ``deadline``: the ``time.monotonic()`` instant after which nothing may be stored."""
         try:
@@ -78,7 +80,7 @@ class Service:
         return event_id
 
     def reprocess(self, event_id: str | None = None) -> list[tuple[str, str]]:
-        """Parse quarantined bodies again (after a fix); those that parse now are dispatched."""
+        """Parse quarantined bodies again (after a fix); those that parse now are ingested."""
         results = []
         for row in self.store.quarantined(event_id):
             source = self.sources.get(row["source"]) or Source(name=row["source"])
@@ -102,8 +104,6 @@ class Service:
         return worker
 
     def health(self) -> dict[str, Any]:
-        from . import __version__
-
         return {"status": "ok", "service": "dolibarr-webhooks", "version": __version__,
                 "uptime": round(time.time() - self.started_at, 3),
                 "timestamp": datetime.now(timezone.utc).isoformat()}

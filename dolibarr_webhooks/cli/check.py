@@ -9,7 +9,6 @@ when anything is an error.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections import Counter
@@ -19,9 +18,11 @@ from typing import Any
 
 import click
 
-from .cli import LOCAL_URL_WARNING, is_local_url, target_url, webhooks
-from .config import ENV_PREFIX, MIN_SECRET_LENGTH, ConfigError, Settings, env_name, load_settings
-from .store import describe_error, redacted_url
+from ..settings import ENV_PREFIX, MIN_SECRET_LENGTH, ConfigError, Settings, env_name, load_settings
+from ..logs import redact
+from ..store import error_line
+from .group import emit, json_option, webhooks
+from .targets import LOCAL_URL_WARNING, is_local_url, target_url
 
 OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
 LEVELS = (OK, INFO, WARNING, ERROR)
@@ -142,17 +143,13 @@ def _check_secrets(settings: Settings, report: Report) -> None:
 
 
 # -- store ----------------------------------------------------------------------------------
-def _safe_url(url: str) -> str:
-    return redacted_url(url) or "(unreadable URL)"  # not a URL SQLAlchemy understands: show nothing of it
-
-
 def _check_store(settings: Settings, report: Report) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .store import SCHEMA_VERSION, Store
+    from ..store import SCHEMA_VERSION, Store, schema_problem
 
     url = settings["DATABASE_URL"]
-    shown = _safe_url(url)
+    shown = redact(url, keep_user=True)
     migrate_hint = "run 'dolibarr-webhooks migrate'"
     if settings["AUTO_MIGRATE"]:
         migrate_hint += " (or start the service: AUTO_MIGRATE is on)"
@@ -180,29 +177,29 @@ def _check_store(settings: Settings, report: Report) -> None:
     try:
         store = Store(url, settings["SQLITE_SYNCHRONOUS"])
     except Exception as exc:  # a driver missing or a URL SQLAlchemy refuses
-        report.add(ERROR, "store", f"cannot use {shown}: {describe_error(exc)}", env_name("DATABASE_URL"))
+        report.add(ERROR, "store", f"cannot use {shown}: {error_line(exc)}", env_name("DATABASE_URL"))
         return
     try:
         with store.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
         version = store.schema_version()
     except SQLAlchemyError as exc:
-        report.add(ERROR, "store", f"cannot reach {shown}: {describe_error(exc)}", env_name("DATABASE_URL"))
+        report.add(ERROR, "store", f"cannot reach {shown}: {error_line(exc)}", env_name("DATABASE_URL"))
         return
     finally:
         store.dispose()
-    if version == SCHEMA_VERSION:
+    problem = schema_problem(version)
+    if problem is None:
         report.add(OK, "store", f"{shown} answers; schema version {version} is current")
         _check_stored_credentials(settings, store, report)
     elif version > SCHEMA_VERSION:
-        report.add(ERROR, "store", f"{shown}: schema version {version} is newer than this release "
-                                   f"({SCHEMA_VERSION}): upgrade dolibarr-webhooks", env_name("DATABASE_URL"))
+        report.add(ERROR, "store", f"{shown}: {problem}: upgrade dolibarr-webhooks", env_name("DATABASE_URL"))
     elif settings["AUTO_MIGRATE"]:
-        report.add(WARNING, "store", f"{shown} answers; schema version {version}, expected {SCHEMA_VERSION}: "
-                                     f"it is migrated at the next start (AUTO_MIGRATE is on)")
+        report.add(WARNING, "store", f"{shown} answers; {problem}: it is migrated at the next start "
+                                     f"(AUTO_MIGRATE is on)")
     else:
-        report.add(ERROR, "store", f"{shown} answers but is not migrated (schema version {version}, expected "
-                                   f"{SCHEMA_VERSION}): {migrate_hint}", env_name("AUTO_MIGRATE"))
+        report.add(ERROR, "store", f"{shown} answers but is not migrated ({problem}): {migrate_hint}",
+                   env_name("AUTO_MIGRATE"))
 
 
 def _check_stored_credentials(settings: Settings, store, report: Report) -> None:
@@ -210,12 +207,12 @@ def _check_stored_credentials(settings: Settings, store, report: Report) -> None
     Dolibarr users' passwords and API keys: say how many and how to clean them."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .credentials import expected_rules
+    from ..credentials import expected_rules
 
     try:
         stale = store.count_stale(*expected_rules(settings.sources))
     except SQLAlchemyError as exc:
-        report.add(ERROR, "credentials", f"cannot read the store: {describe_error(exc)}")
+        report.add(ERROR, "credentials", f"cannot read the store: {error_line(exc)}")
         return
     finally:
         store.dispose()
@@ -231,7 +228,7 @@ def _check_stored_credentials(settings: Settings, store, report: Report) -> None
 def _plugin_names() -> list[str]:
     from importlib import metadata
 
-    from .plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
+    from ..plugins import DEFAULT_PLUGINS, ENTRY_POINT_GROUP
 
     return sorted({ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)} | set(DEFAULT_PLUGINS))
 
@@ -252,7 +249,7 @@ def _describe_plugin(report: Report, info) -> None:
 
 
 def _check_plugins(settings: Settings, report: Report) -> None:
-    from .plugins import build_plugins
+    from ..plugins import build_plugins
 
     try:
         plugins = build_plugins(settings)
@@ -324,20 +321,21 @@ def _check_ratelimit(settings: Settings, report: Report) -> None:
         return
     from limits.storage import storage_from_string
 
-    from .ratelimit import REDIS_TIMEOUTS
+    from ..web.ratelimit import REDIS_TIMEOUTS
 
+    shown = redact(storage_url, keep_user=True)
     try:
         options = REDIS_TIMEOUTS if storage_url.startswith("redis") else {}
         reachable = storage_from_string(storage_url, **options).check()
     except Exception as exc:  # a scheme limits does not know, a client library missing
-        report.add(ERROR, "rate limit", f"cannot use {_safe_url(storage_url)}: {describe_error(exc)}",
+        report.add(ERROR, "rate limit", f"cannot use {shown}: {error_line(exc)}",
                    env_name("RATELIMIT_STORAGE_URL"))
         return
     if reachable:
         report.add(OK, "rate limit", f"{rule} per source, and {rule} refused requests per client address, "
-                                     f"counted in {_safe_url(storage_url)}")
+                                     f"counted in {shown}")
     else:
-        report.add(ERROR, "rate limit", f"{_safe_url(storage_url)} does not answer: requests are let through and "
+        report.add(ERROR, "rate limit", f"{shown} does not answer: requests are let through and "
                                         f"counted in each process's memory until it does (the service logs it "
                                         f"and /ready shows it)", env_name("RATELIMIT_STORAGE_URL"))
 
@@ -398,7 +396,7 @@ def run_checks(env_file: str | None = None) -> Report:
 def _mask(report: Report, settings: Settings) -> None:
     """A plugin's or a driver's message may quote a credential: the same masking as the logs.
     The target URLs are left whole: they are printed to be pasted into Dolibarr."""
-    from .logs import SecretScrubber
+    from ..logs import SecretScrubber
 
     scrubber = SecretScrubber()
     scrubber.add(settings.sensitive_values)
@@ -423,14 +421,11 @@ def render(report: Report) -> list[str]:
 
 
 @webhooks.command("check", with_appcontext=False)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 @click.option("--env-file", default=None, help="Read this .env file (default: DOLIBARR_WEBHOOKS_ENV_FILE or .env).")
 def check_command(as_json: bool, env_file: str | None) -> None:
     """Check the configuration, the store, the plugins and the URL to give Dolibarr."""
     report = run_checks(env_file)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
-    else:
-        click.echo("\n".join(render(report)))
+    emit(report.to_dict(), as_json, render(report))
     if not report.ok:
         raise SystemExit(1)

@@ -12,7 +12,6 @@ import re
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
 
 from gunicorn import util
 from gunicorn.glogging import Logger
@@ -20,8 +19,9 @@ from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
 from gunicorn.workers.sync import SyncWorker as _SyncWorker
 
-from .config import SENSITIVE_NAME
-from .logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
+from ..credentials import SENSITIVE_NAME
+from ..logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
+from ..settings import ConfigError, Settings, process_settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -30,31 +30,28 @@ _TARGET_ATOMS = {"{raw_uri}e", "{request_uri}e", "{path_info}e", "{script_name}e
 _QUERY_ATOMS = {"q", "{query_string}e"}
 
 
-def _known_secrets() -> list[str]:
-    """The secrets of the service's settings, to mask wherever they appear."""
-    from .config import ConfigError, load_settings
-
+def _settings() -> Settings | None:
+    """This process's settings (the master read them: ``contrib/gunicorn.conf.py`` or ``serve``);
+    None when they do not load: the workers stop on it, with the message."""
     try:
-        settings = load_settings()
-    except ConfigError:  # the workers stop on it, with the message
-        return []
-    return settings.sensitive_values
-
-
-def _log_format() -> str:
-    return os.environ.get("DOLIBARR_WEBHOOKS_LOG_FORMAT", "text").strip().lower()
+        return process_settings()
+    except ConfigError:
+        return None
 
 
 class RedactingLogger(Logger):
     """gunicorn's logger with secrets removed from the path, the query string, the user
-    (Basic credentials) and credential headers; JSON lines when
-    ``DOLIBARR_WEBHOOKS_LOG_FORMAT=json``, like the application's own lines."""
+    (Basic credentials) and credential headers; JSON lines when the service's
+    ``LOG_FORMAT`` is ``json`` (from ``.env`` too), like the application's own lines."""
+
+    json_lines = False
 
     def setup(self, cfg) -> None:
         super().setup(cfg)
-        json_lines = _log_format() == "json"
+        settings = _settings()
+        self.json_lines = json_lines = settings is not None and settings["LOG_FORMAT"] == "json"
         scrubber = SecretScrubber()
-        scrubber.add(_known_secrets())
+        scrubber.add(settings.sensitive_values if settings is not None else ())
         for handler in self.error_log.handlers:
             # gunicorn writes the request target in some error messages (``Error handling request /...``).
             handler.setFormatter(make_formatter("json", scrubber) if json_lines else
@@ -62,8 +59,9 @@ class RedactingLogger(Logger):
                                                scrubber=scrubber, datefmt="[%Y-%m-%d %H:%M:%S %z]"))
         for handler in self.access_log.handlers:
             # Last line of defence: a mistyped path (/webhooks/<secret>) is not a webhook path,
-            # but the secret itself is known and masked.
-            handler.setFormatter(TextFormatter("%(message)s", scrubber=scrubber))
+            # but the secret itself is known and masked. JSON lines in the application's format.
+            handler.setFormatter(make_formatter("json", scrubber) if json_lines else
+                                 TextFormatter("%(message)s", scrubber=scrubber))
 
     def atoms(self, resp, req, environ, request_time):
         atoms = super().atoms(resp, req, environ, request_time)
@@ -92,18 +90,16 @@ class RedactingLogger(Logger):
         return bool(self.cfg.accesslog or self.cfg.logconfig or self.cfg.syslog)  # gunicorn < 25
 
     def access(self, resp, req, environ, request_time):
-        if _log_format() != "json":
+        if not self.json_lines:
             return super().access(resp, req, environ, request_time)
         if not self._access_enabled():
             return None
         atoms = self.atoms(resp, req, environ, request_time)
         query = atoms.get("q") or ""
         path = (atoms.get("U") or "") + ("?" + query if query else "")
-        data = {
-            "time": datetime.now(timezone.utc).isoformat(),
-            "level": "info",
-            "logger": "gunicorn.access",
-            "message": f"{atoms.get('m')} {path} {atoms.get('s')}",
+        # One JSON format for every access line: the fields go on the record, and the handler's
+        # JsonFormatter (logs.py) writes them as it writes the application's own.
+        fields = {
             "request_id": atoms.get("{x-request-id}o") or "-",
             "status": int(atoms["s"]) if str(atoms.get("s", "")).isdigit() else atoms.get("s"),
             "method": atoms.get("m"),
@@ -114,7 +110,7 @@ class RedactingLogger(Logger):
             "user_agent": atoms.get("a"),
         }
         try:
-            self.access_log.info(json.dumps(data, ensure_ascii=False, default=str))
+            self.access_log.info("%s %s %s", atoms.get("m"), path, atoms.get("s"), extra=fields)
         except Exception:  # gunicorn's own access() logs a broken line the same way
             self.exception("cannot write the access log line")
         return None
@@ -313,11 +309,11 @@ def post_worker_init(worker) -> None:
     """gunicorn hook: with ``DOLIBARR_WEBHOOKS_EMBEDDED_WORKER``, each web process also runs a
     delivery worker thread. Started here, after the fork, never in ``create_app`` (a CLI
     command or a preloading master must not start one)."""
-    from .worker import start_embedded
+    from ..pipeline.deliver import start_embedded
 
-    app = worker.wsgi
-    if app.config.get("EMBEDDED_WORKER"):
-        start_embedded(app.extensions["dolibarr_webhooks"].make_worker())
+    service = worker.wsgi.extensions["dolibarr_webhooks"]
+    if service.settings["EMBEDDED_WORKER"]:
+        start_embedded(service.make_worker())
 
 
 def worker_timeout(request_deadline: float) -> int:
@@ -332,8 +328,9 @@ def worker_timeout(request_deadline: float) -> int:
 SERVE_THREADS = 16
 
 
-def run(bind: str, workers: int = 2, request_deadline: float = 10.0) -> None:
-    """``dolibarr-webhooks serve``: gunicorn with the embedded defaults, for a first try."""
+def run(settings: Settings, bind: str, workers: int = 2) -> None:
+    """``dolibarr-webhooks serve``: gunicorn with the embedded defaults, for a first try. Its
+    workers, forked from this process, build their app from ``settings``: read once, here."""
     from gunicorn.app.base import BaseApplication
 
     path, created = prepare_multiproc_dir()
@@ -343,9 +340,9 @@ def run(bind: str, workers: int = 2, request_deadline: float = 10.0) -> None:
         def load_config(self):
             self.cfg.set("bind", bind)
             self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "dolibarr_webhooks.gunicorn.ThreadWorker")
+            self.cfg.set("worker_class", "dolibarr_webhooks.web.gunicorn.ThreadWorker")
             self.cfg.set("threads", SERVE_THREADS)
-            self.cfg.set("timeout", worker_timeout(request_deadline))
+            self.cfg.set("timeout", worker_timeout(settings["REQUEST_DEADLINE"]))
             self.cfg.set("graceful_timeout", 25)
             self.cfg.set("logger_class", RedactingLogger)
             self.cfg.set("child_exit", lambda _server, worker: mark_process_dead(worker.pid))
@@ -356,9 +353,9 @@ def run(bind: str, workers: int = 2, request_deadline: float = 10.0) -> None:
                 self.cfg.set("control_socket_disable", True)
 
         def load(self):
-            from . import create_app
+            from .app import create_app
 
-            # serve said once what each process would announce (cli._announce).
-            return create_app({"ANNOUNCE": False})
+            # serve said once what each process would announce (cli/serve.py's _announce).
+            return create_app({"ANNOUNCE": False}, settings=settings)
 
     Application().run()

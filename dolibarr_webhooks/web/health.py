@@ -5,20 +5,17 @@ from __future__ import annotations
 import hmac
 import logging
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..store import SCHEMA_VERSION, schema_problem
 from .errors import json_error
 from .ratelimit import storage_state
-from .store import SCHEMA_VERSION
+from .request import service
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("health", __name__)
-
-
-def service():
-    return current_app.extensions["dolibarr_webhooks"]
 
 
 @bp.get("/health")
@@ -40,12 +37,10 @@ def readiness() -> tuple[bool, dict]:
             problems["store"] = "the store does not answer"
         else:
             version = svc.store.schema_version()
-            checks["schema"] = version == SCHEMA_VERSION
-            if version < SCHEMA_VERSION:
-                problems["schema"] = (f"schema version {version}, expected {SCHEMA_VERSION}: "
-                                      "run 'dolibarr-webhooks migrate'")
-            elif version > SCHEMA_VERSION:
-                problems["schema"] = f"schema version {version} is newer than this release ({SCHEMA_VERSION})"
+            problem = schema_problem(version)
+            checks["schema"] = problem is None
+            if problem:
+                problems["schema"] = problem + (": run 'dolibarr-webhooks migrate'" if version < SCHEMA_VERSION else "")
             if version:
                 failure = svc.store.probe_write()
                 checks["writes"] = failure is None
@@ -81,17 +76,16 @@ def ready():
 
 @bp.get("/metrics")
 def metrics():
-    config = current_app.config
-    if not config["METRICS"]:
+    svc = service()
+    if not svc.settings["METRICS"]:
         return json_error(404, "not_found", "metrics are turned off (DOLIBARR_WEBHOOKS_METRICS)")
-    token = config["METRICS_TOKEN"]
+    token = svc.settings["METRICS_TOKEN"]
     if token:
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             response = json_error(401, "unauthorized", "metrics need Authorization: Bearer <METRICS_TOKEN>")
             response.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
             return response
-    svc = service()
     return Response(svc.metrics.exposition(svc.store), mimetype="text/plain; version=0.0.4")
 
 

@@ -19,12 +19,12 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .exceptions import PermanentFailure, RetryLater
-from .inotify import FolderWatch
-from .logs import request_id
+from ..exceptions import PermanentFailure, RetryLater
+from ..logs import request_id
 from .notices import Notices
-from .plugins import Plugins
-from .store import DEAD, DELIVERED, FAILED, NOTIFY_CHANNEL, Claim, Store, StoreError, describe_error
+from ..plugins import Plugins
+from ..store import DEAD, DELIVERED, FAILED, Claim, Store, StoreError, error_line
+from .wakeup import CommitWatch, NotifyListener, Wakeup
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def retry_decision(attempts_done: int, error: BaseException, schedule: list[floa
 
 def describe_failure(error: BaseException) -> str:
     """A handler's failure as kept with its attempt: the exception's whole text, which is the
-    plugin's account of what went wrong (store errors use ``store.describe_error``)."""
+    plugin's account of what went wrong (store errors use ``store.error_line``)."""
     text = str(error) or type(error).__name__
     return f"{type(error).__name__}: {text}"[:2000]
 
@@ -175,13 +175,13 @@ class Worker:
         logger.info("worker %s started: plugins %s", self.name, ", ".join(self.plugins.handlers()) or "none")
         # PostgreSQL: LISTEN, (re)connected in the loop. SQLite: a watch on the store's wake
         # file, or None where inotify is missing (then the worker looks every POLL_INTERVAL).
-        listener: _Wakeup | None = None if self.store.is_postgres else _CommitWatch.open(self.store)
+        listener: Wakeup | None = None if self.store.is_postgres else CommitWatch.open(self.store)
         idle_since = time.time()
         try:
             while not self.stop_event.is_set():
                 try:
                     if self.store.is_postgres and listener is None:
-                        listener = _Listener(self.store)
+                        listener = NotifyListener(self.store)
                     self._expire()
                     self.notices.tick()
                     started = self.run_once()
@@ -195,7 +195,7 @@ class Worker:
                     self._wait(listener)
                 except STORE_ERRORS as exc:
                     logger.error("worker %s: the store is unavailable (%s); retrying in %gs", self.name,
-                                 describe_error(exc), RECONNECT_DELAY)
+                                 error_line(exc), RECONNECT_DELAY)
                     if self.store.is_postgres and listener is not None:
                         listener.close()
                         listener = None
@@ -205,7 +205,7 @@ class Worker:
                 listener.close()
             self._shutdown()
 
-    def _wait(self, listener: _Wakeup | None) -> None:
+    def _wait(self, listener: Wakeup | None) -> None:
         poll = self.settings["POLL_INTERVAL"]
         if listener is not None and not self.busy():
             # Idle: a NOTIFY (PostgreSQL) or a commit (SQLite) wakes us at once for new deliveries
@@ -249,72 +249,6 @@ class Worker:
         purged = self.store.purge(self.settings["RETENTION"])
         if purged:
             logger.info("purged %d delivered events older than %gs", purged, self.settings["RETENTION"])
-
-
-class _Wakeup:
-    """What wakes an idle worker at once: ``wait`` returns on a wake-up, after ``timeout``,
-    or once ``wake`` is set (stop(), a handler done), which it looks at every ``step``."""
-
-    def wait(self, timeout: float, wake: threading.Event, step: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not wake.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0 or self._woken(min(left, step)):
-                return
-
-    def _woken(self, seconds: float) -> bool:
-        """True on a wake-up within ``seconds``."""
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-
-class _Listener(_Wakeup):
-    """PostgreSQL LISTEN on its own autocommit connection."""
-
-    def __init__(self, store: Store) -> None:
-        import psycopg
-
-        url = store.url.replace("postgresql+psycopg://", "postgresql://")
-        try:
-            self.conn = psycopg.connect(url, autocommit=True)
-            self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot LISTEN: {exc}") from exc
-
-    def _woken(self, seconds: float) -> bool:
-        import psycopg
-
-        try:
-            return any(True for _ in self.conn.notifies(timeout=seconds, stop_after=1))
-        except psycopg.Error as exc:
-            raise StoreError(f"LISTEN connection lost: {exc}") from exc
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-class _CommitWatch(_Wakeup):
-    """SQLite: the store touches ``<database>.wake`` after each commit that adds due
-    deliveries, in whatever process; that wakes the idle worker at once."""
-
-    def __init__(self, watch: FolderWatch) -> None:
-        self.watch = watch
-
-    @classmethod
-    def open(cls, store: Store) -> _CommitWatch | None:
-        if not store.wake_file:
-            return None
-        folder, name = os.path.split(store.wake_file)
-        watch = FolderWatch.open(folder, [name])
-        return cls(watch) if watch else None
-
-    def _woken(self, seconds: float) -> bool:
-        return self.watch.wait(seconds)
-
-    def close(self) -> None:
-        self.watch.close()
 
 
 def start_embedded(worker: Worker) -> threading.Thread:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from .event import Event
+from ..events import Event
 
 logger = logging.getLogger(__name__)
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterable
 
-from . import fastjson
-from .credentials import Scrubber
-from .labels import business_ref, encodable, object_label, text
+from .. import fastjson
+from ..credentials import Scrubber
+from ..events import Event, canonical_code
+from ..labels import business_ref, encodable, object_label, text
 
 # Keys the widely copied Node guide uses instead of Dolibarr's.
 CODE_KEYS = ("triggercode", "event", "action")
@@ -89,9 +90,6 @@ def event_from_body(raw: bytes, *, source: str = "default", dolibarr_url: str | 
     Raises ``ParseError`` or ``MissingTriggerCode``.
     """
     from datetime import datetime, timezone
-
-    from .catalogue import canonical_code
-    from .event import Event
 
     sent_code, obj = parse_body(raw, scrub_keys)
     code = canonical_code(sent_code)

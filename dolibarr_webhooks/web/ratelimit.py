@@ -14,7 +14,7 @@ above the busiest real hour and use it against floods, not as traffic shaping.
 
 The limiter never turns an outage of its own store into refused events: when Redis does
 not answer, requests are let through (``swallow_errors``) and counted in each process's
-memory. That is logged once per process (on ``dolibarr_webhooks.ratelimit``) and shown by
+memory. That is logged once per process (on ``dolibarr_webhooks.web.ratelimit``) and shown by
 ``/ready`` and ``check``.
 """
 
@@ -26,9 +26,11 @@ import logging
 from flask import Flask, current_app, request
 from flask_limiter import Limiter
 
-from .auth import SIGNATURE_HEADER, AuthError
-from .receiver import Refused, request_body, request_client, request_source
-from .store import redacted_url
+from ..pipeline.verify import SIGNATURE_HEADER, AuthError
+from ..logs import redact
+from ..settings import Settings
+from .request import EXTENSION as SERVICE, Refused, request_body, request_client, request_source
+from .views import bp
 
 SCOPE = "webhook"
 FAILURES_SCOPE = "webhook-failures"
@@ -68,8 +70,8 @@ def storage_state(app: Flask | None = None) -> dict | None:
     limiter = app.extensions.get(EXTENSION)
     if limiter is None:
         return None
-    url = app.config["RATELIMIT_STORAGE_URL"]
-    state = {"storage": redacted_url(url) or url.split(":", 1)[0], "shared": not url.startswith("memory://")}
+    url = _settings(app)["RATELIMIT_STORAGE_URL"]
+    state = {"storage": redact(url, keep_user=True), "shared": not url.startswith("memory://")}
     if state["shared"]:
         try:
             state["reachable"] = bool(limiter.storage.check())
@@ -85,13 +87,17 @@ def key_prefix(database_url: str) -> str:
     """Counters are shared by the processes and hosts of one deployment, and only by them:
     the prefix is derived from the store they share (its URL without the password), so
     two deployments on one Redis never mix their counts."""
-    # An unparsable URL fails later, at the store, with a clear message.
-    url = redacted_url(database_url) or database_url
+    url = redact(database_url, keep_user=True)
     return "dolibarr_webhooks:" + hashlib.sha256(url.encode()).hexdigest()[:12]
 
 
+def _settings(app: Flask) -> Settings:
+    return app.extensions[SERVICE].settings
+
+
 def init_app(app: Flask) -> None:
-    rule = app.config["RATELIMIT"]
+    settings = _settings(app)
+    rule = settings["RATELIMIT"]
     if not rule:
         return
     message = f"rate limit exceeded: at most {rule} per source, and {rule} refused requests per client address"
@@ -107,19 +113,17 @@ def init_app(app: Flask) -> None:
     limiter = Limiter(
         client_key,
         app=app,
-        storage_uri=app.config["RATELIMIT_STORAGE_URL"],
+        storage_uri=settings["RATELIMIT_STORAGE_URL"],
         strategy="moving-window",
         headers_enabled=True,  # X-RateLimit-* on every answer, Retry-After on a 429
-        key_prefix=key_prefix(app.config["DATABASE_URL"]),
+        key_prefix=key_prefix(settings["DATABASE_URL"]),
         swallow_errors=True,
         in_memory_fallback_enabled=True,
-        storage_options=REDIS_TIMEOUTS if app.config["RATELIMIT_STORAGE_URL"].startswith("redis") else {},
+        storage_options=REDIS_TIMEOUTS if settings["RATELIMIT_STORAGE_URL"].startswith("redis") else {},
     )
     # Flask-Limiter says once per process when it falls back to memory and when its store
     # recovers; on its own logger nobody would read it.
     limiter.logger = logger
-    from .receiver import bp
-
     # Shared limits: /webhook, /webhook/test and /webhook/events draw from the same buckets.
     # Failures are only tested before the request and counted after it, once refused.
     limiter.shared_limit(rule, scope=FAILURES_SCOPE, key_func=client_key, error_message=message,

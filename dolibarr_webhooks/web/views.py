@@ -5,76 +5,21 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Blueprint, Flask, g, jsonify, request
 
-from .auth import AuthError, Credentials, authenticate
-from .config import Source
-from .deadline import REQUEST_START_HEADER, request_deadline as deadline_at
+from ..deadline import REQUEST_START_HEADER, request_deadline as deadline_at
+from ..listing import event_rows, plugin_rows
+from ..pipeline.parse import MissingTriggerCode, ParseError
+from ..pipeline.verify import AuthError, address_allowed
+from ..samples import sample_body
+from ..settings import Source
+from ..store import DATA, TIMEOUT, UNAVAILABLE, StoreError
 from .errors import json_error, record_outcome
-from .netaccess import address_allowed, client_address
-from .payload import MissingTriggerCode, ParseError
-from .samples import sample_body
-from .store import DATA, TIMEOUT, UNAVAILABLE, StoreError
+from .request import Refused, request_body, request_client, request_source, service
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("webhooks", __name__)
-
-
-def service():
-    return current_app.extensions["dolibarr_webhooks"]
-
-
-def request_client() -> str:
-    """The client's address, behind the configured number of trusted proxies (once per request)."""
-    if "client" not in g:
-        g.client = client_address(request.remote_addr, request.headers.get("X-Forwarded-For"),
-                                  current_app.config["TRUSTED_PROXIES"])
-    return g.client
-
-
-def request_source(token: str | None, body: bytes) -> Source:
-    """The source whose secret this request carries, or ``AuthError``. Remembered for the
-    request: the rate limiter's per-source key and the view need the same answer."""
-    if "authenticated" not in g:
-        credentials = Credentials.from_headers(request.headers, path_token=token,
-                                               query_token=request.args.get("token"))
-        g.authenticated = authenticate(list(service().sources.values()), credentials, body)
-    return g.authenticated
-
-
-class Refused(Exception):
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.error, self.message = status, error, message
-
-
-def request_body() -> bytes:
-    """The raw body, read once per request (the rate limiter's key may need it before the
-    view), never form-parsed whatever the Content-Type; ``Refused`` (400, 413) when it
-    cannot be read whole. Reading it is also where a malformed chunked encoding, a client
-    that stalls or one that hangs up shows, as the server's own exception."""
-    if "body" not in g:
-        g.body = g.body_error = None
-        try:
-            raw = request.get_data(cache=False)
-            # Without Content-Length (chunked), werkzeug stops at MAX_CONTENT_LENGTH without
-            # saying whether more was coming: one byte more means the body is too large.
-            if request.content_length is None and len(raw) >= current_app.config["MAX_CONTENT_LENGTH"]:
-                if request.environ["wsgi.input"].read(1):
-                    raise RequestEntityTooLarge()
-            g.body = raw
-        except RequestEntityTooLarge:
-            g.body_error = Refused(413, "request_entity_too_large",
-                                   "request body is larger than the configured limit (DOLIBARR_WEBHOOKS_MAX_BODY_SIZE)")
-        except Exception as exc:  # the server's reader: its exception types are its own
-            logger.info("could not read the request body: %s: %s", type(exc).__name__, exc)
-            g.body_error = Refused(400, "bad_request", "the request body could not be read whole "
-                                                       "(malformed chunked encoding, cut short or too slow)")
-    if g.body_error is not None:
-        raise g.body_error
-    return g.body
 
 
 def _authenticated_source(token: str | None, body: bytes) -> Source:
@@ -86,7 +31,7 @@ def _authenticated_source(token: str | None, body: bytes) -> Source:
     if all(s.allowed_ips for s in sources) and sources and not any(
             address_allowed(client, s.allowed_ips) for s in sources):
         raise Refused(403, "forbidden", f"address {client} is not allowed")
-    if current_app.config["INSECURE_NO_AUTH"] and not any(s.secrets for s in sources):
+    if svc.settings["INSECURE_NO_AUTH"] and not any(s.secrets for s in sources):
         return sources[0]
     if not any(s.secrets for s in sources):
         raise Refused(401, "unauthorized", "no secret is configured on this service, so no event is accepted; "
@@ -124,8 +69,9 @@ def receive(token: str | None = None):
 def request_deadline() -> float:
     """The ``time.monotonic()`` instant by which this request's event must be stored; the
     proxy's X-Request-Start counts only from a trusted proxy (a client's could only shorten it)."""
-    stamp = request.headers.get(REQUEST_START_HEADER) if current_app.config["TRUSTED_PROXIES"] else None
-    return deadline_at(current_app.config["REQUEST_DEADLINE"], g.request_started, stamp)
+    settings = service().settings
+    stamp = request.headers.get(REQUEST_START_HEADER) if settings["TRUSTED_PROXIES"] else None
+    return deadline_at(settings["REQUEST_DEADLINE"], g.request_started, stamp)
 
 
 # The answer to a store failure, by kind. A timeout is an outage to Dolibarr (try again
@@ -170,12 +116,12 @@ def _accept(raw: bytes, source: Source, test: bool):
         record_outcome(422, "no_trigger_code")
         return json_error(422, "no_trigger_code", str(exc))
     except ParseError as exc:
-        if current_app.config["STRICT"]:
+        if svc.settings["STRICT"]:
             record_outcome(400, "parse")
             return json_error(400, "bad_request", str(exc))
         return _quarantine(raw, source, str(exc), deadline)
     try:
-        result = svc.dispatch(event, remote_addr=request_client(), deadline=deadline)
+        result = svc.ingest(event, remote_addr=request_client(), deadline=deadline)
     except StoreError as exc:
         if exc.kind != DATA:
             return _store_failed(exc)
@@ -205,8 +151,6 @@ def registered_events(token: str | None = None):
         _authenticated_source(token, b"")
     except Refused as exc:
         return _refusal(exc)
-    from .cli import event_rows, plugin_rows
-
     plugins = service().plugins
     return jsonify({"events": event_rows(plugins), "plugins": plugin_rows(plugins)})
 
