@@ -122,8 +122,9 @@ FORBIDDEN = {
     "cli": (),
     "": ROOMS,
 }
-# The roof: the package's top (the app factory: web and cli) and the pytest plugin.
-ROOF = (NAME, f"{NAME}.testing")
+# The roof: the package's top (the app factory: web and cli), the plugin kit (the plugins'
+# one door, which hands them what the rooms make) and the pytest plugin.
+ROOF = (NAME, f"{NAME}.pluginkit", f"{NAME}.testing")
 
 
 def room(module: str) -> str:
