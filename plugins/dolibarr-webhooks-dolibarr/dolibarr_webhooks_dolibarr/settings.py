@@ -28,6 +28,8 @@ ACTIONS = {
     "build_pdf": ("PROPAL_", "ORDER_", "BILL_"),  # PUT /documents/builddoc
 }
 OUTCOMES = (DELIVERED, DEAD)
+# The core's own plugins: "log" delivers every event (a log line), not news for the card.
+BUILTIN_PLUGINS = ("log", "catalogue")
 PLUGIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -51,7 +53,7 @@ class Source:
 @dataclass(frozen=True)
 class Settings:
     sources: Mapping[str, Source]  # by source name; "*" for every source without its own table
-    plugins: tuple[str, ...] | None  # whose outcomes are written back; None: every other plugin
+    plugins: tuple[str, ...] | None  # whose outcomes are written back; None: every other plugin but the core's
     outcomes: tuple[str, ...]
     actions: Mapping[str, tuple[str, ...]]  # trigger code -> action names
     timeout: float = DEFAULT_TIMEOUT
@@ -65,7 +67,9 @@ class Settings:
 
     def writes_back(self, plugin: str, kind: str) -> bool:
         kind = DELIVERED if kind != DEAD else DEAD  # "recovered" is a delivery too
-        return kind in self.outcomes and (self.plugins is None or plugin in self.plugins)
+        if self.plugins is None:
+            return kind in self.outcomes and plugin not in BUILTIN_PLUGINS
+        return kind in self.outcomes and plugin in self.plugins
 
 
 def env_name(key: str) -> str:

@@ -96,6 +96,14 @@ def test_which_plugins_and_outcomes_are_written_back(dolibarr, plugin_settings, 
         "Email NOT sent: Invoice FA2611-0042 paid: 2,243.76 EUR incl. tax (third party 42)"]
 
 
+def test_the_core_s_log_line_is_not_news_for_the_card(dolibarr, plugin_settings, event_for):
+    plugin.delivery_outcome(outcome=Outcome("delivered", "log", event_for("BILL_PAYED"), 1), settings=plugin_settings())
+    assert dolibarr.calls == []
+    plugin.delivery_outcome(outcome=Outcome("delivered", "log", event_for("BILL_PAYED"), 1),
+                            settings=plugin_settings(plugins=["log"]))  # unless asked for
+    assert len(dolibarr.agenda) == 1
+
+
 def test_objects_without_a_card_are_left_alone(dolibarr, plugin_settings, event_for, dolibarr_event):
     settings = plugin_settings()
     for event in (event_for("COMPANY_DELETE"), dolibarr_event("TEST_TRIGGER_CODE", test=True),
