@@ -99,7 +99,8 @@ def build_pdf(event: Event, client: Client) -> None:
                     "no PDF built", event.trigger_code, event.id, noun, ref or event.object_id, status(obj))
         return
     try:
-        built = client.call("PUT", "documents/builddoc", body={"modulepart": modulepart, "original_file": f"{ref}/{ref}.pdf"})
+        built = client.call("PUT", "documents/builddoc",
+                            body={"modulepart": modulepart, "original_file": f"{ref}/{ref}.pdf"})
     except NotFound as exc:
         raise PermanentFailure(f"{exc} (building the PDF of {noun} {ref})") from None
     log.info("%s %s: built %s (%s bytes)", event.trigger_code, event.id, built.get("filename"), built.get("filesize"))

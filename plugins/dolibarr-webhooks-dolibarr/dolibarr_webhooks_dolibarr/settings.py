@@ -89,7 +89,8 @@ def _url(value: Any, setting: str) -> str | None:
         return None
     parts = urlsplit(value) if isinstance(value, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(setting, "must be the http(s) URL of Dolibarr's REST API, e.g. https://erp.example/api/index.php")
+        raise ConfigError(setting, "must be the http(s) URL of Dolibarr's REST API, "
+                                   "e.g. https://erp.example/api/index.php")
     if parts.username or parts.password or parts.query:
         raise ConfigError(setting, "must not carry credentials or a query: the key goes in api_key")
     return value.strip().rstrip("/")
@@ -157,7 +158,8 @@ def parse_settings(config: Mapping[str, Any] | None) -> Settings:
     config = dict(config or {})
     tables = config.get("sources") or {}
     if not isinstance(tables, Mapping):
-        raise ConfigError("[plugins.dolibarr.sources]", "must hold one table per source: [plugins.dolibarr.sources.NAME]")
+        raise ConfigError("[plugins.dolibarr.sources]",
+                          "must hold one table per source: [plugins.dolibarr.sources.NAME]")
     sources: dict[str, Source] = {}
     if config.get("api_key") not in (None, ""):
         sources["*"] = _source("*", {k: config.get(k) for k in ("api_key", "api_url") if k in config},

@@ -143,8 +143,10 @@ def test_a_person_s_events_are_written_back(dolibarr, plugin_settings, captured_
 
 
 @pytest.mark.parametrize("setup, logged", [
-    (lambda d: setattr(d, "key", "another key"), "answered GET /users/info with 401: Unauthorized: Error user not valid"),
-    (lambda d: setattr(d, "agenda_module", False), "answered GET /agendaevents with 403: Forbidden: Insufficient rights"),
+    (lambda d: setattr(d, "key", "another key"),
+     "answered GET /users/info with 401: Unauthorized: Error user not valid"),
+    (lambda d: setattr(d, "agenda_module", False),
+     "answered GET /agendaevents with 403: Forbidden: Insufficient rights"),
     (lambda d: d.fault("POST agendaevents", 400), "answered POST /agendaevents with 400"),
 ])
 def test_refusals_are_logged_not_retried(dolibarr, plugin_settings, event_for, caplog, setup, logged):
