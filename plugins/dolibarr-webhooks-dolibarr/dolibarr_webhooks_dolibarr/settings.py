@@ -30,6 +30,8 @@ ACTIONS = {
 OUTCOMES = (DELIVERED, DEAD)
 # The core's own plugins: "log" delivers every event (a log line), not news for the card.
 BUILTIN_PLUGINS = ("log", "catalogue")
+# Every key the plugin reads (``DOLIBARR_WEBHOOKS_DOLIBARR_<KEY>``); others are typos, refused.
+KEYS = ("api_key", "api_url", "plugins", "outcomes", "actions", "settle_delay", "timeout", "sources")
 PLUGIN_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -156,6 +158,10 @@ def _source(name: str, table: Any, where: str, key_setting: str, url_setting: st
 def parse_settings(config: Mapping[str, Any] | None) -> Settings:
     """Check the plugin's config mapping; ``PluginDisabled`` when no Dolibarr API key is set."""
     config = dict(config or {})
+    unknown = sorted(set(config) - set(KEYS))
+    if unknown:
+        raise ConfigError(env_name(unknown[0]), f"is not a setting of the plugin; its settings: "
+                                                f"{', '.join(env_name(k) for k in KEYS[:-1])}")
     tables = config.get("sources") or {}
     if not isinstance(tables, Mapping):
         raise ConfigError("[plugins.dolibarr.sources]",

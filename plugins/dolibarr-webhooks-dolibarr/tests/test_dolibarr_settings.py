@@ -102,6 +102,7 @@ def test_one_dolibarr_per_source_from_the_toml_file(tmp_path):
     ({"sources": {"shop": {"api_url": "https://erp.example/api/index.php"}}},
      "[plugins.dolibarr.sources.shop] api_key", "is required"),
     ({"sources": {"shop": {"api_key": "k", "secret": "x"}}}, "[plugins.dolibarr.sources.shop]", "unknown keys: secret"),
+    ({"api_key": "k", "apikey": "k"}, "DOLIBARR_WEBHOOKS_DOLIBARR_APIKEY", "is not a setting of the plugin"),
 ])
 def test_bad_settings_stop_start_up_naming_them(config, setting, text):
     with pytest.raises(ConfigError, match=text) as caught:
