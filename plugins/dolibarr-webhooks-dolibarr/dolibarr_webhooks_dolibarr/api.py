@@ -53,7 +53,8 @@ class Client:
                                         headers={"DOLAPIKEY": self.source.api_key, "Accept": "application/json",
                                                  "User-Agent": USER_AGENT})
         except requests.RequestException as exc:
-            raise DolibarrUnavailable(f"{self.where}: {what}: {type(exc).__name__}") from exc
+            # requests' text names the URL (the key travels in a header, never in it)
+            raise DolibarrUnavailable(f"{self.where}: {what}: {type(exc).__name__}: {str(exc)[:300]}") from exc
         check(response, self.where, what, self.source.where)
         try:
             return response.json()

@@ -64,6 +64,9 @@ def recorded(number: str) -> Recorded:
 
 # The recorded error answer for each status the fake gives.
 ERRORS = {400: "35", 401: "50", 403: "77", 404: "52", 500: "55", 501: "58", 503: "36"}
+# 429 was not recorded (Dolibarr has no rate limit of its own; a proxy in front may): Restler's shape.
+TOO_MANY = Recorded(429, "Too Many Requests", {"Content-Type": "application/json; charset=utf-8"},
+                    b'{"error": {"code": 429, "message": "Too Many Requests: Rate limit exceeded"}}')
 
 
 @dataclass
@@ -145,7 +148,7 @@ class FakeDolibarr:
         for pattern, queued in self.faults.items():
             if queued and re.fullmatch(pattern, route):
                 status, headers = queued.pop(0)
-                return status, recorded(ERRORS[status]), headers
+                return status, recorded(ERRORS[status]) if status != 429 else TOO_MANY, headers
         if any(re.fullmatch(pattern, route) for pattern in self.forbidden):
             return 403, recorded("77"), {}
         if call.path.startswith("agendaevents") and not self.agenda_module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 
@@ -12,6 +13,7 @@ from dolibarr_webhooks import PermanentFailure, RetryLater
 from dolibarr_webhooks_dolibarr.api import DolibarrUnavailable
 
 API_KEY_IN_SETTINGS = "0123456789abcdef0123456789abcdef01234567"  # conftest's API_KEY
+IN_TWO_MINUTES = datetime.now(timezone.utc) + timedelta(seconds=120)
 ACTIONS = {"PROPAL_CLOSE_SIGNED": ["create_order"], "ORDER_VALIDATE": ["build_pdf"]}
 
 
@@ -129,6 +131,8 @@ def test_waits_for_dolibarr_s_commit(dolibarr, plugin_settings, event_for):
     (lambda d: d.fault("GET proposals/88", 500), DolibarrUnavailable, "with 500: Internal Server Error"),
     (lambda d: d.fault("GET proposals/88", 503, headers={"Retry-After": "120"}), RetryLater, "with 503"),
     (lambda d: d.fault("GET proposals/88", 503), DolibarrUnavailable, "with 503: Service Unavailable"),
+    (lambda d: d.fault("GET proposals/88", 429, headers={"Retry-After": format_datetime(IN_TWO_MINUTES, usegmt=True)}),
+     RetryLater, "with 429"),
 ])
 def test_api_errors_tell_the_worker_what_to_do(dolibarr, settings, event_for, setup, raised, text):
     setup(dolibarr)
@@ -136,7 +140,7 @@ def test_api_errors_tell_the_worker_what_to_do(dolibarr, settings, event_for, se
         plugin.handle_event(event=event_for("PROPAL_CLOSE_SIGNED"), settings=settings)
     assert dolibarr.key not in str(caught.value) and API_KEY_IN_SETTINGS not in str(caught.value)
     if raised is RetryLater:
-        assert caught.value.after == 120
+        assert 110 < caught.value.after <= 120
     assert dolibarr.order_ids_of(88) == []
 
 

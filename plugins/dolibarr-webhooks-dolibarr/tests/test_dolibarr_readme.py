@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -10,22 +11,13 @@ from dolibarr_webhooks.config import load_settings, plugin_config
 from dolibarr_webhooks_dolibarr import settings as settings_module
 
 README = Path(__file__).parents[1] / "README.rst"
+CODE_BLOCK = re.compile(r"^\.\. code-block:: (\w+)\n\n((?:(?: {4}.*)?\n)+)", re.M)
 
 
 def code_blocks(language: str) -> list[str]:
-    """The ``.. code-block:: <language>`` blocks of the README, dedented, in order."""
-    blocks = []
-    lines = README.read_text(encoding="utf-8").splitlines()
-    for index, line in enumerate(lines):
-        if line.strip() != f".. code-block:: {language}":
-            continue
-        body = []
-        for following in lines[index + 1:]:
-            if following.strip() and not following.startswith(" "):
-                break
-            body.append(following)
-        blocks.append(textwrap.dedent("\n".join(body)).strip() + "\n")
-    return blocks
+    """The README's ``.. code-block:: <language>`` blocks, dedented, in order."""
+    text = README.read_text(encoding="utf-8")
+    return [textwrap.dedent(match.group(2)) for match in CODE_BLOCK.finditer(text) if match.group(1) == language]
 
 
 def test_the_env_example(tmp_path):
