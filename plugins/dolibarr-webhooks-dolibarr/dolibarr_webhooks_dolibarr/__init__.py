@@ -69,8 +69,8 @@ def handle_event(event: Event, settings: Settings) -> None:
 @hookimpl
 def delivery_outcome(outcome: Outcome, settings: Settings) -> None:
     event = outcome.event
-    if event.test or not settings.writes_back(outcome.plugin, outcome.kind):
-        return
+    if event.test or not settings.writes_back(outcome.plugin, outcome.kind) or agenda.target(outcome) is None:
+        return  # a test event, not asked for, or no card to write on (deleted, no object)
     try:
         client = client_for(event, settings)
         if client is None:

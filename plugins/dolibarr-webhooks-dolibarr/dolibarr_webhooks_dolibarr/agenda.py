@@ -17,13 +17,14 @@ from typing import Any
 from dolibarr_webhooks.pluginkit import DEAD, Outcome, summary
 
 from .api import Client
-from .loops import OWN_CODE
 
 log = logging.getLogger(__name__)
 
 # Dolibarr stores some element types under another name than the object's ``element``
 # (ActionComm::create; recorded: "facture" posted, "invoice" read back and filtered on).
 STORED_ELEMENT_TYPES = {"facture": "invoice", "commande": "order", "contrat": "contract"}
+# The code of the agenda events the plugin writes (their type stays AC_OTH_AUTO): it finds them by it.
+OWN_CODE = "AC_DOLIBARR_WEBHOOKS"
 ELEMENT_TYPE = re.compile(r"^[a-z_]+$")  # goes into an sqlfilters string: nothing else may
 LABEL_LENGTH = 255  # llx_actioncomm.label
 
@@ -80,8 +81,6 @@ def write_back(outcome: Outcome, client: Client) -> int | None:
     """Record ``outcome`` on its object's card; the agenda event's id (None when there is no card)."""
     linked = target(outcome)
     if linked is None:
-        log.debug("%s %s: no object card to write %s's outcome on", outcome.event.trigger_code, outcome.event.id,
-                  outcome.plugin)
         return None
     found = client.call("GET", "agendaevents", {
         # Columns, not API property names: fk_element, not elementid (which Dolibarr answers with 503).

@@ -2,7 +2,8 @@
 
 Every agenda event the plugin writes fires ``ACTION_CREATE`` in Dolibarr, every order it creates
 ``ORDER_CREATE``; if Dolibarr posts those to the service, another plugin delivers them and the
-write-back would record that delivery with a new agenda event, forever. Dolibarr's body does
+write-back would record that delivery with a new agenda event, forever. (Agenda events are
+never written back, whoever made them: ``agenda.target``.) Dolibarr's body does
 not say who acted, but the object carries the user of the step the trigger code names, as
 Dolibarr's classes fill it before calling the trigger (captured Dolibarr 22.0.4 bodies:
 ``ACTION_CREATE`` has ``authorid`` and ``userownerid``, ``*_MODIFY`` ``user_modification_id``,
@@ -16,9 +17,6 @@ from __future__ import annotations
 
 from dolibarr_webhooks import Event
 from dolibarr_webhooks.pluginkit import split_code
-
-# The code of the agenda events the plugin writes (its type stays AC_OTH_AUTO): it finds them by it.
-OWN_CODE = "AC_DOLIBARR_WEBHOOKS"
 
 # The object's fields naming the user of each kind of step, by the first word of the action.
 ACTING_USER_FIELDS = {
@@ -43,8 +41,6 @@ def acting_user(event: Event) -> int | None:
 
 def own_echo(event: Event, api_user: int) -> str | None:
     """Why ``event`` was caused by the plugin's API calls, or None when it was not."""
-    if event.element == "action" and event.object.get("code") == OWN_CODE:
-        return f"agenda event {event.object_id} is one the plugin wrote ({OWN_CODE})"
     user = acting_user(event)
     if user is not None and user == api_user:
         return f"{event.trigger_code} was done by the plugin's own API user (id {api_user})"

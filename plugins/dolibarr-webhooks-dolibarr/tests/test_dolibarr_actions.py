@@ -114,6 +114,15 @@ def test_its_own_api_user_s_events_are_not_acted_on(dolibarr, settings, captured
     assert "ORDER_MODIFY was done by the plugin's own API user (id 7)" in caplog.text
 
 
+def test_an_order_the_plugin_created_and_a_person_validated_is_acted_on(dolibarr, settings, captured_event):
+    """The acting user is the one of the step the code names: the order's author is the plugin
+    (it created the order from the proposal), its validation is a person's."""
+    mine = str(dolibarr.user_id)
+    validated = captured_event("ORDER_VALIDATE", id="21", user_author_id=mine, user_creation_id=mine)
+    plugin.handle_event(event=validated, settings=settings)
+    assert len(dolibarr.made("PUT", "documents/builddoc")) == 1
+
+
 def test_waits_for_dolibarr_s_commit(dolibarr, plugin_settings, event_for):
     settings = plugin_settings(actions=ACTIONS, settle_delay=0.5)
     event = event_for("PROPAL_CLOSE_SIGNED")
