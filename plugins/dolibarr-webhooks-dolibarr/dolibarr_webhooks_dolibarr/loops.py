@@ -2,15 +2,16 @@
 
 Every agenda event the plugin writes fires ``ACTION_CREATE`` in Dolibarr, every order it creates
 ``ORDER_CREATE``; if Dolibarr posts those to the service, another plugin delivers them and the
-write-back would record that delivery with a new agenda event, forever. (Agenda events are
-never written back, whoever made them: ``agenda.target``.) Dolibarr's body does
-not say who acted, but the object carries the user of the step the trigger code names, as
-Dolibarr's classes fill it before calling the trigger (captured Dolibarr 22.0.4 bodies:
-``ACTION_CREATE`` has ``authorid`` and ``userownerid``, ``*_MODIFY`` ``user_modification_id``,
-created objects ``user_creation_id`` or ``user_author_id``). An event whose acting user is the
-API user is the plugin's own echo. (Dolibarr posts ``*_VALIDATE`` with the object as it was
-before, and ``PROPAL_CLOSE_SIGNED`` without the closing user: for those the body cannot tell;
-the plugin's calls never cause them.)
+write-back would record that delivery with a new agenda event, forever. Agenda events are never
+written back, whoever made them (``agenda.target``); beyond that, an event whose acting user is
+the plugin's API user is not acted on.
+
+Dolibarr's body does not say who acted, but the object may carry the user of the step the
+trigger code names. In the bodies captured from Dolibarr 22.0.4: ``ACTION_CREATE`` has
+``authorid``, ``*_MODIFY`` ``user_modification_id``, objects read from the database
+``user_creation_id`` or ``user_author_id``, a new third party none at all. ``*_VALIDATE`` is
+posted with the object as it was before, ``PROPAL_CLOSE_SIGNED`` without the closing user: for
+those the body may not tell (the plugin's calls never cause them).
 """
 
 from __future__ import annotations
