@@ -21,11 +21,13 @@ from .api import Client, NotFound
 
 log = logging.getLogger(__name__)
 
-# Dolibarr's element -> (REST resource, builddoc modulepart, what a person calls it).
+# Dolibarr's element -> (REST resource, builddoc modulepart, what a person calls it). The
+# modulepart is the element's own, French name: the one every Dolibarr accepts (recorded:
+# "facture" and "invoice" both build an invoice's PDF).
 RESOURCES = {
     "propal": ("proposals", "propal", "proposal"),
-    "commande": ("orders", "order", "order"),
-    "facture": ("invoices", "invoice", "invoice"),
+    "commande": ("orders", "commande", "order"),
+    "facture": ("invoices", "facture", "invoice"),
 }
 SIGNED = 2  # Propal::STATUS_SIGNED
 

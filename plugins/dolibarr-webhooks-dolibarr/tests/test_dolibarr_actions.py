@@ -86,7 +86,7 @@ def test_a_proposal_gone_creates_nothing(dolibarr, settings, event_for, caplog):
 def test_a_validated_order_gets_its_pdf(dolibarr, settings, event_for):
     plugin.handle_event(event=event_for("ORDER_VALIDATE"), settings=settings)
     (build,) = dolibarr.made("PUT", "documents/builddoc")
-    assert build.body == {"modulepart": "order", "original_file": "CO2611-0021/CO2611-0021.pdf"}
+    assert build.body == {"modulepart": "commande", "original_file": "CO2611-0021/CO2611-0021.pdf"}
 
 
 def test_a_validation_rolled_back_builds_nothing(dolibarr, settings, event_for, caplog):
