@@ -113,15 +113,16 @@ def _names(value: Any, setting: str, allowed: tuple[str, ...] | None = None) -> 
     return tuple(dict.fromkeys(value))
 
 
-def _number(value: Any, setting: str, default: float) -> float:
+def _number(value: Any, setting: str, default: float, zero: bool = True) -> float:
     if value in (None, ""):
         return default
     try:
         number = float(value) if not isinstance(value, bool) else -1.0
     except (TypeError, ValueError):
         number = -1.0
-    if not number >= 0:
-        raise ConfigError(setting, f"must be a number of seconds, at least 0, not {value!r}")
+    if not (number > 0 or (zero and number == 0)):
+        raise ConfigError(setting, f"must be a number of seconds, {'at least' if zero else 'more than'} 0, "
+                                   f"not {value!r}")
     return number
 
 
@@ -183,6 +184,6 @@ def parse_settings(config: Mapping[str, Any] | None) -> Settings:
         plugins=_names(config.get("plugins"), env_name("plugins")),
         outcomes=outcomes if outcomes is not None else OUTCOMES,
         actions=_actions(config.get("actions"), env_name("actions")),
-        timeout=_number(config.get("timeout"), env_name("timeout"), DEFAULT_TIMEOUT) or DEFAULT_TIMEOUT,
+        timeout=_number(config.get("timeout"), env_name("timeout"), DEFAULT_TIMEOUT, zero=False),
         settle_delay=_number(config.get("settle_delay"), env_name("settle_delay"), DEFAULT_SETTLE_DELAY),
     )

@@ -99,6 +99,8 @@ def test_one_dolibarr_per_source_from_the_toml_file(tmp_path):
     ({"api_key": "k", "actions": {"ORDER_VALIDATE": ["create_order"]}}, "DOLIBARR_WEBHOOKS_DOLIBARR_ACTIONS",
      "create_order acts on PROPAL_\\* events, not ORDER_VALIDATE"),
     ({"api_key": "k", "timeout": "soon"}, "DOLIBARR_WEBHOOKS_DOLIBARR_TIMEOUT", "must be a number of seconds"),
+    ({"api_key": "k", "timeout": 0}, "DOLIBARR_WEBHOOKS_DOLIBARR_TIMEOUT", "more than 0"),
+    ({"api_key": "k", "settle_delay": -1}, "DOLIBARR_WEBHOOKS_DOLIBARR_SETTLE_DELAY", "at least 0"),
     ({"sources": {"shop": {"api_url": "https://erp.example/api/index.php"}}},
      "[plugins.dolibarr.sources.shop] api_key", "is required"),
     ({"sources": {"shop": {"api_key": "k", "secret": "x"}}}, "[plugins.dolibarr.sources.shop]", "unknown keys: secret"),
