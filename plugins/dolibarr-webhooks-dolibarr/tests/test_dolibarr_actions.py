@@ -13,8 +13,12 @@ from dolibarr_webhooks import PermanentFailure, RetryLater
 from dolibarr_webhooks_dolibarr.api import DolibarrUnavailable
 
 API_KEY_IN_SETTINGS = "0123456789abcdef0123456789abcdef01234567"  # conftest's API_KEY
-IN_TWO_MINUTES = datetime.now(timezone.utc) + timedelta(seconds=120)
 ACTIONS = {"PROPAL_CLOSE_SIGNED": ["create_order"], "ORDER_VALIDATE": ["build_pdf"]}
+
+
+def in_two_minutes() -> str:
+    """A Retry-After header as an HTTP date, 120 s from now."""
+    return format_datetime(datetime.now(timezone.utc) + timedelta(seconds=120), usegmt=True)
 
 
 @pytest.fixture
@@ -140,8 +144,7 @@ def test_waits_for_dolibarr_s_commit(dolibarr, plugin_settings, event_for):
     (lambda d: d.fault("GET proposals/88", 500), DolibarrUnavailable, "with 500: Internal Server Error"),
     (lambda d: d.fault("GET proposals/88", 503, headers={"Retry-After": "120"}), RetryLater, "with 503"),
     (lambda d: d.fault("GET proposals/88", 503), DolibarrUnavailable, "with 503: Service Unavailable"),
-    (lambda d: d.fault("GET proposals/88", 429, headers={"Retry-After": format_datetime(IN_TWO_MINUTES, usegmt=True)}),
-     RetryLater, "with 429"),
+    (lambda d: d.fault("GET proposals/88", 429, headers={"Retry-After": in_two_minutes()}), RetryLater, "with 429"),
 ])
 def test_api_errors_tell_the_worker_what_to_do(dolibarr, settings, event_for, setup, raised, text):
     setup(dolibarr)
