@@ -8,6 +8,7 @@ plugins shipped under ``plugins/`` keep to it.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
@@ -29,6 +30,8 @@ __all__ = [
     "parse_bool", "ConfigError", "PluginDisabled",
     # steering the worker
     "PermanentFailure", "RetryLater", "retry_after",
+    # saying what happened
+    "plugin_logger",
     # what happened to deliveries
     "Outcome", "Alert", "DELIVERED", "DEAD", "RECOVERED", "DIGEST",
     # payloads
@@ -51,3 +54,11 @@ def retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+def plugin_logger(name: str) -> logging.Logger:
+    """The logger of plugin ``name``: its lines go where the service's own go, at the service's
+    level and format, with request ids, and with secrets masked. (A logger of the plugin's own
+    module name has no handler in the service: Python drops its INFO lines and prints its
+    warnings bare.)"""
+    return logging.getLogger(f"dolibarr_webhooks.plugin.{name}")

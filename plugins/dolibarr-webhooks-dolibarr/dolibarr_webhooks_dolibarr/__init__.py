@@ -11,11 +11,10 @@ configured per trigger code, through Dolibarr's REST API.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Mapping
 
 from dolibarr_webhooks import Event, PermanentFailure, hookimpl
-from dolibarr_webhooks.pluginkit import Outcome
+from dolibarr_webhooks.pluginkit import Outcome, plugin_logger
 
 from . import actions, agenda
 from .api import Client, __version__
@@ -24,7 +23,7 @@ from .settings import Settings, parse_settings
 
 __all__ = ["__version__", "read_settings", "handled_events", "handle_event", "delivery_outcome"]
 
-log = logging.getLogger(__name__)
+log = plugin_logger("dolibarr")
 
 
 def client_for(event: Event, settings: Settings) -> Client | None:

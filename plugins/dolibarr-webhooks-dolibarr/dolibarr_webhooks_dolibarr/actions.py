@@ -10,16 +10,16 @@ a new order at every call; ``build_pdf`` regenerates the same file.
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 from dolibarr_webhooks import Event, PermanentFailure
+from dolibarr_webhooks.pluginkit import plugin_logger
 
 from .api import Client, NotFound
 
-log = logging.getLogger(__name__)
+log = plugin_logger("dolibarr")
 
 # Dolibarr's element -> (REST resource, builddoc modulepart, what a person calls it). The
 # modulepart is the element's own, French name: the one every Dolibarr accepts (recorded:

@@ -10,15 +10,14 @@ core retries a failed call, and an answer lost after Dolibarr saved the event mu
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any
 
-from dolibarr_webhooks.pluginkit import DEAD, Outcome, summary
+from dolibarr_webhooks.pluginkit import DEAD, Outcome, plugin_logger, summary
 
 from .api import Client
 
-log = logging.getLogger(__name__)
+log = plugin_logger("dolibarr")
 
 # Dolibarr stores some element types under another name than the object's ``element``
 # (ActionComm::create; recorded: "facture" posted, "invoice" read back and filtered on).

@@ -9,7 +9,6 @@ key or the user's rights: ``PermanentFailure``, with Dolibarr's message (never t
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -22,8 +21,6 @@ from .settings import Settings, Source
 
 __version__ = "0.1.0"
 USER_AGENT = f"dolibarr-webhooks-dolibarr/{__version__}"
-
-log = logging.getLogger(__name__)
 
 
 class DolibarrUnavailable(Exception):

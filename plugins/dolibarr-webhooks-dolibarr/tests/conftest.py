@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import re
 import threading
 from dataclasses import dataclass, field
@@ -358,3 +359,15 @@ def captured_event(dolibarr):
         return event_from_body(json.dumps(body).encode(), dolibarr_url=dolibarr.root)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def plugin_log(caplog):
+    """The plugin's lines at INFO, in ``caplog``. Its handler is put on the plugin's logger itself:
+    once a test in this process has built an app, the core's ``dolibarr_webhooks`` logger stops
+    propagating to the root logger, where caplog listens."""
+    logger = logging.getLogger("dolibarr_webhooks.plugin.dolibarr")
+    caplog.set_level(logging.INFO, logger=logger.name)
+    logger.addHandler(caplog.handler)
+    yield caplog
+    logger.removeHandler(caplog.handler)

@@ -48,6 +48,7 @@ def test_signed_proposal_makes_one_order_and_deliveries_reach_the_card(tmp_path,
     assert [(row["trigger_code"], row["status"], row["attempts"]) for row in rows] == [
         ("PROPAL_CLOSE_SIGNED", "delivered", 2)], logs
     assert len(dolibarr.made("GET", "proposals/88")) == 2  # the retry re-read it and found order 22 linked
+    assert "proposal PR2611-0088 already has order 22; none created" in logs  # in the service's own log
 
     # The recorder's delivery of the payment, on the invoice's card and its third party's.
     (written,) = dolibarr.agenda.values()
