@@ -67,7 +67,12 @@ class Client:
             known = self.settings.api_users.get(cache_key)
         if known is not None:
             return known
-        info = self.call("GET", "users/info")
+        try:
+            info = self.call("GET", "users/info")
+        except PermanentFailure as exc:
+            # Dolibarr's code refuses /users/info to a user without a right on users (not recorded).
+            raise PermanentFailure(f"{exc}; reading its own user record also needs the right "
+                                   "'Create/modify own user information' (user self creer)") from None
         try:
             user_id = int(info["id"])
         except (KeyError, TypeError, ValueError):

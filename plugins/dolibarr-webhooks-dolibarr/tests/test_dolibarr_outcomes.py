@@ -146,6 +146,7 @@ def test_a_person_s_events_are_written_back(dolibarr, plugin_settings, captured_
 @pytest.mark.parametrize("setup, logged", [
     (lambda d: setattr(d, "key", "another key"),
      "answered GET /users/info with 401: Unauthorized: Error user not valid"),
+    (lambda d: d.forbidden.add("GET users/info"), "(user self creer)"),
     (lambda d: setattr(d, "agenda_module", False),
      "answered GET /agendaevents with 403: Forbidden: Insufficient rights"),
     (lambda d: d.fault("POST agendaevents", 400), "answered POST /agendaevents with 400"),
