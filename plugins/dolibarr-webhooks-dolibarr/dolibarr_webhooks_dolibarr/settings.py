@@ -22,9 +22,9 @@ TOML_SOURCES = "[plugins.dolibarr.sources.{name}]"
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_SETTLE_DELAY = 2.0
 
-# What each action does, and the trigger codes' families it can follow (the object it acts on).
+# The trigger codes (or their prefixes) each action can follow: it acts on their object.
 ACTIONS = {
-    "create_order": ("PROPAL_",),  # POST /orders/createfromproposal/{id}
+    "create_order": ("PROPAL_CLOSE_SIGNED",),  # POST /orders/createfromproposal/{id}, of a signed proposal
     "build_pdf": ("PROPAL_", "ORDER_", "BILL_"),  # PUT /documents/builddoc
 }
 OUTCOMES = (DELIVERED, DEAD)
@@ -137,8 +137,8 @@ def _actions(value: Any, setting: str) -> dict[str, tuple[str, ...]]:
         names = _names(names, setting, tuple(ACTIONS)) or ()
         for name in names:
             if not code.startswith(ACTIONS[name]):
-                raise ConfigError(setting, f"{name} acts on {' or '.join(p + '*' for p in ACTIONS[name])} "
-                                           f"events, not {code}")
+                after = " or ".join(p + "*" if p.endswith("_") else p for p in ACTIONS[name])
+                raise ConfigError(setting, f"{name} follows {after}, not {code}")
         if names:
             actions[code] = names
     return actions
