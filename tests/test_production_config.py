@@ -63,7 +63,8 @@ def _plugin_variables() -> dict[str, set[str]]:
     (no README yet) the keys its configuration module accepts."""
     found: dict[str, set[str]] = {}
     for readme in sorted((ROOT / "plugins").glob("*/README.rst")):
-        names = set(re.findall(r"DOLIBARR_WEBHOOKS_(?:EMAIL|SLACK|SYNC)_[A-Z0-9_]*[A-Z0-9]", readme.read_text()))
+        names = set(re.findall(r"DOLIBARR_WEBHOOKS_(?:EMAIL|SLACK|SYNC|DOLIBARR)_[A-Z0-9_]*[A-Z0-9]",
+                               readme.read_text()))
         if names:
             found[readme.parent.name] = names
     try:
@@ -78,7 +79,8 @@ def _plugin_variables() -> dict[str, set[str]]:
 
 def test_env_example_documents_the_plugins_settings():
     found = _plugin_variables()
-    assert {"dolibarr-webhooks-slack", "dolibarr-webhooks-sync"} <= set(found), found.keys()
+    plugins = {"dolibarr-webhooks-slack", "dolibarr-webhooks-sync", "dolibarr-webhooks-dolibarr"}
+    assert plugins <= set(found), found.keys()
     blocks = _example_blocks()
     missing = sorted(name for names in found.values() for name in names if name not in blocks)
     assert not missing, f"plugin settings missing from the example: {missing}"

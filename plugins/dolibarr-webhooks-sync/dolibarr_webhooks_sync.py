@@ -20,7 +20,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 from urllib.parse import quote, urlsplit
 
@@ -30,6 +29,7 @@ from dolibarr_webhooks import ConfigError, Event, PermanentFailure, PluginDisabl
 from dolibarr_webhooks.events import matches
 from dolibarr_webhooks.settings import parse_bool
 from dolibarr_webhooks.pipeline.parse import scrub
+from dolibarr_webhooks.pluginkit import retry_after
 
 __version__ = "0.1.0"
 
@@ -289,22 +289,6 @@ def _network_error(where: str, url: str, exc: requests.RequestException) -> Deli
     if query:
         text = text.replace(query, "...")  # requests quotes the URL path and query in its messages
     return DeliveryError(f"{where}: {type(exc).__name__}: {text}")
-
-
-def retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delay-seconds or HTTP-date), None when absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
 def check_response(response: requests.Response, where: str) -> None:
