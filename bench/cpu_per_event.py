@@ -6,7 +6,7 @@ Throughput on a shared 2-core machine swings with whatever else runs; the CPU ti
 spends per request swings much less. Each variant runs in its own fresh interpreter: the
 no-op app of ``bench/noop_app.py`` and the product through Flask's test client (the same
 view, auth, parsing, store and logging code as under gunicorn, minus the HTTP parsing both
-share), as shipped and with the experiments of ``bench/core_patches.py``. Prints CPU and wall
+share), as shipped. Prints CPU and wall
 milliseconds per request, and the ratio no-op / durable, which is the best req/s ratio
 ``bench/ingest.py`` could show on a CPU-bound machine.
 """
@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import json
 import os
-import runpy
 import subprocess
 import sys
 import tempfile
@@ -26,14 +25,13 @@ from pathlib import Path
 
 from _common import BENCH_DIR, WEBHOOKS_TEST_SECRET, core_at, database, log, table
 
-VARIANTS = {  # name -> BENCH_PATCHES (None: the no-op app)
+VARIANTS = {  # name -> whether it is the product (None: the no-op app)
     "no-op": None,
     "shipped": "",
-    "+flock": "flock",
 }
 
 
-def child(kind: str, patches: str | None, url: str, events: int, warmup: int, sync: str) -> dict:
+def child(kind: str, product: str | None, url: str, events: int, warmup: int, sync: str) -> dict:
     """Runs in the child interpreter: measure one variant."""
     import logging
 
@@ -41,12 +39,10 @@ def child(kind: str, patches: str | None, url: str, events: int, warmup: int, sy
 
     body = sample_body("BILL_VALIDATE")
     bodies = [body.replace(b'"id":311', b'"id":%d' % (10_000_000 + i), 1) for i in range(warmup + events)]
-    if patches is None:
+    if product is None:
         sys.path.insert(0, str(BENCH_DIR))
         from noop_app import app
     else:
-        os.environ["BENCH_PATCHES"] = patches
-        runpy.run_path(str(BENCH_DIR / "core_patches.py"))
         from dolibarr_webhooks import create_app
 
         app = create_app({"SECRET": WEBHOOKS_TEST_SECRET, "DATABASE_URL": url, "SQLITE_SYNCHRONOUS": sync,
@@ -97,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             variants.insert(1, (f"@{args.baseline}", ""))
         noop = None
         for label, kind, sync in stores:
-            for variant, patches in variants:
-                if patches is None and noop is not None:
+            for variant, product in variants:
+                if product is None and noop is not None:
                     continue
                 with contextlib.ExitStack() as stack:
                     url = stack.enter_context(database(kind)) or f"sqlite:///{Path(tmp) / f'{label}-{variant}.sqlite3'}"
-                    spec = json.dumps({"kind": kind, "patches": patches, "url": url, "sync": sync})
+                    spec = json.dumps({"kind": kind, "product": product, "url": url, "sync": sync})
                     done = subprocess.run([sys.executable, __file__, "--child", spec, "--events", str(args.events),
                                            "--warmup", str(args.warmup)], capture_output=True, text=True,
                                           timeout=600, cwd=tmp,
@@ -111,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
                         raise RuntimeError(done.stderr[-3000:])
                     result = json.loads(done.stdout.strip().splitlines()[-1])
                 log(f"{label} {variant}: {result['cpu_ms']:.3f} ms CPU, {result['wall_ms']:.3f} ms wall per request")
-                if patches is None:
+                if product is None:
                     noop = result
                     rows.append(["-", variant, f"{result['cpu_ms']:.3f}", f"{result['wall_ms']:.3f}", "-"])
                 else:

@@ -31,7 +31,7 @@ import threading
 import orjson
 from flask import Flask, jsonify, request
 
-from dolibarr_webhooks.payload import ParseError, parse_body
+from dolibarr_webhooks.pipeline.parse import ParseError, parse_body
 
 app = Flask(__name__)
 _spools: dict[tuple[int, str], int] = {}  # (pid, name) -> descriptor: gunicorn forks after import

@@ -4,10 +4,6 @@ writes its statistics to ``$BENCH_PROFILE_DIR/worker-<pid>.prof`` when it exits.
 
 import cProfile
 import os
-import runpy
-
-if os.environ.get("BENCH_PATCHES"):  # the experiments of core_patches.py, profiled too
-    runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "core_patches.py"))
 
 
 def post_fork(server, worker):

@@ -3,7 +3,7 @@ with a no-op Flask endpoint under the same gunicorn settings.
 
     python bench/ingest.py [--database sqlite|postgresql|both] [--concurrency 1,16,64]
                            [--duration 4] [--rounds 3] [--production] [--with-worker]
-                           [--baseline GIT_REVISION] [--patch NAME --compare-patched] [--floor]
+                           [--baseline GIT_REVISION] [--floor]
 
 All targets run at once (real gunicorn, loopback): ``bench/noop_app.py`` and
 ``dolibarr_webhooks:create_app()`` on SQLite (and/or a throw-away PostgreSQL database).
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(5 sync workers on 2 cores, gunicorn access log, multi-process metrics)")
     parser.add_argument("--serve", action="store_true",
                         help="every target under what 'dolibarr-webhooks serve' runs since it resists slow "
-                             "clients: 2 workers of dolibarr_webhooks.gunicorn.ThreadWorker, 16 threads each")
+                             "clients: 2 workers of dolibarr_webhooks.web.gunicorn.ThreadWorker, 16 threads each")
     parser.add_argument("--workers", type=int, default=None,
                         help="gunicorn workers (default 2, as serve; with --production, the file's)")
     parser.add_argument("--worker-class", default=None, help="gunicorn worker class (default sync)")
@@ -72,13 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="setting of the delivery worker process only (with --with-worker)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="product setting without the DOLIBARR_WEBHOOKS_ prefix, e.g. SQLITE_SYNCHRONOUS=normal")
-    parser.add_argument("--patch", action="append", default=[], metavar="NAME",
-                        help="bench-only experiment of bench/core_patches.py on the durable targets "
-                             "(to_json, prepare, flock); repeatable")
     parser.add_argument("--baseline", metavar="GIT_REVISION",
                         help="also run each durable target with the core package of this revision (git archive)")
-    parser.add_argument("--compare-patched", action="store_true",
-                        help="run each durable target twice in the same run: as shipped and with --patch")
     parser.add_argument("--floor", action="store_true",
                         help="also run the floors of bench/floor_app.py: append and fdatasync the body; parse and "
                              "scrub it, storing nothing; both")
@@ -90,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.production:
         gunicorn = GunicornSettings(args.workers, args.worker_class, args.threads, PRODUCTION_CONFIG)
     elif args.serve:
-        from dolibarr_webhooks.gunicorn import SERVE_THREADS
+        from dolibarr_webhooks.web.gunicorn import SERVE_THREADS
 
-        gunicorn = GunicornSettings(args.workers or 2, "dolibarr_webhooks.gunicorn.ThreadWorker", SERVE_THREADS)
+        gunicorn = GunicornSettings(args.workers or 2, "dolibarr_webhooks.web.gunicorn.ThreadWorker", SERVE_THREADS)
     else:
         gunicorn = GunicornSettings(args.workers or 2, args.worker_class or "sync", args.threads)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
@@ -104,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
           + (f", settings {settings}" if settings else "")
           + (f", delivery worker running{f' with {worker_settings}' if worker_settings else ''}"
              if args.with_worker else "")
-          + (f", +patched = bench/core_patches.py {','.join(args.patch)}" if args.patch else "")
           + (f", @{args.baseline} = the core package at that revision" if args.baseline else ""), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="dw-bench-wrk-") as tmp, contextlib.ExitStack() as stack:
@@ -122,19 +116,15 @@ def main(argv: list[str] | None = None) -> int:
             targets["floor-postgres-insert"] = stack.enter_context(
                 noop_server(gunicorn, "floor_app:app", "postgres-insert",
                             extra_env={"BENCH_POSTGRES_URL": floor_url.replace("+psycopg", "")}))
-        variants = [("", [])]
-        if args.patch:
-            variants = [("", []), ("+patched", args.patch)] if args.compare_patched else [("+patched", args.patch)]
         cores = [("", None)]
         if args.baseline:
             cores.insert(0, (f"@{args.baseline}", core_at(args.baseline, Path(tmp) / "baseline")))
         for kind in kinds:
             for label, core in cores:
-                for suffix, patches in (variants if not core else [("", [])]):
-                    url = stack.enter_context(database(kind))
-                    targets[f"durable-{kind}{label}{suffix}"] = stack.enter_context(
-                        product_server(gunicorn, database_url=url, worker=args.with_worker, patches=patches,
-                                       worker_settings=worker_settings, core=core, **settings))
+                url = stack.enter_context(database(kind))
+                targets[f"durable-{kind}{label}"] = stack.enter_context(
+                    product_server(gunicorn, database_url=url, worker=args.with_worker,
+                                   worker_settings=worker_settings, core=core, **settings))
         log(f"servers up: {', '.join(targets)}; body {wrk.body_size} bytes")
 
         results: dict[tuple[str, int], list[WrkResult]] = {}
@@ -213,18 +203,15 @@ def print_report(results, targets, concurrencies, integrity) -> None:
           "during the point, 'other' being\n everything else running, the database server included; "
           "cpu ms/req: server CPU time per answered request)")
     print()
-    for line in verdicts + _patched_lines(results, targets, concurrencies) + integrity:
+    for line in verdicts + _baseline_lines(results, targets, concurrencies) + integrity:
         print(line)
 
 
-def _patched_lines(results, targets, concurrencies) -> list[str]:
-    """Patched against shipped, and shipped against the baseline revision, as the median of
-    the per-round ratios."""
+def _baseline_lines(results, targets, concurrencies) -> list[str]:
+    """Shipped against the baseline revision, as the median of the per-round ratios."""
     lines = []
     pairs_of_targets = []
     for name in targets:
-        if name.endswith("+patched") and name[:-len("+patched")] in targets:
-            pairs_of_targets.append((name, name[:-len("+patched")]))
         if "@" in name:
             pairs_of_targets.append((name.split("@")[0], name))
     for name, shipped in pairs_of_targets:

@@ -85,7 +85,8 @@ def store_times(database_url: str, ids: list[str]) -> dict[str, tuple[float, flo
     """(received_at, attempt started_at, delivered_at) of each event, read with the core's tables."""
     from sqlalchemy import select
 
-    from dolibarr_webhooks.store import attempts, deliveries, events, make_engine
+    from dolibarr_webhooks.store import attempts, deliveries, events
+    from dolibarr_webhooks.store.engine import make_engine
 
     engine = make_engine(database_url)
     try:

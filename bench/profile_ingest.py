@@ -30,8 +30,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--patch", action="append", default=[], metavar="NAME",
-                        help="bench-only experiment of bench/core_patches.py (to_json, prepare, flock)")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--sort", default="cumulative", help="pstats sort key (cumulative, tottime)")
     args = parser.parse_args(argv)
@@ -42,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["BENCH_PROFILE_DIR"] = tmp
         gunicorn = GunicornSettings(args.workers)
         url = stack.enter_context(database(args.database))
-        server = stack.enter_context(product_server(gunicorn, database_url=url, patches=args.patch, **settings))
+        server = stack.enter_context(product_server(gunicorn, database_url=url, **settings))
         # Restart the web processes under the profiling configuration.
         server.stop("web")
         process = server.start("web", [str(server.bin / "gunicorn"), *gunicorn.args(
@@ -61,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = pstats.Stats(*dumps, stream=out)
         stats.strip_dirs().sort_stats(args.sort).print_stats(args.top)
         print(f"# {len(dumps)} workers, {result.requests} requests answered, "
-              f"database {args.database}, settings {settings or 'defaults'}, patches {args.patch or 'none'}")
+              f"database {args.database}, settings {settings or 'defaults'}")
         print(out.getvalue())
     return 0
 

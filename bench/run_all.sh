@@ -3,8 +3,8 @@
 # (BENCH_EXPERIMENTS=1 adds about 12).
 # Needs wrk (apt-get install -y wrk) and, for the PostgreSQL points, a PostgreSQL on
 # 127.0.0.1:5432 where user postgres may create databases (DOLIBARR_WEBHOOKS_BENCH_POSTGRES
-# gives another admin URL). BENCH_EXPERIMENTS=1 also measures the candidate core fixes of
-# bench/core_patches.py side by side with the shipped code.
+# gives another admin URL). BENCH_EXPERIMENTS=1 also measures this checkout against an older
+# core revision and other settings.
 set -eu
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
@@ -30,6 +30,6 @@ if [ "${BENCH_EXPERIMENTS:-0}" = 1 ]; then
     echo "== experiments: production gunicorn settings (flock queue and worker NORMAL are built in)"
     "$PYTHON" ingest.py --production --with-worker --concurrency 1,16
     echo
-    echo "== experiments: SQLite synchronous FULL (shipped) against NORMAL"
-    "$PYTHON" ingest.py --concurrency 1,16 --patch normal --compare-patched
+    echo "== experiments: SQLite synchronous NORMAL (against FULL, shipped, in the first run)"
+    "$PYTHON" ingest.py --concurrency 1,16 --setting SQLITE_SYNCHRONOUS=normal
 fi

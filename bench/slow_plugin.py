@@ -79,16 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=50.0,
                         help="paced series: posts per second, one at a time (default 50)")
     parser.add_argument("--paced-events", type=int, default=300, help="paced series: posts per point")
-    parser.add_argument("--patch", action="append", default=[], metavar="NAME",
-                        help="bench-only experiment of bench/core_patches.py on both services "
-                             "(flock, worker_normal, normal...)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="repeat the without/with/without sequence; each figure is the median over rounds")
     args = parser.parse_args(argv)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     gunicorn = GunicornSettings()
     concurrency = 2  # WORKER_CONCURRENCY, the default: the sleeper's lane holds two at a time
-    common = dict(SHUTDOWN_GRACE="1s", WORKER_CONCURRENCY=str(concurrency), patches=args.patch)
+    common = dict(SHUTDOWN_GRACE="1s", WORKER_CONCURRENCY=str(concurrency))
 
     with tempfile.TemporaryDirectory(prefix="dw-bench-slow-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
@@ -154,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                      f"{spread('p99_ms'):.0%}", "", ""])
     print(f"# slow plugin: {args.database}, gunicorn {gunicorn.describe()} + worker process, handler sleeps "
           f"{args.sleep:g} s, WORKER_CONCURRENCY {concurrency}, {args.duration}s per point, "
-          f"median of {args.rounds} rounds" + (f", patches {','.join(args.patch)}" if args.patch else ""))
+          f"median of {args.rounds} rounds")
     print()
     print(table(rows, ["service", "conc", "req/s", "p50 ms", "p99 ms", "max ms", "errors"]))
     print()

@@ -22,8 +22,8 @@ import os
 # The metrics folder first: prometheus_client picks memory or files when it is imported,
 # and every worker imports it after this file has run in the master. This module does not
 # import prometheus_client itself.
-from dolibarr_webhooks.gunicorn import (mark_process_dead, prepare_multiproc_dir, remove_multiproc_dir,
-                                        wipe_multiproc_dir)
+from dolibarr_webhooks.web.gunicorn import (mark_process_dead, prepare_multiproc_dir, remove_multiproc_dir,
+                                            wipe_multiproc_dir)
 
 # PROMETHEUS_MULTIPROC_DIR: where every process writes its metric samples, so that /metrics
 # adds up all gunicorn workers AND the separate 'dolibarr-webhooks worker' process (give it
@@ -33,19 +33,18 @@ _metrics_dir, _metrics_dir_is_ours = prepare_multiproc_dir()
 
 
 def _settings():
-    """The service's own settings (environment, then .env), for the log format, level and port.
-    A bad setting is not reported here: each worker stops on it with a clear message."""
-    from dolibarr_webhooks.config import ConfigError, load_settings
+    """The service's own settings (environment, then .env), for the log format, level and port:
+    read once, in the master; its logger and the workers it forks use the same ones. A bad
+    setting is not reported here: each worker stops on it with a clear message."""
+    from dolibarr_webhooks.settings import ConfigError, process_settings
 
     try:
-        return load_settings().values
+        return process_settings().values
     except ConfigError:
         return {}
 
 
 _service = _settings()
-# RedactingLogger reads the format from the environment; .env values count too.
-os.environ.setdefault("DOLIBARR_WEBHOOKS_LOG_FORMAT", str(_service.get("LOG_FORMAT", "text")))
 # A PostgreSQL server that does not answer must fail a request in seconds, not hold a
 # sync worker until it is killed (libpq reads this variable).
 os.environ.setdefault("PGCONNECT_TIMEOUT", "5")
@@ -71,7 +70,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY") or min(2 * multiprocessing.cpu_c
 # This file is for gunicorn BEHIND nginx: exposed directly, each slow client holds a whole
 # worker (20 clients sending a byte a second hold 5 workers). 'dolibarr-webhooks serve' is
 # the setup for direct exposure (threads: a slow client holds one thread, not a worker).
-worker_class = "dolibarr_webhooks.gunicorn.SyncWorker"
+worker_class = "dolibarr_webhooks.web.gunicorn.SyncWorker"
 
 # GUNICORN_TIMEOUT: a worker silent for this long is killed and replaced (a deadlock, a
 # stuck disk). The timeouts are ordered: DOLIBARR_WEBHOOKS_REQUEST_DEADLINE (10 s; every
@@ -112,7 +111,7 @@ proc_name = "dolibarr-webhooks"
 # Logs on stderr/stdout (journald under systemd). RedactingLogger removes secrets from the
 # request line, the path, the query string, the Basic user and credential headers, and
 # writes JSON lines when DOLIBARR_WEBHOOKS_LOG_FORMAT=json.
-logger_class = "dolibarr_webhooks.gunicorn.RedactingLogger"
+logger_class = "dolibarr_webhooks.web.gunicorn.RedactingLogger"
 errorlog = "-"
 loglevel = str(_service.get("LOG_LEVEL") or "info").lower()
 
@@ -159,6 +158,6 @@ def on_exit(server):
 def post_worker_init(worker):
     # With DOLIBARR_WEBHOOKS_EMBEDDED_WORKER=1 each web process also delivers events (no
     # separate worker service). Off by default: production runs dolibarr-webhooks-worker.service.
-    from dolibarr_webhooks.gunicorn import post_worker_init as start_embedded_worker
+    from dolibarr_webhooks.web.gunicorn import post_worker_init as start_embedded_worker
 
     start_embedded_worker(worker)

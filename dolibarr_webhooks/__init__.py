@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from .event import Event
+from .events import Event
 from .exceptions import ConfigError, PermanentFailure, PluginDisabled, RetryLater
 from .hookspecs import hookimpl
-
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def create_app(test_config=None):
-    """The Flask application factory: ``gunicorn 'dolibarr_webhooks:create_app()'``."""
-    from .app import create_app as _create_app
+    """The Flask application factory: ``gunicorn 'dolibarr_webhooks:create_app()'``, and
+    ``flask --app dolibarr_webhooks webhooks ...``: the web application and its commands.
+    Imported when called: ``import dolibarr_webhooks`` (a plugin's) loads no Flask."""
+    from .cli import init_app
+    from .web.app import create_app as create_web_app
 
-    return _create_app(test_config)
+    app = create_web_app(test_config)
+    init_app(app)
+    return app
 
 
 __all__ = ["create_app", "hookimpl", "Event", "ConfigError", "PermanentFailure", "PluginDisabled",

@@ -1,4 +1,5 @@
-"""Credentials on the objects Dolibarr posts, and the one rule that masks them.
+"""Credentials: the rules that say which names hold one (the keys of the objects Dolibarr posts;
+settings, query parameters and headers), and the masking of those objects.
 
 Dolibarr serialises its objects whole. Read from its classes (20 to 23) and seen in bodies
 posted by a real 22.0.4:
@@ -46,6 +47,14 @@ SECRET_WORDS = frozenset({"pass", "passwd", "password", "pwd", "passphrase", "se
 
 # Ends in "key" but names no credential: Dolibarr's import batch id, and a generic map key.
 NOT_SECRET = frozenset({"import_key", "key"})
+
+# The other rule, for names of settings, query parameters and headers (log lines, check's
+# findings, the plugins' credentials in Settings.sensitive_values): any part of the name,
+# since masking one value too many in a line of log costs nothing. The rule above is stricter
+# (whole words: "author", "monkey" stay) because a masked value is lost from the stored event.
+# A Slack incoming-webhook URL is a credential too.
+SENSITIVE_NAME = re.compile(r"token|secret|passw|pwd|key|sig|auth|credential|session|cookie|webhook_url",
+                            re.IGNORECASE)
 
 _WORDS = re.compile(r"[_\-.\s]+|(?<=[a-z0-9])(?=[A-Z])")
 

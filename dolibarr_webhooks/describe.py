@@ -6,8 +6,7 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from .catalogue import label, noun_and_verb
-from .event import Event
+from .events import Event, label, noun_and_verb
 from . import labels
 from .labels import object_label
 

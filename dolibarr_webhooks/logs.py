@@ -1,6 +1,7 @@
 """Logging: human lines by default, JSON lines on request, a request id on every line,
 and no secret ever written (the secret may be in the path, the query string, the
-user-info of a URL or an ``Authorization`` header).
+user-info of a URL or an ``Authorization`` header). No Flask here: the worker logs
+through it too; the web's access log is ``web/access_log.py``.
 
 Two layers keep secrets out: ``redact`` rewrites the request targets we log on purpose,
 and every formatter installed here passes its final text through ``scrub``, which
@@ -14,16 +15,12 @@ import json
 import logging
 import re
 import sys
-import time
-import uuid
 from contextvars import ContextVar
 from datetime import datetime, timezone
 from typing import Iterable
 from urllib.parse import quote, unquote, unquote_plus
 
-from flask import Flask, g, request
-
-from .config import SENSITIVE_NAME as _SENSITIVE_NAME
+from .credentials import SENSITIVE_NAME as _SENSITIVE_NAME
 
 request_id: ContextVar[str] = ContextVar("dolibarr_webhooks_request_id", default="-")
 
@@ -31,6 +28,7 @@ MASK = "***"
 # /webhook/<secret>, /webhook/<secret>/events, /webhook/<secret>/test; not /webhook/events or /webhook/test.
 _WEBHOOK_SEGMENT = re.compile(r"(/webhook/)(?!(?:events|test)(?:[/?#\s\"']|$))[^/?#\s\"']+", re.IGNORECASE)
 _USERINFO = re.compile(r"(//)[^/@\s\"']+@")
+_PASSWORD = re.compile(r"(//[^/:@\s\"']*:)[^/@\s\"']+@")
 _QUERY_PARAM = re.compile(r"([?&;][^=&;\s\"'#?]*(?:" + _SENSITIVE_NAME.pattern + r")[^=&;\s\"'#?]*=)[^&;\s\"'#]*",
                           re.IGNORECASE)
 _AUTH_HEADER = re.compile(r"((?:authorization|x-dolibarr-signature|webhook-signature)[\"']?\s*[:=]\s*[\"']?"
@@ -48,15 +46,16 @@ def _redact_query(query: str) -> str:
     return "&".join(parts)
 
 
-def redact(target: str) -> str:
-    """A request target or URL with any secret replaced by ``***``.
+def redact(target: str, keep_user: bool = False) -> str:
+    """A request target or URL with any secret replaced by ``***``: the one URL redaction.
 
     The path is percent-decoded before it is matched (``/%77ebhook/<secret>`` reaches the
     same view as ``/webhook/<secret>``), then re-encoded, so what is logged is the
-    normalised path with the secret masked.
+    normalised path with the secret masked. ``keep_user``: the URL of a database or Redis,
+    whose user name an operator needs (which account?); only its password is masked.
     """
     path, sep, query = target.partition("?")
-    path = _USERINFO.sub(r"\1" + MASK + "@", path)
+    path = (_PASSWORD if keep_user else _USERINFO).sub(r"\1" + MASK + "@", path)
     path = quote(_WEBHOOK_SEGMENT.sub(r"\1" + MASK, unquote(path)), safe=_SAFE_PATH)
     return path + sep + (_redact_query(query) if sep else "")
 
@@ -116,6 +115,12 @@ class TextFormatter(logging.Formatter):
         return self.scrubber(super().format(record))
 
 
+# The fields of an access line, the application's (web/access_log.py) and gunicorn's
+# (web/gunicorn.py), written by JsonFormatter when a record carries them.
+ACCESS_FIELDS = ("status", "outcome", "trigger_code", "event_id", "source", "client", "duration_ms", "method",
+                 "path", "bytes", "user_agent")
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, scrubber: SecretScrubber | None = None) -> None:
         super().__init__()
@@ -129,8 +134,7 @@ class JsonFormatter(logging.Formatter):
             "message": self.scrubber(record.getMessage()),
             "request_id": getattr(record, "request_id", None) or request_id.get(),
         }
-        for key in ("status", "outcome", "trigger_code", "event_id", "source", "client", "duration_ms",
-                    "method", "path"):
+        for key in ACCESS_FIELDS:
             value = getattr(record, key, None)
             if value is not None:
                 data[key] = self.scrubber(value) if isinstance(value, str) else value
@@ -176,51 +180,3 @@ def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = (
     logger.propagate = False
     scrubber.add(secrets)
     return scrubber
-
-
-access_logger = logging.getLogger("dolibarr_webhooks.access")
-
-REQUEST_ID_HEADER = "X-Request-Id"
-_VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-
-def init_app(app: Flask, secrets: Iterable[str] = ()) -> None:
-    """``secrets``: ``Settings.sensitive_values`` (every source's secrets, TOML sources included,
-    the metrics token and the plugins' credentials), masked in every line."""
-    configure(app.config["LOG_LEVEL"], app.config["LOG_FORMAT"], secrets)
-
-    @app.before_request
-    def _begin() -> None:
-        g.request_started = time.perf_counter()
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        # nginx sends its $request_id, so both logs share one id; anything odd is replaced.
-        rid = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
-        g.request_id = rid
-        g.request_id_token = request_id.set(rid)
-
-    @app.after_request
-    def _access_log(response):
-        rid = g.get("request_id")
-        if rid:
-            response.headers[REQUEST_ID_HEADER] = rid
-        if request.path in ("/health", "/metrics", "/ready"):
-            return response
-        duration = (time.perf_counter() - g.get("request_started", time.perf_counter())) * 1000
-        target = redact(request.full_path.rstrip("?"))
-        parts = [f"{request.method} {target} {response.status_code}"]
-        for key in ("outcome", "trigger_code", "event_id", "source"):
-            if g.get(key):
-                parts.append(str(g.get(key)))
-        client = g.get("client") or request.remote_addr
-        access_logger.info("%s %.1fms from %s", " ".join(parts), duration, client, extra={
-            "status": response.status_code, "outcome": g.get("outcome"), "trigger_code": g.get("trigger_code"),
-            "event_id": g.get("event_id"), "source": g.get("source"), "client": client,
-            "duration_ms": round(duration, 2), "method": request.method, "path": target,
-        })
-        return response
-
-    @app.teardown_request
-    def _end(_exc=None) -> None:
-        token = g.pop("request_id_token", None)
-        if token is not None:
-            request_id.reset(token)

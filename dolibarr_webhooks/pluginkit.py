@@ -8,19 +8,22 @@ plugins shipped under ``plugins/`` keep to it.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .catalogue import FAMILIES, canonical_code, label, matches, noun_and_verb, split_code
-from .config import parse_bool
+from .events import FAMILIES, canonical_code, label, matches, noun_and_verb, split_code
+from .settings import parse_bool
 from .describe import currency, format_amount, object_name, person_name, summary, thirdparty_label, to_decimal
-from .event import CARD_PATHS, Event
+from .events import CARD_PATHS, Event
 from .exceptions import ConfigError, PermanentFailure, PluginDisabled, RetryLater
-from .notices import DEAD, DELIVERED, DIGEST, RECOVERED, Alert, Outcome
-from .payload import scrub
+from .logs import redact as redact_url
+from .logs import scrub as redact_text
+from .pipeline.notices import DEAD, DELIVERED, DIGEST, RECOVERED, Alert, Outcome
+from .pipeline.parse import scrub
 from .signing import HEADERS as SIGNATURE_HEADERS
 from .signing import sign, signature_headers, signing_key
 
@@ -34,6 +37,8 @@ __all__ = [
     "parse_bool", "ConfigError", "PluginDisabled",
     # steering the worker
     "PermanentFailure", "RetryLater", "retry_after", "combine_failures",
+    # saying what happened
+    "plugin_logger",
     # what happened to deliveries
     "Outcome", "Alert", "DELIVERED", "DEAD", "RECOVERED", "DIGEST",
     # payloads, secrets and signatures
@@ -49,22 +54,6 @@ def handled_by(targets: Iterable[Any]) -> list[str] | None:
     if any(target.events is None for target in targets):
         return None
     return sorted({pattern for target in targets for pattern in target.events})
-
-
-def redact_url(url: str) -> str:
-    """The core's redaction of a URL (``logs.redact``): user-info and credential-named query
-    parameters masked."""
-    # Imported at the call: logs.py still imports Flask, which the kit must not load.
-    from .logs import redact
-
-    return redact(url)
-
-
-def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    """The core's redaction of free text (``logs.scrub``), ``secrets`` masked wherever they appear."""
-    from .logs import scrub as scrub_text  # at the call, as in redact_url
-
-    return scrub_text(text, secrets)
 
 
 def retry_after(value: str | Mapping[str, Any] | None) -> float | None:
@@ -113,3 +102,11 @@ def combine_failures(failures: Sequence[Exception],
     combined = transient(message)
     combined.__cause__ = next(f for f in retryable if not isinstance(f, RetryLater))
     return combined
+
+
+def plugin_logger(name: str) -> logging.Logger:
+    """The logger of plugin ``name``: its lines go where the service's own go, at the service's
+    level and format, with request ids, and with secrets masked. (A logger of the plugin's own
+    module name has no handler in the service: Python drops its INFO lines and prints its
+    warnings bare.)"""
+    return logging.getLogger(f"dolibarr_webhooks.plugin.{name}")

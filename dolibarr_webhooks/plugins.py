@@ -17,8 +17,8 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .catalogue import Catalogue, EventType, canonical_code, matches
-from .config import Settings, plugin_config
+from .events import Catalogue, EventType, canonical_code, matches
+from .settings import Settings, plugin_config
 from .exceptions import ConfigError, PluginDisabled
 
 ENTRY_POINT_GROUP = "dolibarr_webhooks.handlers"
@@ -146,7 +146,7 @@ def build_plugins(settings: Settings, extra: Iterable[tuple[str, Any]] = ()) -> 
         if not pm.is_blocked(name):
             pm.register(module, name=name)
             versions[name] = getattr(module, "__version__", None)
-    from . import __version__
+    from .version import __version__
 
     for name, module_name in DEFAULT_PLUGINS.items():
         if pm.is_blocked(name) or (chosen and name not in chosen and name != "catalogue"):

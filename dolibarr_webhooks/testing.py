@@ -37,7 +37,7 @@ WEBHOOKS_TEST_SECRET = "test-secret-0123456789abcdef"
 def make_event(code: str = "BILL_PAYED", *, dolibarr_url: str | None = "https://erp.example",
                source: str = "default", test: bool = False, **object_overrides: Any):
     """An ``Event`` from the sample body of ``code`` (any code: unknown ones get a minimal object)."""
-    from .payload import event_from_body
+    from .pipeline.parse import event_from_body
     from .samples import sample_body
 
     try:

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Iterable
 
-from .catalogue import FAMILIES, split_code
+from .events import FAMILIES, split_code
 
 OUTPUT = Path(__file__).with_name("triggers.json")
 

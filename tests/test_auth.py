@@ -8,10 +8,10 @@ import time
 import pytest
 from standardwebhooks import Webhook
 
-from dolibarr_webhooks.auth import AuthError, Credentials, authenticate, hmac_hex
-from dolibarr_webhooks.config import Source
-from dolibarr_webhooks.netaccess import address_allowed, client_address
-from dolibarr_webhooks.config import parse_networks
+from dolibarr_webhooks.pipeline.verify import AuthError, Credentials, authenticate, hmac_hex
+from dolibarr_webhooks.settings import Source
+from dolibarr_webhooks.pipeline.verify import address_allowed, client_address
+from dolibarr_webhooks.settings import parse_networks
 
 SHOP = Source("shop", secrets=("shop-secret-0123456789", "shop-old-secret-01234"))
 OTHER = Source("other", secrets=("whsec_" + base64.b64encode(b"k" * 24).decode(),))

@@ -10,7 +10,7 @@ from dolibarr_webhooks_testplugin import command
 
 import dolibarr_webhooks
 from dolibarr_webhooks import triggers_from_source
-from dolibarr_webhooks.catalogue import dolibarr_codes
+from dolibarr_webhooks.events import dolibarr_codes
 
 DATA = Path(__file__).parent / "data"
 TREES = DATA / "dolibarr-source"
@@ -42,7 +42,7 @@ def test_every_code_names_the_module_it_needs():
 
 
 def test_check_warns_of_a_plugin_waiting_for_a_code_never_fired(make_app, tmp_path):
-    from dolibarr_webhooks.check import Report, _check_plugins
+    from dolibarr_webhooks.cli.check import Report, _check_plugins
 
     app = make_app({"recorder": {"file": str(tmp_path / "r.jsonl"), "events": ["BILL_SUPPLIER_CANCELED", "BILL_*"]}})
     report = Report()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from dolibarr_webhooks.cli import is_local_url, reachable_address
+from dolibarr_webhooks.cli.targets import is_local_url, reachable_address
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 from dolibarr_webhooks.testing import free_port, running_service, wait_for, wait_for_port
@@ -73,6 +73,42 @@ def test_send_posts_a_sample_as_dolibarr_would():
         assert service.secret not in result.stdout  # the URL is printed redacted
         custom = service.cli("send", "X", "--url", service.url + "/webhook/wrong-secret-000000000", check=False)
         assert custom.returncode == 1 and "-> 401" in custom.stdout and "failure" in custom.stdout
+
+
+def test_serve_reads_its_settings_once_for_gunicorn_and_the_app(tmp_path):
+    """LOG_FORMAT=json in serve's env file reaches gunicorn's own lines as well as the app's, and
+    the workers get the generated secret and the embedded worker from serve's one reading, not
+    from the environment (issue #12)."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_"))}
+    env["PYTHONUNBUFFERED"] = "1"
+    (tmp_path / "service.env").write_text("DOLIBARR_WEBHOOKS_LOG_FORMAT=json\n")
+    process = subprocess.Popen([str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                                "--env-file", "service.env"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        wait_for_port(port, process=process)
+        secret = re.search(r"^DOLIBARR_WEBHOOKS_SECRET=(\S+)$", (tmp_path / "service.env").read_text(), re.M).group(1)
+        response = requests.post(f"http://127.0.0.1:{port}/webhook/{secret}", data=sample_body("COMPANY_CREATE"),
+                                 timeout=10)
+        assert response.status_code == 200
+
+        def stats() -> dict:
+            done = subprocess.run([str(SCRIPT), "stats", "--json"], cwd=tmp_path, capture_output=True, text=True,
+                                  env={**env, "DOLIBARR_WEBHOOKS_ENV_FILE": "service.env"})
+            return json.loads(done.stdout)
+
+        wait_for(lambda: stats()["deliveries"]["delivered"] == 1, 20, interval=0.2,
+                 message=lambda: f"not delivered: {stats()}")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    lines = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    loggers = {line["logger"] for line in lines}
+    assert "gunicorn.error" in loggers, output  # gunicorn's own lines: "Listening at", "Booting worker"
+    assert "dolibarr_webhooks.access" in loggers, output  # the app's
+    assert not [line for line in output.splitlines() if line.startswith("[") and "[INFO]" in line], output
+    assert secret not in output.replace(f"/webhook/{secret}\n", "")  # only in the printed target URL
 
 
 def test_serve_generates_a_secret_and_prints_the_target_url(tmp_path):

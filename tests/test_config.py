@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dolibarr_webhooks import create_app
-from dolibarr_webhooks.config import ConfigError, load_settings, parse_duration, parse_size, plugin_config
+from dolibarr_webhooks.settings import ConfigError, load_settings, parse_duration, parse_size, plugin_config
 
 SECRET = "s" * 20
 

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from dolibarr_webhooks.credentials import MARKER, Scrubber
-from dolibarr_webhooks.payload import ParseError, event_from_body, parse_body
+from dolibarr_webhooks.pipeline.parse import ParseError, event_from_body, parse_body
 from dolibarr_webhooks.testing import running_service
 
 CAPTURED = Path(__file__).parent / "data" / "captured-22.0.4-more"

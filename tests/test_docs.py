@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dolibarr_webhooks import hookspecs
-from dolibarr_webhooks.payload import event_from_body
+from dolibarr_webhooks.pipeline.parse import event_from_body
 from dolibarr_webhooks.store import Store
 from dolibarr_webhooks.testing import free_port, fresh_venv, wait_for, wait_for_port
 from dolibarr_webhooks_testplugin import body

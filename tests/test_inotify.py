@@ -1,4 +1,4 @@
-"""The folder watch that wakes idle SQLite workers (dolibarr_webhooks.inotify)."""
+"""The folder watch that wakes idle SQLite workers (dolibarr_webhooks.pipeline.inotify)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from dolibarr_webhooks.inotify import FolderWatch
+from dolibarr_webhooks.pipeline.inotify import FolderWatch
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 

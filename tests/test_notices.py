@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import pytest
 
 from dolibarr_webhooks import PermanentFailure, create_app, hookimpl
-from dolibarr_webhooks.notices import AlertThrottle, Outcome
+from dolibarr_webhooks.pipeline.notices import AlertThrottle, Outcome
 from dolibarr_webhooks.pluginkit import Event
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 from dolibarr_webhooks_testplugin import body

@@ -11,7 +11,7 @@ from dolibarr_webhooks_testplugin import command
 from sqlalchemy import text
 
 from dolibarr_webhooks.credentials import MARKER
-from dolibarr_webhooks.payload import event_from_body
+from dolibarr_webhooks.pipeline.parse import event_from_body
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET
 
 DATA = Path(__file__).parent / "data"
@@ -102,7 +102,7 @@ def test_an_old_store_is_reported_then_cleaned_by_scrub(make_app, database_url):
     shown = command(app, "show", row.id, "--json")
     assert shown["payload"]["object"]["pass"] == MARKER, "show never prints a credential, even an old one"
 
-    from dolibarr_webhooks.check import Report, _check_stored_credentials
+    from dolibarr_webhooks.cli.check import Report, _check_stored_credentials
 
     report = Report()
     _check_stored_credentials(app.extensions["dolibarr_webhooks"].settings, store, report)
@@ -156,7 +156,7 @@ def test_log_lines_and_messages_name_the_object_by_its_label():
 
 
 def test_stale_events_are_found_by_rule_and_source(make_app):
-    from dolibarr_webhooks.payload import event_from_body as parse
+    from dolibarr_webhooks.pipeline.parse import event_from_body as parse
 
     store = make_app().extensions["dolibarr_webhooks"].store
     raw = (MORE / "52_USER_MODIFY.json").read_bytes()

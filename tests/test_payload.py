@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dolibarr_webhooks.catalogue import canonical_code, label, matches
+from dolibarr_webhooks.events import canonical_code, label, matches
 from dolibarr_webhooks.describe import format_amount, summary
-from dolibarr_webhooks.event import Event
-from dolibarr_webhooks.payload import MissingTriggerCode, ParseError, event_from_body, parse_body, scrub
+from dolibarr_webhooks.events import Event
+from dolibarr_webhooks.pipeline.parse import MissingTriggerCode, ParseError, event_from_body, parse_body, scrub
 from dolibarr_webhooks.samples import sample_body, sample_codes
 
 PAYLOADS = Path(__file__).parent / "data" / "payloads"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dolibarr_webhooks import PermanentFailure, create_app, hookimpl
-from dolibarr_webhooks.config import ConfigError, load_settings
+from dolibarr_webhooks.settings import ConfigError, load_settings
 from dolibarr_webhooks.plugins import PluginLoadError, build_plugins
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dolibarr_webhooks.check import ERROR, OK, WARNING, secret_strength
+from dolibarr_webhooks.cli.check import ERROR, OK, WARNING, secret_strength
 from dolibarr_webhooks.store import SCHEMA_VERSION
 from dolibarr_webhooks.store import Store
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from gunicorn.config import Config
 
-from dolibarr_webhooks.config import SETTINGS, load_settings
-from dolibarr_webhooks.gunicorn import BODY_DEADLINE, HEAD_DEADLINE, RedactingLogger, wipe_multiproc_dir
+from dolibarr_webhooks.settings import SETTINGS, load_settings
+from dolibarr_webhooks.web.gunicorn import BODY_DEADLINE, HEAD_DEADLINE, RedactingLogger, wipe_multiproc_dir
 from dolibarr_webhooks.logs import redact, scrub
-from dolibarr_webhooks.ratelimit import key_prefix
+from dolibarr_webhooks.web.ratelimit import key_prefix
 from production_helpers import CONTRIB, ENV_EXAMPLE, GUNICORN_CONF, ROOT
 
 SECRET = "Zq8vN2kLw5RtY7uPx3aB9cDe4fGh"
@@ -63,7 +63,8 @@ def _plugin_variables() -> dict[str, set[str]]:
     (no README yet) the keys its configuration module accepts."""
     found: dict[str, set[str]] = {}
     for readme in sorted((ROOT / "plugins").glob("*/README.rst")):
-        names = set(re.findall(r"DOLIBARR_WEBHOOKS_(?:EMAIL|SLACK|SYNC)_[A-Z0-9_]*[A-Z0-9]", readme.read_text()))
+        names = set(re.findall(r"DOLIBARR_WEBHOOKS_(?:EMAIL|SLACK|SYNC|DOLIBARR)_[A-Z0-9_]*[A-Z0-9]",
+                               readme.read_text()))
         if names:
             found[readme.parent.name] = names
     try:
@@ -78,7 +79,8 @@ def _plugin_variables() -> dict[str, set[str]]:
 
 def test_env_example_documents_the_plugins_settings():
     found = _plugin_variables()
-    assert {"dolibarr-webhooks-slack", "dolibarr-webhooks-sync"} <= set(found), found.keys()
+    plugins = {"dolibarr-webhooks-slack", "dolibarr-webhooks-sync", "dolibarr-webhooks-dolibarr"}
+    assert plugins <= set(found), found.keys()
     blocks = _example_blocks()
     missing = sorted(name for names in found.values() for name in names if name not in blocks)
     assert not missing, f"plugin settings missing from the example: {missing}"
@@ -122,14 +124,14 @@ def _gunicorn_settings(tmp_path: Path, **env: str) -> dict[str, str]:
 
 def test_gunicorn_conf_defaults_fit_dolibarr(tmp_path):
     conf = _gunicorn_settings(tmp_path)
-    assert conf["worker_class"] == "dolibarr_webhooks.gunicorn.SyncWorker", "gunicorn's sync worker, JSON errors"
+    assert conf["worker_class"] == "dolibarr_webhooks.web.gunicorn.SyncWorker", "gunicorn's sync worker, JSON errors"
     # A client that stalls is dropped before the worker timeout could kill its worker.
     assert HEAD_DEADLINE + BODY_DEADLINE < int(conf["timeout"])
     assert conf["bind"] == "['127.0.0.1:8080']", "loopback only, behind nginx"
     assert 2 <= int(conf["workers"]) <= 8
     assert int(conf["timeout"]) < 30 and int(conf["graceful_timeout"]) < 30, "Dolibarr gives up after 30 s"
     assert conf["forwarded_allow_ips"] == "['127.0.0.1', '::1']"
-    assert conf["logger_class"] == "dolibarr_webhooks.gunicorn.RedactingLogger"
+    assert conf["logger_class"] == "dolibarr_webhooks.web.gunicorn.RedactingLogger"
     assert conf["preload_app"] == "False"
     assert conf["accesslog"] == "-"
     assert "%(u)s" not in conf["access_log_format"] and "authorization" not in conf["access_log_format"].lower()

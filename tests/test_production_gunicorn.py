@@ -20,7 +20,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from dolibarr_webhooks.ratelimit import key_prefix
+from dolibarr_webhooks.web.ratelimit import key_prefix
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.store import Store
 from dolibarr_webhooks.testing import running_service, wait_for

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dolibarr_webhooks.config import SETTINGS, parse_duration
+from dolibarr_webhooks.settings import SETTINGS, parse_duration
 from production_helpers import GUNICORN_CONF, NGINX_SITE, SYSTEMD, python_bin, require_tool
 
 WEB = SYSTEMD / "dolibarr-webhooks.service"

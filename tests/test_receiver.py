@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from dolibarr_webhooks.auth import hmac_hex
+from dolibarr_webhooks.pipeline.verify import hmac_hex
 from dolibarr_webhooks.samples import sample_body, sample_codes
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 

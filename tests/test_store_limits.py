@@ -242,8 +242,8 @@ def test_the_timeouts_are_ordered_around_the_deadline():
     import re
     from pathlib import Path
 
-    from dolibarr_webhooks.config import DOLIBARR_TIMEOUT, SETTINGS, ConfigError, load_settings, parse_duration
-    from dolibarr_webhooks.gunicorn import worker_timeout
+    from dolibarr_webhooks.settings import DOLIBARR_TIMEOUT, SETTINGS, ConfigError, load_settings, parse_duration
+    from dolibarr_webhooks.web.gunicorn import worker_timeout
 
     contrib = Path(__file__).resolve().parent.parent / "contrib"
     deadline = parse_duration(SETTINGS["REQUEST_DEADLINE"][0])

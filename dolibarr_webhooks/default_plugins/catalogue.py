@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..catalogue import ALIAS_PREFIXES, dolibarr_codes, label
+from ..events import ALIAS_PREFIXES, dolibarr_codes, label
 from ..hookspecs import hookimpl
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import dolibarr_webhooks_email as plugin
-from dolibarr_webhooks.config import load_settings, plugin_config
+from dolibarr_webhooks.settings import load_settings, plugin_config
 from dolibarr_webhooks.testing import free_port, wait_for, wait_for_port
 
 README = Path(__file__).parents[1] / "README.rst"

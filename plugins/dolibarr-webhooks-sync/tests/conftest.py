@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from dolibarr_webhooks.payload import event_from_body
+from dolibarr_webhooks.pipeline.parse import event_from_body
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import free_port, local_http_server
 

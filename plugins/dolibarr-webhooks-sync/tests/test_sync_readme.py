@@ -13,7 +13,7 @@ import pytest
 
 import dolibarr_webhooks_sync as sync
 from dolibarr_webhooks.pluginkit import sign
-from dolibarr_webhooks.config import load_settings, plugin_config
+from dolibarr_webhooks.settings import load_settings, plugin_config
 
 README = Path(__file__).parents[1] / "README.rst"
 

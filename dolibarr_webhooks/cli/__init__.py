@@ -1,0 +1,77 @@
+"""The command line: ``flask --app dolibarr_webhooks webhooks ...``, and the
+``dolibarr-webhooks`` console script, which is the same commands bound to the app.
+
+``group`` (the ``webhooks`` group and what its commands share), ``inspect`` (commands that
+read), ``ops`` (commands that act), ``serve``, ``check``, ``targets`` (the URL to give
+Dolibarr).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup
+
+from ..settings import ConfigError, process_settings
+from . import check, inspect, ops, serve  # noqa: F401  (each registers its commands on the group)
+from .group import webhooks
+
+
+def init_app(app: Flask) -> None:
+    app.cli.add_command(webhooks)
+
+
+# Commands that run the service create and migrate the store and announce the configuration
+# (a missing secret, plugin warnings) in the log. Those that need no store (and --help) leave no
+# file behind in the folder they run in; every other command works on a store already there.
+SERVICE_COMMANDS = ("worker", "migrate")
+STORELESS_COMMANDS = ("events", "plugins", "send")
+
+
+def _create_cli_app() -> Flask:
+    """The app for one command, built when the command first needs it."""
+    from ..store import sqlite_path
+    from ..web.app import create_app
+
+    ctx = click.get_current_context(silent=True)
+    command = ctx.info_name if ctx else None
+    settings = process_settings()  # read once for the command and its app
+    if command in SERVICE_COMMANDS:
+        return create_app({"ANNOUNCE": command == "worker"}, settings=settings)
+    database = sqlite_path(settings["DATABASE_URL"])
+    missing = database is not None and not os.path.exists(database)
+    if command not in STORELESS_COMMANDS and missing:
+        raise click.ClickException(f"no store at {database} yet: 'dolibarr-webhooks serve' (or 'migrate') "
+                                   f"creates it; run this command where the service runs, or set "
+                                   f"DOLIBARR_WEBHOOKS_DATABASE_URL")
+    # events, plugins, send: nothing to store, so no file to create.
+    return create_app({"ANNOUNCE": False}, settings=settings.replace(AUTO_MIGRATE=False) if missing else settings)
+
+
+class _Commands(FlaskGroup):
+    """Only the ``webhooks`` commands, listed without building the app: Flask's group would
+    load it (and create the store) to list the app's other command groups, itself included."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return click.Group.list_commands(self, ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return click.Group.get_command(self, ctx, name)
+
+
+def main() -> None:
+    """``dolibarr-webhooks``: the ``webhooks`` commands, bound to the app."""
+    # load_dotenv off: the settings read .env themselves and know which value came from it.
+    group = _Commands(create_app=_create_cli_app, add_default_commands=False, add_version_option=True,
+                      load_dotenv=False,
+                      help="Receive, inspect and replay Dolibarr webhooks (see 'flask --app dolibarr_webhooks').")
+    for name, command in webhooks.commands.items():
+        group.add_command(command, name)
+    try:
+        group.main(prog_name="dolibarr-webhooks")
+    except ConfigError as exc:  # a bad setting or plugin: one plain line, not a traceback
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)

@@ -1,0 +1,66 @@
+"""The ``webhooks`` command group, and what its commands share: the service of the app they
+run in, the ``--json`` option and how a listing is printed."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+from ..pipeline.ingest import Service
+from ..settings import parse_duration
+
+webhooks = AppGroup("webhooks", help="Receive, inspect and replay Dolibarr webhooks.")
+
+# Every command a script may read has this one option (STYLE.md 9), printed by ``emit``.
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+def service() -> Service:
+    return current_app.extensions["dolibarr_webhooks"]
+
+
+def emit(data: Any, as_json: bool, text: str | Iterable[str]) -> None:
+    """``data`` as indented JSON with ``--json``, else ``text`` (a string or its lines)."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    else:
+        click.echo(text if isinstance(text, str) else "\n".join(text))
+
+
+def table(rows: list[list[str]], headers: list[str]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)] if rows else [len(h) for h in headers]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def when(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def since_time(value: str | None) -> float | None:
+    """``--since`` takes a duration back from now (``2h``) or an ISO date or time."""
+    if not value:
+        return None
+    try:
+        return time.time() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a duration (2h, 30d) nor an ISO date") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"

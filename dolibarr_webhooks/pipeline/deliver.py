@@ -1,0 +1,266 @@
+"""The worker: claims due deliveries, runs each plugin's handler with a timeout,
+and records what happened (delivered, retry later, dead).
+
+Each plugin has its own lane of ``WORKER_CONCURRENCY`` threads, so a plugin that
+sleeps or fails only ever occupies its own lane. Runs as its own process
+(``webhooks worker``) or as a thread inside each web process (``serve``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..exceptions import PermanentFailure, RetryLater
+from ..logs import request_id
+from .notices import Notices
+from ..plugins import Plugins
+from ..store import DEAD, DELIVERED, FAILED, Claim, Store, StoreError, error_line
+from .wakeup import CommitWatch, NotifyListener, Wakeup
+
+logger = logging.getLogger(__name__)
+
+# What a database restart, failover or outage raises: the worker waits, reconnects, goes on.
+STORE_ERRORS = (SQLAlchemyError, StoreError)
+RECONNECT_DELAY = 1.0
+
+
+def retry_decision(attempts_done: int, error: BaseException, schedule: list[float], jitter: float,
+                   now: float | None = None) -> tuple[str, float | None]:
+    """``(status, next attempt time)`` after ``attempts_done`` failed attempts ending in ``error``."""
+    now = time.time() if now is None else now
+    if isinstance(error, PermanentFailure):
+        return DEAD, None
+    if attempts_done > len(schedule):
+        return DEAD, None
+    if isinstance(error, RetryLater) and error.after > 0:
+        return FAILED, now + error.after
+    delay = schedule[attempts_done - 1]
+    delay *= 1 + random.uniform(-jitter, jitter)
+    return FAILED, now + delay
+
+
+def describe_failure(error: BaseException) -> str:
+    """A handler's failure as kept with its attempt: the exception's whole text, which is the
+    plugin's account of what went wrong (store errors use ``store.error_line``)."""
+    text = str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text}"[:2000]
+
+
+@dataclass
+class Running:
+    claim: Claim
+    deadline: float
+    recording: bool = False  # the handler returned; its outcome is being written
+
+
+@dataclass
+class Worker:
+    store: Store
+    plugins: Plugins
+    settings: Any
+    metrics: Any = None
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+
+    def __post_init__(self) -> None:
+        self.stop_event = threading.Event()
+        self.wake_event = threading.Event()
+        self._running: dict[int, Running] = {}
+        self._abandoned: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._last_purge = 0.0
+        self.store.add_listener(self.wake_event.set)
+        self.notices = Notices(self.plugins, self.settings, self.metrics)
+
+    # -- one delivery -------------------------------------------------------------
+    def _execute(self, claim: Claim) -> None:
+        """Runs in the plugin's lane thread: call the handler, record the outcome."""
+        token = request_id.set(claim.event.id)  # every line about this delivery names its event
+        try:
+            self.plugins.handle(claim.plugin, claim.event)
+        except BaseException as error:  # every failure is recorded and retried, never swallowed
+            status, next_at = retry_decision(claim.attempts + 1, error, self.settings["RETRY_SCHEDULE"],
+                                             self.settings["RETRY_JITTER"])
+            log = logger.error if status == DEAD else logger.warning
+            log("%s on %s %s failed (attempt %d): %s; %s", claim.plugin, claim.event.trigger_code, claim.event.id,
+                claim.attempts + 1, describe_failure(error),
+                "dead" if status == DEAD else f"retry in {next_at - time.time():.0f}s")
+            self._record(claim, status, describe_failure(error), next_at)
+        else:
+            self._record(claim, DELIVERED, None, None)
+        finally:
+            self.wake_event.set()
+            request_id.reset(token)
+
+    def _record(self, claim: Claim, status: str, error: str | None, next_at: float | None,
+                outcome: str | None = None) -> None:
+        with self._lock:
+            running = self._running.get(claim.delivery_id)
+            mine = running is not None and running.claim.token == claim.token
+            if mine:
+                running.recording = True  # no timeout now, but the lane stays taken until recorded
+            else:  # the timeout already recorded this run; it came back late (maybe while its retry runs)
+                self._abandoned[claim.plugin] = max(0, self._abandoned.get(claim.plugin, 1) - 1)
+        try:
+            held = self.store.finish(claim, status, error, next_at, self.name, outcome)
+        finally:
+            if mine:
+                with self._lock:
+                    self._running.pop(claim.delivery_id, None)
+        if not held:
+            logger.info("%s on event %s finished after losing its lease", claim.plugin, claim.event.id)
+        else:
+            self.notices.finished(claim.plugin, claim.event, status, claim.attempts + 1, error)
+        if self.metrics is not None:
+            self.metrics.delivery_finished(claim.plugin, outcome or status, time.time() - claim.started_at)
+
+    # -- the loop -----------------------------------------------------------------
+    def lanes(self) -> dict[str, int]:
+        concurrency = self.settings["WORKER_CONCURRENCY"] or 1
+        with self._lock:
+            busy: dict[str, int] = {}
+            for running in self._running.values():
+                busy[running.claim.plugin] = busy.get(running.claim.plugin, 0) + 1
+            # Abandoned (timed-out) threads still hold a slot, so a hung plugin cannot pile up threads.
+            return {p: concurrency - busy.get(p, 0) - self._abandoned.get(p, 0) for p in self.plugins.handlers()}
+
+    def run_once(self) -> int:
+        """Claim what is due and start it; returns how many deliveries were started."""
+        lanes = {p: n for p, n in self.lanes().items() if n > 0}
+        if not lanes or not self.store.has_due(lanes):
+            return 0
+        claims = self.store.claim(lanes, self.name, self.settings["LEASE"])
+        timeout = self.settings["HANDLER_TIMEOUT"]
+        for claim in claims:
+            thread = threading.Thread(target=self._execute, args=(claim,), daemon=True,
+                                      name=f"dolibarr-webhooks:{claim.plugin}:{claim.delivery_id}")
+            with self._lock:
+                self._running[claim.delivery_id] = Running(claim, time.time() + timeout)
+            thread.start()
+        return len(claims)
+
+    def _expire(self) -> None:
+        now = time.time()
+        with self._lock:
+            expired = [r for r in self._running.values() if r.deadline <= now and not r.recording]
+            for running in expired:
+                del self._running[running.claim.delivery_id]
+                self._abandoned[running.claim.plugin] = self._abandoned.get(running.claim.plugin, 0) + 1
+        for running in expired:
+            claim = running.claim
+            error = TimeoutError(f"handler took longer than {self.settings['HANDLER_TIMEOUT']:g}s")
+            status, next_at = retry_decision(claim.attempts + 1, error, self.settings["RETRY_SCHEDULE"],
+                                             self.settings["RETRY_JITTER"])
+            logger.warning("%s on %s %s timed out; %s", claim.plugin, claim.event.trigger_code, claim.event.id,
+                           "dead" if status == DEAD else "will retry")
+            if self.store.finish(claim, status, describe_failure(error), next_at, self.name, outcome="timeout"):
+                self.notices.finished(claim.plugin, claim.event, status, claim.attempts + 1, describe_failure(error))
+            if self.metrics is not None:
+                self.metrics.delivery_finished(claim.plugin, "timeout", time.time() - claim.started_at)
+
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    def run(self, stop_after_idle: float | None = None) -> None:
+        """Loop until ``stop()``; with ``stop_after_idle``, also stop once nothing was due for that long."""
+        logger.info("worker %s started: plugins %s", self.name, ", ".join(self.plugins.handlers()) or "none")
+        # PostgreSQL: LISTEN, (re)connected in the loop. SQLite: a watch on the store's wake
+        # file, or None where inotify is missing (then the worker looks every POLL_INTERVAL).
+        listener: Wakeup | None = None if self.store.is_postgres else CommitWatch.open(self.store)
+        idle_since = time.time()
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    if self.store.is_postgres and listener is None:
+                        listener = NotifyListener(self.store)
+                    self._expire()
+                    self.notices.tick()
+                    started = self.run_once()
+                    self._maybe_purge()
+                    if started or self.busy():
+                        idle_since = time.time()
+                    elif stop_after_idle is not None and time.time() - idle_since >= stop_after_idle:
+                        break
+                    if started:
+                        continue
+                    self._wait(listener)
+                except STORE_ERRORS as exc:
+                    logger.error("worker %s: the store is unavailable (%s); retrying in %gs", self.name,
+                                 error_line(exc), RECONNECT_DELAY)
+                    if self.store.is_postgres and listener is not None:
+                        listener.close()
+                        listener = None
+                    self.stop_event.wait(RECONNECT_DELAY)
+        finally:
+            if listener:
+                listener.close()
+            self._shutdown()
+
+    def _wait(self, listener: Wakeup | None) -> None:
+        poll = self.settings["POLL_INTERVAL"]
+        if listener is not None and not self.busy():
+            # Idle: a NOTIFY (PostgreSQL) or a commit (SQLite) wakes us at once for new deliveries
+            # and replays; a retry coming due sends none, so sleep no longer than until the next one.
+            timeout = max(poll, 1.0)
+            retry_at = self.store.next_retry_at(self.lanes())
+            if retry_at is not None:
+                timeout = min(timeout, max(0.0, retry_at - time.time()))
+            listener.wait(timeout, self.wake_event, step=poll)
+        else:
+            # Handlers running: the first to finish wakes us (a NOTIFY waits, queued, for the next wait).
+            self.wake_event.wait(poll)
+        self.wake_event.clear()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.wake_event.set()
+
+    def _shutdown(self) -> None:
+        """Give running handlers the grace period, then hand their deliveries back."""
+        deadline = time.time() + self.settings["SHUTDOWN_GRACE"]
+        while self.busy() and time.time() < deadline:
+            time.sleep(0.05)
+        with self._lock:
+            left = [r for r in self._running.values() if not r.recording]
+            for running in left:
+                del self._running[running.claim.delivery_id]
+        for running in left:
+            claim = running.claim
+            self.store.finish(claim, FAILED if claim.attempts else "pending", "released at shutdown",
+                              time.time(), self.name, outcome="released", count_attempt=False)
+            logger.warning("released %s delivery of event %s at shutdown", claim.plugin, claim.event.id)
+        self.notices.close()
+        logger.info("worker %s stopped", self.name)
+
+    def _maybe_purge(self) -> None:
+        now = time.time()
+        if now - self._last_purge < 600:
+            return
+        self._last_purge = now
+        purged = self.store.purge(self.settings["RETENTION"])
+        if purged:
+            logger.info("purged %d delivered events older than %gs", purged, self.settings["RETENTION"])
+
+
+def start_embedded(worker: Worker) -> threading.Thread:
+    """Run a worker in a daemon thread of this (web) process, stopped at interpreter exit."""
+    import atexit
+
+    thread = threading.Thread(target=worker.run, name="dolibarr-webhooks-worker", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        worker.stop()
+        thread.join(worker.settings["SHUTDOWN_GRACE"] + 5)
+
+    atexit.register(stop)
+    return thread

@@ -1,0 +1,109 @@
+"""Ingest: an event goes into the store with one delivery per plugin that handles it (a body
+that does not parse is quarantined instead); ``deliver.py``'s worker runs the deliveries
+later. ``Service`` holds the settings, plugins, store and metrics of one app: the web views
+and the commands reach the pipeline through it."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from ..credentials import Scrubber, scrubber_for
+from ..events import Event
+from ..metrics import Metrics
+from ..plugins import Plugins
+from ..settings import Settings, Source
+from ..store import DATA, TIMEOUT, UNAVAILABLE, IngestResult, Store, StoreError
+from ..version import __version__
+from .deliver import Worker
+from .parse import MissingTriggerCode, ParseError, body_sha256, event_from_body, new_event_id
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Service:
+    settings: Settings
+    plugins: Plugins
+    store: Store
+    metrics: Metrics
+    started_at: float = field(default_factory=time.time)
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        return self.settings.sources
+
+    def event_from_body(self, raw: bytes, source: Source, test: bool = False) -> Event:
+        return event_from_body(raw, source=source.name, dolibarr_url=source.dolibarr_url or None,
+                               scrub_keys=source.scrub_keys, test=test)
+
+    def scrubber(self, source_name: str) -> Scrubber:
+        return scrubber_for(self.sources.get(source_name))
+
+    def ingest(self, event: Event, remote_addr: str | None = None, deadline: float | None = None) -> IngestResult:
+        """Store the event with one delivery per plugin that handles it; the worker does the rest.
+        ``deadline``: the ``time.monotonic()`` instant after which nothing may be stored."""
+        try:
+            result = self.store.ingest(event, self.plugins.handlers_for(event.trigger_code),
+                                       dedup_window=self.settings["DEDUP_WINDOW"], remote_addr=remote_addr,
+                                       deadline=deadline, scrub_rule=self.scrubber(event.source).fingerprint)
+        except StoreError as exc:
+            self._store_failed("ingest", f"{event.trigger_code} from source {event.source}", exc)
+            raise
+        self.metrics.event(event.trigger_code, result.status)
+        return result
+
+    def _store_failed(self, operation: str, what: str, exc: StoreError) -> None:
+        self.metrics.store_error(operation, exc.kind)
+        meaning = {UNAVAILABLE: "the store is unavailable", TIMEOUT: "the request deadline passed",
+                   DATA: "the store refused its data"}[exc.kind]
+        logger.error("could not %s %s: %s (%s)", operation, what, meaning, exc)
+
+    def quarantine(self, raw: bytes, source: Source, error: str, remote_addr: str | None = None,
+                   deadline: float | None = None) -> str:
+        event_id = new_event_id()
+        # A body that does not parse still has its credentials masked where they can be found.
+        kept = self.scrubber(source.name).scrub_raw(raw)
+        try:
+            self.store.quarantine(event_id, kept, source.name, error, body_sha256(raw), time.time(), remote_addr,
+                                  deadline=deadline)
+        except StoreError as exc:
+            self._store_failed("quarantine", f"a body of {len(raw)} bytes from source {source.name}", exc)
+            raise
+        self.metrics.event("", "quarantined")
+        logger.warning("quarantined an authenticated body from source %s that cannot become an event (%s, %d bytes): "
+                       "event %s; fix, then run 'dolibarr-webhooks reprocess %s'",
+                       source.name, error, len(raw), event_id, event_id)
+        return event_id
+
+    def reprocess(self, event_id: str | None = None) -> list[tuple[str, str]]:
+        """Parse quarantined bodies again (after a fix); those that parse now are ingested."""
+        results = []
+        for row in self.store.quarantined(event_id):
+            source = self.sources.get(row["source"]) or Source(name=row["source"])
+            try:
+                parsed = self.event_from_body(row["raw_body"] or b"", source)
+            except (ParseError, MissingTriggerCode) as exc:
+                results.append((row["id"], f"still unparseable: {exc}"))
+                continue
+            event = Event(**{**parsed.__dict__, "id": row["id"],
+                             "received_at": datetime.fromtimestamp(row["received_at"], timezone.utc)})
+            count = self.store.accept_quarantined(event, self.plugins.handlers_for(event.trigger_code),
+                                                  scrub_rule=self.scrubber(source.name).fingerprint)
+            results.append((row["id"], f"accepted as {event.trigger_code}, {count} deliveries"))
+        return results
+
+    def make_worker(self, name: str | None = None, store: Store | None = None) -> Worker:
+        worker = Worker(store=store or self.store, plugins=self.plugins, settings=self.settings,
+                        metrics=self.metrics)
+        if name:
+            worker.name = name
+        return worker
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "service": "dolibarr-webhooks", "version": __version__,
+                "uptime": round(time.time() - self.started_at, 3),
+                "timestamp": datetime.now(timezone.utc).isoformat()}

@@ -1,0 +1,22 @@
+"""The durable store: events, one delivery per plugin and event, and every attempt.
+
+``schema`` (tables, states, migrations), ``engine`` (connections and their pragmas),
+``writers`` (SQLite's writers' queue), ``queue`` (``Store``: ingest, claim, finish),
+``inspect`` (the operators' side: listings, statistics, replay, purge), ``failures``
+(``StoreError`` and its kinds). No Flask here: the worker runs without it.
+"""
+
+from __future__ import annotations
+
+from .engine import normalise_url, sqlite_path
+from .failures import (DATA, STORE_ERROR_KINDS, TIMEOUT, UNAVAILABLE, DeadlinePassed, StoreError, classify_error,
+                       error_line)
+from .queue import Claim, IngestResult, Store
+from .schema import (ACCEPTED, DEAD, DELIVERED, DELIVERY_STATES, DUPLICATE, FAILED, NOTIFY_CHANNEL, PENDING,
+                     QUARANTINED, RUNNING, SCHEMA_VERSION, attempts, deliveries, events, schema_problem)
+
+__all__ = ["Store", "Claim", "IngestResult", "StoreError", "DeadlinePassed", "classify_error", "error_line",
+           "normalise_url", "sqlite_path",
+           "DATA", "TIMEOUT", "UNAVAILABLE", "STORE_ERROR_KINDS", "SCHEMA_VERSION", "NOTIFY_CHANNEL",
+           "PENDING", "RUNNING", "DELIVERED", "FAILED", "DEAD", "DELIVERY_STATES", "ACCEPTED", "DUPLICATE",
+           "QUARANTINED", "schema_problem", "events", "deliveries", "attempts"]

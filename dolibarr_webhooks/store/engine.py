@@ -1,0 +1,106 @@
+"""Connections to the store: the URL's forms, SQLite's pragmas and transactions, PostgreSQL's
+request engine bound by the request deadline."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+from sqlalchemy import create_engine, event as sa_event
+from sqlalchemy.engine import Engine
+
+
+def normalise_url(url: str) -> str:
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
+def sqlite_path(url: str) -> str | None:
+    """The absolute path of an SQLite store's file; None for PostgreSQL or an in-memory database."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return os.path.abspath(parsed.database)
+
+
+# The busy timeout of a transaction without a deadline (the worker's, the CLI's).
+SQLITE_BUSY_TIMEOUT = 30.0
+# SQLite opens a file it may not write read-only, and that connection stays read-only after
+# the file is writable again: a pool of them answered 503 until a restart. These errors
+# count as a lost connection, so that SQLAlchemy replaces the pool's connections.
+_SQLITE_STALE = ("attempt to write a readonly database", "disk I/O error", "unable to open database file",
+                 "database or disk is full")
+
+
+def make_engine(url: str, synchronous: str = "FULL") -> Engine:
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
+                               pool_size=8, max_overflow=16)
+
+        @sa_event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn, record):
+            # We emit BEGIN ourselves (below); pysqlite's own transaction handling would defer it.
+            dbapi_conn.isolation_level = None
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
+            cursor.close()
+            record.info["busy_ms"] = int(SQLITE_BUSY_TIMEOUT * 1000)
+
+        @sa_event.listens_for(engine, "begin")
+        def _on_begin(conn):
+            options = conn.get_execution_options()
+            # A request's transaction waits for SQLite's write lock until its deadline only.
+            deadline = options.get("deadline")
+            busy_ms = int(SQLITE_BUSY_TIMEOUT * 1000) if deadline is None else max(
+                1, int((deadline - time.monotonic()) * 1000))
+            info = conn.connection.info
+            if info.get("busy_ms") != busy_ms:
+                conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={busy_ms}").close()
+                info["busy_ms"] = busy_ms
+            # IMMEDIATE takes the write lock up front: a claim or a dedup check cannot race.
+            conn.exec_driver_sql("BEGIN" if options.get("readonly") else "BEGIN IMMEDIATE")
+
+        @sa_event.listens_for(engine, "handle_error")
+        def _on_error(context):
+            if str(context.original_exception).startswith(_SQLITE_STALE):
+                context.is_disconnect = True
+                # The connections of one process share the file's shared-memory index, and
+                # one opened read-only keeps it read-only for every new connection as long as
+                # any connection of the process stays open: the store closes them all before
+                # its next operation (Store._reopen_if_stale), not as each is next checked out
+                # (a quiet pool kept some for ever).
+                context.engine.dolibarr_webhooks_stale = True
+
+        return engine
+    # A server that does not answer fails the request in seconds (503), never holds a worker.
+    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16,
+                         connect_args={"connect_timeout": int(os.environ.get("PGCONNECT_TIMEOUT", "5"))})
+
+
+def make_request_engine(url: str, deadline: float) -> Engine:
+    """PostgreSQL's engine for the request path (the ingest, a quarantine): autocommit, and
+    every statement, lock wait and connection attempt ended by the request deadline, so an
+    answer never comes after the proxy or Dolibarr gave up. Set once per connection (a
+    ``SET`` per request would cost a round trip); the ingest function narrows the lock wait
+    to what is left of each request's deadline. A pool of its own: the worker's statements
+    keep no timeout."""
+    milliseconds = max(1, int(deadline * 1000))
+    # libpq counts whole seconds, and at least 2.
+    connect_timeout = max(2, min(int(os.environ.get("PGCONNECT_TIMEOUT", "5")), math.ceil(deadline)))
+    engine = create_engine(normalise_url(url), pool_pre_ping=True, pool_size=8, max_overflow=16,
+                           isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": connect_timeout})
+
+    @sa_event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        with dbapi_conn.cursor() as cursor:
+            cursor.execute(f"SET statement_timeout = {milliseconds}; SET lock_timeout = {milliseconds}")
+
+    return engine

@@ -1,0 +1,226 @@
+"""Reading the store for people, and the operators' changes: statistics, listings, one
+event's story, the events of one object, scrubbing again, replay and purge (the CLI's)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import and_, delete, func, insert, or_, select, text, update
+
+from .. import fastjson
+from .schema import (ACCEPTED, DELIVERED, DELIVERY_STATES, DUPLICATE, FAILED, PENDING, QUARANTINED, RUNNING,
+                     attempts, deliveries, events)
+
+# Each distinct scrub rule in one index look-up (a loose index scan, on both databases).
+_DISTINCT_RULES = text(
+    "WITH RECURSIVE rules(rule) AS ("
+    " SELECT (SELECT scrub_rule FROM events WHERE scrub_rule IS NOT NULL ORDER BY scrub_rule LIMIT 1)"
+    " UNION ALL"
+    " SELECT (SELECT scrub_rule FROM events WHERE scrub_rule > rules.rule ORDER BY scrub_rule LIMIT 1)"
+    " FROM rules WHERE rules.rule IS NOT NULL"
+    ") SELECT rule FROM rules WHERE rule IS NOT NULL"
+)
+
+
+class Inspection:
+    """The operators' side of ``Store`` (a base class of it): its transactions are the store's."""
+
+    # -- inspection -------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        with self._readonly() as conn:
+            by_event = dict(conn.execute(select(events.c.status, func.count()).group_by(events.c.status)).all())
+            rows = conn.execute(select(deliveries.c.plugin, deliveries.c.status, func.count())
+                                .group_by(deliveries.c.plugin, deliveries.c.status)).all()
+            oldest = conn.execute(select(func.min(deliveries.c.created_at))
+                                  .where(deliveries.c.status.in_((PENDING, RUNNING, FAILED)))).scalar()
+            reclaims = conn.execute(select(func.coalesce(func.sum(deliveries.c.reclaims), 0))).scalar()
+            late = conn.execute(select(func.count()).where(attempts.c.outcome == "late")).scalar()
+        totals = {state: 0 for state in DELIVERY_STATES}
+        plugins: dict[str, dict[str, int]] = {}
+        for plugin, state, count in rows:
+            totals[state] = totals.get(state, 0) + count
+            plugins.setdefault(plugin, {s: 0 for s in DELIVERY_STATES})[state] = count
+        return {
+            "events": by_event.get(ACCEPTED, 0),
+            "duplicates": by_event.get(DUPLICATE, 0),
+            "quarantined": by_event.get(QUARANTINED, 0),
+            "deliveries": totals,
+            "plugins": plugins,
+            "oldest_pending_age": round(now - oldest, 3) if oldest else None,
+            "duplicate_runs": int(reclaims or 0),
+            "late_results": int(late or 0),
+        }
+
+    def list_deliveries(self, status: str | None = None, plugin: str | None = None, code: str | None = None,
+                        since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = (select(deliveries.c.id, deliveries.c.event_id, deliveries.c.plugin, deliveries.c.status,
+                        deliveries.c.attempts, deliveries.c.next_attempt_at, deliveries.c.last_error,
+                        deliveries.c.updated_at, events.c.trigger_code, events.c.ref, events.c.label,
+                        events.c.received_at)
+                 .join(events, events.c.id == deliveries.c.event_id))
+        if status:
+            query = query.where(deliveries.c.status == status)
+        if plugin:
+            query = query.where(deliveries.c.plugin == plugin)
+        if code:
+            query = query.where(events.c.trigger_code == code)
+        if since is not None:
+            query = query.where(events.c.received_at >= since)
+        query = query.order_by(events.c.received_at.desc(), deliveries.c.id).limit(limit)
+        with self._readonly() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
+    def show(self, event_id: str) -> dict[str, Any] | None:
+        with self._readonly() as conn:
+            row = conn.execute(select(events).where(events.c.id == event_id)).first()
+            if row is None:
+                return None
+            data = dict(row._mapping)
+            raw = data.pop("raw_body")
+            data["raw_body_size"] = len(raw) if raw is not None else None
+            data["payload"] = fastjson.loads(data["payload"]) if data["payload"] else None
+            data["deliveries"] = []
+            for d in conn.execute(select(deliveries).where(deliveries.c.event_id == event_id)
+                                  .order_by(deliveries.c.id)):
+                item = dict(d._mapping)
+                item.pop("lease_token")
+                item["attempts_log"] = [dict(a._mapping) for a in conn.execute(
+                    select(attempts).where(attempts.c.delivery_id == d.id).order_by(attempts.c.id))]
+                data["deliveries"].append(item)
+        return data
+
+    def object_events(self, element: str, object_id: str, source: str | None = None,
+                      limit: int = 1000) -> list[dict[str, Any]]:
+        """Every event of one object (its type and Dolibarr id), oldest first."""
+        query = (select(events.c.id, events.c.source, events.c.trigger_code, events.c.label, events.c.ref,
+                        events.c.status, events.c.duplicate_of, events.c.received_at)
+                 .where(events.c.element == element, events.c.object_id == str(object_id)))
+        if source:
+            query = query.where(events.c.source == source)
+        with self._readonly() as conn:
+            return [dict(row._mapping) for row in conn.execute(query.order_by(events.c.received_at).limit(limit))]
+
+    # -- credentials ------------------------------------------------------------
+    def scrub_rules_in_use(self) -> set[str | None]:
+        """The scrub rules events were stored under (None: before credentials were masked).
+        A loose index scan: one index look-up per distinct rule, whatever the store's size."""
+        with self._readonly() as conn:
+            rules: set[str | None] = set(conn.execute(_DISTINCT_RULES).scalars())
+            if conn.execute(select(events.c.id).where(events.c.scrub_rule.is_(None)).limit(1)).first():
+                rules.add(None)
+        return rules
+
+    def _stale(self, expected: dict[str, str], default: str):
+        """Events whose rule is not the one expected for their source (``default`` for a source
+        no longer configured); each term reads a range of ix_events_scrub_rule, so a store
+        whose events all follow the current rule answers at once."""
+        terms = []
+        for rule in self.scrub_rules_in_use():
+            if rule is None:
+                terms.append(events.c.scrub_rule.is_(None))
+                continue
+            expecting = [s for s, fp in expected.items() if fp == rule]
+            others = [s for s, fp in expected.items() if fp != rule]
+            if rule == default:
+                if others:
+                    terms.append(and_(events.c.scrub_rule == rule, events.c.source.in_(others)))
+            else:
+                terms.append(and_(events.c.scrub_rule == rule, events.c.source.not_in(expecting))
+                             if expecting else events.c.scrub_rule == rule)
+        return or_(*terms) if terms else None
+
+    def count_stale(self, expected: dict[str, str], default: str) -> int:
+        """How many events were scrubbed under another rule than their source's (or none)."""
+        stale = self._stale(expected, default)
+        if stale is None:
+            return 0
+        with self._readonly() as conn:
+            return conn.execute(select(func.count()).select_from(events).where(stale)).scalar() or 0
+
+    def rescrub(self, scrubber_for: Callable[[str], Any], expected: dict[str, str], default: str,
+                batch: int = 200) -> dict[str, int]:
+        """Scrub again, under today's rule, every event stored under another rule (or none):
+        payloads and quarantined bodies rewritten with their credentials masked, labels given
+        to events stored before labels existed. Returns what was read and what was changed."""
+        from ..labels import object_label
+
+        done = {"read": 0, "changed": 0}
+        stale = self._stale(expected, default)
+        while stale is not None:
+            with self._write() as conn:
+                rows = conn.execute(select(events.c.id, events.c.source, events.c.trigger_code, events.c.payload,
+                                           events.c.raw_body, events.c.label).where(stale).limit(batch)).all()
+                for row in rows:
+                    scrubber = scrubber_for(row.source)
+                    values: dict[str, Any] = {"scrub_rule": scrubber.fingerprint}
+                    if row.payload:
+                        stored = fastjson.loads(row.payload)
+                        scrubbed = scrubber.scrub(stored)
+                        if isinstance(scrubbed.get("object"), dict) and not row.label:
+                            scrubbed["label"] = object_label(row.trigger_code, scrubbed["object"])
+                            values["label"] = scrubbed["label"]
+                        if scrubbed != stored:
+                            values["payload"] = fastjson.dumps(scrubbed)
+                    if row.raw_body:
+                        raw = scrubber.scrub_raw(row.raw_body)
+                        if raw != row.raw_body:
+                            values["raw_body"] = raw
+                    done["changed"] += "payload" in values or "raw_body" in values
+                    conn.execute(update(events).where(events.c.id == row.id).values(**values))
+            done["read"] += len(rows)
+            if len(rows) < batch:
+                break
+        return done
+
+    def replay(self, event_id: str | None = None, statuses: Iterable[str] = (), since: float | None = None,
+               plugin: str | None = None, handlers: Callable[[str], list[str]] | None = None) -> int:
+        """Make deliveries due now with a fresh attempt budget. With an event id and a plugin that
+        never had a delivery for it (installed later), the delivery is created."""
+        now = time.time()
+        with self._write() as conn:
+            query = update(deliveries).where(deliveries.c.status != RUNNING)
+            if event_id:
+                query = query.where(deliveries.c.event_id == event_id)
+            statuses = list(statuses)
+            if statuses:
+                query = query.where(deliveries.c.status.in_(statuses))
+            if plugin:
+                query = query.where(deliveries.c.plugin == plugin)
+            if since is not None:
+                query = query.where(deliveries.c.event_id.in_(
+                    select(events.c.id).where(events.c.received_at >= since)))
+            count = conn.execute(query.values(status=PENDING, attempts=0, next_attempt_at=now, last_error=None,
+                                              updated_at=now)).rowcount
+            if event_id and plugin and not count:
+                exists = conn.execute(select(events.c.id).where(events.c.id == event_id,
+                                                                events.c.status == ACCEPTED)).scalar()
+                has = conn.execute(select(deliveries.c.id).where(deliveries.c.event_id == event_id,
+                                                                 deliveries.c.plugin == plugin)).scalar()
+                if exists and not has:
+                    conn.execute(insert(deliveries).values(**self._new_delivery(event_id, plugin, now)))
+                    count = 1
+            if count:
+                self._notify(conn)
+        if count:
+            self._wake()
+        return count
+
+    def purge(self, older_than: float, include_unfinished: bool = False) -> int:
+        """Delete events older than ``older_than`` seconds whose deliveries are all delivered
+        (or, with ``include_unfinished``, whatever their state). Returns the number of events."""
+        cutoff = time.time() - older_than
+        with self._write() as conn:
+            old = select(events.c.id).where(events.c.received_at < cutoff)
+            if not include_unfinished:
+                unfinished = select(deliveries.c.event_id).where(deliveries.c.status != DELIVERED)
+                old = old.where(events.c.id.not_in(unfinished), events.c.status != QUARANTINED)
+            ids = list(conn.execute(old).scalars())
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                doomed = select(deliveries.c.id).where(deliveries.c.event_id.in_(chunk))
+                conn.execute(delete(attempts).where(attempts.c.delivery_id.in_(doomed)))
+                conn.execute(delete(deliveries).where(deliveries.c.event_id.in_(chunk)))
+                conn.execute(delete(events).where(events.c.id.in_(chunk)))
+        return len(ids)

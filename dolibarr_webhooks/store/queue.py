@@ -1,0 +1,403 @@
+"""The queue: events in, one delivery per plugin and event, claims, outcomes.
+
+Claims are safe across processes and hosts: on SQLite every write transaction is ``BEGIN
+IMMEDIATE`` (one writer at a time, so a claim is atomic), on PostgreSQL ``FOR UPDATE SKIP
+LOCKED``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..events import Event
+from .engine import make_engine, make_request_engine, normalise_url, sqlite_path
+from .failures import FAILURES, DeadlinePassed, error_line, store_error
+from .inspect import Inspection
+from .schema import (ACCEPTED, DELIVERED, DUPLICATE, FAILED, MIGRATIONS, NOTIFY_CHANNEL, PENDING, QUARANTINED,
+                     RUNNING, attempts, deliveries, events, metadata, schema_migrations)
+from .writers import WriterQueue
+
+# The ingest path's statements, built once: SQLAlchemy caches the compiled form of a reused
+# statement, and building one per request was the costliest step of the request (bench/README.rst).
+_INSERT_EVENT = insert(events)
+_INSERT_DELIVERY = insert(deliveries)
+_FIND_DUPLICATE = select(events.c.id).where(
+    events.c.source == bindparam("source"),
+    events.c.body_sha256 == bindparam("body_sha256"),
+    events.c.trigger_code == bindparam("trigger_code"),
+    events.c.object_id.is_not_distinct_from(bindparam("object_id")),
+    events.c.received_at >= bindparam("since"),
+    events.c.status == bindparam("accepted"),
+).limit(1)
+
+# On PostgreSQL every statement is a round trip, and each costs the web process more CPU in
+# psycopg than the statement costs the server. The ingest is therefore one call, in
+# autocommit, of a database function: the duplicate lock, the duplicate search, the event,
+# its deliveries and the workers' wake-up, in one round trip instead of four (BEGIN, lock,
+# statement, COMMIT); bench/README.rst has the figures. Its definition is the latest migration
+# that creates dolibarr_webhooks_ingest (schema version 2, then 5).
+_INGEST_POSTGRES = text(
+    "SELECT dolibarr_webhooks_ingest(:id, :source, :trigger_code, :sent_code, :element, :object_id, :ref, :entity, "
+    ":label, :scrub_rule, :received_at, :body_sha256, :test, :payload, :remote_addr, "
+    ":dedup, :since, :now, :plugins, :accepted, :duplicate, :pending, :channel, :lock_timeout)"
+)
+
+
+_PROBE = update(schema_migrations).where(
+    schema_migrations.c.version == select(func.max(schema_migrations.c.version)).scalar_subquery()
+).values(applied_at=schema_migrations.c.applied_at)
+
+# The worker's per-delivery statements, built once for the same reason. The SET columns of
+# _FINISH_HELD are the keys given at execution, other than its WHERE parameters.
+_LEASE = update(deliveries).where(deliveries.c.id == bindparam("lease_id")).values(
+    runs=deliveries.c.runs + 1, reclaims=deliveries.c.reclaims + bindparam("reclaimed"))
+_EVENT_PAYLOAD = select(events.c.payload).where(events.c.id == bindparam("event_id"))
+_FINISH_HELD = update(deliveries).where(deliveries.c.id == bindparam("held_id"),
+                                        deliveries.c.lease_token == bindparam("held_token"))
+_INSERT_ATTEMPT = insert(attempts)
+_NEXT_RETRY = select(func.min(deliveries.c.next_attempt_at)).where(
+    deliveries.c.status == bindparam("failed"), deliveries.c.plugin.in_(bindparam("plugins", expanding=True)))
+
+
+def _due(now: float):
+    """Deliveries a worker may claim at ``now``: waiting and due, or running on a lease that
+    expired. The leading ``status IN`` lets ix_deliveries_due skip the delivered and dead rows
+    (the bulk of the table); without it SQLite read every delivery of the plugin at each claim
+    and each idle look, ever slower as deliveries accumulate (bench/README.rst)."""
+    return and_(deliveries.c.status.in_((PENDING, FAILED, RUNNING)),
+                or_(and_(deliveries.c.status.in_((PENDING, FAILED)), deliveries.c.next_attempt_at <= now),
+                    and_(deliveries.c.status == RUNNING, deliveries.c.lease_expires_at < now)))
+
+
+def _storable(value: str | None) -> str | None:
+    """Text for a column: PostgreSQL's text cannot hold NUL, so NUL is written as JSON writes
+    it, ``\\u0000``. Only the searchable columns go through this: the payload, JSON, already
+    escapes it, and handlers get the event from the payload, exactly as it came."""
+    if value is not None and "\x00" in value:
+        return value.replace("\x00", "\\u0000")
+    return value
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    status: str  # accepted | duplicate
+    event_id: str
+    duplicate_of: str | None = None
+    deliveries: int = 0
+
+
+@dataclass(frozen=True)
+class Claim:
+    delivery_id: int
+    plugin: str
+    token: str
+    attempts: int  # attempts made before this one
+    reclaimed: bool
+    event: Event
+    started_at: float
+
+
+class Store(Inspection):
+    """The durable store of one database; ``Inspection`` adds the operators' side."""
+
+    def __init__(self, url: str, synchronous: str = "FULL", request_deadline: float = 10.0) -> None:
+        self.url = normalise_url(url)
+        self.engine = make_engine(url, synchronous)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+        self.request_deadline = request_deadline
+        # The ingest's single statement commits by itself (see _INGEST_POSTGRES), within the deadline.
+        self.request_engine = make_request_engine(url, request_deadline) if self.is_postgres else None
+        self._listeners: list[Callable[[], None]] = []
+        sqlite_file = sqlite_path(url)
+        # Touched after each commit that adds due deliveries, to wake workers of other processes.
+        self.wake_file = sqlite_file + ".wake" if sqlite_file else None
+        self._writers = WriterQueue(sqlite_file + ".lock") if sqlite_file else None
+
+    @contextlib.contextmanager
+    def _write(self, deadline: float | None = None):
+        """A write transaction; on an SQLite file, after this process's turn in the writers' queue.
+        With ``deadline`` (a ``time.monotonic()`` instant), every wait ends by then
+        (``DeadlinePassed``, or SQLite's busy timeout), and a transaction still open at the
+        deadline is rolled back rather than committed late."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlinePassed("before the store was reached (the request waited in a queue)")
+        self._reopen_if_stale()
+        with self._writers.turn(deadline) if self._writers else contextlib.nullcontext():
+            with self.engine.connect() as conn:
+                if deadline is not None:
+                    conn.execution_options(deadline=deadline)
+                with conn.begin():
+                    yield conn
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise DeadlinePassed("the deadline passed before the commit")
+
+    def _reopen_if_stale(self) -> None:
+        """After a write met a file opened read-only (see make_engine), close every connection
+        of this process, idle or not yet returned, so that the next one opens the file anew."""
+        if getattr(self.engine, "dolibarr_webhooks_stale", False):
+            self.engine.dolibarr_webhooks_stale = False
+            self.engine.dispose()
+
+    # -- schema -----------------------------------------------------------------
+    def _readonly(self):
+        self._reopen_if_stale()
+        return self.engine.connect().execution_options(readonly=True)
+
+    def schema_version(self) -> int:
+        with self._readonly() as conn:
+            if not self.engine.dialect.has_table(conn, "schema_migrations"):
+                return 0
+            return conn.execute(select(func.max(schema_migrations.c.version))).scalar() or 0
+
+    def migrate(self) -> list[int]:
+        """Bring the schema to the latest version; safe when several processes start at once."""
+        applied = []
+        with self._write() as conn:
+            if self.is_postgres:
+                conn.execute(text("SELECT pg_advisory_xact_lock(727271)"))
+            metadata.create_all(conn, tables=[schema_migrations], checkfirst=True)
+            done = set(conn.execute(select(schema_migrations.c.version)).scalars())
+            for version, name, migration in MIGRATIONS:
+                if version in done:
+                    continue
+                migration(conn)
+                conn.execute(insert(schema_migrations).values(version=version, name=name, applied_at=time.time()))
+                applied.append(version)
+        return applied
+
+    def ping(self) -> bool:
+        try:
+            with self._readonly() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except SQLAlchemyError:
+            return False
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Called after each commit that adds due deliveries (wakes an in-process worker)."""
+        self._listeners.append(callback)
+
+    def _notify(self, conn: Connection) -> None:
+        if self.is_postgres:
+            conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+    def _wake(self) -> None:
+        for callback in self._listeners:
+            callback()
+        if self.wake_file:
+            # Workers of other processes watch this file (worker._CommitWatch). Its change time
+            # is set after the commit: the WAL itself is written before the commit is visible.
+            try:
+                os.utime(self.wake_file)
+            except FileNotFoundError:
+                with contextlib.suppress(OSError):
+                    os.close(os.open(self.wake_file, os.O_WRONLY | os.O_CREAT, 0o600))
+            except OSError:
+                pass  # not ours to touch: the workers still look every POLL_INTERVAL
+
+    # -- ingest -----------------------------------------------------------------
+    def ingest(self, event: Event, plugins: Iterable[str], dedup_window: float = 0,
+               remote_addr: str | None = None, deadline: float | None = None,
+               scrub_rule: str | None = None) -> IngestResult:
+        """Store an event and its deliveries in one transaction, unless it is a duplicate (then
+        a row that names the event it repeats, without the payload). With ``deadline`` (a
+        ``time.monotonic()`` instant), nothing is stored unless it is committed by then.
+        ``scrub_rule``: the fingerprint of the credentials rule the event went through.
+        Raises ``StoreError``, whose ``kind`` tells an outage from a timeout or bad data."""
+        now = time.time()
+        plugins = list(plugins)
+        dedup = dedup_window > 0 and not event.test
+        row = dict(  # built before BEGIN: the write lock is held for the statements only
+            id=event.id, source=event.source, trigger_code=_storable(event.trigger_code),
+            sent_code=_storable(event.sent_code), element=_storable(event.element),
+            object_id=_storable(event.object_id), ref=_storable(event.ref), entity=_storable(event.entity),
+            label=_storable(event.label), scrub_rule=scrub_rule,
+            received_at=event.received_at.timestamp(), body_sha256=event.body_sha256, test=event.test,
+            payload=event.to_json(), remote_addr=_storable(remote_addr),
+        )
+        search = dict(since=row["received_at"] - dedup_window, accepted=ACCEPTED)
+        try:
+            if self.is_postgres:  # one statement, its own transaction
+                lock_timeout = self._remaining_ms(deadline)
+                with self.request_engine.connect() as conn:
+                    duplicate_of = conn.execute(_INGEST_POSTGRES, dict(
+                        row, **search, dedup=dedup, duplicate=DUPLICATE, pending=PENDING, now=now,
+                        plugins=plugins, channel=NOTIFY_CHANNEL, lock_timeout=f"{lock_timeout}ms")).scalar()
+            else:
+                with self._write(deadline) as conn:
+                    duplicate_of = conn.execute(_FIND_DUPLICATE, dict(row, **search)).scalar() if dedup else None
+                    conn.execute(_INSERT_EVENT, dict(row, status=DUPLICATE if duplicate_of else ACCEPTED,
+                                                     duplicate_of=duplicate_of, raw_body=None, error=None,
+                                                     payload=None if duplicate_of else row["payload"]))
+                    if plugins and not duplicate_of:
+                        conn.execute(_INSERT_DELIVERY, [self._new_delivery(event.id, p, now) for p in plugins])
+        except FAILURES as exc:
+            raise store_error(exc) from exc
+        if duplicate_of:
+            return IngestResult(DUPLICATE, event.id, duplicate_of)
+        if plugins:
+            self._wake()
+        return IngestResult(ACCEPTED, event.id, None, len(plugins))
+
+    def _remaining_ms(self, deadline: float | None) -> int:
+        """What is left of a request's deadline, in whole milliseconds (at least 1: 0 would
+        mean no timeout to PostgreSQL); ``DeadlinePassed`` when nothing is."""
+        if deadline is None:
+            return max(1, int(self.request_deadline * 1000))
+        left = int((deadline - time.monotonic()) * 1000)
+        if left <= 0:
+            raise DeadlinePassed("before the store was reached (the request waited in a queue)")
+        return left
+
+    @staticmethod
+    def _new_delivery(event_id: str, plugin: str, now: float) -> dict[str, Any]:
+        return dict(event_id=event_id, plugin=plugin, status=PENDING, attempts=0, runs=0, reclaims=0,
+                    next_attempt_at=now, created_at=now, updated_at=now)
+
+    def quarantine(self, event_id: str, raw: bytes, source: str, error: str, body_sha256: str,
+                   received_at: float, remote_addr: str | None = None, deadline: float | None = None) -> None:
+        """Keep an authenticated body that cannot be parsed (or stored as an event), to
+        re-process after a fix. The raw bytes are kept as they came (a blob holds anything)."""
+        statement = insert(events).values(
+            id=event_id, source=source, trigger_code="", received_at=received_at, body_sha256=body_sha256,
+            test=False, status=QUARANTINED, raw_body=raw, error=_storable(error), remote_addr=_storable(remote_addr))
+        try:
+            if self.is_postgres:  # one statement in autocommit, within the deadline
+                self._remaining_ms(deadline)
+                with self.request_engine.connect() as conn:
+                    conn.execute(statement)
+            else:
+                with self._write(deadline) as conn:
+                    conn.execute(statement)
+        except FAILURES as exc:
+            raise store_error(exc) from exc
+
+    def probe_write(self) -> str | None:
+        """What a request's write meets now: None when one commits within the request deadline,
+        else the error (for /ready). A real committed write, so that a read-only file, a full
+        disk or a stale read-only connection shows: one row of schema_migrations, rewritten
+        unchanged. It takes the writers' turn like a request (an fsync on SQLite)."""
+        try:
+            if self.is_postgres:
+                with self.request_engine.connect() as conn:
+                    conn.execute(_PROBE)
+            else:
+                with self._write(time.monotonic() + self.request_deadline) as conn:
+                    conn.execute(_PROBE)
+        except FAILURES as exc:
+            return error_line(exc)
+        return None
+
+    def quarantined(self, event_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(events.c.id, events.c.source, events.c.raw_body, events.c.received_at, events.c.error,
+                       events.c.body_sha256).where(events.c.status == QUARANTINED)
+        if event_id:
+            query = query.where(events.c.id == event_id)
+        with self._readonly() as conn:
+            return [dict(row._mapping) for row in conn.execute(query.order_by(events.c.received_at))]
+
+    def accept_quarantined(self, event: Event, plugins: Iterable[str], scrub_rule: str | None = None) -> int:
+        """A quarantined body now parses: store its event in place and create its deliveries."""
+        now = time.time()
+        plugins = list(plugins)
+        with self._write() as conn:
+            changed = conn.execute(update(events).where(events.c.id == event.id, events.c.status == QUARANTINED).values(
+                trigger_code=_storable(event.trigger_code), sent_code=_storable(event.sent_code),
+                element=_storable(event.element), object_id=_storable(event.object_id), ref=_storable(event.ref),
+                entity=_storable(event.entity), test=event.test, label=_storable(event.label), scrub_rule=scrub_rule,
+                status=ACCEPTED, payload=event.to_json(), raw_body=None,
+                error="re-processed at %s" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+            )).rowcount
+            if changed and plugins:
+                conn.execute(insert(deliveries), [self._new_delivery(event.id, p, now) for p in plugins])
+                self._notify(conn)
+        self._wake()
+        return len(plugins) if changed else 0
+
+    # -- the worker's side -----------------------------------------------------
+    def claim(self, lanes: dict[str, int], worker: str, lease: float) -> list[Claim]:
+        """Take up to ``lanes[plugin]`` due deliveries of each plugin; none runs twice at once."""
+        now = time.time()
+        claims: list[Claim] = []
+        with self._write() as conn:
+            for plugin, limit in lanes.items():
+                if limit <= 0:
+                    continue
+                rows = conn.execute(
+                    select(deliveries.c.id, deliveries.c.status, deliveries.c.attempts, deliveries.c.event_id)
+                    .where(deliveries.c.plugin == plugin, _due(now))
+                    .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                # The lease counts from here: getting the rows may have waited for a lock (SQLite's
+                # write lock at BEGIN, a PostgreSQL table lock), and the whole lease is the holder's.
+                leased_at = time.time()
+                for row in rows:
+                    token = secrets.token_hex(16)
+                    reclaimed = row.status == RUNNING
+                    conn.execute(_LEASE, dict(
+                        lease_id=row.id, status=RUNNING, lease_token=token, lease_expires_at=leased_at + lease,
+                        locked_by=worker, reclaimed=1 if reclaimed else 0, updated_at=leased_at,
+                    ))
+                    payload = conn.execute(_EVENT_PAYLOAD, {"event_id": row.event_id}).scalar()
+                    claims.append(Claim(row.id, plugin, token, row.attempts, reclaimed,
+                                        Event.from_json(payload), leased_at))
+        return claims
+
+    def has_due(self, plugins: Iterable[str]) -> bool:
+        """A cheap read: is anything due for these plugins? (Avoids taking the write lock when idle.)"""
+        now = time.time()
+        plugins = list(plugins)
+        if not plugins:
+            return False
+        with self._readonly() as conn:
+            return conn.execute(select(deliveries.c.id).where(
+                deliveries.c.plugin.in_(plugins), _due(now)).limit(1)).first() is not None
+
+    def next_retry_at(self, plugins: Iterable[str]) -> float | None:
+        """When the earliest retry of these plugins comes due. New deliveries and replays wake a
+        PostgreSQL worker with a NOTIFY; a retry coming due does not, so the worker must not
+        sleep past it."""
+        plugins = list(plugins)
+        if not plugins:
+            return None
+        with self._readonly() as conn:
+            return conn.execute(_NEXT_RETRY, {"plugins": plugins, "failed": FAILED}).scalar()
+
+    def finish(self, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
+               worker: str, outcome: str | None = None, count_attempt: bool = True) -> bool:
+        """Record an attempt and move the delivery on; False when the lease was lost meanwhile."""
+        with self._write() as conn:
+            now = time.time()  # after any wait for SQLite's write lock
+            values: dict[str, Any] = dict(status=status, last_error=error, lease_token=None, lease_expires_at=None,
+                                          locked_by=None, updated_at=now)
+            if count_attempt:
+                values["attempts"] = claim.attempts + 1
+            if next_attempt_at is not None:
+                values["next_attempt_at"] = next_attempt_at
+            if status == DELIVERED:
+                values["delivered_at"] = now
+            values.update(held_id=claim.delivery_id, held_token=claim.token)
+            held = conn.execute(_FINISH_HELD, values).rowcount == 1
+            conn.execute(_INSERT_ATTEMPT, dict(
+                delivery_id=claim.delivery_id, number=claim.attempts + 1, worker=worker,
+                started_at=claim.started_at, finished_at=now,
+                outcome=(outcome or status) if held else "late", error=error,
+                duration_ms=round((now - claim.started_at) * 1000, 3),
+            ))
+        return held
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self.request_engine is not None:
+            self.request_engine.dispose()

@@ -1,0 +1,266 @@
+"""The store's schema: its tables, the states of events and deliveries, and the migrations
+that bring a database to ``SCHEMA_VERSION`` (PostgreSQL's ingest function among them).
+
+SQLAlchemy Core over SQLite (the embedded default, WAL) or PostgreSQL (several hosts): one
+schema, one set of queries.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
+                        Table, Text, UniqueConstraint)
+from sqlalchemy.engine import Connection
+
+NOTIFY_CHANNEL = "dolibarr_webhooks"
+
+# Delivery states. ``failed`` waits for a retry; ``dead`` waits for a replay.
+PENDING, RUNNING, DELIVERED, FAILED, DEAD = "pending", "running", "delivered", "failed", "dead"
+DELIVERY_STATES = (PENDING, RUNNING, DELIVERED, FAILED, DEAD)
+# Event states.
+ACCEPTED, DUPLICATE, QUARANTINED = "accepted", "duplicate", "quarantined"
+
+metadata = MetaData()
+
+events = Table(
+    "events", metadata,
+    Column("id", String(40), primary_key=True),
+    Column("source", String(100), nullable=False),
+    # Text without a length: Dolibarr decides how long a code, a type, an id or a ref is
+    # (schema version 3 turned PostgreSQL's varchar columns into text).
+    Column("trigger_code", Text, nullable=False),
+    Column("sent_code", Text),
+    Column("element", Text),
+    Column("object_id", Text),
+    Column("ref", Text),
+    Column("entity", Text),
+    Column("received_at", Float, nullable=False),
+    Column("body_sha256", String(64), nullable=False),
+    Column("test", Boolean, nullable=False, default=False),
+    Column("status", String(20), nullable=False),
+    Column("duplicate_of", String(40)),
+    Column("payload", Text),  # the Event as JSON, scrubbed; NULL for a duplicate (see duplicate_of)
+    Column("raw_body", LargeBinary),  # kept only for quarantined bodies
+    Column("error", Text),
+    Column("remote_addr", Text),  # from X-Forwarded-For behind proxies: any length
+    Column("label", Text),  # what a person calls the object (labels.object_label)
+    Column("scrub_rule", String(64)),  # credentials.Scrubber.fingerprint of the rule the payload went through
+)
+Index("ix_events_dedup", events.c.source, events.c.body_sha256, events.c.received_at)
+# Every event of one object, from its creation to its deletion.
+Index("ix_events_object", events.c.element, events.c.object_id, events.c.received_at)
+# check and scrub find the events stored under an older rule (or none) without reading payloads.
+Index("ix_events_scrub_rule", events.c.scrub_rule, events.c.source)
+Index("ix_events_received", events.c.received_at)
+Index("ix_events_status", events.c.status)
+
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("event_id", String(40), ForeignKey("events.id"), nullable=False),
+    Column("plugin", String(100), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("runs", Integer, nullable=False, default=0),
+    Column("reclaims", Integer, nullable=False, default=0),  # claimed again after a lease expired
+    Column("next_attempt_at", Float, nullable=False),
+    Column("lease_token", String(32)),
+    Column("lease_expires_at", Float),
+    Column("locked_by", String(100)),
+    Column("last_error", Text),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("delivered_at", Float),
+    UniqueConstraint("event_id", "plugin", name="uq_deliveries_event_plugin"),
+)
+Index("ix_deliveries_due", deliveries.c.plugin, deliveries.c.status, deliveries.c.next_attempt_at)
+Index("ix_deliveries_status", deliveries.c.status, deliveries.c.next_attempt_at)
+Index("ix_deliveries_event", deliveries.c.event_id)
+
+attempts = Table(
+    "attempts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", Integer, ForeignKey("deliveries.id"), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("worker", String(100)),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("outcome", String(20), nullable=False),
+    Column("error", Text),
+    Column("duration_ms", Float),
+)
+Index("ix_attempts_delivery", attempts.c.delivery_id)
+
+schema_migrations = Table(
+    "schema_migrations", metadata,
+    Column("version", Integer, primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+
+def _postgresql_ingest_function(conn: Connection) -> None:
+    """Schema version 2. A VOLATILE function's statements each take a new snapshot, so the
+    duplicate search after the advisory lock sees an identical body committed while this call
+    waited for it; the call being one statement, its implicit transaction holds the lock to
+    the commit. SQLite, in-process and without round trips, keeps the separate statements.
+
+    ``enable_seqscan = off``: the function's plans are made once per connection. Made while
+    the table was small and freshly analysed, the search's plan reads the whole table (cheaper
+    for 20 rows) and keeps doing so, ever slower, until autovacuum analyses it again; at 1,000
+    events/s that is thousands of rows per search. Without sequential scans the search always
+    goes through ix_events_dedup."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.exec_driver_sql("""
+CREATE OR REPLACE FUNCTION dolibarr_webhooks_ingest(
+    p_id varchar, p_source varchar, p_trigger_code varchar, p_sent_code varchar, p_element varchar,
+    p_object_id varchar, p_ref varchar, p_entity varchar, p_received_at double precision,
+    p_body_sha256 varchar, p_test boolean, p_payload text, p_remote_addr varchar,
+    p_dedup boolean, p_since double precision, p_now double precision, p_plugins text[],
+    p_accepted varchar, p_duplicate varchar, p_pending varchar, p_channel text)
+RETURNS varchar LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $$
+DECLARE
+    found varchar;
+BEGIN
+    IF p_dedup THEN
+        -- Serialise identical bodies, so that two copies cannot both pass the search.
+        PERFORM pg_advisory_xact_lock(hashtext(p_source || ':' || p_body_sha256));
+        SELECT id INTO found FROM events
+        WHERE source = p_source AND body_sha256 = p_body_sha256 AND trigger_code = p_trigger_code
+          AND object_id IS NOT DISTINCT FROM p_object_id AND received_at >= p_since AND status = p_accepted
+        ORDER BY received_at DESC
+        LIMIT 1;
+    END IF;
+    INSERT INTO events (id, source, trigger_code, sent_code, element, object_id, ref, entity, received_at,
+                        body_sha256, test, payload, remote_addr, status, duplicate_of)
+    VALUES (p_id, p_source, p_trigger_code, p_sent_code, p_element, p_object_id, p_ref, p_entity, p_received_at,
+            p_body_sha256, p_test, p_payload, p_remote_addr,
+            CASE WHEN found IS NULL THEN p_accepted ELSE p_duplicate END, found);
+    IF found IS NULL AND cardinality(p_plugins) > 0 THEN
+        INSERT INTO deliveries (event_id, plugin, status, attempts, runs, reclaims, next_attempt_at,
+                                created_at, updated_at)
+        SELECT p_id, plugin, p_pending, 0, 0, 0, p_now, p_now, p_now FROM unnest(p_plugins) AS plugin;
+        PERFORM pg_notify(p_channel, '');
+    END IF;
+    RETURN found;
+END
+$$
+""")
+
+
+# The columns holding text Dolibarr (or a proxy's X-Forwarded-For) decides the length of.
+_OPEN_TEXT_COLUMNS = ("trigger_code", "sent_code", "element", "object_id", "ref", "entity", "remote_addr")
+
+
+def _text_columns(conn: Connection) -> None:
+    """Schema version 3. PostgreSQL enforced the lengths of version 1's varchar columns, so a
+    ref of 256 characters or a long X-Forwarded-For failed the ingest, and the user's action
+    in Dolibarr with it. varchar to text is binary-coercible: no table rewrite, and the
+    indexes stay valid. SQLite never enforced a length."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.exec_driver_sql("ALTER TABLE events " + ", ".join(f"ALTER COLUMN {column} TYPE text"
+                                                           for column in _OPEN_TEXT_COLUMNS))
+
+
+def _objects_and_credentials(conn: Connection) -> None:
+    """Schema version 4: each event's label and the scrub rule its payload went through
+    (credentials.Scrubber.fingerprint), an index to list the events of one object and one to
+    find events scrubbed under an older rule. A new database got the columns and indexes from
+    version 1's ``create_all``, so every step checks first."""
+    from sqlalchemy import inspect
+
+    columns = {c["name"] for c in inspect(conn).get_columns("events")}
+    for column in (events.c.label, events.c.scrub_rule):
+        if column.name not in columns:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE events ADD COLUMN {column.name} {kind}")
+    for index in events.indexes:
+        if index.name in ("ix_events_object", "ix_events_scrub_rule"):
+            index.create(conn, checkfirst=True)
+
+
+def _postgresql_ingest_within_deadline(conn: Connection) -> None:
+    """Schema version 5: version 2's function with three changes.
+
+    ``p_lock_timeout``: the rest of the request's deadline, for every lock the call waits for
+    (the duplicate lock, a ``LOCK TABLE``, a row lock). Set inside the function because a lock
+    is taken when a statement is planned: a ``set_config`` beside the call in the same
+    ``SELECT`` would come too late. ``is_local``: it ends with the call's implicit transaction.
+    (``statement_timeout`` cannot be changed for a running statement: the request engine sets
+    it per connection, see ``Store``.) A call that times out is rolled back whole.
+
+    A duplicate keeps no payload: ``duplicate_of`` names the event whose body it repeats.
+
+    ``p_label`` and ``p_scrub_rule`` fill version 4's columns.
+
+    Version 2's function (another signature) is left in place: processes of the previous
+    release keep calling it until they are restarted."""
+    if conn.dialect.name != "postgresql":
+        return
+    conn.exec_driver_sql("""
+CREATE OR REPLACE FUNCTION dolibarr_webhooks_ingest(
+    p_id varchar, p_source varchar, p_trigger_code varchar, p_sent_code varchar, p_element varchar,
+    p_object_id varchar, p_ref varchar, p_entity varchar, p_label text, p_scrub_rule varchar,
+    p_received_at double precision, p_body_sha256 varchar, p_test boolean, p_payload text, p_remote_addr varchar,
+    p_dedup boolean, p_since double precision, p_now double precision, p_plugins text[],
+    p_accepted varchar, p_duplicate varchar, p_pending varchar, p_channel text, p_lock_timeout text)
+RETURNS varchar LANGUAGE plpgsql VOLATILE SET enable_seqscan = off AS $$
+DECLARE
+    found varchar;
+BEGIN
+    PERFORM set_config('lock_timeout', p_lock_timeout, true);
+    IF p_dedup THEN
+        -- Serialise identical bodies, so that two copies cannot both pass the search.
+        PERFORM pg_advisory_xact_lock(hashtext(p_source || ':' || p_body_sha256));
+        -- status || '': a plan made while the table had a few hundred rows and no statistics
+        -- went through ix_events_status (every accepted event) instead of ix_events_dedup.
+        SELECT id INTO found FROM events
+        WHERE source = p_source AND body_sha256 = p_body_sha256 AND trigger_code = p_trigger_code
+          AND object_id IS NOT DISTINCT FROM p_object_id AND received_at >= p_since AND status || '' = p_accepted
+        ORDER BY received_at DESC
+        LIMIT 1;
+    END IF;
+    INSERT INTO events (id, source, trigger_code, sent_code, element, object_id, ref, entity, label, scrub_rule,
+                        received_at, body_sha256, test, payload, remote_addr, status, duplicate_of)
+    VALUES (p_id, p_source, p_trigger_code, p_sent_code, p_element, p_object_id, p_ref, p_entity, p_label,
+            p_scrub_rule, p_received_at, p_body_sha256, p_test, CASE WHEN found IS NULL THEN p_payload END,
+            p_remote_addr, CASE WHEN found IS NULL THEN p_accepted ELSE p_duplicate END, found);
+    IF found IS NULL AND cardinality(p_plugins) > 0 THEN
+        INSERT INTO deliveries (event_id, plugin, status, attempts, runs, reclaims, next_attempt_at,
+                                created_at, updated_at)
+        SELECT p_id, plugin, p_pending, 0, 0, 0, p_now, p_now, p_now FROM unnest(p_plugins) AS plugin;
+        PERFORM pg_notify(p_channel, '');
+    END IF;
+    RETURN found;
+END
+$$
+""")
+
+
+def _initial_schema(conn: Connection) -> None:
+    metadata.create_all(conn, tables=[events, deliveries, attempts], checkfirst=True)
+
+
+# Schema versions, in order. A new version appends (number, name, function): never edit one.
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "events, deliveries and attempts", _initial_schema),
+    (2, "PostgreSQL: the ingest in one call", _postgresql_ingest_function),
+    (3, "PostgreSQL: no length limit on text Dolibarr sends", _text_columns),
+    (4, "events: label, scrub rule, index by object", _objects_and_credentials),
+    (5, "PostgreSQL: the ingest within the request deadline, with labels, duplicates without payload",
+     _postgresql_ingest_within_deadline),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def schema_problem(version: int) -> str | None:
+    """What keeps a database at schema ``version`` from serving this release, in the words
+    ``/ready`` and ``check`` both use; None when it is current."""
+    if version < SCHEMA_VERSION:
+        return f"schema version {version}, expected {SCHEMA_VERSION}"
+    if version > SCHEMA_VERSION:
+        return f"schema version {version} is newer than this release ({SCHEMA_VERSION})"
+    return None

@@ -1,0 +1,361 @@
+"""gunicorn glue: a logger that never writes a secret, worker classes that answer in JSON
+and give each client a bounded time to send its request, the multi-process metrics
+folder, and the runner behind ``serve``. ``contrib/gunicorn.conf.py`` uses all of it."""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+
+from gunicorn import util
+from gunicorn.glogging import Logger
+from gunicorn.http.errors import NoMoreData
+from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
+from gunicorn.workers.sync import SyncWorker as _SyncWorker
+
+from ..credentials import SENSITIVE_NAME
+from ..logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
+from ..settings import ConfigError, Settings, process_settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_TARGET_ATOMS = {"{raw_uri}e", "{request_uri}e", "{path_info}e", "{script_name}e", "{http_referer}e",
+                 "{referer}i", "f", "U"}
+_QUERY_ATOMS = {"q", "{query_string}e"}
+
+
+def _settings() -> Settings | None:
+    """This process's settings (the master read them: ``contrib/gunicorn.conf.py`` or ``serve``);
+    None when they do not load: the workers stop on it, with the message."""
+    try:
+        return process_settings()
+    except ConfigError:
+        return None
+
+
+class RedactingLogger(Logger):
+    """gunicorn's logger with secrets removed from the path, the query string, the user
+    (Basic credentials) and credential headers; JSON lines when the service's
+    ``LOG_FORMAT`` is ``json`` (from ``.env`` too), like the application's own lines."""
+
+    json_lines = False
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        settings = _settings()
+        self.json_lines = json_lines = settings is not None and settings["LOG_FORMAT"] == "json"
+        scrubber = SecretScrubber()
+        scrubber.add(settings.sensitive_values if settings is not None else ())
+        for handler in self.error_log.handlers:
+            # gunicorn writes the request target in some error messages (``Error handling request /...``).
+            handler.setFormatter(make_formatter("json", scrubber) if json_lines else
+                                 TextFormatter("%(asctime)s [%(process)d] [%(levelname)s] %(message)s",
+                                               scrubber=scrubber, datefmt="[%Y-%m-%d %H:%M:%S %z]"))
+        for handler in self.access_log.handlers:
+            # Last line of defence: a mistyped path (/webhooks/<secret>) is not a webhook path,
+            # but the secret itself is known and masked. JSON lines in the application's format.
+            handler.setFormatter(make_formatter("json", scrubber) if json_lines else
+                                 TextFormatter("%(message)s", scrubber=scrubber))
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        atoms["r"] = "%s %s %s" % (environ.get("REQUEST_METHOD"), redact(environ.get("RAW_URI") or ""),
+                                   environ.get("SERVER_PROTOCOL"))
+        # https://user:secret@host/ arrives as Basic credentials; either part may be the secret.
+        if atoms.get("u") not in (None, "-"):
+            atoms["u"] = MASK
+        for key, value in list(atoms.items()):
+            if not isinstance(value, str):
+                if key.endswith("}e"):
+                    del atoms[key]  # file objects, callables: nothing a format should print
+                continue
+            if key in _QUERY_ATOMS:
+                atoms[key] = redact("?" + value)[1:] if value else value
+            elif key in _TARGET_ATOMS:
+                atoms[key] = redact(value)
+            elif key.startswith("{") and SENSITIVE_NAME.search(key):  # a header or environ key named like a credential
+                atoms[key] = MASK
+        return atoms
+
+    def _access_enabled(self) -> bool:
+        enabled = getattr(self, "access_log_enabled", None)
+        if enabled is not None:
+            return bool(enabled)
+        return bool(self.cfg.accesslog or self.cfg.logconfig or self.cfg.syslog)  # gunicorn < 25
+
+    def access(self, resp, req, environ, request_time):
+        if not self.json_lines:
+            return super().access(resp, req, environ, request_time)
+        if not self._access_enabled():
+            return None
+        atoms = self.atoms(resp, req, environ, request_time)
+        query = atoms.get("q") or ""
+        path = (atoms.get("U") or "") + ("?" + query if query else "")
+        # One JSON format for every access line: the fields go on the record, and the handler's
+        # JsonFormatter (logs.py) writes them as it writes the application's own.
+        fields = {
+            "request_id": atoms.get("{x-request-id}o") or "-",
+            "status": int(atoms["s"]) if str(atoms.get("s", "")).isdigit() else atoms.get("s"),
+            "method": atoms.get("m"),
+            "path": path,
+            "client": atoms.get("h"),
+            "duration_ms": round(atoms.get("D", 0) / 1000, 2),
+            "bytes": atoms.get("B"),
+            "user_agent": atoms.get("a"),
+        }
+        try:
+            self.access_log.info("%s %s %s", atoms.get("m"), path, atoms.get("s"), extra=fields)
+        except Exception:  # gunicorn's own access() logs a broken line the same way
+            self.exception("cannot write the access log line")
+        return None
+
+
+# -- worker classes ---------------------------------------------------------------------
+# A client gets HEAD_DEADLINE to send its request line and headers (Dolibarr sends them in
+# one packet), then BODY_DEADLINE for its body, and may pause at most READ_STALL between
+# two packets. Dolibarr sends a 10 MB invoice in well under a second on a LAN; behind nginx,
+# gunicorn receives every request at loopback speed. Both stay below gunicorn's worker
+# timeout (20 s), so a client that stalls or trickles (slowloris) holds a worker or a
+# thread for seconds, never long enough to have the worker killed.
+HEAD_DEADLINE = 5.0
+BODY_DEADLINE = 12.0
+READ_STALL = 5.0
+
+# What gunicorn answers itself (the request never reached the application), in words that
+# never repeat the request: its request line may hold the secret.
+_GUNICORN_MESSAGES = {
+    400: "the request is not valid HTTP/1.1",
+    403: "forbidden",
+    414: "the request line is too long",
+    417: "the Expect header cannot be met",
+    431: "the request headers are too many or too large",
+    500: "the service failed; the error is in its log",
+    501: "this transfer coding is not supported",
+}
+
+
+class RequestTimeout(NoMoreData):
+    """The client did not send its request in time. gunicorn treats it as a client that went
+    away (a line at debug level, the connection closed); the application as a body cut short."""
+
+    def __str__(self) -> str:
+        return (f"the request was not received in time ({HEAD_DEADLINE:g} s for its headers, "
+                f"{BODY_DEADLINE:g} s for its body, pauses under {READ_STALL:g} s)")
+
+
+class _ReadDeadline:
+    """The client socket, whose reads end at a deadline; everything else is the socket's."""
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+        self.restart()
+
+    def restart(self) -> None:
+        """A new request: its head is due."""
+        self._deadline = time.monotonic() + HEAD_DEADLINE
+
+    def head_received(self) -> None:
+        self._deadline = time.monotonic() + BODY_DEADLINE
+
+    def recv(self, size: int, *flags):
+        prior = self._sock.gettimeout()
+        if prior == 0.0:  # non-blocking: gunicorn polls, nothing waits
+            return self._sock.recv(size, *flags)
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise RequestTimeout()
+        self._sock.settimeout(min(remaining, READ_STALL, prior or READ_STALL))
+        try:
+            return self._sock.recv(size, *flags)
+        except TimeoutError:
+            raise RequestTimeout() from None
+        finally:
+            self._sock.settimeout(prior)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class _Captured:
+    """Takes what gunicorn writes to a client instead of the client."""
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+        self.data = b""
+
+    def gettimeout(self) -> float:
+        return 0.0
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
+class _JsonErrors:
+    def handle_error(self, req, client, addr, exc) -> None:
+        """gunicorn logs the error and picks the status (400 for a request it cannot parse,
+        500 when a worker is aborted after its timeout); the client gets the service's JSON
+        instead of gunicorn's HTML page, which repeats the request line."""
+        captured = _Captured(client)
+        super().handle_error(req, captured, addr, exc)
+        status_line = captured.data.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
+        status = int(status_line[1]) if len(status_line) == 3 and status_line[1].isdigit() else 500
+        reason = status_line[2] if len(status_line) == 3 else "Internal Server Error"
+        body = json.dumps({"error": reason.lower().replace(" ", "_"),
+                           "message": _GUNICORN_MESSAGES.get(status, reason.lower()), "status": status}) + "\n"
+        answer = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n{body}")
+        try:
+            util.write_nonblock(client, answer.encode("latin-1"))
+        except Exception:  # the client is gone: gunicorn's own write_error gives up the same way
+            self.log.debug("Failed to send error message.")
+
+
+class SyncWorker(_JsonErrors, _SyncWorker):
+    """gunicorn's sync worker, with JSON errors and a deadline on reading each request.
+    For contrib/gunicorn.conf.py, behind nginx: one slow client holds a whole worker."""
+
+    def handle(self, listener, client, addr) -> None:
+        super().handle(listener, client if self.cfg.is_ssl else _ReadDeadline(client), addr)
+
+    def handle_request(self, listener, req, client, addr):
+        if isinstance(client, _ReadDeadline):
+            client.head_received()
+        return super().handle_request(listener, req, client, addr)
+
+
+class ThreadWorker(_JsonErrors, _ThreadWorker):
+    """gunicorn's gthread worker, with JSON errors and a deadline on reading each request
+    (``serve``): a slow client holds one thread for at most HEAD_DEADLINE + BODY_DEADLINE, and the other
+    threads keep answering."""
+
+    def handle(self, conn):
+        if not self.cfg.is_ssl:
+            if not isinstance(conn.sock, _ReadDeadline):
+                conn.sock = _ReadDeadline(conn.sock)
+            conn.sock.restart()  # each request of a kept-alive connection has its own time
+        return super().handle(conn)
+
+    def handle_request(self, req, conn):
+        if isinstance(conn.sock, _ReadDeadline):
+            conn.sock.head_received()
+        return super().handle_request(req, conn)
+
+
+# -- Prometheus multi-process folder ----------------------------------------------------
+def prepare_multiproc_dir(path: str | None = None) -> tuple[str, bool]:
+    """The folder where every process (gunicorn workers and the ``worker`` command) writes
+    its metric samples: ``PROMETHEUS_MULTIPROC_DIR`` or, when unset, a new temporary
+    folder (then only this gunicorn's processes see it). Must run before any process
+    imports prometheus_client. Returns the folder and whether it was created here."""
+    path = path or os.environ.get(MULTIPROC_ENV)
+    created = False
+    if not path:
+        path = tempfile.mkdtemp(prefix="dolibarr-webhooks-metrics-")
+        created = True
+    os.makedirs(path, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = path
+    return path, created
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def wipe_multiproc_dir(path: str, keep_live: bool = True) -> int:
+    """Remove the sample files left by earlier runs. With ``keep_live``, files of processes
+    still running are kept: the ``worker`` service shares the folder and may be running
+    while the web service restarts. Returns the number of files removed."""
+    removed = 0
+    for name in glob.glob(os.path.join(path, "*.db")):
+        match = re.search(r"_(\d+)\.db$", name)
+        if keep_live and match and int(match.group(1)) != os.getpid() and _alive(int(match.group(1))):
+            continue
+        try:
+            os.remove(name)
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def mark_process_dead(pid: int) -> None:
+    """A gunicorn worker exited: drop its live gauges (its counters stay, as they must)."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+def remove_multiproc_dir(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def post_worker_init(worker) -> None:
+    """gunicorn hook: with ``DOLIBARR_WEBHOOKS_EMBEDDED_WORKER``, each web process also runs a
+    delivery worker thread. Started here, after the fork, never in ``create_app`` (a CLI
+    command or a preloading master must not start one)."""
+    from ..pipeline.deliver import start_embedded
+
+    service = worker.wsgi.extensions["dolibarr_webhooks"]
+    if service.settings["EMBEDDED_WORKER"]:
+        start_embedded(service.make_worker())
+
+
+def worker_timeout(request_deadline: float) -> int:
+    """gunicorn's timeout for ``serve``: above the request deadline (a worker is never killed
+    between a commit and its answer), 20 s with the default deadline of 10 s."""
+    return max(20, math.ceil(request_deadline) + 10)
+
+
+# ``serve`` may face Dolibarr (and anyone else) without a proxy in front: threads, so that
+# clients sending their request slowly each hold one thread for seconds, while the others
+# keep answering (tests/test_hostile.py: 20 such clients, legitimate POSTs answered within a second).
+SERVE_THREADS = 16
+
+
+def run(settings: Settings, bind: str, workers: int = 2) -> None:
+    """``dolibarr-webhooks serve``: gunicorn with the embedded defaults, for a first try. Its
+    workers, forked from this process, build their app from ``settings``: read once, here."""
+    from gunicorn.app.base import BaseApplication
+
+    path, created = prepare_multiproc_dir()
+    wipe_multiproc_dir(path)
+
+    class Application(BaseApplication):
+        def load_config(self):
+            self.cfg.set("bind", bind)
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "dolibarr_webhooks.web.gunicorn.ThreadWorker")
+            self.cfg.set("threads", SERVE_THREADS)
+            self.cfg.set("timeout", worker_timeout(settings["REQUEST_DEADLINE"]))
+            self.cfg.set("graceful_timeout", 25)
+            self.cfg.set("logger_class", RedactingLogger)
+            self.cfg.set("child_exit", lambda _server, worker: mark_process_dead(worker.pid))
+            self.cfg.set("post_worker_init", post_worker_init)
+            if created:
+                self.cfg.set("on_exit", lambda _server: remove_multiproc_dir(path))
+            if "control_socket_disable" in self.cfg.settings:
+                self.cfg.set("control_socket_disable", True)
+
+        def load(self):
+            from .app import create_app
+
+            # serve said once what each process would announce (cli/serve.py's _announce).
+            return create_app({"ANNOUNCE": False}, settings=settings)
+
+    Application().run()

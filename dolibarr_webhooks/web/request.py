@@ -1,0 +1,74 @@
+"""What one request carries, read once and remembered for it: the service, the client's
+address, the raw body and the authenticated source. The rate limiter's keys and the views
+ask the same questions and get the same answers."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from ..pipeline.ingest import Service
+from ..pipeline.verify import Credentials, authenticate, client_address
+from ..settings import Source
+
+logger = logging.getLogger(__name__)
+
+EXTENSION = "dolibarr_webhooks"
+
+
+def service() -> Service:
+    """The app's service (``pipeline/ingest.py``): settings, plugins, store and metrics."""
+    return current_app.extensions[EXTENSION]
+
+
+def request_client() -> str:
+    """The client's address, behind the configured number of trusted proxies (once per request)."""
+    if "client" not in g:
+        g.client = client_address(request.remote_addr, request.headers.get("X-Forwarded-For"),
+                                  service().settings["TRUSTED_PROXIES"])
+    return g.client
+
+
+def request_source(token: str | None, body: bytes) -> Source:
+    """The source whose secret this request carries, or ``AuthError``. Remembered for the
+    request: the rate limiter's per-source key and the view need the same answer."""
+    if "authenticated" not in g:
+        credentials = Credentials.from_headers(request.headers, path_token=token,
+                                               query_token=request.args.get("token"))
+        g.authenticated = authenticate(list(service().sources.values()), credentials, body)
+    return g.authenticated
+
+
+class Refused(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+def request_body() -> bytes:
+    """The raw body, read once per request (the rate limiter's key may need it before the
+    view), never form-parsed whatever the Content-Type; ``Refused`` (400, 413) when it
+    cannot be read whole. Reading it is also where a malformed chunked encoding, a client
+    that stalls or one that hangs up shows, as the server's own exception."""
+    if "body" not in g:
+        g.body = g.body_error = None
+        try:
+            raw = request.get_data(cache=False)
+            # Without Content-Length (chunked), werkzeug stops at MAX_CONTENT_LENGTH without
+            # saying whether more was coming: one byte more means the body is too large.
+            if request.content_length is None and len(raw) >= current_app.config["MAX_CONTENT_LENGTH"]:
+                if request.environ["wsgi.input"].read(1):
+                    raise RequestEntityTooLarge()
+            g.body = raw
+        except RequestEntityTooLarge:
+            g.body_error = Refused(413, "request_entity_too_large",
+                                   "request body is larger than the configured limit (DOLIBARR_WEBHOOKS_MAX_BODY_SIZE)")
+        except Exception as exc:  # the server's reader: its exception types are its own
+            logger.info("could not read the request body: %s: %s", type(exc).__name__, exc)
+            g.body_error = Refused(400, "bad_request", "the request body could not be read whole "
+                                                       "(malformed chunked encoding, cut short or too slow)")
+    if g.body_error is not None:
+        raise g.body_error
+    return g.body
