@@ -20,8 +20,8 @@ import multiprocessing
 import os
 
 # The metrics folder first: prometheus_client picks memory or files when it is imported,
-# and every worker imports it after this file has run in the master. This module does not
-# import prometheus_client itself.
+# which the application's modules, imported below, do. dolibarr_webhooks.web.gunicorn does
+# not import it.
 from dolibarr_webhooks.web.gunicorn import (mark_process_dead, prepare_multiproc_dir, remove_multiproc_dir,
                                             wipe_multiproc_dir)
 
@@ -30,6 +30,12 @@ from dolibarr_webhooks.web.gunicorn import (mark_process_dead, prepare_multiproc
 # the same folder: the systemd units use /run/dolibarr-webhooks/metrics). Unset: a temporary
 # folder of this gunicorn only, removed at exit (deliveries then do not show in /metrics).
 _metrics_dir, _metrics_dir_is_ours = prepare_multiproc_dir()
+
+# Flask and the application's modules are imported here, in the master, after the metrics
+# folder is set: each worker forked from it then starts without importing them again (two
+# workers importing them at once on a small machine answer their first requests a second
+# or more later). The app itself is still built in each worker (preload_app below).
+import dolibarr_webhooks.web.app  # noqa: E402,F401
 
 
 def _settings():
