@@ -27,6 +27,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlche
 
 from . import fastjson
 from .event import Event
+from .group_commit import SharedSync
 
 NOTIFY_CHANNEL = "dolibarr_webhooks"
 
@@ -660,13 +661,16 @@ class _PendingLock:
 class Store:
     def __init__(self, url: str, synchronous: str = "FULL", request_deadline: float = 10.0) -> None:
         self.url = normalise_url(url)
-        self.engine = make_engine(url, synchronous)
+        sqlite_file = sqlite_path(url)
+        # FULL on a file: committed without an fsync, then made durable by one shared with
+        # the other writers waiting, out of the write lock (group_commit).
+        self._durable = SharedSync(sqlite_file) if sqlite_file and synchronous.upper() == "FULL" else None
+        self.engine = make_engine(url, "NORMAL" if self._durable else synchronous)
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self.request_deadline = request_deadline
         # The ingest's single statement commits by itself (see _INGEST_POSTGRES), within the deadline.
         self.request_engine = make_request_engine(url, request_deadline) if self.is_postgres else None
         self._listeners: list[Callable[[], None]] = []
-        sqlite_file = sqlite_path(url)
         # Touched after each commit that adds due deliveries, to wake workers of other processes.
         self.wake_file = sqlite_file + ".wake" if sqlite_file else None
         self._writers = WriterQueue(sqlite_file + ".lock") if sqlite_file else None
@@ -688,6 +692,9 @@ class Store:
                     yield conn
                     if deadline is not None and time.monotonic() >= deadline:
                         raise DeadlinePassed("the deadline passed before the commit")
+            commit = self._durable.committed() if self._durable else None
+        if commit is not None:
+            self._durable.wait_durable(commit)  # out of the turn: the next writer commits meanwhile
 
     def _reopen_if_stale(self) -> None:
         """After a write met a file opened read-only (see make_engine), close every connection
@@ -1147,5 +1154,7 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._durable:
+            self._durable.close()
         if self.request_engine is not None:
             self.request_engine.dispose()
