@@ -74,13 +74,14 @@ class SharedSync:
         return self._map
 
     def _read(self, offset: int) -> int:
-        return _COUNTER.unpack_from(self._counters(), offset)[0]
+        return _COUNTER.unpack_from(self._map, offset)[0]
 
     def _write(self, offset: int, value: int) -> None:
-        _COUNTER.pack_into(self._counters(), offset, value)
+        _COUNTER.pack_into(self._map, offset, value)
 
     def committed(self) -> int:
         """Called in the writers' turn, right after a COMMIT: the commit's number."""
+        self._counters()  # once per operation: checking for a fork costs a getpid() call
         number = self._read(_COMMITS) + 1
         self._write(_COMMITS, number)
         return number
@@ -88,6 +89,7 @@ class SharedSync:
     def wait_durable(self, number: int) -> None:
         """Return once an fsync of the log that began after commit ``number`` has succeeded;
         ``SyncFailed`` when the one that covered it failed."""
+        self._counters()
         with self._guard:
             if self._covered(number):
                 return
