@@ -12,10 +12,11 @@ Nothing is acknowledged before the fsync that covers it has returned, as with FU
 
 The counters live in ``<database>.sync``, 32 bytes mapped by every process of the store:
 the number of commits, the number the last successful sync covered, the number the last
-failed sync would have covered, and how many fsyncs ran (``read_counters``). A commit's number is taken inside the writers' turn
-(``store.WriterQueue``), right after its COMMIT, so numbers follow the order of the commits
-in the log. A failed fsync fails every commit it was to cover (on Linux a second fsync may
-succeed after the pages were dropped): those requests are answered 503, never 200.
+failed sync would have covered, and how many fsyncs ran (``read_counters``). A commit's
+number is taken inside the writers' turn (``store.WriterQueue``), right after its COMMIT,
+so numbers follow the order of the commits in the log. A failed fsync fails every commit
+it was to cover (on Linux a second fsync may succeed after the pages were dropped): those
+requests are answered 503, never 200.
 """
 
 from __future__ import annotations

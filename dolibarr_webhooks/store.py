@@ -480,6 +480,10 @@ def make_engine(url: str, synchronous: str = "FULL") -> Engine:
             deadline = options.get("deadline")
             busy_ms = int(SQLITE_BUSY_TIMEOUT * 1000) if deadline is None else max(
                 1, int((deadline - time.monotonic()) * 1000))
+            if deadline is not None and busy_ms > 1000:
+                # Whole seconds, rounded down: the same value from one request to the next
+                # saves a PRAGMA per request, and the wait still ends before the deadline.
+                busy_ms -= busy_ms % 1000
             info = conn.connection.info
             if info.get("busy_ms") != busy_ms:
                 conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={busy_ms}").close()
