@@ -25,7 +25,7 @@ from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, Larg
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 
-from . import fastjson
+from . import fastjson, sqlite_fast
 from .event import Event
 from .group_commit import SharedSync
 
@@ -457,6 +457,19 @@ _SQLITE_STALE = ("attempt to write a readonly database", "disk I/O error", "unab
                  "database or disk is full")
 
 
+def mark_if_stale(engine: Engine, exc: BaseException) -> bool:
+    """True (and the engine marked) when an SQLite error means a connection opened read-only.
+
+    The connections of one process share the file's shared-memory index, and one opened
+    read-only keeps it read-only for every new connection as long as any connection of the
+    process stays open: the store closes them all before its next operation
+    (Store._reopen_if_stale), not as each is next checked out (a quiet pool kept some for ever)."""
+    if str(exc).startswith(_SQLITE_STALE):
+        engine.dolibarr_webhooks_stale = True
+        return True
+    return False
+
+
 def make_engine(url: str, synchronous: str = "FULL") -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -493,14 +506,8 @@ def make_engine(url: str, synchronous: str = "FULL") -> Engine:
 
         @sa_event.listens_for(engine, "handle_error")
         def _on_error(context):
-            if str(context.original_exception).startswith(_SQLITE_STALE):
+            if mark_if_stale(context.engine, context.original_exception):
                 context.is_disconnect = True
-                # The connections of one process share the file's shared-memory index, and
-                # one opened read-only keeps it read-only for every new connection as long as
-                # any connection of the process stays open: the store closes them all before
-                # its next operation (Store._reopen_if_stale), not as each is next checked out
-                # (a quiet pool kept some for ever).
-                context.engine.dolibarr_webhooks_stale = True
 
         return engine
     # A server that does not answer fails the request in seconds (503), never holds a worker.
@@ -793,13 +800,15 @@ class Store:
                         row, **search, dedup=dedup, duplicate=DUPLICATE, pending=PENDING, now=now,
                         plugins=plugins, channel=NOTIFY_CHANNEL, lock_timeout=f"{lock_timeout}ms")).scalar()
             else:
-                with self._write(deadline) as conn:
-                    duplicate_of = conn.execute(_FIND_DUPLICATE, dict(row, **search)).scalar() if dedup else None
-                    conn.execute(_INSERT_EVENT, dict(row, status=DUPLICATE if duplicate_of else ACCEPTED,
-                                                     duplicate_of=duplicate_of, raw_body=None, error=None,
-                                                     payload=None if duplicate_of else row["payload"]))
+                with self._write(deadline) as conn:  # the statements on the driver's cursor: sqlite_fast
+                    found = sqlite_fast.execute(conn, _FIND_DUPLICATE, dict(row, **search)) if dedup else None
+                    duplicate_of = (found.fetchone() or (None,))[0] if found else None
+                    stored = dict(row, status=DUPLICATE if duplicate_of else ACCEPTED, duplicate_of=duplicate_of,
+                                  raw_body=None, error=None, payload=None if duplicate_of else row["payload"])
+                    sqlite_fast.execute(conn, _INSERT_EVENT, stored, keys=tuple(stored))
                     if plugins and not duplicate_of:
-                        conn.execute(_INSERT_DELIVERY, [self._new_delivery(event.id, p, now) for p in plugins])
+                        new = [self._new_delivery(event.id, p, now) for p in plugins]
+                        sqlite_fast.executemany(conn, _INSERT_DELIVERY, new, keys=tuple(new[0]))
         except _FAILURES as exc:
             raise store_error(exc) from exc
         if duplicate_of:
