@@ -176,6 +176,9 @@ class _ReadDeadline:
 
     def __init__(self, sock) -> None:
         self._sock = sock
+        # Called for every request by gthread's loop and its selector: bound here, they do
+        # not go through __getattr__ (py-spy: 2.5 % of a serve process's Python at c=16).
+        self.fileno, self.setblocking = sock.fileno, sock.setblocking
         self.restart()
 
     def restart(self) -> None:
