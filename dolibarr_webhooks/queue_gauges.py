@@ -3,9 +3,9 @@ status, the age of the oldest, and the quarantined bodies.
 
 Each count reads an index over the rows that wait only (``ix_deliveries_status``,
 ``ix_events_status``), never the delivered ones: a scrape every 15 s used to run
-``Store.stats()``, which counts every event, delivery and attempt, 190 to 470 ms at
-1,000,000 stored events (bench/growth.py), and growing. Delivered deliveries are counted
-by ``dolibarr_webhooks_deliveries_total`` as they happen.
+``Store.stats()``, which counts every event, delivery and attempt, and grows with the store
+(bench/growth.py; figures in bench/README.rst). Delivered deliveries are counted by
+``dolibarr_webhooks_deliveries_total`` as they happen.
 """
 
 from __future__ import annotations

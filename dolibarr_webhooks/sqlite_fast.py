@@ -1,8 +1,7 @@
 """The SQLite ingest's statements run on the driver's cursor, inside SQLAlchemy's transaction.
 
-Going through ``Connection.execute`` costs more CPU than the statements themselves: in one
-process, the ingest's transaction (duplicate search, the event, its deliveries) took
-0.78 ms through SQLAlchemy and 0.27 ms through ``sqlite3`` (bench/README.rst, issue #15).
+Going through ``Connection.execute`` costs more CPU than the statements themselves (the
+figures are in bench/README.rst, issue #15).
 Each statement is compiled once by SQLAlchemy for the connection's dialect, so the SQL and
 its parameters stay those of the Core statements in ``store``; the transaction, the
 writers' turn, the busy timeout and the group commit stay ``Store._write``'s. A driver
