@@ -8,7 +8,8 @@ filled between the points, with the rows a year of a busy Dolibarr leaves: accep
 (a 1.2 KB third-party payload each) and their delivered deliveries, one in a thousand dead.
 At each size: ``wrk`` posts the 15.6 KB BILL_VALIDATE sample at c=1 and c=16 (p50, p99 of
 the acknowledgement), then, in this process, the store calls behind ``dolibarr-webhooks
-stats``, ``deliveries --status dead`` and the worker's claim of one due delivery, each timed
+stats``, ``deliveries --status dead``, a ``/metrics`` scrape (``queue_gauges``) and the
+worker's claim of one due delivery, each timed
 over several calls (median). Nothing is asserted: the figures are printed side by side.
 """
 
@@ -27,6 +28,7 @@ from pathlib import Path
 from _common import GunicornSettings, Wrk, database, log, product_server, table
 
 from dolibarr_webhooks import fastjson
+from dolibarr_webhooks.store.gauges import queue_gauges
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.store import DEAD, DELIVERED, PENDING, Store, deliveries, events
 
@@ -127,11 +129,12 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append([kind, f"{size:,}", f"{c1.p50_ms:.2f}", f"{c1.p99_ms:.2f}", f"{c16.p50_ms:.1f}",
                                  f"{c16.p99_ms:.1f}", f"{timed(store.stats):.1f}",
                                  f"{timed(lambda: store.list_deliveries(status=DEAD)):.1f}",
+                                 f"{timed(lambda: queue_gauges(store)):.2f}",
                                  f"{statistics.median(claim_one.ms):.2f}"])
                     log(" | ".join(rows[-1]))
     print()
     print(table(rows, ["store", "events", "ack p50 c=1", "ack p99 c=1", "ack p50 c=16", "ack p99 c=16",
-                       "stats ms", "dead list ms", "claim ms"]))
+                       "stats ms", "dead list ms", "/metrics store ms", "claim ms"]))
     return 0
 
 

@@ -103,12 +103,13 @@ def store_times(database_url: str, ids: list[str]) -> dict[str, tuple[float, flo
 
 
 def measure(kind: str, python: Path, events: int, warmup: int, gap: tuple[float, float], body: bytes,
-            workdir: Path) -> dict[str, Summary]:
-    stamp_file = workdir / f"stamps-{kind}.txt"
+            workdir: Path, core: Path | None = None) -> dict[str, Summary]:
+    """``core``: another version of the core package (``_common.core_at``) instead of this checkout's."""
+    stamp_file = workdir / f"stamps-{kind}{'-' + core.name if core else ''}.txt"
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(database(kind))
         server = stack.enter_context(product_server(
-            GunicornSettings(), database_url=url, worker=True, python=python,
+            GunicornSettings(), database_url=url, worker=True, python=python, core=core,
             PLUGINS="benchstamp", BENCHSTAMP_FILE=str(stamp_file)))
         database_url = server.env["DOLIBARR_WEBHOOKS_DATABASE_URL"]
         stamps = Stamps(stamp_file)

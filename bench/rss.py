@@ -2,6 +2,10 @@
 6,000 bodies, in three phases of 2,000, to see what makes it grow.
 
     python bench/rss.py [--bodies 2000] [--big 20] [--env NAME=VALUE ...]
+    python bench/rss.py --steady 100000
+
+``--steady``: the web workers and the delivery worker process over 100,000 ordinary events
+(wrk, 8 connections), RSS of each after every tenth, and the deliveries still waiting.
 
 Phase 1: ordinary events (the 15 KB BILL_VALIDATE, unique ids). Phase 2: hostile bodies
 (tests/hostile_helpers.py, without the stalled ones). Phase 3: ordinary events with ``--big``
@@ -51,14 +55,46 @@ def ordinary(url: str, rng: random.Random) -> Hostile:
     return Hostile("ordinary", _request(url, json.dumps(body).encode()))
 
 
+def steady(events: int, steps: int, extra: dict[str, str]) -> None:
+    """``--steady``: the web workers and the delivery worker over ``events`` ordinary events
+    posted by wrk (8 connections), RSS after each tenth, with the backlog the worker left."""
+    import tempfile
+
+    from _common import Wrk
+
+    env = production_env(DOLIBARR_WEBHOOKS_PLUGINS="log", **extra)
+    with running_service(env=env, workers=5, worker=True) as service, \
+            tempfile.TemporaryDirectory(prefix="dw-bench-rss-") as tmp:
+        wrk = Wrk(Path(tmp))
+        worker_pid = service.processes["worker"].pid
+        rows = [(0, snapshot(service), rss_mb(worker_pid), 0)]
+        sent = 0
+        for step in range(1, steps + 1):
+            while sent < events * step // steps:
+                sent += wrk.run(service.webhook_url, 8, 2).requests
+            stats = service.stats()
+            waiting = stats["deliveries"]["pending"] + stats["deliveries"]["running"]
+            rows.append((sent, snapshot(service), rss_mb(worker_pid), waiting))
+            print(f"{sent} events: web {rows[-1][1]}, worker {rows[-1][2]:.1f} MB, {waiting} waiting",
+                  file=sys.stderr, flush=True)
+    print(f"{'events':>8} {'web min MB':>10} {'median':>7} {'max MB':>7} {'worker MB':>9} {'waiting':>8}")
+    for sent, web, worker, waiting in rows:
+        print(f"{sent:8} {web[0]:10.1f} {statistics.median(web):7.1f} {web[-1]:7.1f} {worker:9.1f} {waiting:8}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bodies", type=int, default=2000, help="bodies per phase (default 2000)")
     parser.add_argument("--big", type=int, default=20, help="10 MB and over-limit bodies in phase 3 (each)")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the service")
+    parser.add_argument("--steady", type=int, default=0, metavar="EVENTS",
+                        help="instead of the phases: this many ordinary events, with the delivery worker, RSS of "
+                             "every process after each tenth")
     args = parser.parse_args(argv)
     rng = random.Random(15)
     extra = dict(item.split("=", 1) for item in args.env)
+    if args.steady:
+        return steady(args.steady, 10, extra)
     with running_service(env=production_env(**extra), workers=5, worker=False) as service:
         url = f"/webhook/{service.secret}"
         invoice = big_invoice(10 * 1024 * 1024)[0]

@@ -5,8 +5,8 @@ process's memory or in files of ``PROMETHEUS_MULTIPROC_DIR``. contrib/gunicorn.c
 sets that variable in the gunicorn master, before any worker imports this module,
 and the systemd units give the ``worker`` service the same folder, so the deliveries
 it records show up in the ``/metrics`` of any web worker. Queue depth and the oldest
-pending age are read from the store at scrape time, so they are right whatever
-process answers.
+pending age are read from the store at scrape time (``queue_gauges``, through indexes
+over the waiting rows only), so they are right whatever process answers.
 """
 
 from __future__ import annotations
@@ -111,9 +111,11 @@ class _QueueCollector:
     def collect(self):
         from sqlalchemy.exc import SQLAlchemyError
 
+        from .store.gauges import queue_gauges
+
         up = GaugeMetricFamily("dolibarr_webhooks_store_up", "Whether the store answered this scrape")
         try:
-            stats = self.store.stats()
+            stats = queue_gauges(self.store)
         except SQLAlchemyError as exc:
             logger.warning("metrics: the store does not answer: %s", type(exc).__name__)
             up.add_metric([], 0)
@@ -121,7 +123,9 @@ class _QueueCollector:
             return
         up.add_metric([], 1)
         yield up
-        depth = GaugeMetricFamily("dolibarr_webhooks_queue_depth", "Deliveries by status", labels=["status"])
+        depth = GaugeMetricFamily("dolibarr_webhooks_queue_depth",
+                                  "Deliveries not delivered yet, by status (pending, running, failed, dead)",
+                                  labels=["status"])
         for status, count in stats["deliveries"].items():
             depth.add_metric([status], count)
         yield depth

@@ -195,7 +195,10 @@ def test_scrub_free_text():
 
 
 def test_redacting_logger_atoms():
-    logger = RedactingLogger(Config())
+    config = Config()
+    # Atoms are redacted when a format prints them; header names in any case, as gunicorn reads them.
+    config.set("access_log_format", '%(r)s %(u)s %({Authorization}i)s %({x-dolibarr-signature}i)s %({cookie}i)s')
+    logger = RedactingLogger(config)
     basic = base64.b64encode(f"{SECRET}:x".encode()).decode()
     environ = {"REQUEST_METHOD": "POST", "RAW_URI": f"/webhook/{SECRET}?token={SECRET}",
                "PATH_INFO": f"/webhook/{SECRET}", "QUERY_STRING": f"token={SECRET}", "SERVER_PROTOCOL": "HTTP/1.1",
@@ -221,6 +224,8 @@ def test_redacting_logger_atoms():
     assert atoms["u"] == "***"
     assert atoms["{authorization}i"] == atoms["{x-dolibarr-signature}i"] == atoms["{cookie}i"] == "***"
     assert atoms["{x-request-id}o"] == "abc"
+    # What no line prints is not even kept: the referer, the environ's objects.
+    assert "{referer}i" not in atoms and "{wsgi.input}e" not in atoms
 
 
 def test_ratelimit_key_prefix_is_per_deployment_and_hides_the_password():

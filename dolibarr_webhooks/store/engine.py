@@ -38,6 +38,19 @@ _SQLITE_STALE = ("attempt to write a readonly database", "disk I/O error", "unab
                  "database or disk is full")
 
 
+def mark_if_stale(engine: Engine, exc: BaseException) -> bool:
+    """True (and the engine marked) when an SQLite error means a connection opened read-only.
+
+    The connections of one process share the file's shared-memory index, and one opened
+    read-only keeps it read-only for every new connection as long as any connection of the
+    process stays open: the store closes them all before its next operation
+    (Store._reopen_if_stale), not as each is next checked out (a quiet pool kept some for ever)."""
+    if str(exc).startswith(_SQLITE_STALE):
+        engine.dolibarr_webhooks_stale = True
+        return True
+    return False
+
+
 def make_engine(url: str, synchronous: str = "FULL") -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -61,6 +74,10 @@ def make_engine(url: str, synchronous: str = "FULL") -> Engine:
             deadline = options.get("deadline")
             busy_ms = int(SQLITE_BUSY_TIMEOUT * 1000) if deadline is None else max(
                 1, int((deadline - time.monotonic()) * 1000))
+            if deadline is not None and busy_ms > 1000:
+                # Whole seconds, rounded down: the same value from one request to the next
+                # saves a PRAGMA per request, and the wait still ends before the deadline.
+                busy_ms -= busy_ms % 1000
             info = conn.connection.info
             if info.get("busy_ms") != busy_ms:
                 conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={busy_ms}").close()
@@ -70,14 +87,8 @@ def make_engine(url: str, synchronous: str = "FULL") -> Engine:
 
         @sa_event.listens_for(engine, "handle_error")
         def _on_error(context):
-            if str(context.original_exception).startswith(_SQLITE_STALE):
+            if mark_if_stale(context.engine, context.original_exception):
                 context.is_disconnect = True
-                # The connections of one process share the file's shared-memory index, and
-                # one opened read-only keeps it read-only for every new connection as long as
-                # any connection of the process stays open: the store closes them all before
-                # its next operation (Store._reopen_if_stale), not as each is next checked out
-                # (a quiet pool kept some for ever).
-                context.engine.dolibarr_webhooks_stale = True
 
         return engine
     # A server that does not answer fails the request in seconds (503), never holds a worker.

@@ -19,11 +19,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..events import Event
+from . import sqlite_fast
 from .engine import make_engine, make_request_engine, normalise_url, sqlite_path
 from .failures import FAILURES, DeadlinePassed, error_line, store_error
 from .inspect import Inspection
 from .schema import (ACCEPTED, DELIVERED, DUPLICATE, FAILED, MIGRATIONS, NOTIFY_CHANNEL, PENDING, QUARANTINED,
                      RUNNING, attempts, deliveries, events, metadata, schema_migrations)
+from .group_commit import SharedSync
 from .writers import WriterQueue
 
 # The ingest path's statements, built once: SQLAlchemy caches the compiled form of a reused
@@ -111,13 +113,16 @@ class Store(Inspection):
 
     def __init__(self, url: str, synchronous: str = "FULL", request_deadline: float = 10.0) -> None:
         self.url = normalise_url(url)
-        self.engine = make_engine(url, synchronous)
+        sqlite_file = sqlite_path(url)
+        # FULL on a file: committed without an fsync, then made durable by one shared with
+        # the other writers waiting, out of the write lock (group_commit).
+        self._durable = SharedSync(sqlite_file) if sqlite_file and synchronous.upper() == "FULL" else None
+        self.engine = make_engine(url, "NORMAL" if self._durable else synchronous)
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self.request_deadline = request_deadline
         # The ingest's single statement commits by itself (see _INGEST_POSTGRES), within the deadline.
         self.request_engine = make_request_engine(url, request_deadline) if self.is_postgres else None
         self._listeners: list[Callable[[], None]] = []
-        sqlite_file = sqlite_path(url)
         # Touched after each commit that adds due deliveries, to wake workers of other processes.
         self.wake_file = sqlite_file + ".wake" if sqlite_file else None
         self._writers = WriterQueue(sqlite_file + ".lock") if sqlite_file else None
@@ -139,6 +144,9 @@ class Store(Inspection):
                     yield conn
                     if deadline is not None and time.monotonic() >= deadline:
                         raise DeadlinePassed("the deadline passed before the commit")
+            commit = self._durable.committed() if self._durable else None
+        if commit is not None:
+            self._durable.wait_durable(commit)  # out of the turn: the next writer commits meanwhile
 
     def _reopen_if_stale(self) -> None:
         """After a write met a file opened read-only (see make_engine), close every connection
@@ -233,13 +241,15 @@ class Store(Inspection):
                         row, **search, dedup=dedup, duplicate=DUPLICATE, pending=PENDING, now=now,
                         plugins=plugins, channel=NOTIFY_CHANNEL, lock_timeout=f"{lock_timeout}ms")).scalar()
             else:
-                with self._write(deadline) as conn:
-                    duplicate_of = conn.execute(_FIND_DUPLICATE, dict(row, **search)).scalar() if dedup else None
-                    conn.execute(_INSERT_EVENT, dict(row, status=DUPLICATE if duplicate_of else ACCEPTED,
-                                                     duplicate_of=duplicate_of, raw_body=None, error=None,
-                                                     payload=None if duplicate_of else row["payload"]))
+                with self._write(deadline) as conn:  # the statements on the driver's cursor: sqlite_fast
+                    found = sqlite_fast.execute(conn, _FIND_DUPLICATE, dict(row, **search)) if dedup else None
+                    duplicate_of = (found.fetchone() or (None,))[0] if found else None
+                    stored = dict(row, status=DUPLICATE if duplicate_of else ACCEPTED, duplicate_of=duplicate_of,
+                                  raw_body=None, error=None, payload=None if duplicate_of else row["payload"])
+                    sqlite_fast.execute(conn, _INSERT_EVENT, stored, keys=tuple(stored))
                     if plugins and not duplicate_of:
-                        conn.execute(_INSERT_DELIVERY, [self._new_delivery(event.id, p, now) for p in plugins])
+                        new = [self._new_delivery(event.id, p, now) for p in plugins]
+                        sqlite_fast.executemany(conn, _INSERT_DELIVERY, new, keys=tuple(new[0]))
         except FAILURES as exc:
             raise store_error(exc) from exc
         if duplicate_of:
@@ -399,5 +409,7 @@ class Store(Inspection):
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._durable:
+            self._durable.close()
         if self.request_engine is not None:
             self.request_engine.dispose()
