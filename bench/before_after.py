@@ -65,9 +65,9 @@ def gunicorn_settings(args) -> GunicornSettings:
     if args.production:
         return GunicornSettings(None, None, 1, PRODUCTION_CONFIG)
     if args.serve:
-        from dolibarr_webhooks.gunicorn import SERVE_THREADS
+        from dolibarr_webhooks.web.gunicorn import SERVE_THREADS
 
-        return GunicornSettings(2, "dolibarr_webhooks.gunicorn.ThreadWorker", SERVE_THREADS)
+        return GunicornSettings(2, "dolibarr_webhooks.web.gunicorn.ThreadWorker", SERVE_THREADS)
     return GunicornSettings()
 
 

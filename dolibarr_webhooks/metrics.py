@@ -111,11 +111,9 @@ class _QueueCollector:
     def collect(self):
         from sqlalchemy.exc import SQLAlchemyError
 
-        from .store.gauges import queue_gauges
-
         up = GaugeMetricFamily("dolibarr_webhooks_store_up", "Whether the store answered this scrape")
         try:
-            stats = queue_gauges(self.store)
+            stats = self.store.queue_gauges()
         except SQLAlchemyError as exc:
             logger.warning("metrics: the store does not answer: %s", type(exc).__name__)
             up.add_metric([], 0)

@@ -139,7 +139,7 @@ def test_normal_synchronous_keeps_no_group_commit(sqlite_file):
 def test_every_acknowledged_event_survives_kill_9_of_serve_under_load(tmp_path):
     """``serve``'s threads under 12 concurrent clients, gunicorn killed with SIGKILL mid-load:
     every event answered 2xx is in the store, and the writers shared fsyncs."""
-    from dolibarr_webhooks.gunicorn import SERVE_THREADS
+    from dolibarr_webhooks.web.gunicorn import SERVE_THREADS
     from dolibarr_webhooks.samples import sample_body
 
     template = sample_body("BILL_VALIDATE")
@@ -162,7 +162,7 @@ def test_every_acknowledged_event_survives_kill_9_of_serve_under_load(tmp_path):
 
     env = {"DOLIBARR_WEBHOOKS_PLUGINS": "log"}
     with running_service(env=env, worker=False, gunicorn_args=[
-            "-k", "dolibarr_webhooks.gunicorn.ThreadWorker", "--threads", str(SERVE_THREADS)]) as service:
+            "-k", "dolibarr_webhooks.web.gunicorn.ThreadWorker", "--threads", str(SERVE_THREADS)]) as service:
         path = str(service.workdir / "webhooks.sqlite3")
         url = f"{service.url}/webhook/{WEBHOOKS_TEST_SECRET}"
         clients = [threading.Thread(target=post, args=(url, range(1_000_000 + i, 1_100_000, 12)), daemon=True)

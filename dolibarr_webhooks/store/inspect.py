@@ -27,6 +27,12 @@ class Inspection:
     """The operators' side of ``Store`` (a base class of it): its transactions are the store's."""
 
     # -- inspection -------------------------------------------------------------
+    def queue_gauges(self) -> dict[str, Any]:
+        """What ``/metrics`` reads at each scrape: only the deliveries not done yet (gauges)."""
+        from .gauges import queue_gauges
+
+        return queue_gauges(self)
+
     def stats(self) -> dict[str, Any]:
         now = time.time()
         with self._readonly() as conn:

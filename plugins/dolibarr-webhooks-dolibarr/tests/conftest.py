@@ -350,7 +350,7 @@ def captured_event(dolibarr):
     """``captured_event("ACTION_CREATE-automatic", trigger=None, **object_changes)``: an event from a
     body a real Dolibarr 22.0.4 posted (``data/<name>.captured.json``; ``trigger`` replaces its
     code), its source's Dolibarr the fake."""
-    from dolibarr_webhooks.payload import event_from_body
+    from dolibarr_webhooks.pipeline.parse import event_from_body
 
     def make(name: str, trigger: str | None = None, **changes: Any):
         body = json.loads((DATA / f"{name}.captured.json").read_text(encoding="utf-8"))

@@ -7,7 +7,7 @@ import textwrap
 from pathlib import Path
 
 import dolibarr_webhooks_dolibarr as plugin
-from dolibarr_webhooks.config import load_settings, plugin_config
+from dolibarr_webhooks.settings import load_settings, plugin_config
 from dolibarr_webhooks_dolibarr import settings as settings_module
 
 README = Path(__file__).parents[1] / "README.rst"

@@ -10,7 +10,7 @@ import pytest
 
 import dolibarr_webhooks_dolibarr as plugin
 from dolibarr_webhooks import ConfigError, PluginDisabled
-from dolibarr_webhooks.config import load_settings, plugin_config
+from dolibarr_webhooks.settings import load_settings, plugin_config
 from dolibarr_webhooks_dolibarr import actions, settings as settings_module
 
 PACKAGE = Path(plugin.__file__).parent
