@@ -69,6 +69,10 @@ Index("ix_events_object", events.c.element, events.c.object_id, events.c.receive
 Index("ix_events_scrub_rule", events.c.scrub_rule, events.c.source)
 Index("ix_events_received", events.c.received_at)
 Index("ix_events_status", events.c.status)
+# The dashboard's events page (schema version 6): newest first within one code or one source,
+# and (_SEARCH_INDEXES) a case-insensitive prefix search on the reference and the label.
+Index("ix_events_code_received", events.c.trigger_code, events.c.received_at)
+Index("ix_events_source_received", events.c.source, events.c.received_at)
 
 deliveries = Table(
     "deliveries", metadata,
@@ -92,6 +96,7 @@ deliveries = Table(
 Index("ix_deliveries_due", deliveries.c.plugin, deliveries.c.status, deliveries.c.next_attempt_at)
 Index("ix_deliveries_status", deliveries.c.status, deliveries.c.next_attempt_at)
 Index("ix_deliveries_event", deliveries.c.event_id)
+Index("ix_deliveries_delivered", deliveries.c.delivered_at)  # the dashboard's latency over 24 h (version 6)
 
 attempts = Table(
     "attempts", metadata,
@@ -106,6 +111,16 @@ attempts = Table(
     Column("duration_ms", Float),
 )
 Index("ix_attempts_delivery", attempts.c.delivery_id)
+Index("ix_attempts_started", attempts.c.started_at)  # the dashboard's recent failure rates (version 6)
+
+# Each worker's last sign of life, for the dashboard (schema version 6).
+workers = Table(
+    "workers", metadata,
+    Column("name", String(100), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),
+    Column("plugins", Text),
+)
 
 schema_migrations = Table(
     "schema_migrations", metadata,
@@ -323,6 +338,28 @@ def _initial_schema(conn: Connection) -> None:
     metadata.create_all(conn, tables=[events, deliveries, attempts], checkfirst=True)
 
 
+# Indexes on an expression, kept out of ``metadata``: SQLAlchemy cannot reflect them, and
+# warns whenever it reads a table's indexes (version 4 does) once one exists.
+_SEARCH_INDEXES = ("CREATE INDEX IF NOT EXISTS ix_events_ref_search ON events (lower(ref))",
+                   "CREATE INDEX IF NOT EXISTS ix_events_label_search ON events (lower(label))")
+
+
+def _dashboard(conn: Connection) -> None:
+    """Schema version 6: the dashboard's indexes and the workers' heartbeat table. A new
+    database got some from version 1's ``create_all``, so every step checks first."""
+    from sqlalchemy.schema import CreateIndex
+
+    workers.create(conn, checkfirst=True)
+    dashboard = ("ix_events_code_received", "ix_events_source_received", "ix_deliveries_delivered",
+                 "ix_attempts_started")
+    for table in (events, deliveries, attempts):
+        for index in table.indexes:
+            if index.name in dashboard:
+                conn.execute(CreateIndex(index, if_not_exists=True))
+    for statement in _SEARCH_INDEXES:
+        conn.exec_driver_sql(statement)
+
+
 # Schema versions, in order. A new version appends (number, name, function): never edit one.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "events, deliveries and attempts", _initial_schema),
@@ -331,6 +368,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (4, "events: label, scrub rule, index by object", _objects_and_credentials),
     (5, "PostgreSQL: the ingest within the request deadline, with labels, duplicates without payload",
      _postgresql_ingest_within_deadline),
+    (6, "the dashboard's indexes and the workers' heartbeat", _dashboard),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
