@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from flask import Flask
 
-from . import cli, errors, health, logs, receiver
+from . import admin, cli, errors, health, logs, receiver
 from .config import load_settings
 from .metrics import Metrics
 from .plugins import build_plugins
@@ -49,6 +49,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     ratelimit.init_app(app)
     cli.init_app(app)
+    admin.init_app(app)
     if announce:
         _announce(app, svc)
     return app
