@@ -29,5 +29,4 @@ def init_app(app: Flask) -> None:
     app.secret_key = auth.secret_key(app)
     app.session_interface = auth.Sessions()
     auth.init_limiter(app)
-    views.init_app(app)
     app.register_blueprint(bp)

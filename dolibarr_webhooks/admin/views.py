@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import click
-from flask import Flask, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import abort, current_app, flash, redirect, render_template, request, url_for
 from markupsafe import Markup, escape
 from werkzeug.exceptions import HTTPException
 
@@ -274,13 +274,11 @@ def _error(exc: Exception):
     return render_template("admin/error.html", code=code, message=message), code
 
 
-def init_app(app: Flask) -> None:
-    bp.register_error_handler(HTTPException, _error)
-    bp.register_error_handler(Exception, _error)
+bp.register_error_handler(HTTPException, _error)
+bp.register_error_handler(Exception, _error)
 
-    @app.context_processor
-    def _template_helpers():
-        if request.blueprint != bp.name:
-            return {}
-        return {"_": _, "when": i18n.when, "ago": i18n.ago, "number": i18n.number, "csrf_token": csrf.token,
-                "language": i18n.language(), "refresh_seconds": REFRESH_SECONDS, "states": DELIVERY_STATES}
+
+@bp.context_processor
+def _template_helpers() -> dict[str, Any]:
+    return {"_": _, "when": i18n.when, "ago": i18n.ago, "number": i18n.number, "csrf_token": csrf.token,
+            "language": i18n.language(), "refresh_seconds": REFRESH_SECONDS, "states": DELIVERY_STATES}
