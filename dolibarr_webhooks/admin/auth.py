@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from flask import (Flask, current_app, g, redirect, render_template, request, session, url_for)
+from flask import Flask, current_app, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 
 from . import csrf

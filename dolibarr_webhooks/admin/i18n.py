@@ -103,7 +103,8 @@ FRENCH: dict[str, str] = {
     "Failure rate (24 h)": "Taux d'échec (24 h)",
     "What check reports": "Ce que dit check",
     "Events per hour, last 24 h": "Événements par heure, dernières 24 h",
-    "Delivery latency, last 24 h (mean per hour, seconds)": "Délai de livraison, dernières 24 h (moyenne par heure, secondes)",
+    "Delivery latency, last 24 h (mean per hour, seconds)":
+        "Délai de livraison, dernières 24 h (moyenne par heure, secondes)",
     "Oldest waiting delivery": "Plus ancienne livraison en attente",
     "none": "aucune",
     "Worker alive": "Worker actif",

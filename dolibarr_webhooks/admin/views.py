@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 from flask import abort, current_app, flash, redirect, render_template, request, url_for
-from markupsafe import Markup, escape
+from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from .. import store_queries as queries
@@ -254,8 +254,8 @@ def plugins():
         tried = outcomes.get(info.name, {})
         total = sum(tried.values())
         failed = total - tried.get("delivered", 0)
-        rows.append({"info": info, "reason": masked(info.reason), "queue": sum(counts.get(s, 0) for s in
-                                                                              ("pending", "running", "failed")),
+        waiting = sum(counts.get(state, 0) for state in ("pending", "running", "failed"))
+        rows.append({"info": info, "reason": masked(info.reason), "queue": waiting,
                      "dead": counts.get(DEAD, 0), "attempts": total,
                      "failure_rate": (failed / total) if total else None})
     _mask(report, svc.settings)  # as `check` does: no finding quotes a secret
