@@ -290,3 +290,32 @@ def test_store_queries_latency_and_outcomes(app):
     [group] = queries.failure_groups(store)
     assert (group["plugin"], group["status"], group["count"]) == ("failer", "dead", 1)
     assert group["last_error"] == "RuntimeError: failer fails attempt 2 on purpose"
+
+
+def test_status_filter_pages_through_sparse_and_dense_states(app, monkeypatch):
+    """Few deliveries in the state: their events by id. Many: the newest events in batches,
+    a page ending where the scan stopped. Both list every event once, newest first."""
+    from dolibarr_webhooks import store_queries as queries
+
+    client = app.test_client()
+    ids = [post(client, "COMPANY_CREATE", object_id=i) for i in range(7)]
+    deliver_until_idle(app)  # failer: every delivery dead
+    store = app.extensions["dolibarr_webhooks"].store
+    newest_first = list(reversed(ids))
+
+    def every_page(limit: int) -> list[list[str]]:
+        pages, before = [], None
+        while True:
+            rows, before = queries.events_page(store, queries.EventFilter(status="dead", before=before), limit)
+            pages.append([row["id"] for row in rows])
+            if before is None:
+                return pages
+
+    assert every_page(3) == [newest_first[:3], newest_first[3:6], newest_first[6:]]
+    monkeypatch.setattr(queries, "SPARSE", 2)
+    monkeypatch.setattr(queries, "SCAN_BATCH", 2)
+    monkeypatch.setattr(queries, "SCAN_BATCHES", 1)
+    pages = every_page(3)
+    assert [event_id for page in pages for event_id in page] == newest_first
+    assert max(len(page) for page in pages) == 2  # each page stopped after one batch
+    assert queries.events_page(store, queries.EventFilter(status="pending")) == ([], None)

@@ -43,6 +43,20 @@ def masked(text: str | None) -> str:
     return scrubber.mask(text)
 
 
+STATS_MAX_AGE = 15.0
+_STATS = "dolibarr_webhooks_admin_stats"
+
+
+def stats() -> dict[str, Any]:
+    """``Store.stats()`` (the CLI's ``stats``), computed at most every 15 s by each process: it
+    counts every row (about 1 s at 1,000,000 events on SQLite) and the overview refreshes
+    itself every few seconds in every open tab."""
+    cached = current_app.extensions.get(_STATS)
+    if cached is None or time.monotonic() - cached[0] > STATS_MAX_AGE:
+        cached = current_app.extensions[_STATS] = (time.monotonic(), service().store.stats())
+    return cached[1]
+
+
 def page(template: str, fragment: str, **context: Any):
     """The whole page, or only its changing part when the page's script asks for it."""
     context["fragment_template"] = fragment
@@ -77,7 +91,7 @@ def overview():
     since = now - DAY
     workers = queries.workers_seen(svc.store)
     return page("admin/overview.html", "admin/_overview.html",
-                stats=svc.store.stats(), oldest=queries.oldest_waiting(svc.store), workers=workers,
+                stats=stats(), oldest=queries.oldest_waiting(svc.store), workers=workers,
                 alive=[w for w in workers if w["alive"]],
                 events_svg=events_chart(queries.events_per_hour(svc.store, since), now, code_label),
                 latency_svg=latency_chart(queries.latency_per_hour(svc.store, since), now),
@@ -115,13 +129,13 @@ def events():
         code=(args.get("code") or "").strip().upper() or None, source=args.get("source") or None, status=status,
         since=_moment(args.get("since"), _("From")), until=_moment(args.get("until"), _("To")),
         search=(args.get("q") or "").strip() or None, before=_cursor(args.get("before")))
-    rows, more = queries.events_page(svc.store, filters)
+    rows, resume = queries.events_page(svc.store, filters)
     statuses = queries.delivery_statuses(svc.store, [row["id"] for row in rows])
     for row in rows:
         row["summary"] = describe_row(row)
         row["deliveries"] = statuses[row["id"]]
     kept = {k: v for k, v in args.items() if k not in ("before", "fragment", "lang") and v}
-    older = url_for("admin.events", **kept, before=f"{rows[-1]['received_at']!r}:{rows[-1]['id']}") if more else None
+    older = url_for("admin.events", **kept, before=f"{resume[0]!r}:{resume[1]}") if resume else None
     codes = [(code, code_label(code)) for code in svc.plugins.event_codes()]
     return page("admin/events.html", "admin/_events.html", rows=rows, older=older, filters=filters, args=args,
                 codes=codes, sources=sorted(svc.sources), statuses=list(queries.STATUS_FILTERS),
@@ -244,13 +258,13 @@ def plugins():
     from ..check import Report, _describe_plugin, _mask
 
     svc = service()
-    stats = svc.store.stats()["plugins"]
+    counts_by_plugin = stats()["plugins"]
     outcomes = queries.attempt_outcomes(svc.store, time.time() - DAY)
     report = Report()
     rows = []
     for info in svc.plugins.info.values():
         _describe_plugin(report, info)
-        counts = stats.get(info.name, {})
+        counts = counts_by_plugin.get(info.name, {})
         tried = outcomes.get(info.name, {})
         total = sum(tried.values())
         failed = total - tried.get("delivered", 0)
