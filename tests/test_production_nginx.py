@@ -302,8 +302,8 @@ def test_the_dashboard_is_kept_to_the_office_network(stack):
     assert login_page.status_code == 200 and "text/html" in login_page.headers["Content-Type"]
     assert "Secure" in login_page.headers["Set-Cookie"] and "HttpOnly" in login_page.headers["Set-Cookie"]
     token = re.search(r'name="csrf_token" value="([^"]+)"', login_page.text).group(1)
-    logged = office.post(f"{nginx.https}/admin/login", data={"username": "admin", "password": ADMIN_PASSWORD,
-                                                            "csrf_token": token}, timeout=10)
+    form = {"username": "admin", "password": ADMIN_PASSWORD, "csrf_token": token}
+    logged = office.post(f"{nginx.https}/admin/login", data=form, timeout=10)
     assert logged.status_code == 200 and logged.url == f"{nginx.https}/admin/"
     outside = nginx.session(OTHER_CLIENT).get(f"{nginx.https}/admin/login", timeout=10)
     assert outside.status_code == 404 and outside.json()["error"] == "not_found"
