@@ -77,8 +77,8 @@ def _older_than(before: tuple[float, str] | None) -> list[Any]:
 def _conditions(filters: EventFilter) -> list[Any]:
     """Every filter but the delivery status (see ``events_page``) and the cursor."""
     where: list[Any] = []
-    if filters.code:
-        where.append(events.c.trigger_code == filters.code)
+    if filters.code:  # through ix_events_code_search (see store._SEARCH_INDEXES)
+        where.append(func.lower(events.c.trigger_code) == filters.code.lower())
     if filters.source:
         where.append(events.c.source == filters.source)
     if filters.since is not None:
