@@ -153,6 +153,18 @@ def test_sessions_hold_across_processes_and_end_with_the_password(make_app, tmp_
     assert make_app(ADMIN_PASSWORD=PASSWORD, ADMIN_SECRET_KEY="k" * 32).secret_key != first.secret_key
 
 
+def test_a_key_that_cannot_be_kept_is_a_clear_error(make_app, tmp_path):
+    """Where the key file cannot be written (here: a folder in its place, which even root
+    cannot open as a file), start-up names the setting that avoids it."""
+    from dolibarr_webhooks import ConfigError
+
+    (tmp_path / "dolibarr-webhooks-admin.key").mkdir()
+    with pytest.raises(ConfigError, match="DOLIBARR_WEBHOOKS_ADMIN_SECRET_KEY"):
+        make_app(ADMIN_PASSWORD=PASSWORD, DATABASE_URL=f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    assert make_app(ADMIN_PASSWORD=PASSWORD, ADMIN_SECRET_KEY="x" * 32,
+                    DATABASE_URL=f"sqlite:///{tmp_path / 'store.sqlite3'}").secret_key
+
+
 def test_events_page_says_what_happened_finds_and_filters(logged_in, app):
     invoice = post(logged_in, "BILL_PAYED", ref="FA2612-0003", total_ttc="2243.76")
     company = post(logged_in, "COMPANY_CREATE", object_id=77, name="Acme Industries")

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 from flask import Flask, current_app, redirect, render_template, request, session, url_for
 from flask.sessions import SecureCookieSessionInterface
 
+from ..config import env_name
+from ..exceptions import ConfigError
 from . import csrf
 from .blueprint import bp
 from .i18n import gettext as _
@@ -69,7 +71,16 @@ def stored_key(path: Path) -> bytes:
 
 def secret_key(app: Flask) -> bytes:
     configured = app.config["ADMIN_SECRET_KEY"]
-    key = configured.encode() if configured else stored_key(key_file(app.config["DATABASE_URL"]))
+    if configured:
+        key = configured.encode()
+    else:
+        path = key_file(app.config["DATABASE_URL"])
+        try:
+            key = stored_key(path)
+        except OSError as exc:  # a read-only folder: say which setting avoids the file
+            raise ConfigError(env_name("ADMIN_SECRET_KEY"),
+                              f"cannot keep the dashboard's key in {path} ({exc.strerror}): set a long random "
+                              "value instead") from None
     who = f"{app.config['ADMIN_USER']}\0{app.config['ADMIN_PASSWORD']}".encode()
     return hmac.new(key, b"dolibarr-webhooks admin session\0" + who, hashlib.sha256).digest()
 
@@ -103,9 +114,15 @@ def init_limiter(app: Flask) -> None:
     from limits.strategies import MovingWindowRateLimiter
 
     from ..ratelimit import REDIS_TIMEOUTS, key_prefix
+    from ..store import redacted_url
 
     url = app.config["RATELIMIT_STORAGE_URL"]
-    storage = storage_from_string(url, **(REDIS_TIMEOUTS if url.startswith("redis") else {}))
+    try:
+        storage = storage_from_string(url, **(REDIS_TIMEOUTS if url.startswith("redis") else {}))
+    except Exception as exc:  # limits raises its own types (a storage whose client is not installed)
+        logger.warning("the login rate limit cannot use %s (%s): each process counts in its own memory",
+                       redacted_url(url) or url.split(":", 1)[0], exc)
+        storage = storage_from_string("memory://")
     app.extensions[LIMITER] = (MovingWindowRateLimiter(storage), parse(LOGIN_LIMIT),
                                key_prefix(app.config["DATABASE_URL"]) + ":admin-login")
 
