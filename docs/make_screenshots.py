@@ -46,6 +46,8 @@ def backfill(url: str, plugins: list[str]) -> None:
         hours_ago = rng.triangular(0, 24, 14)
         overrides = {"name": rng.choice(COMPANIES)} if code == "COMPANY_CREATE" else \
             {"ref": f"{'FA' if code.startswith('BILL') else 'CO' if code.startswith('ORDER') else 'PR'}2612-{n:04d}"}
+        if code.endswith("_VALIDATE"):
+            overrides["newref"] = overrides["ref"]  # the definitive reference Dolibarr gives at validation
         event = make_event(code, dolibarr_url="https://erp.example.com", id=1000 + n, **overrides)
         event = dataclasses.replace(event, id=f"evt_backfill{n:020d}", received_at=now - timedelta(hours=hours_ago))
         store.ingest(event, [p for p in plugins if p != "failer" or code == "ORDER_VALIDATE"])

@@ -71,7 +71,9 @@ FRENCH: dict[str, str] = {
     "Outcome": "Résultat",
     "Worker": "Worker",
     "Error": "Erreur",
+    "attempt": "tentative",
     "attempts": "tentatives",
+    "Dead": "Abandonnées",
     "No attempt yet.": "Aucune tentative pour l'instant.",
     "deliveries scheduled again": "livraisons reprogrammées",
     "No event with this id.": "Aucun événement avec cet identifiant.",
@@ -120,7 +122,6 @@ FRENCH: dict[str, str] = {
     "Not found": "Introuvable",
     "The dashboard failed; the error is in the service's log.":
         "Le tableau de bord a échoué ; l'erreur est dans le journal du service.",
-    "ago": "",
     "test": "test",
     "other": "autres",
     "Store": "Stockage",
