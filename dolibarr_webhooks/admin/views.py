@@ -14,6 +14,7 @@ from markupsafe import Markup
 from werkzeug.exceptions import HTTPException
 
 from .. import store_queries as queries
+from ..catalogue import canonical_code
 from ..describe import summary
 from ..event import Event
 from ..logs import SecretScrubber
@@ -126,7 +127,7 @@ def events():
     args = request.args
     status = args.get("status") if args.get("status") in queries.STATUS_FILTERS else None
     filters = queries.EventFilter(
-        code=(args.get("code") or "").strip().upper() or None, source=args.get("source") or None, status=status,
+        code=canonical_code(args.get("code") or "") or None, source=args.get("source") or None, status=status,
         since=_moment(args.get("since"), _("From")), until=_moment(args.get("until"), _("To")),
         search=(args.get("q") or "").strip() or None, before=_cursor(args.get("before")))
     rows, resume = queries.events_page(svc.store, filters)
