@@ -107,12 +107,13 @@ def timed(call, repeat: int) -> tuple[float, float]:
     return statistics.median(times), max(times)
 
 
-def measure(kind: str, url: str, count: int, repeat: int) -> list[list[str]]:
+def measure(kind: str, url: str, count: int, repeat: int, filled: bool = False) -> list[list[str]]:
     store = Store(url)
     store.migrate()
-    started = time.time()
-    fill(store, count)
-    log(f"{kind}: {count:,} events filled in {time.time() - started:.0f} s")
+    if not filled:
+        started = time.time()
+        fill(store, count)
+        log(f"{kind}: {count:,} events filled in {time.time() - started:.0f} s")
     app = create_app({"DATABASE_URL": url, "SECRET": "bench-secret-0123456789", "ADMIN_PASSWORD": PASSWORD,
                       "ANNOUNCE": False, "AUTO_MIGRATE": False, "LOG_LEVEL": "warning",
                       "ADMIN_SECRET_KEY": "bench-key-" * 4, "PLUGINS": ["log", "catalogue"]})
@@ -173,9 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="sqlite")
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--store", action="append", default=[], metavar="URL",
+                        help="measure this store, filled by an earlier run's fill() with --events events, instead")
     args = parser.parse_args(argv)
     kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     rows = []
+    for url in args.store:
+        rows += measure(url.split(":", 1)[0], url, args.events, args.repeat, filled=True)
+    kinds = [] if args.store else kinds
     with tempfile.TemporaryDirectory(prefix="dw-bench-dashboard-") as tmp:
         for kind in kinds:
             with database(kind) as url:
