@@ -16,15 +16,13 @@ by reference, the dead deliveries, the second page; and the overview. Median and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
-import sqlite3
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from _common import database, log, table
+from _common import database, log, settle, table
 
 from dolibarr_webhooks import create_app, fastjson
 from dolibarr_webhooks import store_queries as queries
@@ -86,14 +84,7 @@ def fill(store: Store, count: int) -> None:
             conn.execute(deliveries.insert(), dels)
         if first % 200_000 == 0:
             log(f"  {first + len(rows):,} events")
-    # As a store that grew slowly: PostgreSQL's autovacuum has analysed it; SQLite has no
-    # statistics (the service never runs ANALYZE) and no gigabyte of WAL left over.
-    if store.is_postgres:
-        with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("VACUUM ANALYZE")
-    else:
-        with contextlib.closing(sqlite3.connect(store.engine.url.database, timeout=60)) as conn:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    settle(store)  # SQLite keeps no statistics: the service never runs ANALYZE
 
 
 def timed(call, repeat: int) -> tuple[float, float]:
