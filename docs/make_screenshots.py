@@ -55,10 +55,15 @@ def backfill(url: str, plugins: list[str]) -> None:
 
 
 def main() -> int:
+    OUT.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="dw-screens-") as folder:
+        shoot(Path(folder))
+    return 0
+
+
+def shoot(work: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    OUT.mkdir(exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="dw-screens-"))
     env = {"DOLIBARR_WEBHOOKS_ADMIN_PASSWORD": PASSWORD, "DOLIBARR_WEBHOOKS_DOLIBARR_URL": "https://erp.example.com",
            "DOLIBARR_WEBHOOKS_FAILER_MODE": "always", "DOLIBARR_WEBHOOKS_FAILER_EVENTS": "ORDER_VALIDATE",
            "DOLIBARR_WEBHOOKS_RECORDER_FILE": str(work / "recorder.jsonl"),
@@ -89,7 +94,6 @@ def main() -> int:
                 page.screenshot(path=str(OUT / f"{name}.png"), full_page=name != "events")
                 print(OUT / f"{name}.png")
             browser.close()
-    return 0
 
 
 if __name__ == "__main__":
