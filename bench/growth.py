@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sqlite3
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from _common import GunicornSettings, Wrk, database, log, product_server, table
+from _common import GunicornSettings, Wrk, database, log, product_server, settle, table
 
 from dolibarr_webhooks import fastjson
 from dolibarr_webhooks.store.gauges import queue_gauges
@@ -56,14 +55,7 @@ def fill(store: Store, count: int, start: int) -> None:
         with store.engine.begin() as conn:
             conn.execute(events.insert(), rows)
             conn.execute(deliveries.insert(), dels)
-    # A year of rows arrives slowly: checkpoints and autovacuum keep up with it. A bulk fill
-    # leaves a gigabyte of WAL (or unanalysed tables) that the first commits after it would pay for.
-    if store.is_postgres:
-        with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("VACUUM ANALYZE")
-    else:
-        with contextlib.closing(sqlite3.connect(store.engine.url.database, timeout=60)) as conn:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    settle(store)
 
 
 def timed(call, repeat: int = 5) -> float:

@@ -1,10 +1,17 @@
 """What the service has registered, as rows: every event code with its labels and the
-plugins that handle it, and every plugin. ``GET /webhook/events`` and the ``events`` and
+plugins that handle it, and every plugin; and what the CLI and the dashboard both read
+(``--since`` moments, runs of attempts). ``GET /webhook/events`` and the ``events`` and
 ``plugins`` commands show the same rows."""
 
 from __future__ import annotations
 
+import time
+from datetime import datetime, timezone
 from typing import Any
+
+import click
+
+from .settings import parse_duration
 
 
 def event_rows(plugins) -> list[dict[str, Any]]:
@@ -27,3 +34,31 @@ def event_rows(plugins) -> list[dict[str, Any]]:
 
 def plugin_rows(plugins) -> list[dict[str, Any]]:
     return [info.to_dict() for info in plugins.info.values()]
+
+
+def since_time(value: str | None) -> float | None:
+    """``--since`` takes a duration back from now (``2h``) or an ISO date or time."""
+    if not value:
+        return None
+    try:
+        return time.time() - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a duration (2h, 30d) nor an ISO date") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def number_runs(attempts: list[dict[str, Any]]) -> int:
+    """Set each attempt's ``run``: attempts are numbered from 1 again after each replay. Returns the runs."""
+    run, previous = 0, None
+    for attempt in attempts:
+        if previous is None or attempt["number"] <= previous:
+            run += 1
+        previous = attempt["number"]
+        attempt["run"] = run
+    return run

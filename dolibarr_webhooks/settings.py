@@ -192,6 +192,10 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "METRICS": (True, parse_bool, "serve GET /metrics in Prometheus format"),
     "METRICS_TOKEN": ("", str, "bearer token required by /metrics; empty: open"),
     "CONFIG": ("", str, "path of a TOML file with sources and plugin rules"),
+    "ADMIN_PASSWORD": ("", str, "password of the web dashboard at /admin/; empty: no dashboard (404)"),
+    "ADMIN_USER": ("admin", str, "user name of the web dashboard"),
+    "ADMIN_SECRET_KEY": ("", str, "key signing the dashboard's session cookies; empty: a key generated once into "
+                         "dolibarr-webhooks-admin.key beside the SQLite store (set it when several hosts serve)"),
 }
 
 
@@ -240,11 +244,13 @@ class Settings:
 
     @property
     def sensitive_values(self) -> list[str]:
-        """Every value never to print: the sources' secrets, the metrics token, and each plugin
+        """Every value never to print: the sources' secrets, the metrics token, the dashboard's
+        password and key, and each plugin
         setting named like a credential (the sync plugin's ``whsec_`` secret, an SMTP password,
         a Slack webhook URL), at any depth. Log formatters and ``check`` mask them wherever they
         appear: a pluggy trace prints each hook's ``config``, a plugin's error may quote it."""
-        found = [*self.secrets, self.values.get("METRICS_TOKEN") or ""]
+        credentials = ("METRICS_TOKEN", "ADMIN_PASSWORD", "ADMIN_SECRET_KEY")
+        found = [*self.secrets, *(self.values.get(key) or "" for key in credentials)]
         _collect_sensitive(self.plugin_raw, found)
         _collect_sensitive(self.plugin_tables, found)
         return [value for value in found if value]

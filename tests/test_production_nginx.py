@@ -24,6 +24,7 @@ from production_helpers import (Nginx, big_invoice, cli_json, dolibarr_post, dol
 pytestmark = pytest.mark.slow
 
 OTHER_CLIENT = "127.0.0.2"
+ADMIN_PASSWORD = "nginx dashboard password"
 
 
 def test_nginx_accepts_the_contrib_site(tmp_path):
@@ -38,7 +39,8 @@ def test_nginx_accepts_the_contrib_site(tmp_path):
 def stack(tmp_path_factory):
     """gunicorn (2 workers) + worker + nginx; only 127.0.0.1 may post."""
     require_tool("nginx", "nginx-light")
-    env = production_env(DOLIBARR_WEBHOOKS_TRUSTED_PROXIES="1", DOLIBARR_WEBHOOKS_ALLOWED_IPS="127.0.0.1/32")
+    env = production_env(DOLIBARR_WEBHOOKS_TRUSTED_PROXIES="1", DOLIBARR_WEBHOOKS_ALLOWED_IPS="127.0.0.1/32",
+                         DOLIBARR_WEBHOOKS_ADMIN_PASSWORD=ADMIN_PASSWORD)
     with running_service(env=env, workers=2) as service:
         with running_nginx(tmp_path_factory.mktemp("nginx"), service.port) as nginx:
             yield service, nginx
@@ -125,7 +127,7 @@ def test_only_the_public_endpoints_are_exposed(stack):
     local, other = nginx.session(), nginx.session(OTHER_CLIENT)
     for session in (local, other):
         assert session.get(f"{nginx.https}/health").status_code == 200
-        for path in ("/", "/admin", "/webhooks", "/metrics/extra", "/.env"):
+        for path in ("/", "/webhooks", "/metrics/extra", "/.env") + (("/admin",) if session is other else ()):
             response = session.get(nginx.https + path)
             assert response.status_code == 404 and response.json()["error"] == "not_found", path
     # Readiness and metrics: this host only; to anyone else they do not exist.
@@ -287,3 +289,22 @@ def test_dolibarr_php_curl_sends_10_mb_through_nginx(stack, tmp_path):
     assert "Expect: 100-continue" in report["request_head"]
     assert report["success"], report
     print(f"\n10 MB invoice from PHP curl through nginx: {elapsed:.2f}s")
+
+
+def test_the_dashboard_is_kept_to_the_office_network(stack):
+    """The contrib site allows /admin/ from 127.0.0.1 (standing for the office) only; through
+    nginx the application sees HTTPS, so its session cookie is Secure."""
+    import re
+
+    service, nginx = stack
+    office = nginx.session()
+    login_page = office.get(f"{nginx.https}/admin/login", timeout=10)
+    assert login_page.status_code == 200 and "text/html" in login_page.headers["Content-Type"]
+    assert "Secure" in login_page.headers["Set-Cookie"] and "HttpOnly" in login_page.headers["Set-Cookie"]
+    token = re.search(r'name="csrf_token" value="([^"]+)"', login_page.text).group(1)
+    form = {"username": "admin", "password": ADMIN_PASSWORD, "csrf_token": token}
+    logged = office.post(f"{nginx.https}/admin/login", data=form, timeout=10)
+    assert logged.status_code == 200 and logged.url == f"{nginx.https}/admin/"
+    outside = nginx.session(OTHER_CLIENT).get(f"{nginx.https}/admin/login", timeout=10)
+    assert outside.status_code == 404 and outside.json()["error"] == "not_found"
+    assert ADMIN_PASSWORD not in "".join(nginx.logs().values()) + service_logs(service)

@@ -12,9 +12,7 @@ import dataclasses
 import math
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import click
 
@@ -24,8 +22,7 @@ from ..store import error_line
 from .group import emit, json_option, webhooks
 from .targets import LOCAL_URL_WARNING, is_local_url, target_url
 
-OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
-LEVELS = (OK, INFO, WARNING, ERROR)
+from ..report import ERROR, INFO, LEVELS, OK, WARNING, Finding, Report, describe_plugin, mask_report  # noqa: F401
 
 GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 # Words found in copied examples and placeholders; a real secret is random and contains none.
@@ -33,38 +30,6 @@ PLACEHOLDER_WORDS = ("change", "replace", "example", "placeholder", "your", "sec
                      "dolibarr", "webhook", "token", "test", "demo", "sample", "default", "qwerty", "azerty",
                      "letmein", "admin", "xxxx", "1234", "0000")
 RECOMMENDED_BITS = 96
-
-
-@dataclass
-class Finding:
-    level: str
-    topic: str
-    message: str
-    setting: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class Report:
-    findings: list[Finding] = field(default_factory=list)
-    targets: list[dict[str, Any]] = field(default_factory=list)
-    plugins: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, level: str, topic: str, message: str, setting: str | None = None) -> None:
-        self.findings.append(Finding(level, topic, message, setting))
-
-    def count(self, level: str) -> int:
-        return sum(1 for f in self.findings if f.level == level)
-
-    @property
-    def ok(self) -> bool:
-        return self.count(ERROR) == 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "errors": self.count(ERROR), "warnings": self.count(WARNING),
-                "findings": [f.to_dict() for f in self.findings], "targets": self.targets, "plugins": self.plugins}
 
 
 # -- secrets ------------------------------------------------------------------------------
@@ -233,21 +198,6 @@ def _plugin_names() -> list[str]:
     return sorted({ep.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)} | set(DEFAULT_PLUGINS))
 
 
-def _describe_plugin(report: Report, info) -> None:
-    report.plugins.append(info.to_dict())
-    what = "built-in plugin" if info.builtin else "plugin"
-    version = f" {info.version}" if info.version and not info.builtin else ""
-    if info.status == "enabled":
-        events = "every event" if info.events is None else (", ".join(info.events) or "no event")
-        handles = f"handles {events}" if "handle_event" in info.hooks else "handles no event"
-        report.add(OK, "plugins", f"{what} {info.name}{version} is loaded and configured: {handles}")
-    else:
-        report.add(INFO if info.builtin else WARNING, "plugins",
-                   f"{what} {info.name}{version} is installed but disabled: {info.reason}")
-    for warning in info.warnings:
-        report.add(WARNING, "plugins", f"{what} {info.name}: {warning}")
-
-
 def _check_plugins(settings: Settings, report: Report) -> None:
     from ..plugins import build_plugins
 
@@ -267,12 +217,12 @@ def _check_plugins(settings: Settings, report: Report) -> None:
                 report.add(ERROR, "plugins", f"plugin {name} stops start-up: {exc}", exc.setting)
                 continue
             if info is not None:
-                _describe_plugin(report, info)
+                describe_plugin(report, info)
         if not any(f.level == ERROR and f.topic == "plugins" for f in report.findings):
             report.add(ERROR, "plugins", f"the plugins stop start-up: {whole}", whole.setting)
         return
     for info in plugins.info.values():
-        _describe_plugin(report, info)
+        describe_plugin(report, info)
         never = [c for c in info.events or () if (known := plugins.catalogue.get(c)) and known.never_fired]
         if never:
             report.add(WARNING, "plugins", f"plugin {info.name} waits for {', '.join(never)}, which Dolibarr's target "
@@ -389,21 +339,8 @@ def run_checks(env_file: str | None = None) -> Report:
     _check_ratelimit(settings, report)
     _check_operations(settings, report)
     _check_targets(settings, report)
-    _mask(report, settings)
+    mask_report(report, settings)
     return report
-
-
-def _mask(report: Report, settings: Settings) -> None:
-    """A plugin's or a driver's message may quote a credential: the same masking as the logs.
-    The target URLs are left whole: they are printed to be pasted into Dolibarr."""
-    from ..logs import SecretScrubber
-
-    scrubber = SecretScrubber()
-    scrubber.add(settings.sensitive_values)
-    for finding in report.findings:
-        finding.message = scrubber.mask(finding.message)
-    for plugin in report.plugins:
-        plugin["reason"] = scrubber.mask(plugin["reason"] or "")
 
 
 def render(report: Report) -> list[str]:

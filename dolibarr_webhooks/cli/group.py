@@ -4,7 +4,6 @@ run in, the ``--json`` option and how a listing is printed."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
@@ -13,7 +12,7 @@ from flask import current_app
 from flask.cli import AppGroup
 
 from ..pipeline.ingest import Service
-from ..settings import parse_duration
+from ..listing import since_time  # noqa: F401 (the commands' --since)
 
 webhooks = AppGroup("webhooks", help="Receive, inspect and replay Dolibarr webhooks.")
 
@@ -43,23 +42,6 @@ def when(value: float | None) -> str:
     if value is None:
         return "-"
     return datetime.fromtimestamp(value, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def since_time(value: str | None) -> float | None:
-    """``--since`` takes a duration back from now (``2h``) or an ISO date or time."""
-    if not value:
-        return None
-    try:
-        return time.time() - parse_duration(value)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is neither a duration (2h, 30d) nor an ISO date") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.timestamp()
 
 
 def plural(count: int, noun: str) -> str:

@@ -3,13 +3,11 @@ deliveries, one event's story, one object's history)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from ..describe import summary
 from ..events import FAMILIES, Event, canonical_code
-from ..listing import event_rows, plugin_rows
+from ..listing import event_rows, number_runs, plugin_rows
 from ..store import DELIVERY_STATES, FAILED
 from .group import emit, json_option, plural, service, since_time, table, webhooks, when
 
@@ -97,7 +95,7 @@ def show_command(event_id: str, as_json: bool) -> None:
     if data["error"]:
         lines.append(f"  note: {data['error']}")
     for d in data["deliveries"]:
-        runs = _number_runs(d["attempts_log"])
+        runs = number_runs(d["attempts_log"])
         made = plural(d["attempts"], "attempt") + (f" in run {runs} ({plural(len(d['attempts_log']), 'attempt')} "
                                                    f"in all)" if runs > 1 else "")
         lines.append(f"- {d['plugin']}: {d['status']}, {made}"
@@ -127,14 +125,3 @@ def history_command(kind: str, object_id: str, source: str | None, as_json: bool
     emit(rows, as_json, table(
         [[when(r["received_at"]), r["trigger_code"], r["label"] or "-", r["status"], r["id"]] for r in rows],
         ["Received", "Code", "Object", "Status", "Event"]) if rows else f"no event of {element} {object_id}")
-
-
-def _number_runs(attempts: list[dict[str, Any]]) -> int:
-    """Set each attempt's ``run``: attempts are numbered from 1 again after each replay. Returns the runs."""
-    run, previous = 0, None
-    for attempt in attempts:
-        if previous is None or attempt["number"] <= previous:
-            run += 1
-        previous = attempt["number"]
-        attempt["run"] = run
-    return run

@@ -8,6 +8,7 @@ sleeps or fails only ever occupies its own lane. Runs as its own process
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -25,6 +26,7 @@ from .notices import Notices
 from ..plugins import Plugins
 from ..store import DEAD, DELIVERED, FAILED, Claim, Store, StoreError, error_line
 from .wakeup import CommitWatch, NotifyListener, Wakeup
+from ..store.dashboard import HEARTBEAT_INTERVAL, beat, forget
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class Worker:
         self._abandoned: dict[str, int] = {}
         self._lock = threading.Lock()
         self._last_purge = 0.0
+        self._last_beat = 0.0
+        self.started_at = time.time()
         self.store.add_listener(self.wake_event.set)
         self.notices = Notices(self.plugins, self.settings, self.metrics)
 
@@ -182,6 +186,7 @@ class Worker:
                 try:
                     if self.store.is_postgres and listener is None:
                         listener = NotifyListener(self.store)
+                    self._maybe_beat()
                     self._expire()
                     self.notices.tick()
                     started = self.run_once()
@@ -239,7 +244,21 @@ class Worker:
                               time.time(), self.name, outcome="released", count_attempt=False)
             logger.warning("released %s delivery of event %s at shutdown", claim.plugin, claim.event.id)
         self.notices.close()
+        with contextlib.suppress(*STORE_ERRORS):  # a store that is down shows the worker silent, then gone
+            forget(self.store, self.name)
         logger.info("worker %s stopped", self.name)
+
+    def _maybe_beat(self) -> None:
+        """The dashboard tells a live worker from a gone one by this row's age. A heartbeat
+        that cannot be written (a store not migrated to version 6) never stops deliveries."""
+        now = time.time()
+        if now - self._last_beat < HEARTBEAT_INTERVAL:
+            return
+        self._last_beat = now
+        try:
+            beat(self.store, self.name, self.started_at, self.plugins.handlers())
+        except STORE_ERRORS as exc:
+            logger.warning("worker %s: could not record its heartbeat: %s", self.name, error_line(exc))
 
     def _maybe_purge(self) -> None:
         now = time.time()

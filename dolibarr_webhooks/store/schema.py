@@ -77,6 +77,7 @@ deliveries = Table(
 Index("ix_deliveries_due", deliveries.c.plugin, deliveries.c.status, deliveries.c.next_attempt_at)
 Index("ix_deliveries_status", deliveries.c.status, deliveries.c.next_attempt_at)
 Index("ix_deliveries_event", deliveries.c.event_id)
+Index("ix_deliveries_delivered", deliveries.c.delivered_at)  # the dashboard's latency over 24 h (version 6)
 
 attempts = Table(
     "attempts", metadata,
@@ -91,6 +92,16 @@ attempts = Table(
     Column("duration_ms", Float),
 )
 Index("ix_attempts_delivery", attempts.c.delivery_id)
+Index("ix_attempts_started", attempts.c.started_at)  # the dashboard's recent failure rates (version 6)
+
+# Each worker's last sign of life, for the dashboard (schema version 6).
+workers = Table(
+    "workers", metadata,
+    Column("name", String(100), primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("seen_at", Float, nullable=False),
+    Column("plugins", Text),
+)
 
 schema_migrations = Table(
     "schema_migrations", metadata,
@@ -244,6 +255,33 @@ def _initial_schema(conn: Connection) -> None:
     metadata.create_all(conn, tables=[events, deliveries, attempts], checkfirst=True)
 
 
+# The dashboard's events page: newest first within one code, and a case-insensitive prefix
+# search on the reference and the label. On expressions, so that the ingest's duplicate search
+# (source, body, code, object, time) can never take one of them for ix_events_dedup: given an
+# index on (trigger_code, received_at), PostgreSQL's plan made after an ANALYZE of a small
+# table read every event of the code within the window at each ingest. Kept out of
+# ``metadata``: SQLAlchemy cannot reflect them, and warns whenever it reads a table's indexes
+# (version 4 does) once one exists.
+_SEARCH_INDEXES = ("CREATE INDEX IF NOT EXISTS ix_events_code_search ON events (lower(trigger_code), received_at)",
+                   "CREATE INDEX IF NOT EXISTS ix_events_ref_search ON events (lower(ref))",
+                   "CREATE INDEX IF NOT EXISTS ix_events_label_search ON events (lower(label))")
+
+
+def _dashboard(conn: Connection) -> None:
+    """Schema version 6: the dashboard's indexes and the workers' heartbeat table. A new
+    database got some from version 1's ``create_all``, so every step checks first."""
+    from sqlalchemy.schema import CreateIndex
+
+    workers.create(conn, checkfirst=True)
+    dashboard = ("ix_deliveries_delivered", "ix_attempts_started")
+    for table in (deliveries, attempts):
+        for index in table.indexes:
+            if index.name in dashboard:
+                conn.execute(CreateIndex(index, if_not_exists=True))
+    for statement in _SEARCH_INDEXES:
+        conn.exec_driver_sql(statement)
+
+
 # Schema versions, in order. A new version appends (number, name, function): never edit one.
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "events, deliveries and attempts", _initial_schema),
@@ -252,6 +290,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (4, "events: label, scrub rule, index by object", _objects_and_credentials),
     (5, "PostgreSQL: the ingest within the request deadline, with labels, duplicates without payload",
      _postgresql_ingest_within_deadline),
+    (6, "the dashboard's indexes and the workers' heartbeat", _dashboard),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

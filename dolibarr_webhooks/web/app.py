@@ -13,7 +13,7 @@ from ..pipeline.ingest import Service
 from ..plugins import build_plugins
 from ..settings import Settings, load_settings, process_settings
 from ..store import Store
-from . import access_log, errors, health, ratelimit, views
+from . import access_log, admin, errors, health, ratelimit, views
 from .request import EXTENSION
 
 logger = logging.getLogger("dolibarr_webhooks")
@@ -51,6 +51,7 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     views.init_app(app)
     health.init_app(app)
     ratelimit.init_app(app)
+    admin.init_app(app)
     if announce:
         _announce(app, svc)
     return app
