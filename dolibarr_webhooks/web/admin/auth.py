@@ -81,7 +81,8 @@ def secret_key(app: Flask) -> bytes:
             raise ConfigError(env_name("ADMIN_SECRET_KEY"),
                               f"cannot keep the dashboard's key in {path} ({exc.strerror}): set a long random "
                               "value instead") from None
-    who = f"{app.extensions["dolibarr_webhooks"].settings['ADMIN_USER']}\0{app.extensions["dolibarr_webhooks"].settings['ADMIN_PASSWORD']}".encode()
+    settings = app.extensions["dolibarr_webhooks"].settings
+    who = f"{settings['ADMIN_USER']}\0{settings['ADMIN_PASSWORD']}".encode()
     return hmac.new(key, b"dolibarr-webhooks admin session\0" + who, hashlib.sha256).digest()
 
 
@@ -116,7 +117,8 @@ def init_limiter(app: Flask) -> None:
     from ..ratelimit import REDIS_TIMEOUTS, key_prefix
     from ...logs import redact
 
-    url = app.extensions["dolibarr_webhooks"].settings["RATELIMIT_STORAGE_URL"]
+    settings = app.extensions["dolibarr_webhooks"].settings
+    url = settings["RATELIMIT_STORAGE_URL"]
     try:
         storage = storage_from_string(url, **(REDIS_TIMEOUTS if url.startswith("redis") else {}))
     except Exception as exc:  # limits raises its own types (a storage whose client is not installed)
@@ -124,7 +126,7 @@ def init_limiter(app: Flask) -> None:
                        redact(url, keep_user=True) or url.split(":", 1)[0], exc)
         storage = storage_from_string("memory://")
     app.extensions[LIMITER] = (MovingWindowRateLimiter(storage), parse(LOGIN_LIMIT),
-                               key_prefix(app.extensions["dolibarr_webhooks"].settings["DATABASE_URL"]) + ":admin-login")
+                               key_prefix(settings["DATABASE_URL"]) + ":admin-login")
 
 
 def _limited(action: str) -> bool:
