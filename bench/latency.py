@@ -31,15 +31,18 @@ TARGET_MEDIAN_MS = 100.0
 STAMP_PLUGIN = '''
 """Bench plugin: records when its handler ran, one line per event: ``EVENT_ID UNIX_TIME``."""
 
+import os
 import time
 
 from dolibarr_webhooks import hookimpl
 
 
 @hookimpl
-def handle_event(event, settings):
+def handle_event(event):
+    # The file from the environment, not the hook's settings: the same plugin then runs on a
+    # core of before or after read_settings (bench/before_after.py --baseline).
     ran = time.time()
-    with open(settings["file"], "a") as fh:
+    with open(os.environ["DOLIBARR_WEBHOOKS_BENCHSTAMP_FILE"], "a") as fh:
         fh.write(f"{event.id} {ran:.6f}\\n")
 '''
 
