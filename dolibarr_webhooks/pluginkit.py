@@ -15,15 +15,14 @@ from datetime import timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from .events import FAMILIES, canonical_code, label, matches, noun_and_verb, split_code
-from .settings import parse_bool
 from .describe import currency, format_amount, object_name, person_name, summary, thirdparty_label, to_decimal
-from .events import CARD_PATHS, Event
+from .events import CARD_PATHS, FAMILIES, Event, canonical_code, label, matches, noun_and_verb, split_code
 from .exceptions import ConfigError, PermanentFailure, PluginDisabled, RetryLater
 from .logs import redact as redact_url
 from .logs import scrub as redact_text
 from .pipeline.notices import DEAD, DELIVERED, DIGEST, RECOVERED, Alert, Outcome
 from .pipeline.parse import scrub
+from .settings import parse_bool
 from .signing import HEADERS as SIGNATURE_HEADERS
 from .signing import sign, signature_headers, signing_key
 

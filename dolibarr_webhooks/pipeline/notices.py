@@ -262,8 +262,5 @@ class _Lane:
 
 def _dashboard_root(settings: Any) -> str | None:
     """The dashboard's address for links in alerts: only when it is served and the public URL is known."""
-    try:
-        enabled, public = settings["ADMIN_PASSWORD"], settings["PUBLIC_URL"]
-    except KeyError:
-        return None
-    return f"{public.rstrip('/')}/admin" if enabled and public else None
+    public = settings["PUBLIC_URL"]
+    return f"{public.rstrip('/')}/admin" if settings["ADMIN_PASSWORD"] and public else None

@@ -9,7 +9,7 @@ from typing import Any
 import jinja2
 
 from dolibarr_webhooks import Event, PermanentFailure, hookimpl
-from dolibarr_webhooks.pluginkit import Alert, matches
+from dolibarr_webhooks.pluginkit import Alert, handled_by, matches
 
 from .alerts import alert_message
 from .config import Rule, Settings, parse_settings
@@ -28,12 +28,7 @@ def read_settings(config: dict[str, Any]) -> Settings:
 @hookimpl
 def handled_events(settings: Settings) -> list[str] | None:
     """The union of the rules' events (none when only alerts are configured)."""
-    patterns: set[str] = set()
-    for rule in settings.rules:
-        if rule.events is None:
-            return None
-        patterns.update(rule.events)
-    return sorted(patterns)
+    return handled_by(settings.rules)
 
 
 @hookimpl
