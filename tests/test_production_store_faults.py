@@ -63,6 +63,23 @@ def hold_lock(kind: str, database_url: str, seconds: float) -> None:
             os.close(descriptor)
 
 
+def warm_up(session, url: str) -> set[str]:
+    """Four events answered 200 before the lock, so that every worker has its connections; the
+    ids of those stored. A worker still starting when the first arrive holds them in gunicorn's
+    backlog, which the deadline counts (from nginx's X-Request-Start): on a loaded machine that
+    is a 503, correct and not stored, so a warm-up event is posted again under a new id."""
+    stored = set()
+    for attempt in range(20):
+        response = dolibarr_post(session, url, body(object_id=f"warm-{attempt}"))
+        if response.status_code == 200:
+            stored.add(response.json()["id"])
+            if len(stored) == 4:
+                return stored
+        else:
+            assert (response.status_code, response.json()["error"]) == (503, "store_timeout"), response.text
+    pytest.fail(f"the service did not take 4 warm-up events in 20 posts ({len(stored)} taken)")
+
+
 @pytest.mark.parametrize("kind", ["sqlite-write-lock", "sqlite-writers-queue", "postgresql"])
 def test_a_locked_store_answers_by_the_deadline_and_stores_exactly_the_2xx(kind, tmp_path, request):
     """The issue's run: the store locked longer than the deadline, more requests than gunicorn
@@ -76,8 +93,7 @@ def test_a_locked_store_answers_by_the_deadline_and_stores_exactly_the_2xx(kind,
         database_url = service.env["DOLIBARR_WEBHOOKS_DATABASE_URL"]
         url = f"{nginx.https}/webhook/{service.secret}"
         session = nginx.session()
-        for number in range(4):  # every worker has its connections
-            assert dolibarr_post(session, url, body(object_id=f"warm-{number}")).status_code == 200
+        warmed = warm_up(session, url)
 
         holder = threading.Thread(target=hold_lock, args=(kind, database_url, HOLD))
         holder.start()
@@ -106,8 +122,8 @@ def test_a_locked_store_answers_by_the_deadline_and_stores_exactly_the_2xx(kind,
         time.sleep(DEADLINE)  # anything still queued in gunicorn has had its chance to be (wrongly) stored
         acknowledged = {answer["id"] for status, _, answer in answers if status == 200}
         stored = stored_ids(database_url)
-        phantom = stored - acknowledged - {after.json()["id"]}
-        assert len(phantom) == 4, f"stored but answered 503 (phantom events): {phantom}"  # the 4 warm-up events
+        phantom = stored - acknowledged - warmed - {after.json()["id"]}
+        assert not phantom, f"stored but answered 503 (phantom events): {phantom}"
         assert acknowledged <= stored
         print(f"\n{kind}: {len(acknowledged)} answered 200, {len(refused)} answered 503, slowest answer "
               f"{max(took for _, took, _ in answers):.2f} s, 0 phantom events")
