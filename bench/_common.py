@@ -1,5 +1,6 @@
-"""Shared pieces of the benchmarks: servers, the wrk load generator, CPU accounting,
-throw-away PostgreSQL databases and a virtual environment with a plugin pip-installed.
+"""Shared pieces of the benchmarks: servers (ours, and the Node receiver of ``node_receiver/``),
+the wrk load generator, CPU accounting, throw-away PostgreSQL databases and a virtual
+environment with a plugin pip-installed.
 
 Everything listens on 127.0.0.1 only. Nothing here asserts a time: the scripts print
 figures measured side by side in one run, and the reader compares them.
@@ -385,6 +386,47 @@ def noop_server(gunicorn: GunicornSettings, app: str = "noop_app:app", route: st
             server.webhook_url = f"{server.url}/{route}/webhook/{server.secret}"
         try:
             server.start_gunicorn(gunicorn, app)
+            yield server
+        finally:
+            server.close()
+
+
+NODE_RECEIVER = BENCH_DIR / "node_receiver"
+
+
+def node_unavailable() -> str | None:
+    """Why ``bench/node_receiver`` cannot run on this machine, or None. Installs its packages
+    (``npm ci``, from its lock file) when they are not there yet."""
+    missing = [tool for tool in ("node", "npm") if not shutil.which(tool)]
+    if missing:
+        return f"{' and '.join(missing)} not installed: apt-get install -y nodejs npm"
+    if not (NODE_RECEIVER / "node_modules").is_dir():
+        log("npm ci in bench/node_receiver (its packages are not installed yet)")
+        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_RECEIVER, capture_output=True,
+                              text=True, timeout=600)
+        if done.returncode:
+            return f"npm ci failed in bench/node_receiver:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+    return None
+
+
+def node_express_version() -> str:
+    return json.loads((NODE_RECEIVER / "package.json").read_text())["dependencies"]["express"]
+
+
+@contextlib.contextmanager
+def node_server() -> Iterator[Server]:
+    """``bench/node_receiver/server.js``, the Node/Express receiver that stores nothing: one
+    process, its stdout (a line and the whole body per request) sent to /dev/null, its errors
+    to ``web.log``. Call ``node_unavailable`` first."""
+    with tempfile.TemporaryDirectory(prefix="dw-bench-node-") as tmp:
+        workdir = Path(tmp)
+        server = Server(Path(sys.executable), workdir, service_env("sqlite:///unused", workdir), free_port())
+        with open(workdir / "web.log", "ab") as errors:  # the child keeps its own descriptor
+            server.processes["web"] = process = subprocess.Popen(
+                ["node", "server.js", str(server.port)], cwd=NODE_RECEIVER, env=server.env,
+                stdout=subprocess.DEVNULL, stderr=errors, start_new_session=True)
+        try:
+            wait_for_port(server.port, process=process)
             yield server
         finally:
             server.close()

@@ -1,20 +1,25 @@
 """Ingest throughput and acknowledgement latency of the durable receiver, side by side
-with a no-op Flask endpoint under the same gunicorn settings.
+with a no-op Flask endpoint under the same gunicorn settings and the Node receiver that
+stores nothing.
 
     python bench/ingest.py [--database sqlite|postgresql|both] [--concurrency 1,16,64]
                            [--duration 4] [--rounds 3] [--production] [--with-worker]
                            [--baseline GIT_REVISION] [--floor]
 
-All targets run at once (real gunicorn, loopback): ``bench/noop_app.py`` and
-``dolibarr_webhooks:create_app()`` on SQLite (and/or a throw-away PostgreSQL database).
+All targets run at once (loopback): under real gunicorn, ``bench/noop_app.py``, the least
+durable Flask receiver of ``bench/floor_app.py`` and ``dolibarr_webhooks:create_app()`` on
+SQLite (and/or a throw-away PostgreSQL database); ``node-express``, the Node/Express receiver
+of the widely copied guide (``bench/node_receiver``: one Node process, stdout to /dev/null;
+skipped, saying why, where node or npm is missing).
 At each concurrency the points are taken one after the other, warm-up first, with ``wrk``
 posting the real BILL_VALIDATE body (about 15 KB, a unique object id per request so none is
 a duplicate); the whole sequence is repeated ``--rounds`` times. Prints requests/s, p50 and
-p99 of the answers, the ratio durable / no-op, the share of the machine taken by the load
-generator, the server and everything else, and the server's CPU time per request; then
-checks that every acknowledged event is in the store. ``--floor`` adds the floors of
-``bench/floor_app.py``: append each body to a file and fdatasync it; parse and scrub it with
-the product's own code and store nothing; both. They bound any design of the receiver.
+p99 of the answers, the ratios durable / no-op and durable / node-express, the share of the
+machine taken by the load generator, the server and everything else, and the server's CPU
+time per request; then checks that every acknowledged event is in the store. ``--floor``
+adds the floors of ``bench/floor_app.py``: append each body to a file and fdatasync it;
+parse and scrub it with the product's own code and store nothing; both. They bound any
+design of the receiver.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, WrkResult, core_at, database, log, noop_server,
-                     product_server, table)
+from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, WrkResult, core_at, database, log,
+                     node_express_version, node_server, node_unavailable, noop_server, product_server, table)
 
 # Issue #15's targets: at concurrency 16, at least 0.8 of the least durable Flask receiver
 # of the same store (floor-sqlite-insert, floor-postgres-insert) and p99 under 25 ms; at
@@ -36,6 +41,8 @@ TARGET_P99_MS = 25.0
 TARGET_CONCURRENCY = 16
 TARGET_P50_C1_MS = 1.0
 LEAST_DURABLE = {"sqlite": "floor-sqlite-insert", "postgresql": "floor-postgres-insert"}
+# Issue #15's goal 5: durable, and as fast as the Node server that stores nothing.
+NODE = "node-express"
 
 # What each floor of bench/floor_app.py stands for.
 FLOORS = {
@@ -94,7 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     settings = dict(item.split("=", 1) for item in args.setting)
     worker_settings = dict(item.split("=", 1) for item in args.worker_setting)
-    print(f"# ingest: {NCPU} CPUs, gunicorn {gunicorn.describe()} for every target, wrk 1 thread, "
+    node_skipped = node_unavailable()
+    if node_skipped:
+        log(f"{NODE} skipped: {node_skipped}")
+    print(f"# ingest: {NCPU} CPUs, gunicorn {gunicorn.describe()} for every Python target, "
+          + (f"{NODE} skipped ({node_skipped.splitlines()[0]})" if node_skipped
+             else f"{NODE}: 1 Node process (express {node_express_version()})")
+          + ", wrk 1 thread, "
           f"{args.duration:g}s per point after {args.warmup:g}s warm-up"
           + (f", settings {settings}" if settings else "")
           + (f", delivery worker running{f' with {worker_settings}' if worker_settings else ''}"
@@ -104,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dw-bench-wrk-") as tmp, contextlib.ExitStack() as stack:
         wrk = Wrk(Path(tmp))
         targets = {"no-op": stack.enter_context(noop_server(gunicorn))}
+        if not node_skipped:
+            targets[NODE] = stack.enter_context(node_server())
         if args.floor:
             for route in ("append", "append-grouped", "scrub", "scrub-append"):
                 targets[f"floor-{route}"] = stack.enter_context(noop_server(gunicorn, "floor_app:app", route))
@@ -154,9 +169,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _median(values: list[float]) -> float:
+    if not values:
+        return float("nan")
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def _round_ratios(runs: list[WrkResult], others: list[WrkResult]) -> list[float]:
+    """req/s of ``runs`` over ``others``, round by round: points taken one after the other in
+    the same round share the machine's noise."""
+    return [r.rps / o.rps for r, o in zip(runs, others) if o.rps]
 
 
 def print_report(results, targets, concurrencies, integrity) -> None:
@@ -170,8 +193,8 @@ def print_report(results, targets, concurrencies, integrity) -> None:
         for name in targets:
             runs = results[(name, connections)]
             med = lambda attr: _median([getattr(r, attr) for r in runs])  # noqa: E731
-            ratios = [r.rps / b.rps for r, b in zip(runs, baseline) if b.rps]
-            ratio = _median(ratios) if ratios else float("nan")
+            ratios = _round_ratios(runs, baseline)
+            ratio = _median(ratios)
             spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
             other = _median([max(0.0, r.machine_cpu - r.loadgen_cpu - r.server_cpu) for r in runs])
             p99 = med("p99_ms")
@@ -185,12 +208,15 @@ def print_report(results, targets, concurrencies, integrity) -> None:
             kind = name.split("-")[1].split("@")[0].split("+")[0] if name.startswith("durable") else ""
             floor = LEAST_DURABLE.get(kind)
             if name.startswith("durable") and connections == TARGET_CONCURRENCY and (floor, connections) in results:
-                against = [r.rps / f.rps for r, f in zip(runs, results[(floor, connections)]) if f.rps]
-                vs_floor = _median(against) if against else float("nan")
+                vs_floor = _median(_round_ratios(runs, results[(floor, connections)]))
                 ok_ratio, ok_p99 = vs_floor >= TARGET_RATIO, p99 < TARGET_P99_MS
                 verdicts.append(f"{name}: {vs_floor:.2f}x {floor} (target >= {TARGET_RATIO}): "
                                 f"{'met' if ok_ratio else 'NOT met'}; p99 {p99:.1f} ms "
                                 f"(target < {TARGET_P99_MS:g} ms): {'met' if ok_p99 else 'NOT met'}")
+            if name.startswith("durable") and connections == TARGET_CONCURRENCY and (NODE, connections) in results:
+                vs_node = _median(_round_ratios(runs, results[(NODE, connections)]))
+                verdicts.append(f"{name}: {vs_node:.2f}x {NODE} (goal >= 1.00: durable, and as fast as the "
+                                "server that stores nothing)")
             if name.startswith("durable") and connections == 1:
                 p50 = med("p50_ms")
                 verdicts.append(f"{name}: p50 at c=1 {p50:.2f} ms (target <= {TARGET_P50_C1_MS:g} ms): "
@@ -217,7 +243,7 @@ def _baseline_lines(results, targets, concurrencies) -> list[str]:
     for name, shipped in pairs_of_targets:
         for connections in concurrencies:
             pairs = list(zip(results[(name, connections)], results[(shipped, connections)]))
-            rps = _median([p.rps / s.rps for p, s in pairs if s.rps])
+            rps = _median(_round_ratios(results[(name, connections)], results[(shipped, connections)]))
             p99 = _median([p.p99_ms / s.p99_ms for p, s in pairs if s.p99_ms])
             lines.append(f"{name} / {shipped} at c={connections}: req/s x{rps:.2f}, p99 x{p99:.2f}")
     return lines

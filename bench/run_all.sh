@@ -9,7 +9,7 @@ set -eu
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 
-echo "== ingest: durable receiver against a no-op Flask endpoint"
+echo "== ingest: durable receiver against a no-op Flask endpoint, the least durable one and the Node receiver"
 "$PYTHON" ingest.py --database both --concurrency 1,16,64
 echo
 echo "== latency: POST to handler, idle worker"
