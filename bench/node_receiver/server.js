@@ -5,9 +5,9 @@
 //
 //     node server.js [PORT]        (or WEBHOOK_PORT / PORT in the environment; default 3000)
 //
-// One process: Node runs the JavaScript of every request on one thread, so this server uses one
-// core however many the machine has (the guide runs it this way; the cluster module would fork
-// one per core).
+// One process, as `node server.js` starts it: Node runs the JavaScript of every request on one
+// thread, so this server uses one core however many the machine has (the cluster module, which
+// such guides leave out, would fork one per core).
 
 const express = require('express');
 
@@ -29,7 +29,7 @@ app.post(['/webhook', '/webhook/:token'], (req, res) => {
 });
 
 const port = Number(process.argv[2] || process.env.WEBHOOK_PORT || process.env.PORT || 3000);
-// Loopback, as every server of the benchmarks (the guide listens on every address).
+// Loopback, as every server of the benchmarks (app.listen(port) alone listens on every address).
 const host = process.env.HOST || '127.0.0.1';
 app.listen(port, host, () => {
   console.error(`listening on http://${host}:${port}`);
