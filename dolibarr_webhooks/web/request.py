@@ -43,7 +43,9 @@ def request_source(token: str | None, body: bytes) -> Source:
     source = ctx.get("authenticated")
     if source is None:
         req = request._get_current_object()
-        credentials = Credentials.from_headers(req.headers, path_token=token, query_token=req.args.get("token"))
+        # Without a query string there is no ?token=: werkzeug's args would parse nothing.
+        query_token = req.args.get("token") if req.query_string else None
+        credentials = Credentials.from_headers(req.headers, path_token=token, query_token=query_token)
         source = ctx.authenticated = authenticate(service().sources.values(), credentials, body)
     return source
 
