@@ -74,8 +74,8 @@ def request_body() -> bytes:
                     raise RequestEntityTooLarge()
             ctx.body = raw
         except RequestEntityTooLarge:
-            ctx.body_error = Refused(413, "request_entity_too_large",
-                                     "request body is larger than the configured limit (DOLIBARR_WEBHOOKS_MAX_BODY_SIZE)")
+            ctx.body_error = Refused(413, "request_entity_too_large", "request body is larger than the configured "
+                                                                      "limit (DOLIBARR_WEBHOOKS_MAX_BODY_SIZE)")
         except Exception as exc:  # the server's reader: its exception types are its own
             logger.info("could not read the request body: %s: %s", type(exc).__name__, exc)
             ctx.body_error = Refused(400, "bad_request", "the request body could not be read whole "
