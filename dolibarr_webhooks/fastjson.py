@@ -34,8 +34,11 @@ def loads(raw: bytes | str, clean: Callable[[dict], None] | None = None) -> Any:
     except orjson.JSONDecodeError:
         pass  # NaN, a BOM, a lone surrogate, or not JSON: json decides, and words the error
     else:
-        if _clean_in_place(data, clean):
-            return _bounded(raw, data)
+        depth = _clean_in_place(data, clean)
+        if depth is not None:
+            if depth > MAX_DEPTH:
+                raise _too_deep()
+            return data
     try:
         return _bounded(raw, json.loads(raw, object_hook=_hook(clean) if clean else None))
     except RecursionError:
@@ -43,11 +46,16 @@ def loads(raw: bytes | str, clean: Callable[[dict], None] | None = None) -> Any:
 
 
 def _bounded(raw: bytes | str, data: Any) -> Any:
-    # Counting brackets is a memchr-speed scan; only a body with that many is walked.
+    # For the standard library's answers (orjson's get their depth from _clean_in_place): counting
+    # brackets is a memchr-speed scan; only a body with that many is walked.
     opening = (b"[", b"{") if isinstance(raw, bytes) else ("[", "{")
     if raw.count(opening[0]) + raw.count(opening[1]) > MAX_DEPTH and _depth(data) > MAX_DEPTH:
-        raise ValueError(f"JSON nested too deeply (over {MAX_DEPTH} levels)")
+        raise _too_deep()
     return data
+
+
+def _too_deep() -> ValueError:
+    return ValueError(f"JSON nested too deeply (over {MAX_DEPTH} levels)")
 
 
 def _depth(value: Any) -> int:
@@ -89,26 +97,33 @@ def _hook(clean: Callable[[dict], None]) -> Callable[[dict], dict]:
 _INT64_MIN = -9223372036854775808.0
 
 
-def _clean_in_place(value: Any, clean: Callable[[dict], None] | None) -> bool:
-    """Clean every object; False when a float may be an integer orjson could not hold exactly.
+def _clean_in_place(value: Any, clean: Callable[[dict], None] | None) -> int | None:
+    """Clean every object; returns the nesting depth (0 for a scalar), or None when a float
+    may be an integer orjson could not hold exactly.
 
     orjson decodes integers from -2**63 to 2**64-1 exactly and wider ones as floats; PHP
     never writes one, but the standard library keeps every digit, so such a body goes to it.
     """
-    # Iterative: a deeply nested body must not hit Python's recursion limit.
-    stack = [[value]]
-    while stack:
-        item = stack.pop()
-        if type(item) is dict:
-            if clean is not None:
-                clean(item)
-            children = item.values()
-        else:
-            children = item
-        for child in children:
-            kind = type(child)
-            if kind is dict or kind is list:
-                stack.append(child)
-            elif kind is float and not _INT64_MIN <= child < 18446744073709551616.0:
-                return False
-    return True
+    # Level by level, without recursion (a deeply nested body must not hit Python's limit),
+    # so that the depth comes with the walk every body needs anyway. The value itself is
+    # checked as the child of a list.
+    level: list[Any] = [[value]]
+    depth = -1
+    while level:
+        depth += 1
+        below = []
+        for item in level:
+            if type(item) is dict:
+                if clean is not None:
+                    clean(item)
+                children = item.values()
+            else:
+                children = item
+            for child in children:
+                kind = type(child)
+                if kind is dict or kind is list:
+                    below.append(child)
+                elif kind is float and not _INT64_MIN <= child < 18446744073709551616.0:
+                    return None
+        level = below
+    return depth

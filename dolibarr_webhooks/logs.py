@@ -11,6 +11,7 @@ later cannot leak one either.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -34,6 +35,8 @@ _QUERY_PARAM = re.compile(r"([?&;][^=&;\s\"'#?]*(?:" + _SENSITIVE_NAME.pattern +
 _AUTH_HEADER = re.compile(r"((?:authorization|x-dolibarr-signature|webhook-signature)[\"']?\s*[:=]\s*[\"']?"
                           r"(?:(?:basic|bearer|token|digest)\s+)?)[^\s\"',}]+", re.IGNORECASE)
 _SAFE_PATH = "/:@!$&'()*+,;=-._~"
+_MASKED_GROUP = r"\1" + MASK
+_MASKED_USERINFO = r"\1" + MASK + "@"
 
 
 def _redact_query(query: str) -> str:
@@ -46,6 +49,9 @@ def _redact_query(query: str) -> str:
     return "&".join(parts)
 
 
+# Every request's access lines redact its target, and the same few come back (/webhook/<secret>):
+# each is redacted once per process. Bounded: targets full of made-up tokens only miss.
+@functools.lru_cache(maxsize=512)
 def redact(target: str, keep_user: bool = False) -> str:
     """A request target or URL with any secret replaced by ``***``: the one URL redaction.
 
@@ -55,8 +61,8 @@ def redact(target: str, keep_user: bool = False) -> str:
     whose user name an operator needs (which account?); only its password is masked.
     """
     path, sep, query = target.partition("?")
-    path = (_PASSWORD if keep_user else _USERINFO).sub(r"\1" + MASK + "@", path)
-    path = quote(_WEBHOOK_SEGMENT.sub(r"\1" + MASK, unquote(path)), safe=_SAFE_PATH)
+    path = (_PASSWORD if keep_user else _USERINFO).sub(_MASKED_USERINFO, path)
+    path = quote(_WEBHOOK_SEGMENT.sub(_MASKED_GROUP, unquote(path)), safe=_SAFE_PATH)
     return path + sep + (_redact_query(query) if sep else "")
 
 
@@ -72,10 +78,21 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """Free text (a formatted log line, an exception) with secrets removed: webhook paths,
     credential query parameters, URL user-info, Authorization values and known secrets."""
     text = mask(text, secrets)
-    text = _WEBHOOK_SEGMENT.sub(r"\1" + MASK, text)
-    text = _QUERY_PARAM.sub(r"\1" + MASK, text)
-    text = _USERINFO.sub(r"\1" + MASK + "@", text)
-    return _AUTH_HEADER.sub(r"\1" + MASK, text)
+    # Each pattern needs a few characters that most lines lack: a regex runs only where they
+    # are (a line is scrubbed for every log record, several times in a JSON one). The
+    # case-insensitive ones are looked for in the lower-cased text only when it is ASCII: the
+    # regex's Unicode case folding also matches the Kelvin sign to "k", the long s to "s".
+    # A substitution cannot create what another looks for: it only inserts "***" and removes.
+    folded = text.lower() if text.isascii() else None
+    if folded is None or "/webhook/" in folded:
+        text = _WEBHOOK_SEGMENT.sub(_MASKED_GROUP, text)
+    if "=" in text:
+        text = _QUERY_PARAM.sub(_MASKED_GROUP, text)
+    if "@" in text:
+        text = _USERINFO.sub(_MASKED_USERINFO, text)
+    if folded is None or "authorization" in folded or "signature" in folded:
+        text = _AUTH_HEADER.sub(_MASKED_GROUP, text)
+    return text
 
 
 class SecretScrubber:

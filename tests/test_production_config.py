@@ -194,6 +194,20 @@ def test_scrub_free_text():
     assert SECRET not in cleaned and basic not in cleaned
 
 
+@pytest.mark.parametrize("text, expected", [
+    # The patterns are case-insensitive, and Unicode folds the Kelvin sign to "k" and the long
+    # s to "s": such a line is matched by the regexes, not passed over by scrub's quick look.
+    (f"POST /webhoo\u212a/{SECRET} 200", "POST /webhoo\u212a/*** 200"),
+    (f"x-dolibarr-\u017fignature: {SECRET}", "x-dolibarr-\u017fignature: ***"),
+    (f"AUTHORIZATION=Basic {SECRET}", "AUTHORIZATION=Basic ***"),
+    (f"GET /x?a=1&Api_Key={SECRET}#f", "GET /x?a=1&Api_Key=***#f"),
+    (f"redis://u:{SECRET}@h/0", "redis://***@h/0"),
+    ("POST /webhook/events 200 from 127.0.0.1", "POST /webhook/events 200 from 127.0.0.1"),
+])
+def test_scrub_under_unicode_case_folding_and_without_secrets_known(text, expected):
+    assert scrub(text) == expected
+
+
 def test_redacting_logger_atoms():
     config = Config()
     # Atoms are redacted when a format prints them; header names in any case, as gunicorn reads them.

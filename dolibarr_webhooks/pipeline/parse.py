@@ -7,6 +7,9 @@ tests all go through these functions.
 from __future__ import annotations
 
 import hashlib
+import secrets
+import time
+from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from .. import fastjson
@@ -76,9 +79,6 @@ def object_identity(code: str, obj: dict[str, Any]) -> dict[str, str | None]:
 
 def new_event_id() -> str:
     """Time-ordered, unique across hosts: milliseconds then 64 random bits."""
-    import secrets
-    import time
-
     return f"evt_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
 
 
@@ -89,8 +89,6 @@ def event_from_body(raw: bytes, *, source: str = "default", dolibarr_url: str | 
 
     Raises ``ParseError`` or ``MissingTriggerCode``.
     """
-    from datetime import datetime, timezone
-
     sent_code, obj = parse_body(raw, scrub_keys)
     code = canonical_code(sent_code)
     return Event(

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import time
-import uuid
 
 from flask import Flask, g, request
 
@@ -17,6 +17,8 @@ access_logger = logging.getLogger("dolibarr_webhooks.access")
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_NOT_LOGGED = frozenset({"/health", "/metrics", "/ready"})  # probes: a line each would drown the rest
+_ACCESS_KEYS = ("outcome", "trigger_code", "event_id", "source")  # what the request's handling noted on g
 
 
 def init_app(app: Flask, settings: Settings) -> None:
@@ -27,31 +29,32 @@ def init_app(app: Flask, settings: Settings) -> None:
 
     @app.before_request
     def _begin() -> None:
-        g.request_started = time.perf_counter()
+        ctx = g._get_current_object()
+        ctx.request_started = time.perf_counter()
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         # nginx sends its $request_id, so both logs share one id; anything odd is replaced.
-        rid = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex[:16]
-        g.request_id = rid
-        g.request_id_token = request_id.set(rid)
+        rid = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
+        ctx.request_id = rid
+        ctx.request_id_token = request_id.set(rid)
 
     @app.after_request
     def _access_log(response):
-        rid = g.get("request_id")
+        ctx, req = g._get_current_object(), request._get_current_object()
+        rid = ctx.get("request_id")
         if rid:
             response.headers[REQUEST_ID_HEADER] = rid
-        if request.path in ("/health", "/metrics", "/ready"):
+        if req.path in _NOT_LOGGED:
             return response
-        duration = (time.perf_counter() - g.get("request_started", time.perf_counter())) * 1000
-        target = redact(request.full_path.rstrip("?"))
-        parts = [f"{request.method} {target} {response.status_code}"]
-        for key in ("outcome", "trigger_code", "event_id", "source"):
-            if g.get(key):
-                parts.append(str(g.get(key)))
-        client = g.get("client") or request.remote_addr
+        duration = (time.perf_counter() - ctx.get("request_started", time.perf_counter())) * 1000
+        target = redact(req.full_path.rstrip("?"))
+        status, method = response.status_code, req.method
+        outcome, trigger_code, event_id, source = (ctx.get(key) for key in _ACCESS_KEYS)
+        parts = [f"{method} {target} {status}"]
+        parts.extend(str(value) for value in (outcome, trigger_code, event_id, source) if value)
+        client = ctx.get("client") or req.remote_addr
         access_logger.info("%s %.1fms from %s", " ".join(parts), duration, client, extra={
-            "status": response.status_code, "outcome": g.get("outcome"), "trigger_code": g.get("trigger_code"),
-            "event_id": g.get("event_id"), "source": g.get("source"), "client": client,
-            "duration_ms": round(duration, 2), "method": request.method, "path": target,
+            "status": status, "outcome": outcome, "trigger_code": trigger_code, "event_id": event_id,
+            "source": source, "client": client, "duration_ms": round(duration, 2), "method": method, "path": target,
         })
         return response
 

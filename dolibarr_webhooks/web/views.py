@@ -9,6 +9,7 @@ from flask import Blueprint, Flask, g, jsonify, request
 
 from ..deadline import REQUEST_START_HEADER, request_deadline as deadline_at
 from ..listing import event_rows, plugin_rows
+from ..pipeline.ingest import Service
 from ..pipeline.parse import MissingTriggerCode, ParseError
 from ..pipeline.verify import AuthError, address_allowed
 from ..samples import sample_body
@@ -66,12 +67,13 @@ def receive(token: str | None = None):
     return _accept(raw, source, test=False)
 
 
-def request_deadline() -> float:
-    """The ``time.monotonic()`` instant by which this request's event must be stored; the
-    proxy's X-Request-Start counts only from a trusted proxy (a client's could only shorten it)."""
-    settings = service().settings
+def request_deadline(svc: Service, started: float) -> float:
+    """The ``time.monotonic()`` instant by which this request's event must be stored (``started``:
+    when the app got it); the proxy's X-Request-Start counts only from a trusted proxy (a
+    client's could only shorten it)."""
+    settings = svc.settings
     stamp = request.headers.get(REQUEST_START_HEADER) if settings["TRUSTED_PROXIES"] else None
-    return deadline_at(settings["REQUEST_DEADLINE"], g.request_started, stamp)
+    return deadline_at(settings["REQUEST_DEADLINE"], started, stamp)
 
 
 # The answer to a store failure, by kind. A timeout is an outage to Dolibarr (try again
@@ -108,8 +110,9 @@ def _quarantine(raw: bytes, source: Source, reason: str, deadline: float):
 
 
 def _accept(raw: bytes, source: Source, test: bool):
-    svc = service()
-    deadline = request_deadline()
+    svc, ctx = service(), g._get_current_object()
+    started = ctx.request_started  # set for every request by access_log.init_app
+    deadline = request_deadline(svc, started)
     try:
         event = svc.event_from_body(raw, source, test=test)
     except MissingTriggerCode as exc:
@@ -129,8 +132,8 @@ def _accept(raw: bytes, source: Source, test: bool):
         # (a blob holds anything), like an unparseable one's: 202, quarantined, operators warned.
         return _quarantine(raw, source, f"the store refused the event ({exc})", deadline)
     record_outcome(200, result.status)
-    g.event_id, g.trigger_code = event.id, event.trigger_code
-    svc.metrics.acknowledged(g.request_started)  # set for every request by logs.init_app
+    ctx.event_id, ctx.trigger_code = event.id, event.trigger_code
+    svc.metrics.acknowledged(started)
     body = {"status": result.status, "id": event.id, "trigger_code": event.trigger_code}
     if result.duplicate_of:
         body["duplicate_of"] = result.duplicate_of
