@@ -1,0 +1,249 @@
+"""Group commit of the ingest on SQLite: the requests of one process waiting at the same time
+share one writers' turn, one transaction and one fsync.
+
+Without it each request took its own turn (a thread lock, ``flock`` on ``<database>.lock``),
+its own ``BEGIN IMMEDIATE`` and ``COMMIT``, and wrote its own log frames for every index page
+it touched, even when fifteen other threads were waiting behind it. Here a request puts its
+prepared work in the committer's queue; the first of the waiting requests leads: it takes the
+turn, then the work of every request waiting by then, those that came while it waited for the
+turn too (up to ``MAX_COUNT`` requests and ``MAX_BYTES`` of payload), runs it in one
+transaction, numbers the commit for ``SharedSync``, leaves the turn, hands the lead to the next
+request waiting (which gathers the next batch while this one syncs), waits for the shared fsync
+(with the other processes' writers, as before), then answers every request it covered.
+
+The leader is a request's own thread, not a committer thread: a request alone leads itself at
+once, without a hand-off between threads (two at least per request with a dedicated thread) or
+a wait for company, so the c=1 path (and gunicorn's sync workers, one request at a time) stays
+as short as before.
+
+What each request is promised stays what ``Store._write`` promised it alone:
+
+- Its work runs after the work of the requests before it in the same transaction, so a
+  duplicate search sees an event inserted earlier in the batch.
+- Nothing is committed after the deadline of a request it covers: a request whose deadline
+  passed is left out (``DeadlinePassed``) and the transaction is done again without it.
+- Its own error (bad data...) fails it alone: the transaction is rolled back and done again
+  without it, as if it had run on its own before the others.
+- It is answered once the fsync that covers its commit has returned; a failed fsync fails
+  exactly the requests of the commits it covered.
+- Waiting for a lead ends at its deadline, unless its work is in a transaction already
+  (then the leader answers it, as ``_write`` answered a request past its deadline mid-commit).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from typing import Any, Callable
+
+from sqlalchemy.engine import Connection, Engine
+
+from .failures import DeadlinePassed
+from .group_commit import SharedSync
+from .writers import WriterQueue
+
+# A burst does not build one huge transaction: the write lock is held for the statements of
+# at most this many requests (serve has 16 threads a process), or this much payload.
+MAX_COUNT = 32
+MAX_BYTES = 4 * 1024 * 1024
+
+_QUEUED, _TAKEN, _LEAD, _DONE = range(4)
+
+
+class _Request:
+    __slots__ = ("work", "deadline", "size", "state", "result", "error", "ready")
+
+    def __init__(self, work: Callable[[Connection], Any], deadline: float | None, size: int) -> None:
+        self.work = work
+        self.deadline = deadline
+        self.size = size
+        self.state = _QUEUED
+        self.result: Any = None
+        self.error: BaseException | None = None
+        # Released when the request is answered or must lead: a bare lock is the cheapest
+        # thing a thread can sleep on (threading.Event adds a Condition).
+        self.ready = threading.Lock()
+        self.ready.acquire()
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+
+class Committer:
+    """The group commit of one store's ingest in one process (see the module's docstring)."""
+
+    def __init__(self, engine: Engine, writers: WriterQueue, durable: SharedSync | None,
+                 before_write: Callable[[], None], after_durable: Callable[[list[Any]], None],
+                 max_count: int = MAX_COUNT, max_bytes: int = MAX_BYTES) -> None:
+        self.engine = engine
+        self.writers = writers
+        self.durable = durable
+        self.before_write = before_write  # Store._reopen_if_stale
+        self.after_durable = after_durable  # Store._woken: the workers' wake-up, once a transaction
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self._guard = threading.Lock()
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._leading = False
+        # For tests and benchmarks: transactions committed, and the requests they covered.
+        self.batches = 0
+        self.committed = 0
+
+    def run(self, work: Callable[[Connection], Any], deadline: float | None = None, size: int = 0) -> Any:
+        """``work(conn)``'s result once its transaction is committed and durable. ``work`` runs
+        inside a write transaction shared with other requests; it must only execute statements
+        (it may run more than once, when the transaction is done again without a request)."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlinePassed("before the store was reached (the request waited in a queue)")
+        request = _Request(work, deadline, size)
+        with self._guard:
+            self._queue.append(request)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+        if not lead:
+            lead = self._wait(request)
+        if lead:
+            self._lead()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _wait(self, request: _Request) -> bool:
+        """Wait until answered (False) or made leader (True), giving up at the deadline while
+        still only queued."""
+        timeout = -1 if request.deadline is None else max(0.0, request.deadline - time.monotonic())
+        if not request.ready.acquire(timeout=timeout):
+            with self._guard:
+                if request.state == _QUEUED:
+                    self._queue.remove(request)
+                    raise DeadlinePassed("waiting for this process's other writers")
+            if request.state == _TAKEN:  # its work is in a transaction: the leader answers
+                request.ready.acquire()
+        return request.state == _LEAD
+
+    def _lead(self) -> None:
+        """Take the writers' turn, then the work of every request waiting by then (more come
+        while the turn is waited for), commit it, hand the lead over, wait for the fsync."""
+        with self._guard:
+            leader = self._queue[0]
+        batch, committed, number = [leader], False, None
+        try:
+            self.before_write()
+            # Until the leader's deadline only: the requests behind it keep theirs (the next
+            # leader waits again), and a request past its deadline is never written.
+            with self.writers.turn(leader.deadline):
+                batch = self._take()
+                committed, number = self._commit(batch)
+        except Exception as exc:  # the turn, BEGIN or COMMIT: not one request's fault
+            with self._guard:
+                if self._queue and self._queue[0] is leader:
+                    self._queue.popleft()  # the turn did not come: the leader alone gives up
+            for request in batch:
+                if request.error is None:
+                    request.error = exc
+        finally:
+            self._hand_over()  # whatever happened: the requests queued meanwhile need a leader
+        if number is not None:
+            try:
+                self.durable.wait_durable(number)
+            except Exception as exc:  # SyncFailed: every request of the commit may be lost
+                committed = False
+                for request in batch:
+                    if request.error is None:
+                        request.error = exc
+        for request in batch:
+            request.state = _DONE
+            if request is not leader:
+                request.ready.release()
+        if committed:
+            self.after_durable([request.result for request in batch if request.error is None])
+
+    def _take(self) -> list[_Request]:
+        """The requests waiting, in their order, up to the batch's bounds."""
+        with self._guard:
+            batch, size = [], 0
+            while self._queue and len(batch) < self.max_count:
+                if batch and size + self._queue[0].size > self.max_bytes:
+                    break
+                request = self._queue.popleft()
+                request.state = _TAKEN
+                size += request.size
+                batch.append(request)
+        return batch
+
+    def _hand_over(self) -> None:
+        with self._guard:
+            if self._queue:
+                successor = self._queue[0]
+                successor.state = _LEAD
+                successor.ready.release()
+            else:
+                self._leading = False
+
+    def waiting(self) -> int:
+        """Requests queued and not yet in a transaction (for tests)."""
+        with self._guard:
+            return len(self._queue)
+
+    def _commit(self, batch: list[_Request]) -> tuple[bool, int | None]:
+        """In the writers' turn: write the batch's work in one transaction, each request's
+        error on it. Whether anything was committed, and the commit's number for
+        ``SharedSync`` (None: no sync)."""
+        left = self._drop_expired(batch)
+        deadlines = [request.deadline for request in left]
+        # SQLite's busy timeout (another program's write lock) ends at the last deadline; a
+        # request whose deadline passed meanwhile is left out before the commit.
+        deadline = None if None in deadlines else max(deadlines, default=None)
+        while left:
+            if self._transaction(left, deadline):
+                self.batches += 1
+                self.committed += len(left)
+                return True, self.durable.committed() if self.durable else None
+            left = [request for request in left if request.error is None]
+        return False, None
+
+    def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
+        """One try: True when committed; False when rolled back after failing a request (a
+        deadline passed, or its own error), to be tried again without it."""
+        with self.engine.connect() as conn:
+            if deadline is not None:
+                conn.execution_options(deadline=deadline)  # SQLite's busy timeout
+            transaction = conn.begin()
+            with _rolled_back_unless_committed(transaction):
+                for request in requests:
+                    if request.expired(time.monotonic()):
+                        request.error = DeadlinePassed("the deadline passed before its statements ran")
+                        return False
+                    try:
+                        request.result = request.work(conn)
+                    except Exception as exc:
+                        request.error = exc
+                        return False
+                # Nothing is committed after the deadline of a request it covers.
+                if self._drop_expired(requests) != requests:
+                    return False
+                transaction.commit()
+                return True
+
+    @staticmethod
+    def _drop_expired(requests: list[_Request]) -> list[_Request]:
+        now = time.monotonic()
+        left = []
+        for request in requests:
+            if request.expired(now):
+                request.error = DeadlinePassed("the deadline passed before the commit")
+            else:
+                left.append(request)
+        return left
+
+
+@contextlib.contextmanager
+def _rolled_back_unless_committed(transaction):
+    try:
+        yield
+    finally:
+        if transaction.is_active:
+            transaction.rollback()
