@@ -1,10 +1,13 @@
-"""Group commit of the SQLite ingest (``store.batch.Committer``): the requests of a process
-waiting at once share one transaction and one fsync, and each keeps what it was promised
-alone: an exact duplicate search, its deadline, its own errors, no answer before the fsync.
+"""Group commit of the ingest (``store.batch``): the requests of a process waiting at once
+share one transaction (and on SQLite one fsync), and each keeps what it was promised alone:
+an exact duplicate search, its deadline, its own errors, no answer before the fsync.
 
-Real threads on real SQLite files. The requests are made to wait together by holding the
-writers' lock of the file (``<database>.lock``) as a writer of another process would, until
-all of them are queued: then the batch they form does not depend on timing.
+Real threads on real SQLite files and a real PostgreSQL database. The requests are made to
+wait together, so that the batch they form does not depend on timing: on SQLite the test
+holds the writers' lock of the file (``<database>.lock``) as a writer of another process
+would, and the first request waits for it with the others queued behind; on PostgreSQL the
+test holds a lock on the events table, the first request's call waits for it, alone, and the
+requests queued meanwhile form the next batch.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import time
 import pytest
 from sqlalchemy import text
 
+from dolibarr_webhooks.store import sqlite_path
 from dolibarr_webhooks.store import DATA, TIMEOUT, UNAVAILABLE, DeadlinePassed, IngestResult, Store, StoreError
 from dolibarr_webhooks.store.group_commit import read_counters
 from dolibarr_webhooks.testing import make_event, wait_for
@@ -39,6 +43,14 @@ def store(sqlite_file):
     store.dispose()
 
 
+@pytest.fixture
+def any_store(database_url):
+    store = Store(database_url)
+    store.migrate()
+    yield store
+    store.dispose()
+
+
 class HeldTurn:
     """The writers' lock of a store's file, held as another process's writer holds it."""
 
@@ -51,6 +63,43 @@ class HeldTurn:
         os.close(self.fd)
 
 
+class HeldTable:
+    """PostgreSQL's events table, locked by another session."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+        self.conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+
+    def waited_for(self) -> bool:
+        return self.conn.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0] > 0
+
+    def release(self) -> None:
+        self.conn.rollback()
+        self.conn.close()
+
+
+def held_writes(store: Store):
+    return HeldTable(store.url) if store.is_postgres else HeldTurn(sqlite_path(store.url))
+
+
+def batched(store: Store, calls: list) -> list[object]:
+    """The outcomes of ``calls``, queued in this order while the store's writes are held.
+    On PostgreSQL a first call waits alone for the lock: the calls form the next batch."""
+    held, requests = held_writes(store), Requests(store)
+    try:
+        if store.is_postgres:
+            requests.start(lambda: store.ingest(make_event("BILL_VALIDATE", id=999_999), PLUGINS), held.waited_for)
+            requests.taken = 1
+        for call in calls:
+            requests.start(call)
+    finally:
+        held.release()
+    outcomes = requests.join()
+    return outcomes[1:] if store.is_postgres else outcomes
+
+
 class Requests:
     """Calls run in threads, one after the other joining the store's queue, with their outcome."""
 
@@ -58,8 +107,10 @@ class Requests:
         self.store = store
         self.threads: list[threading.Thread] = []
         self.outcomes: dict[int, object] = {}
+        self.taken = 0  # requests already in a transaction, out of the queue
 
-    def start(self, call) -> None:
+    def start(self, call, waits=None) -> None:
+        """Start ``call``; return once it waits in the queue (or ``waits()`` is true)."""
         number = len(self.threads)
 
         def run() -> None:
@@ -72,7 +123,8 @@ class Requests:
         self.threads.append(thread)
         thread.start()
         # Queued before the next one starts: the order of the batch is the order of the calls.
-        wait_for(lambda: self.store.committer.waiting() == len(self.threads) or number in self.outcomes)
+        wait_for(waits or (lambda: self.store.committer.waiting() == len(self.threads) - self.taken
+                           or number in self.outcomes))
 
     def join(self) -> list[object]:
         for thread in self.threads:
@@ -85,72 +137,64 @@ def table_rows(store: Store, sql: str) -> list[tuple]:
         return [tuple(row) for row in conn.execute(text(sql))]
 
 
-def test_requests_waiting_together_are_one_transaction_one_fsync_one_wake_up(store, sqlite_file):
+def stored_events(store: Store) -> dict[str, tuple[str, int]]:
+    """Each event's status and number of deliveries, read with plain SQL."""
+    rows = table_rows(store, "SELECT e.id, e.status, count(d.id) FROM events e "
+                             "LEFT JOIN deliveries d ON d.event_id = e.id GROUP BY e.id, e.status")
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def test_requests_waiting_together_are_one_transaction_one_wake_up(any_store):
     woken = []
-    store.add_listener(lambda: woken.append(1))
-    before = read_counters(sqlite_file)
+    any_store.add_listener(lambda: woken.append(1))
+    path = None if any_store.is_postgres else sqlite_path(any_store.url)
+    before = read_counters(path) if path else None
     events = [make_event("BILL_VALIDATE", id=1000 + n) for n in range(12)]
-    held, requests = HeldTurn(sqlite_file), Requests(store)
-    try:
-        for event in events:
-            requests.start(lambda event=event: store.ingest(event, PLUGINS))
-    finally:
-        held.release()
-    results = requests.join()
+    results = batched(any_store, [lambda event=event: any_store.ingest(event, PLUGINS) for event in events])
     assert [result.status for result in results] == ["accepted"] * 12
-    assert (store.committer.batches, store.committer.committed) == (1, 12)
-    counters = read_counters(sqlite_file)
-    assert counters["commits"] == before["commits"] + 1 and counters["fsyncs"] == before["fsyncs"] + 1
-    assert woken == [1]  # the workers are woken once for the transaction, not once per request
+    alone = 1 if any_store.is_postgres else 0  # PostgreSQL's first call, that met the lock
+    assert (any_store.committer.batches, any_store.committer.committed) == (1 + alone, 12 + alone)
+    assert len(woken) == 1 + alone  # the workers are woken once for the transaction, not once per request
+    if path:  # and SQLite synced it once
+        counters = read_counters(path)
+        assert counters["commits"] == before["commits"] + 1 and counters["fsyncs"] == before["fsyncs"] + 1
     # Every acknowledged event is stored, with one delivery per plugin.
-    stored = table_rows(store, "SELECT e.id, count(d.id) FROM events e JOIN deliveries d ON d.event_id = e.id "
-                               "GROUP BY e.id")
-    assert sorted(stored) == sorted((event.id, len(PLUGINS)) for event in events)
+    stored = stored_events(any_store)
+    assert all(stored[event.id] == ("accepted", len(PLUGINS)) for event in events)
 
 
-def test_a_request_alone_is_committed_at_once(store):
+def test_a_request_alone_is_committed_at_once(any_store):
     # No company to wait for: each is its own transaction, and nothing was left queued.
     for n in range(3):
-        assert store.ingest(make_event("BILL_VALIDATE", id=n), PLUGINS).status == "accepted"
-    assert (store.committer.batches, store.committer.committed, store.committer.waiting()) == (3, 3, 0)
+        assert any_store.ingest(make_event("BILL_VALIDATE", id=n), PLUGINS).status == "accepted"
+    assert (any_store.committer.batches, any_store.committer.committed, any_store.committer.waiting()) == (3, 3, 0)
 
 
-def test_a_duplicate_of_an_event_earlier_in_the_batch_is_found(store, sqlite_file):
+def test_a_duplicate_of_an_event_earlier_in_the_batch_is_found(any_store):
     # The same body five times: one event, four duplicates that name it, in one transaction.
     events = [make_event("BILL_VALIDATE") for _ in range(5)]
-    held, requests = HeldTurn(sqlite_file), Requests(store)
-    try:
-        for event in events:
-            requests.start(lambda event=event: store.ingest(event, PLUGINS, dedup_window=60))
-    finally:
-        held.release()
-    results = requests.join()
-    assert store.committer.batches == 1
+    batches = any_store.committer.batches
+    results = batched(any_store, [lambda event=event: any_store.ingest(event, PLUGINS, dedup_window=60)
+                                  for event in events])
+    assert any_store.committer.batches == batches + (2 if any_store.is_postgres else 1)
     assert [result.status for result in results] == ["accepted"] + ["duplicate"] * 4
     assert {result.duplicate_of for result in results[1:]} == {events[0].id}
-    assert table_rows(store, "SELECT count(*) FROM deliveries") == [(len(PLUGINS),)]
-    assert table_rows(store, "SELECT status, count(*) FROM events GROUP BY status ORDER BY status") == [
-        ("accepted", 1), ("duplicate", 4)]
+    stored = stored_events(any_store)
+    assert [stored[event.id] for event in events] == [("accepted", len(PLUGINS))] + [("duplicate", 0)] * 4
 
 
-def test_a_data_error_fails_its_request_only(store, sqlite_file):
+def test_a_data_error_fails_its_request_only(any_store):
     taken = make_event("BILL_VALIDATE", id=1)
-    store.ingest(taken, PLUGINS)
+    any_store.ingest(taken, PLUGINS)
     again = dataclasses.replace(make_event("BILL_VALIDATE", id=2), id=taken.id)  # the INSERT breaks the key
     events = [make_event("BILL_VALIDATE", id=3), again, make_event("BILL_VALIDATE", id=4)]
-    held, requests = HeldTurn(sqlite_file), Requests(store)
-    try:
-        for event in events:
-            requests.start(lambda event=event: store.ingest(event, PLUGINS))
-    finally:
-        held.release()
-    first, failed, last = requests.join()
+    first, failed, last = batched(any_store, [lambda event=event: any_store.ingest(event, PLUGINS)
+                                              for event in events])
     assert first.status == last.status == "accepted"
     assert isinstance(failed, StoreError) and failed.kind == DATA
-    assert store.committer.batches == 2  # one commit for the others: the batch without the bad request
-    stored = {row[0] for row in table_rows(store, "SELECT id FROM events")}
-    assert stored == {taken.id, first.event_id, last.event_id}
-    assert table_rows(store, "SELECT count(*) FROM deliveries") == [(3 * len(PLUGINS),)]
+    stored = stored_events(any_store)
+    assert {first.event_id, last.event_id, taken.id} <= set(stored)
+    assert stored[taken.id] == stored[first.event_id] == stored[last.event_id] == ("accepted", len(PLUGINS))
 
 
 def test_a_failed_fsync_fails_exactly_the_requests_of_its_commit(store, sqlite_file, monkeypatch):
@@ -184,21 +228,24 @@ def test_a_failed_fsync_fails_exactly_the_requests_of_its_commit(store, sqlite_f
     assert store.committer.batches == 2 and len(calls) == 2
 
 
-def test_a_request_still_queued_at_its_deadline_is_answered_and_not_stored(store, sqlite_file):
-    held, requests = HeldTurn(sqlite_file), Requests(store)
+def test_a_request_still_queued_at_its_deadline_is_answered_and_not_stored(any_store):
+    def ingest(object_id: int, deadline: float | None = None):
+        return lambda: any_store.ingest(make_event("BILL_VALIDATE", id=object_id), PLUGINS, deadline=deadline)
+
+    held, requests = held_writes(any_store), Requests(any_store)
     try:
-        requests.start(lambda: store.ingest(make_event("BILL_VALIDATE", id=1), PLUGINS))
-        requests.start(lambda: store.ingest(make_event("BILL_VALIDATE", id=2), PLUGINS,
-                                            deadline=time.monotonic() + 0.2))
-        requests.start(lambda: store.ingest(make_event("BILL_VALIDATE", id=3), PLUGINS))
-        # The second gives up at its deadline while the others still wait for the turn.
+        requests.start(ingest(1), held.waited_for if any_store.is_postgres else None)
+        requests.taken = 1 if any_store.is_postgres else 0
+        requests.start(ingest(2, time.monotonic() + 0.2))
+        requests.start(ingest(3))
+        # The second gives up at its deadline while the others still wait.
         wait_for(lambda: 1 in requests.outcomes)
     finally:
         held.release()
     first, expired, last = requests.join()
     assert isinstance(expired, StoreError) and expired.kind == TIMEOUT
     assert first.status == last.status == "accepted"
-    assert {row[0] for row in table_rows(store, "SELECT id FROM events")} == {first.event_id, last.event_id}
+    assert set(stored_events(any_store)) == {first.event_id, last.event_id}
 
 
 @pytest.mark.parametrize("expires", ["before its statements ran", "before the commit"])

@@ -39,6 +39,7 @@ import time
 from typing import Any, Callable
 
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from .failures import DeadlinePassed
 from .group_commit import SharedSync
@@ -72,13 +73,13 @@ class _Request:
 
 
 class Committer:
-    """The group commit of one store's ingest in one process (see the module's docstring)."""
+    """The group commit of one store's ingest in one process (see the module's docstring):
+    the queue and its leaders. ``SQLiteCommitter`` and ``PostgresCommitter`` write a batch."""
 
-    def __init__(self, engine: Engine, writers: WriterQueue, durable: SharedSync | None,
-                 before_write: Callable[[], None], after_durable: Callable[[list[Any]], None],
+    def __init__(self, engine: Engine, before_write: Callable[[], None],
+                 after_durable: Callable[[list[Any]], None], durable: SharedSync | None = None,
                  max_count: int = MAX_COUNT, max_bytes: int = MAX_BYTES) -> None:
         self.engine = engine
-        self.writers = writers
         self.durable = durable
         self.before_write = before_write  # Store._reopen_if_stale
         self.after_durable = after_durable  # Store._woken: the workers' wake-up, once a transaction
@@ -134,7 +135,7 @@ class Committer:
             self.before_write()
             # Until the leader's deadline only: the requests behind it keep theirs (the next
             # leader waits again), and a request past its deadline is never written.
-            with self.writers.turn(leader.deadline):
+            with self._turn(leader.deadline):
                 batch = self._take()
                 committed, number = self._commit(batch)
         except Exception as exc:  # the turn, BEGIN or COMMIT: not one request's fault
@@ -183,13 +184,16 @@ class Committer:
             else:
                 self._leading = False
 
+    def _turn(self, deadline: float | None):
+        return contextlib.nullcontext()
+
     def waiting(self) -> int:
         """Requests queued and not yet in a transaction (for tests)."""
         with self._guard:
             return len(self._queue)
 
     def _commit(self, batch: list[_Request]) -> tuple[bool, int | None]:
-        """In the writers' turn: write the batch's work in one transaction, each request's
+        """In the writers' turn (SQLite): write the batch's work in one transaction, each request's
         error on it. Whether anything was committed, and the commit's number for
         ``SharedSync`` (None: no sync)."""
         left = self._drop_expired(batch)
@@ -199,8 +203,11 @@ class Committer:
         deadline = None if None in deadlines else max(deadlines, default=None)
         while left:
             if self._transaction(left, deadline):
+                committed = sum(1 for request in left if request.error is None)
+                if not committed:
+                    return False, None
                 self.batches += 1
-                self.committed += len(left)
+                self.committed += committed
                 return True, self.durable.committed() if self.durable else None
             left = [request for request in left if request.error is None]
         return False, None
@@ -208,6 +215,33 @@ class Committer:
     def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
         """One try: True when committed; False when rolled back after failing a request (a
         deadline passed, or its own error), to be tried again without it."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _drop_expired(requests: list[_Request]) -> list[_Request]:
+        now = time.monotonic()
+        left = []
+        for request in requests:
+            if request.expired(now):
+                request.error = DeadlinePassed("the deadline passed before the commit")
+            else:
+                left.append(request)
+        return left
+
+
+class SQLiteCommitter(Committer):
+    """A batch is one ``BEGIN IMMEDIATE`` transaction in the file's writers' turn; each
+    request's work is ``work(conn)``, its statements on the connection."""
+
+    def __init__(self, engine: Engine, writers: WriterQueue, durable: SharedSync | None,
+                 before_write: Callable[[], None], after_durable: Callable[[list[Any]], None], **bounds) -> None:
+        super().__init__(engine, before_write, after_durable, durable, **bounds)
+        self.writers = writers
+
+    def _turn(self, deadline: float | None):
+        return self.writers.turn(deadline)
+
+    def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
         with self.engine.connect() as conn:
             if deadline is not None:
                 conn.execution_options(deadline=deadline)  # SQLite's busy timeout
@@ -228,17 +262,6 @@ class Committer:
                 transaction.commit()
                 return True
 
-    @staticmethod
-    def _drop_expired(requests: list[_Request]) -> list[_Request]:
-        now = time.monotonic()
-        left = []
-        for request in requests:
-            if request.expired(now):
-                request.error = DeadlinePassed("the deadline passed before the commit")
-            else:
-                left.append(request)
-        return left
-
 
 @contextlib.contextmanager
 def _rolled_back_unless_committed(transaction):
@@ -247,3 +270,73 @@ def _rolled_back_unless_committed(transaction):
     finally:
         if transaction.is_active:
             transaction.rollback()
+
+
+class PostgresCommitter(Committer):
+    """A batch of one is one call of the ingest function in autocommit, as before (one round
+    trip). A batch of more is ``BEGIN``, the calls and ``COMMIT`` sent together in psycopg's
+    pipeline mode: one round trip and one flush of the WAL for all of them. Each call's lock
+    waits end by the earliest deadline of the batch, so that the commit does not wait past
+    it. On any error the transaction is rolled back and each request called alone, with its
+    own deadline, as before: its error is its own, and a lock wait cut short by another
+    request's deadline is waited for again. Each request's work is ``(parameters of the
+    call, finish)``: ``finish(the call's result)`` is the request's result."""
+
+    def __init__(self, engine: Engine, statement, remaining_ms: Callable[[float | None], int],
+                 before_write: Callable[[], None], after_durable: Callable[[list[Any]], None], **bounds) -> None:
+        super().__init__(engine, before_write, after_durable, None, **bounds)
+        self.statement = statement  # store.queue._INGEST_POSTGRES
+        self.remaining_ms = remaining_ms  # Store._remaining_ms: DeadlinePassed when nothing is left
+        self._sql = str(statement.compile(dialect=engine.dialect))  # psycopg's %(name)s form
+
+    def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
+        if len(requests) == 1:
+            self._call_alone(requests[0])
+            return True
+        remaining = []
+        for request in requests:
+            try:
+                remaining.append(self.remaining_ms(request.deadline))
+            except DeadlinePassed as exc:
+                request.error = exc
+        if len(remaining) < len(requests):
+            return False  # again without the requests whose deadline passed
+        lock_timeout = f"{min(remaining)}ms"
+        import psycopg
+
+        with self.engine.connect() as conn:
+            driver = conn.connection.driver_connection  # in autocommit: the request engine's
+            cursors = []
+            try:
+                with driver.pipeline():
+                    driver.execute("BEGIN")
+                    for request in requests:
+                        cursors.append(driver.cursor().execute(self._sql, dict(request.work[0],
+                                                                               lock_timeout=lock_timeout)))
+                    driver.execute("COMMIT")
+            except psycopg.Error as exc:
+                if driver.broken or driver.closed:  # the COMMIT's outcome is unknown: never redo
+                    conn.invalidate()
+                    for request in requests:
+                        request.error = DBAPIError.instance(self._sql, None, exc, psycopg.Error,
+                                                            hide_parameters=True, dialect=conn.dialect)
+                    return True
+                driver.execute("ROLLBACK")
+                cursors = None
+        if cursors is None:
+            for request in requests:
+                self._call_alone(request)
+            return True
+        for request, cursor in zip(requests, cursors):
+            request.result = request.work[1](cursor.fetchone()[0])
+        return True
+
+    def _call_alone(self, request: _Request) -> None:
+        parameters, finish = request.work
+        try:
+            lock_timeout = self.remaining_ms(request.deadline)
+            with self.engine.connect() as conn:
+                found = conn.execute(self.statement, dict(parameters, lock_timeout=f"{lock_timeout}ms")).scalar()
+            request.result = finish(found)
+        except Exception as exc:
+            request.error = exc

@@ -25,7 +25,7 @@ from .failures import FAILURES, DeadlinePassed, error_line, store_error
 from .inspect import Inspection
 from .schema import (ACCEPTED, DELIVERED, DUPLICATE, FAILED, MIGRATIONS, NOTIFY_CHANNEL, PENDING, QUARANTINED,
                      RUNNING, attempts, deliveries, events, metadata, schema_migrations)
-from .batch import Committer
+from .batch import PostgresCommitter, SQLiteCommitter
 from .group_commit import SharedSync
 from .writers import WriterQueue
 
@@ -134,9 +134,14 @@ class Store(Inspection):
         self.wake_file = sqlite_file + ".wake" if sqlite_file else None
         self._writers = WriterQueue(sqlite_file + ".lock") if sqlite_file else None
         # The ingest's transactions: one for the requests of this process waiting at once.
-        self.committer = Committer(
-            self.engine, self._writers, self._durable, before_write=self._reopen_if_stale, after_durable=self._woken,
-        ) if self._writers else None
+        if self._writers:
+            self.committer = SQLiteCommitter(self.engine, self._writers, self._durable, self._reopen_if_stale,
+                                             self._woken)
+        elif self.is_postgres:
+            self.committer = PostgresCommitter(self.request_engine, _INGEST_POSTGRES, self._remaining_ms,
+                                               self._reopen_if_stale, self._woken)
+        else:  # an in-memory database: one connection, no turn to share
+            self.committer = None
 
     @contextlib.contextmanager
     def _write(self, deadline: float | None = None):
@@ -245,13 +250,11 @@ class Store(Inspection):
         )
         search = dict(since=row["received_at"] - dedup_window, accepted=ACCEPTED)
         try:
-            if self.is_postgres:  # one statement, its own transaction
-                lock_timeout = self._remaining_ms(deadline)
-                with self.request_engine.connect() as conn:
-                    duplicate_of = conn.execute(_INGEST_POSTGRES, dict(
-                        row, **search, dedup=dedup, duplicate=DUPLICATE, pending=PENDING, now=now,
-                        plugins=plugins, channel=NOTIFY_CHANNEL, lock_timeout=f"{lock_timeout}ms")).scalar()
-                result = _ingested(event.id, duplicate_of, plugins)
+            if self.is_postgres:  # one call of the ingest function: the committer sends it with the calls waiting
+                call = dict(row, **search, dedup=dedup, duplicate=DUPLICATE, pending=PENDING, now=now,
+                            plugins=plugins, channel=NOTIFY_CHANNEL)
+                return self.committer.run((call, lambda duplicate_of: _ingested(event.id, duplicate_of, plugins)),
+                                          deadline, len(row["payload"]))
             elif self.committer is not None:  # shares a transaction and an fsync with the requests waiting
                 # (the committer wakes the workers, once for the transaction: _woken)
                 return self.committer.run(lambda conn: self._ingest_sqlite(conn, row, search, dedup, plugins, now),
