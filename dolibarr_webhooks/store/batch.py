@@ -1,5 +1,6 @@
-"""Group commit of the ingest on SQLite: the requests of one process waiting at the same time
-share one writers' turn, one transaction and one fsync.
+"""Group commit of the ingest: the requests of one process waiting at the same time share one
+transaction; on SQLite one writers' turn and one fsync too, on PostgreSQL one round trip and
+one flush of the WAL (``PostgresCommitter``).
 
 Without it each request took its own turn (a thread lock, ``flock`` on ``<database>.lock``),
 its own ``BEGIN IMMEDIATE`` and ``COMMIT``, and wrote its own log frames for every index page
@@ -16,7 +17,8 @@ once, without a hand-off between threads (two at least per request with a dedica
 a wait for company, so the c=1 path (and gunicorn's sync workers, one request at a time) stays
 as short as before.
 
-What each request is promised stays what ``Store._write`` promised it alone:
+What each request is promised on SQLite stays what ``Store._write`` promised it alone
+(``PostgresCommitter`` says how PostgreSQL keeps it):
 
 - Its work runs after the work of the requests before it in the same transaction, so a
   duplicate search sees an event inserted earlier in the batch.
@@ -38,7 +40,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from .failures import DeadlinePassed
@@ -56,8 +58,8 @@ _QUEUED, _TAKEN, _LEAD, _DONE = range(4)
 class _Request:
     __slots__ = ("work", "deadline", "size", "state", "result", "error", "ready")
 
-    def __init__(self, work: Callable[[Connection], Any], deadline: float | None, size: int) -> None:
-        self.work = work
+    def __init__(self, work: Any, deadline: float | None, size: int) -> None:
+        self.work = work  # what the committer's _transaction runs: see SQLiteCommitter, PostgresCommitter
         self.deadline = deadline
         self.size = size
         self.state = _QUEUED
@@ -92,10 +94,11 @@ class Committer:
         self.batches = 0
         self.committed = 0
 
-    def run(self, work: Callable[[Connection], Any], deadline: float | None = None, size: int = 0) -> Any:
-        """``work(conn)``'s result once its transaction is committed and durable. ``work`` runs
-        inside a write transaction shared with other requests; it must only execute statements
-        (it may run more than once, when the transaction is done again without a request)."""
+    def run(self, work: Any, deadline: float | None = None, size: int = 0) -> Any:
+        """``work``'s result once its transaction is committed and durable. ``work`` runs inside
+        a write transaction shared with other requests; it must only execute statements (it
+        may run more than once, when the transaction is done again without a request).
+        ``size``: its bytes, counted against ``max_bytes``."""
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlinePassed("before the store was reached (the request waited in a queue)")
         request = _Request(work, deadline, size)
@@ -132,7 +135,6 @@ class Committer:
             leader = self._queue[0]
         batch, committed, number = [leader], False, None
         try:
-            self.before_write()
             # Until the leader's deadline only: the requests behind it keep theirs (the next
             # leader waits again), and a request past its deadline is never written.
             with self._turn(leader.deadline):
@@ -202,6 +204,7 @@ class Committer:
         # request whose deadline passed meanwhile is left out before the commit.
         deadline = None if None in deadlines else max(deadlines, default=None)
         while left:
+            self.before_write()  # a try that met a file opened read-only closed the connections
             if self._transaction(left, deadline):
                 committed = sum(1 for request in left if request.error is None)
                 if not committed:
@@ -213,8 +216,9 @@ class Committer:
         return False, None
 
     def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
-        """One try: True when committed; False when rolled back after failing a request (a
-        deadline passed, or its own error), to be tried again without it."""
+        """One try: True when done (each request has its result, or its error); False when
+        rolled back after failing a request (a deadline passed, or its own error), to be tried
+        again without it."""
         raise NotImplementedError
 
     @staticmethod
