@@ -90,7 +90,8 @@ class Committer:
         self._guard = threading.Lock()
         self._queue: collections.deque[_Request] = collections.deque()
         self._leading = False
-        # For tests and benchmarks: transactions committed, and the requests they covered.
+        # For tests and benchmarks: transactions committed, and the requests they covered (on
+        # PostgreSQL, calls made one by one after an error in a batch count as one transaction).
         self.batches = 0
         self.committed = 0
 
@@ -292,6 +293,9 @@ class PostgresCommitter(Committer):
         self.statement = statement  # store.queue._INGEST_POSTGRES
         self.remaining_ms = remaining_ms  # Store._remaining_ms: DeadlinePassed when nothing is left
         self._sql = str(statement.compile(dialect=engine.dialect))  # psycopg's %(name)s form
+        import psycopg  # with a PostgreSQL store only, as SQLAlchemy imports its driver
+
+        self._driver_error = psycopg.Error
 
     def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
         if len(requests) == 1:
@@ -306,8 +310,6 @@ class PostgresCommitter(Committer):
         if len(remaining) < len(requests):
             return False  # again without the requests whose deadline passed
         lock_timeout = f"{min(remaining)}ms"
-        import psycopg
-
         with self.engine.connect() as conn:
             driver = conn.connection.driver_connection  # in autocommit: the request engine's
             cursors = []
@@ -318,15 +320,18 @@ class PostgresCommitter(Committer):
                         cursors.append(driver.cursor().execute(self._sql, dict(request.work[0],
                                                                                lock_timeout=lock_timeout)))
                     driver.execute("COMMIT")
-            except psycopg.Error as exc:
+            except self._driver_error as exc:
                 if driver.broken or driver.closed:  # the COMMIT's outcome is unknown: never redo
                     conn.invalidate()
                     for request in requests:
-                        request.error = DBAPIError.instance(self._sql, None, exc, psycopg.Error,
+                        request.error = DBAPIError.instance(self._sql, None, exc, self._driver_error,
                                                             hide_parameters=True, dialect=conn.dialect)
                     return True
                 driver.execute("ROLLBACK")
                 cursors = None
+            except BaseException:
+                conn.invalidate()  # a transaction may be left open: never back into the pool
+                raise
         if cursors is None:
             for request in requests:
                 self._call_alone(request)
