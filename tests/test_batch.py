@@ -144,6 +144,11 @@ def stored_events(store: Store) -> dict[str, tuple[str, int]]:
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
+def transactions_of(store: Store, events) -> int:
+    ids = ", ".join(f"'{event.id}'" for event in events)
+    return table_rows(store, f"SELECT count(DISTINCT xmin::text) FROM events WHERE id IN ({ids})")[0][0]
+
+
 def test_requests_waiting_together_are_one_transaction_one_wake_up(any_store):
     woken = []
     any_store.add_listener(lambda: woken.append(1))
@@ -158,6 +163,8 @@ def test_requests_waiting_together_are_one_transaction_one_wake_up(any_store):
     if path:  # and SQLite synced it once
         counters = read_counters(path)
         assert counters["commits"] == before["commits"] + 1 and counters["fsyncs"] == before["fsyncs"] + 1
+    else:  # the rows of one PostgreSQL transaction have the same xmin
+        assert transactions_of(any_store, events) == 1
     # Every acknowledged event is stored, with one delivery per plugin.
     stored = stored_events(any_store)
     assert all(stored[event.id] == ("accepted", len(PLUGINS)) for event in events)
@@ -181,6 +188,8 @@ def test_a_duplicate_of_an_event_earlier_in_the_batch_is_found(any_store):
     assert {result.duplicate_of for result in results[1:]} == {events[0].id}
     stored = stored_events(any_store)
     assert [stored[event.id] for event in events] == [("accepted", len(PLUGINS))] + [("duplicate", 0)] * 4
+    if any_store.is_postgres:
+        assert transactions_of(any_store, events) == 1
 
 
 def test_a_data_error_fails_its_request_only(any_store):
