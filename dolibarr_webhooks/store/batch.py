@@ -340,7 +340,7 @@ class PostgresCommitter(Committer):
 
     def _call_alone(self, request: _Request) -> None:
         # On the driver's connection, as the batch: SQLAlchemy's execute cost the web process
-        # more CPU than the call (0.40 against 0.25 ms a request, one thread; bench/README.rst).
+        # more CPU than the call (0.40 against 0.25 ms a request, one thread, issue #15).
         parameters, finish = request.work
         try:
             lock_timeout = self.remaining_ms(request.deadline)
