@@ -67,7 +67,7 @@ def test_writers_waiting_together_share_one_fsync_and_none_is_answered_before_it
     try:
         threads, acknowledged = ingest_in_threads([store], 8)
         # Every writer commits (the write lock is free), then waits for an fsync...
-        wait_for(lambda: read_counters(sqlite_file)["commits"] == before["commits"] + 8, timeout=30)
+        wait_for(lambda: store.committer.committed == 8, timeout=30)
         time.sleep(0.2)
         assert acknowledged == []  # ...and none returns while the fsync cannot run.
     finally:
@@ -87,11 +87,10 @@ def test_writers_of_two_processes_share_fsyncs(sqlite_file):
     own turn in the file locks, and no thread lock in common with the other."""
     first, second = Store(f"sqlite:///{sqlite_file}"), Store(f"sqlite:///{sqlite_file}")
     first.migrate()
-    before = read_counters(sqlite_file)
     held = HeldSync(sqlite_file)
     try:
         threads, acknowledged = ingest_in_threads([first, second], 4)
-        wait_for(lambda: read_counters(sqlite_file)["commits"] == before["commits"] + 8, timeout=30)
+        wait_for(lambda: first.committer.committed + second.committer.committed == 8, timeout=30)
         assert acknowledged == []
     finally:
         held.release()

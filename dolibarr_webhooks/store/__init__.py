@@ -1,7 +1,9 @@
 """The durable store: events, one delivery per plugin and event, and every attempt.
 
 ``schema`` (tables, states, migrations), ``engine`` (connections and their pragmas),
-``writers`` (SQLite's writers' queue), ``queue`` (``Store``: ingest, claim, finish),
+``writers`` (SQLite's writers' queue), ``group_commit`` (SQLite's shared fsync), ``batch``
+(the ingest's group commit: the requests waiting at once in one transaction), ``queue``
+(``Store``: ingest, claim, finish),
 ``inspect`` (the operators' side: listings, statistics, replay, purge), ``failures``
 (``StoreError`` and its kinds). No Flask here: the worker runs without it.
 """

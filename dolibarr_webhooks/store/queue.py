@@ -25,6 +25,7 @@ from .failures import FAILURES, DeadlinePassed, error_line, store_error
 from .inspect import Inspection
 from .schema import (ACCEPTED, DELIVERED, DUPLICATE, FAILED, MIGRATIONS, NOTIFY_CHANNEL, PENDING, QUARANTINED,
                      RUNNING, attempts, deliveries, events, metadata, schema_migrations)
+from .batch import PostgresCommitter, SQLiteCommitter
 from .group_commit import SharedSync
 from .writers import WriterQueue
 
@@ -97,6 +98,12 @@ class IngestResult:
     deliveries: int = 0
 
 
+def _ingested(event_id: str, duplicate_of: str | None, plugins: list[str]) -> IngestResult:
+    if duplicate_of:
+        return IngestResult(DUPLICATE, event_id, duplicate_of)
+    return IngestResult(ACCEPTED, event_id, None, len(plugins))
+
+
 @dataclass(frozen=True)
 class Claim:
     delivery_id: int
@@ -126,6 +133,15 @@ class Store(Inspection):
         # Touched after each commit that adds due deliveries, to wake workers of other processes.
         self.wake_file = sqlite_file + ".wake" if sqlite_file else None
         self._writers = WriterQueue(sqlite_file + ".lock") if sqlite_file else None
+        # The ingest's transactions: one for the requests of this process waiting at once.
+        if self._writers:
+            self.committer = SQLiteCommitter(self.engine, self._writers, self._durable, self._reopen_if_stale,
+                                             self._woken)
+        elif self.is_postgres:
+            self.committer = PostgresCommitter(self.request_engine, _INGEST_POSTGRES, self._remaining_ms,
+                                               self._reopen_if_stale, self._woken)
+        else:  # an in-memory database: one connection, no turn to share
+            self.committer = None
 
     @contextlib.contextmanager
     def _write(self, deadline: float | None = None):
@@ -234,29 +250,40 @@ class Store(Inspection):
         )
         search = dict(since=row["received_at"] - dedup_window, accepted=ACCEPTED)
         try:
-            if self.is_postgres:  # one statement, its own transaction
-                lock_timeout = self._remaining_ms(deadline)
-                with self.request_engine.connect() as conn:
-                    duplicate_of = conn.execute(_INGEST_POSTGRES, dict(
-                        row, **search, dedup=dedup, duplicate=DUPLICATE, pending=PENDING, now=now,
-                        plugins=plugins, channel=NOTIFY_CHANNEL, lock_timeout=f"{lock_timeout}ms")).scalar()
-            else:
-                with self._write(deadline) as conn:  # the statements on the driver's cursor: sqlite_fast
-                    found = sqlite_fast.execute(conn, _FIND_DUPLICATE, dict(row, **search)) if dedup else None
-                    duplicate_of = (found.fetchone() or (None,))[0] if found else None
-                    stored = dict(row, status=DUPLICATE if duplicate_of else ACCEPTED, duplicate_of=duplicate_of,
-                                  raw_body=None, error=None, payload=None if duplicate_of else row["payload"])
-                    sqlite_fast.execute(conn, _INSERT_EVENT, stored, keys=tuple(stored))
-                    if plugins and not duplicate_of:
-                        new = [self._new_delivery(event.id, p, now) for p in plugins]
-                        sqlite_fast.executemany(conn, _INSERT_DELIVERY, new, keys=tuple(new[0]))
+            if self.is_postgres:  # one call of the ingest function: the committer sends it with the calls waiting
+                call = dict(row, **search, dedup=dedup, duplicate=DUPLICATE, pending=PENDING, now=now,
+                            plugins=plugins, channel=NOTIFY_CHANNEL)
+                return self.committer.run((call, lambda duplicate_of: _ingested(event.id, duplicate_of, plugins)),
+                                          deadline, len(row["payload"]))
+            elif self.committer is not None:  # shares a transaction and an fsync with the requests waiting
+                # (the committer wakes the workers, once for the transaction: _woken)
+                return self.committer.run(lambda conn: self._ingest_sqlite(conn, row, search, dedup, plugins, now),
+                                          deadline, len(row["payload"]))
+            else:  # an in-memory database: one connection, no turn to share
+                with self._write(deadline) as conn:
+                    result = self._ingest_sqlite(conn, row, search, dedup, plugins, now)
         except FAILURES as exc:
             raise store_error(exc) from exc
-        if duplicate_of:
-            return IngestResult(DUPLICATE, event.id, duplicate_of)
-        if plugins:
+        self._woken([result])
+        return result
+
+    def _woken(self, results: list[IngestResult]) -> None:
+        """Wake the workers after a commit (durable) that added deliveries."""
+        if any(result.deliveries for result in results):
             self._wake()
-        return IngestResult(ACCEPTED, event.id, None, len(plugins))
+
+    def _ingest_sqlite(self, conn: Connection, row: dict[str, Any], search: dict[str, Any], dedup: bool,
+                       plugins: list[str], now: float) -> str | None:
+        """The statements of one ingest, on the driver's cursor (sqlite_fast)."""
+        found = sqlite_fast.execute(conn, _FIND_DUPLICATE, dict(row, **search)) if dedup else None
+        duplicate_of = (found.fetchone() or (None,))[0] if found else None
+        stored = dict(row, status=DUPLICATE if duplicate_of else ACCEPTED, duplicate_of=duplicate_of,
+                      raw_body=None, error=None, payload=None if duplicate_of else row["payload"])
+        sqlite_fast.execute(conn, _INSERT_EVENT, stored, keys=tuple(stored))
+        if plugins and not duplicate_of:
+            new = [self._new_delivery(row["id"], p, now) for p in plugins]
+            sqlite_fast.executemany(conn, _INSERT_DELIVERY, new, keys=tuple(new[0]))
+        return _ingested(row["id"], duplicate_of, plugins)
 
     def _remaining_ms(self, deadline: float | None) -> int:
         """What is left of a request's deadline, in whole milliseconds (at least 1: 0 would

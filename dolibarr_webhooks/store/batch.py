@@ -1,0 +1,371 @@
+"""Group commit of the ingest: the requests of one process waiting at the same time share one
+transaction; on SQLite one writers' turn and one fsync too, on PostgreSQL one round trip and
+one flush of the WAL (``PostgresCommitter``).
+
+Without it each request took its own turn (a thread lock, ``flock`` on ``<database>.lock``),
+its own ``BEGIN IMMEDIATE`` and ``COMMIT``, and wrote its own log frames for every index page
+it touched, even when fifteen other threads were waiting behind it. Here a request puts its
+prepared work in the committer's queue; the first of the waiting requests leads: it takes the
+turn, then the work of every request waiting by then, those that came while it waited for the
+turn too (up to ``MAX_COUNT`` requests and ``MAX_BYTES`` of payload), runs it in one
+transaction, numbers the commit for ``SharedSync``, leaves the turn, hands the lead to the next
+request waiting (which gathers the next batch while this one syncs), waits for the shared fsync
+(with the other processes' writers, as before), then answers every request it covered.
+
+The leader is a request's own thread, not a committer thread: a request alone leads itself at
+once, without a hand-off between threads (two at least per request with a dedicated thread) or
+a wait for company, so the c=1 path (and gunicorn's sync workers, one request at a time) stays
+as short as before.
+
+What each request is promised on SQLite stays what ``Store._write`` promised it alone
+(``PostgresCommitter`` says how PostgreSQL keeps it):
+
+- Its work runs after the work of the requests before it in the same transaction, so a
+  duplicate search sees an event inserted earlier in the batch.
+- Nothing is committed after the deadline of a request it covers: a request whose deadline
+  passed is left out (``DeadlinePassed``) and the transaction is done again without it.
+- Its own error (bad data...) fails it alone: the transaction is rolled back and done again
+  without it, as if it had run on its own before the others.
+- It is answered once the fsync that covers its commit has returned; a failed fsync fails
+  exactly the requests of the commits it covered.
+- Waiting for a lead ends at its deadline, unless its work is in a transaction already
+  (then the leader answers it, as ``_write`` answered a request past its deadline mid-commit).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import time
+from typing import Any, Callable
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+
+from .failures import DeadlinePassed
+from .group_commit import SharedSync
+from .writers import WriterQueue
+
+# A burst does not build one huge transaction: the write lock is held for the statements of
+# at most this many requests (serve has 16 threads a process), or this much payload.
+MAX_COUNT = 32
+MAX_BYTES = 4 * 1024 * 1024
+
+_QUEUED, _TAKEN, _LEAD, _DONE = range(4)
+
+
+class _Request:
+    __slots__ = ("work", "deadline", "size", "state", "result", "error", "ready")
+
+    def __init__(self, work: Any, deadline: float | None, size: int) -> None:
+        self.work = work  # what the committer's _transaction runs: see SQLiteCommitter, PostgresCommitter
+        self.deadline = deadline
+        self.size = size
+        self.state = _QUEUED
+        self.result: Any = None
+        self.error: BaseException | None = None
+        # Released when the request is answered or must lead: a bare lock is the cheapest
+        # thing a thread can sleep on (threading.Event adds a Condition).
+        self.ready = threading.Lock()
+        self.ready.acquire()
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+
+class Committer:
+    """The group commit of one store's ingest in one process (see the module's docstring):
+    the queue and its leaders. ``SQLiteCommitter`` and ``PostgresCommitter`` write a batch."""
+
+    def __init__(self, engine: Engine, before_write: Callable[[], None],
+                 after_durable: Callable[[list[Any]], None], durable: SharedSync | None = None,
+                 max_count: int = MAX_COUNT, max_bytes: int = MAX_BYTES) -> None:
+        self.engine = engine
+        self.durable = durable
+        self.before_write = before_write  # Store._reopen_if_stale
+        self.after_durable = after_durable  # Store._woken: the workers' wake-up, once a transaction
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self._guard = threading.Lock()
+        self._queue: collections.deque[_Request] = collections.deque()
+        self._leading = False
+        # For tests and benchmarks: transactions committed, and the requests they covered (on
+        # PostgreSQL, calls made one by one after an error in a batch count as one transaction).
+        self.batches = 0
+        self.committed = 0
+
+    def run(self, work: Any, deadline: float | None = None, size: int = 0) -> Any:
+        """``work``'s result once its transaction is committed and durable. ``work`` runs inside
+        a write transaction shared with other requests; it must only execute statements (it
+        may run more than once, when the transaction is done again without a request).
+        ``size``: its bytes, counted against ``max_bytes``."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlinePassed("before the store was reached (the request waited in a queue)")
+        request = _Request(work, deadline, size)
+        with self._guard:
+            self._queue.append(request)
+            lead = not self._leading
+            if lead:
+                self._leading = True
+        if not lead:
+            lead = self._wait(request)
+        if lead:
+            self._lead()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    def _wait(self, request: _Request) -> bool:
+        """Wait until answered (False) or made leader (True), giving up at the deadline while
+        still only queued."""
+        timeout = -1 if request.deadline is None else max(0.0, request.deadline - time.monotonic())
+        if not request.ready.acquire(timeout=timeout):
+            with self._guard:
+                if request.state == _QUEUED:
+                    self._queue.remove(request)
+                    raise DeadlinePassed("waiting for this process's other writers")
+            if request.state == _TAKEN:  # its work is in a transaction: the leader answers
+                request.ready.acquire()
+        return request.state == _LEAD
+
+    def _lead(self) -> None:
+        """Take the writers' turn, then the work of every request waiting by then (more come
+        while the turn is waited for), commit it, hand the lead over, wait for the fsync."""
+        with self._guard:
+            leader = self._queue[0]
+        batch, committed, number = [leader], False, None
+        try:
+            # Until the leader's deadline only: the requests behind it keep theirs (the next
+            # leader waits again), and a request past its deadline is never written.
+            with self._turn(leader.deadline):
+                batch = self._take()
+                committed, number = self._commit(batch)
+        except Exception as exc:  # the turn, BEGIN or COMMIT: not one request's fault
+            with self._guard:
+                if self._queue and self._queue[0] is leader:
+                    self._queue.popleft()  # the turn did not come: the leader alone gives up
+            for request in batch:
+                if request.error is None:
+                    request.error = exc
+        finally:
+            self._hand_over()  # whatever happened: the requests queued meanwhile need a leader
+        if number is not None:
+            try:
+                self.durable.wait_durable(number)
+            except Exception as exc:  # SyncFailed: every request of the commit may be lost
+                committed = False
+                for request in batch:
+                    if request.error is None:
+                        request.error = exc
+        for request in batch:
+            request.state = _DONE
+            if request is not leader:
+                request.ready.release()
+        if committed:
+            self.after_durable([request.result for request in batch if request.error is None])
+
+    def _take(self) -> list[_Request]:
+        """The requests waiting, in their order, up to the batch's bounds."""
+        with self._guard:
+            batch, size = [], 0
+            while self._queue and len(batch) < self.max_count:
+                if batch and size + self._queue[0].size > self.max_bytes:
+                    break
+                request = self._queue.popleft()
+                request.state = _TAKEN
+                size += request.size
+                batch.append(request)
+        return batch
+
+    def _hand_over(self) -> None:
+        with self._guard:
+            if self._queue:
+                successor = self._queue[0]
+                successor.state = _LEAD
+                successor.ready.release()
+            else:
+                self._leading = False
+
+    def _turn(self, deadline: float | None):
+        return contextlib.nullcontext()
+
+    def waiting(self) -> int:
+        """Requests queued and not yet in a transaction (for tests)."""
+        with self._guard:
+            return len(self._queue)
+
+    def _commit(self, batch: list[_Request]) -> tuple[bool, int | None]:
+        """In the writers' turn (SQLite): write the batch's work in one transaction, each request's
+        error on it. Whether anything was committed, and the commit's number for
+        ``SharedSync`` (None: no sync)."""
+        left = self._drop_expired(batch)
+        deadlines = [request.deadline for request in left]
+        # SQLite's busy timeout (another program's write lock) ends at the last deadline; a
+        # request whose deadline passed meanwhile is left out before the commit.
+        deadline = None if None in deadlines else max(deadlines, default=None)
+        while left:
+            self.before_write()  # a try that met a file opened read-only closed the connections
+            if self._transaction(left, deadline):
+                committed = sum(1 for request in left if request.error is None)
+                if not committed:
+                    return False, None
+                self.batches += 1
+                self.committed += committed
+                return True, self.durable.committed() if self.durable else None
+            left = [request for request in left if request.error is None]
+        return False, None
+
+    def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
+        """One try: True when done (each request has its result, or its error); False when
+        rolled back after failing a request (a deadline passed, or its own error), to be tried
+        again without it."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _drop_expired(requests: list[_Request]) -> list[_Request]:
+        now = time.monotonic()
+        left = []
+        for request in requests:
+            if request.expired(now):
+                request.error = DeadlinePassed("the deadline passed before the commit")
+            else:
+                left.append(request)
+        return left
+
+
+class SQLiteCommitter(Committer):
+    """A batch is one ``BEGIN IMMEDIATE`` transaction in the file's writers' turn; each
+    request's work is ``work(conn)``, its statements on the connection."""
+
+    def __init__(self, engine: Engine, writers: WriterQueue, durable: SharedSync | None,
+                 before_write: Callable[[], None], after_durable: Callable[[list[Any]], None], **bounds) -> None:
+        super().__init__(engine, before_write, after_durable, durable, **bounds)
+        self.writers = writers
+
+    def _turn(self, deadline: float | None):
+        return self.writers.turn(deadline)
+
+    def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
+        with self.engine.connect() as conn:
+            if deadline is not None:
+                conn.execution_options(deadline=deadline)  # SQLite's busy timeout
+            transaction = conn.begin()
+            with _rolled_back_unless_committed(transaction):
+                for request in requests:
+                    if request.expired(time.monotonic()):
+                        request.error = DeadlinePassed("the deadline passed before its statements ran")
+                        return False
+                    try:
+                        request.result = request.work(conn)
+                    except Exception as exc:
+                        request.error = exc
+                        return False
+                # Nothing is committed after the deadline of a request it covers.
+                if self._drop_expired(requests) != requests:
+                    return False
+                transaction.commit()
+                return True
+
+
+@contextlib.contextmanager
+def _rolled_back_unless_committed(transaction):
+    try:
+        yield
+    finally:
+        if transaction.is_active:
+            transaction.rollback()
+
+
+class PostgresCommitter(Committer):
+    """A batch of one is one call of the ingest function in autocommit, as before (one round
+    trip), on the driver's connection. A batch of more is ``BEGIN``, the calls and ``COMMIT`` sent together in psycopg's
+    pipeline mode: one round trip and one flush of the WAL for all of them. Each call's lock
+    waits end by the earliest deadline of the batch, so that the commit does not wait past
+    it. On any error the transaction is rolled back and each request called alone, with its
+    own deadline, as before: its error is its own, and a lock wait cut short by another
+    request's deadline is waited for again. Each request's work is ``(parameters of the
+    call, finish)``: ``finish(the call's result)`` is the request's result."""
+
+    def __init__(self, engine: Engine, statement, remaining_ms: Callable[[float | None], int],
+                 before_write: Callable[[], None], after_durable: Callable[[list[Any]], None], **bounds) -> None:
+        super().__init__(engine, before_write, after_durable, None, **bounds)
+        self.statement = statement  # store.queue._INGEST_POSTGRES
+        self.remaining_ms = remaining_ms  # Store._remaining_ms: DeadlinePassed when nothing is left
+        self._sql = str(statement.compile(dialect=engine.dialect))  # psycopg's %(name)s form
+        import psycopg  # with a PostgreSQL store only, as SQLAlchemy imports its driver
+
+        self._driver_error = psycopg.Error
+
+    def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
+        if len(requests) == 1:
+            self._call_alone(requests[0])
+            return True
+        remaining = []
+        for request in requests:
+            try:
+                remaining.append(self.remaining_ms(request.deadline))
+            except DeadlinePassed as exc:
+                request.error = exc
+        if len(remaining) < len(requests):
+            return False  # again without the requests whose deadline passed
+        lock_timeout = f"{min(remaining)}ms"
+        with self.engine.connect() as conn:
+            driver = conn.connection.driver_connection  # in autocommit: the request engine's
+            cursors = []
+            try:
+                with driver.pipeline():
+                    driver.execute("BEGIN")
+                    for request in requests:
+                        cursors.append(driver.cursor().execute(self._sql, dict(request.work[0],
+                                                                               lock_timeout=lock_timeout)))
+                    driver.execute("COMMIT")
+            except self._driver_error as exc:
+                if self._lost(conn, driver):  # the COMMIT's outcome is unknown: never redo
+                    for request in requests:
+                        request.error = self._wrapped(conn, exc)
+                    return True
+                driver.execute("ROLLBACK")
+                cursors = None
+            except BaseException:
+                conn.invalidate()  # a transaction may be left open: never back into the pool
+                raise
+        if cursors is None:
+            for request in requests:
+                self._call_alone(request)
+            return True
+        for request, cursor in zip(requests, cursors):
+            request.result = request.work[1](cursor.fetchone()[0])
+        return True
+
+    def _call_alone(self, request: _Request) -> None:
+        # On the driver's connection, as the batch: SQLAlchemy's execute cost the web process
+        # more CPU than the call (0.40 against 0.25 ms a request, one thread, issue #15).
+        parameters, finish = request.work
+        try:
+            lock_timeout = self.remaining_ms(request.deadline)
+            with self.engine.connect() as conn:
+                driver = conn.connection.driver_connection
+                try:
+                    found = driver.execute(self._sql, dict(parameters, lock_timeout=f"{lock_timeout}ms")).fetchone()[0]
+                except self._driver_error as exc:
+                    self._lost(conn, driver)
+                    raise self._wrapped(conn, exc) from exc
+            request.result = finish(found)
+        except Exception as exc:
+            request.error = exc
+
+    @staticmethod
+    def _lost(conn, driver) -> bool:
+        """True (and the connection dropped from the pool) when the driver lost the connection,
+        as SQLAlchemy's own error handling does."""
+        if driver.broken or driver.closed:
+            conn.invalidate()
+            return True
+        return False
+
+    def _wrapped(self, conn, exc: Exception) -> DBAPIError:
+        """The driver's error as SQLAlchemy raises it (``IntegrityError``, ``OperationalError``...),
+        so that ``failures.classify_error`` tells bad data from an outage or a timeout."""
+        return DBAPIError.instance(self._sql, None, exc, self._driver_error, hide_parameters=True,
+                                   dialect=conn.dialect)
