@@ -332,9 +332,26 @@ def post_worker_init(worker) -> None:
     command or a preloading master must not start one)."""
     from ..pipeline.deliver import start_embedded
 
-    service = worker.wsgi.extensions["dolibarr_webhooks"]
+    # Another WSGI application under this configuration (the benchmarks' no-op app and floors,
+    # or ours wrapped in middleware) has no service here: nothing to start, and the web
+    # process must still boot (a KeyError here made gunicorn exit).
+    service = getattr(worker.wsgi, "extensions", {}).get("dolibarr_webhooks")
+    if service is None:
+        if _embedded_worker_asked():
+            worker.log.warning("DOLIBARR_WEBHOOKS_EMBEDDED_WORKER is set but the application is not "
+                               "dolibarr_webhooks.create_app(): no delivery worker started")
+        return
     if service.settings["EMBEDDED_WORKER"]:
         start_embedded(service.make_worker())
+
+
+def _embedded_worker_asked() -> bool:
+    from ..settings import parse_bool
+
+    try:
+        return parse_bool(os.environ.get("DOLIBARR_WEBHOOKS_EMBEDDED_WORKER") or "0")
+    except ValueError:
+        return True  # a value settings would refuse: say so rather than nothing
 
 
 def worker_timeout(request_deadline: float) -> int:
