@@ -268,8 +268,8 @@ def test_a_request_whose_deadline_passes_in_the_batch_is_left_out_and_the_others
     deadline = time.monotonic() + 2.0
 
     def insert(name: str, slow: bool = False):
-        def work(conn):
-            conn.exec_driver_sql(f"INSERT INTO marks VALUES ('{name}')")
+        def work(driver):  # the committer's sqlite_fast.Driver
+            driver.connection.execute(f"INSERT INTO marks VALUES ('{name}')")
             if slow:
                 wait_for(lambda: time.monotonic() >= deadline, interval=0.01)
             return IngestResult("accepted", name)  # what the store's after_durable reads

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import os
 import threading
 import time
 from typing import Any, Callable
@@ -45,6 +46,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .failures import DeadlinePassed
 from .group_commit import SharedSync
+from .sqlite_fast import Driver
 from .writers import WriterQueue
 
 # A burst does not build one huge transaction: the write lock is held for the statements of
@@ -190,6 +192,9 @@ class Committer:
     def _turn(self, deadline: float | None):
         return contextlib.nullcontext()
 
+    def close(self) -> None:
+        """What the committer holds between batches is let go (``Store.dispose``)."""
+
     def waiting(self) -> int:
         """Requests queued and not yet in a transaction (for tests)."""
         with self._guard:
@@ -235,46 +240,66 @@ class Committer:
 
 
 class SQLiteCommitter(Committer):
-    """A batch is one ``BEGIN IMMEDIATE`` transaction in the file's writers' turn; each
-    request's work is ``work(conn)``, its statements on the connection."""
+    """A batch is one ``BEGIN IMMEDIATE`` transaction in the file's writers' turn, on the
+    committer's own connection (``sqlite_fast.Driver``: one leader at a time uses it, so a
+    process needs one, and no pool checkout or SQLAlchemy transaction is paid per batch);
+    each request's work is ``work(driver)``, its statements on that connection."""
 
     def __init__(self, engine: Engine, writers: WriterQueue, durable: SharedSync | None,
                  before_write: Callable[[], None], after_durable: Callable[[list[Any]], None], **bounds) -> None:
         super().__init__(engine, before_write, after_durable, durable, **bounds)
         self.writers = writers
+        self._driver: Driver | None = None
+        self._pid: int | None = None
 
     def _turn(self, deadline: float | None):
         return self.writers.turn(deadline)
 
+    def _connection(self) -> Driver:
+        if self._driver is not None and self._pid != os.getpid():
+            self._driver = None  # the parent's, after a fork: never used, nor closed, here
+        if self._driver is None:
+            self._driver, self._pid = Driver(self.engine), os.getpid()
+        return self._driver
+
     def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
-        with self.engine.connect() as conn:
-            if deadline is not None:
-                conn.execution_options(deadline=deadline)  # SQLite's busy timeout
-            transaction = conn.begin()
-            with _rolled_back_unless_committed(transaction):
-                for request in requests:
-                    if request.expired(time.monotonic()):
-                        request.error = DeadlinePassed("the deadline passed before its statements ran")
-                        return False
-                    try:
-                        request.result = request.work(conn)
-                    except Exception as exc:
-                        request.error = exc
-                        return False
-                # Nothing is committed after the deadline of a request it covers.
-                if self._drop_expired(requests) != requests:
+        driver = self._connection()
+        try:
+            driver.begin(deadline)
+            for request in requests:
+                if request.expired(time.monotonic()):
+                    request.error = DeadlinePassed("the deadline passed before its statements ran")
                     return False
-                transaction.commit()
-                return True
+                try:
+                    request.result = request.work(driver)
+                except Exception as exc:
+                    request.error = exc
+                    return False
+            # Nothing is committed after the deadline of a request it covers.
+            if self._drop_expired(requests) != requests:
+                return False
+            driver.commit()
+            return True
+        finally:
+            self._end(driver)
 
+    def close(self) -> None:
+        """The store is disposed of: close this process's connection (none in use by then)."""
+        driver, self._driver = self._driver, None
+        if driver is not None and self._pid == os.getpid():
+            driver.close()
 
-@contextlib.contextmanager
-def _rolled_back_unless_committed(transaction):
-    try:
-        yield
-    finally:
-        if transaction.is_active:
-            transaction.rollback()
+    def _end(self, driver: Driver) -> None:
+        """After a try: no transaction left open; a connection that met a file opened
+        read-only is closed before the store opens any other (Store._reopen_if_stale)."""
+        try:
+            if not driver.stale:
+                driver.rollback()
+        except Exception:
+            driver.stale = True
+        if driver.stale:
+            self._driver = None
+            driver.close()
 
 
 class PostgresCommitter(Committer):

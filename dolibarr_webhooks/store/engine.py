@@ -51,6 +51,21 @@ def mark_if_stale(engine: Engine, exc: BaseException) -> bool:
     return False
 
 
+def set_busy_timeout(dbapi_conn, info: dict, deadline: float | None) -> None:
+    """Before a transaction: SQLite waits for another program's write lock until ``deadline``
+    (a ``time.monotonic()`` instant) only, or SQLITE_BUSY_TIMEOUT without one. ``info``: the
+    pool's dict for this connection, which remembers the value set."""
+    busy_ms = int(SQLITE_BUSY_TIMEOUT * 1000) if deadline is None else max(
+        1, int((deadline - time.monotonic()) * 1000))
+    if deadline is not None and busy_ms > 1000:
+        # Whole seconds, rounded down: the same value from one request to the next
+        # saves a PRAGMA per request, and the wait still ends before the deadline.
+        busy_ms -= busy_ms % 1000
+    if info.get("busy_ms") != busy_ms:
+        dbapi_conn.execute(f"PRAGMA busy_timeout={busy_ms}").close()
+        info["busy_ms"] = busy_ms
+
+
 def make_engine(url: str, synchronous: str = "FULL") -> Engine:
     url = normalise_url(url)
     if url.startswith("sqlite"):
@@ -70,18 +85,7 @@ def make_engine(url: str, synchronous: str = "FULL") -> Engine:
         @sa_event.listens_for(engine, "begin")
         def _on_begin(conn):
             options = conn.get_execution_options()
-            # A request's transaction waits for SQLite's write lock until its deadline only.
-            deadline = options.get("deadline")
-            busy_ms = int(SQLITE_BUSY_TIMEOUT * 1000) if deadline is None else max(
-                1, int((deadline - time.monotonic()) * 1000))
-            if deadline is not None and busy_ms > 1000:
-                # Whole seconds, rounded down: the same value from one request to the next
-                # saves a PRAGMA per request, and the wait still ends before the deadline.
-                busy_ms -= busy_ms % 1000
-            info = conn.connection.info
-            if info.get("busy_ms") != busy_ms:
-                conn.connection.driver_connection.execute(f"PRAGMA busy_timeout={busy_ms}").close()
-                info["busy_ms"] = busy_ms
+            set_busy_timeout(conn.connection.driver_connection, conn.connection.info, options.get("deadline"))
             # IMMEDIATE takes the write lock up front: a claim or a dedup check cannot race.
             conn.exec_driver_sql("BEGIN" if options.get("readonly") else "BEGIN IMMEDIATE")
 

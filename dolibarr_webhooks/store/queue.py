@@ -272,8 +272,8 @@ class Store(Inspection):
         if any(result.deliveries for result in results):
             self._wake()
 
-    def _ingest_sqlite(self, conn: Connection, row: dict[str, Any], search: dict[str, Any], dedup: bool,
-                       plugins: list[str], now: float) -> str | None:
+    def _ingest_sqlite(self, conn: Connection | sqlite_fast.Driver, row: dict[str, Any], search: dict[str, Any],
+                       dedup: bool, plugins: list[str], now: float) -> IngestResult:
         """The statements of one ingest, on the driver's cursor (sqlite_fast)."""
         found = sqlite_fast.execute(conn, _FIND_DUPLICATE, dict(row, **search)) if dedup else None
         duplicate_of = (found.fetchone() or (None,))[0] if found else None
@@ -435,6 +435,8 @@ class Store(Inspection):
         return held
 
     def dispose(self) -> None:
+        if self.committer is not None:
+            self.committer.close()
         self.engine.dispose()
         if self._durable:
             self._durable.close()

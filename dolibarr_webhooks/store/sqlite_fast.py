@@ -1,13 +1,15 @@
-"""The SQLite ingest's statements run on the driver's cursor, inside SQLAlchemy's transaction.
+"""The SQLite ingest on the driver: its statements on the driver's cursor, and the group
+commit's transaction on a driver connection of its own (``Driver``).
 
-Going through ``Connection.execute`` costs more CPU than the statements themselves (the
-figures are in bench/README.rst, issue #15).
+Going through ``Connection.execute`` costs more CPU than the statements themselves, and a
+pool checkout, SQLAlchemy's transaction and its ``begin`` listener cost about as much again
+(the figures are in bench/README.rst, issue #15).
 Each statement is compiled once by SQLAlchemy for the connection's dialect, so the SQL and
-its parameters stay those of the Core statements in ``store``; the transaction, the
-writers' turn, the busy timeout and the group commit stay ``Store._write``'s. A driver
-error is raised as SQLAlchemy raises it (``IntegrityError``, ``OperationalError``...), so
-``store.classify_error`` tells a data error from an outage as before, and a file opened
-read-only marks the engine stale as SQLAlchemy's ``handle_error`` listener does.
+its parameters stay those of the Core statements in ``store``; the writers' turn, the busy
+timeout and the group commit stay the store's. A driver error is raised as SQLAlchemy
+raises it (``IntegrityError``, ``OperationalError``...), so ``store.classify_error`` tells a
+data error from an outage as before, and a file opened read-only marks the engine stale as
+SQLAlchemy's ``handle_error`` listener does.
 """
 
 from __future__ import annotations
@@ -15,48 +17,82 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
+
+from .engine import mark_if_stale, set_busy_timeout
 
 _compiled: dict[tuple[int, tuple[str, ...] | None, str], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
 
-def _compile(conn: Connection, statement: ClauseElement, keys: Sequence[str] | None):
+class Driver:
+    """One of the engine's connections, held outside SQLAlchemy's pool (the group commit's:
+    store.batch), with transactions begun and ended on the driver. ``stale`` once an error
+    said the file was opened read-only: then the connection must be closed, not reused."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect
+        self._pooled = engine.raw_connection()  # through the engine's connect listener: WAL, synchronous
+        self.connection: sqlite3.Connection = self._pooled.driver_connection
+        self.stale = False
+
+    def begin(self, deadline: float | None) -> None:
+        """``BEGIN IMMEDIATE`` (the write lock up front), waiting for another program's lock
+        until ``deadline`` only."""
+        set_busy_timeout(self.connection, self._pooled.info, deadline)
+        _run(self, "BEGIN IMMEDIATE", lambda cursor: cursor.execute("BEGIN IMMEDIATE"), ())
+
+    def commit(self) -> None:
+        _run(self, "COMMIT", lambda cursor: cursor.execute("COMMIT"), ())
+
+    def rollback(self) -> None:
+        """End a transaction left open (none open: nothing to do)."""
+        if self.connection.in_transaction:
+            _run(self, "ROLLBACK", lambda cursor: cursor.execute("ROLLBACK"), ())
+
+    def close(self) -> None:
+        """Close the file's connection (a stale one must not go back to the pool)."""
+        self._pooled.invalidate()
+
+
+def _compile(dialect, statement: ClauseElement, keys: Sequence[str] | None):
     """(SQL, parameter names in order, values of the statement's own parameters: LIMIT...)."""
-    cache_key = (id(statement), tuple(keys) if keys is not None else None, conn.dialect.name)
+    cache_key = (id(statement), tuple(keys) if keys is not None else None, dialect.name)
     found = _compiled.get(cache_key)
     if found is None:
-        compiled = statement.compile(dialect=conn.dialect, column_keys=list(keys) if keys is not None else None)
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
         own = {name: bind.value for name, bind in compiled.binds.items() if bind.value is not None}
         found = _compiled[cache_key] = (compiled.string, tuple(compiled.positiontup), own)
     return found
 
 
-def execute(conn: Connection, statement: ClauseElement, params: dict[str, Any],
+def execute(conn: Connection | Driver, statement: ClauseElement, params: dict[str, Any],
             keys: Sequence[str] | None = None) -> sqlite3.Cursor:
     """Run ``statement`` (kept alive by the caller: compiled once, by identity) with
-    ``params``; ``keys``: the columns an INSERT sets."""
-    sql, names, own = _compile(conn, statement, keys)
+    ``params`` on a ``Driver`` or inside a SQLAlchemy connection's transaction; ``keys``:
+    the columns an INSERT sets."""
+    sql, names, own = _compile(conn.dialect, statement, keys)
     values = [params[name] if name in params else own[name] for name in names]
     return _run(conn, sql, lambda cursor: cursor.execute(sql, values), values)
 
 
-def executemany(conn: Connection, statement: ClauseElement, rows: Iterable[dict[str, Any]],
+def executemany(conn: Connection | Driver, statement: ClauseElement, rows: Iterable[dict[str, Any]],
                 keys: Sequence[str]) -> sqlite3.Cursor:
-    sql, names, own = _compile(conn, statement, keys)
+    sql, names, own = _compile(conn.dialect, statement, keys)
     values = [[row[name] if name in row else own[name] for name in names] for row in rows]
     return _run(conn, sql, lambda cursor: cursor.executemany(sql, values), values)
 
 
-def _run(conn: Connection, sql: str, call, values) -> sqlite3.Cursor:
-    cursor = conn.connection.driver_connection.cursor()
+def _run(conn: Connection | Driver, sql: str, call, values) -> sqlite3.Cursor:
+    driver = conn.connection if isinstance(conn, Driver) else conn.connection.driver_connection
+    cursor = driver.cursor()
     try:
         call(cursor)
     except sqlite3.Error as exc:
-        from .engine import mark_if_stale
-
-        mark_if_stale(conn.engine, exc)  # what make_engine's handle_error listener does
+        if mark_if_stale(conn.engine, exc) and isinstance(conn, Driver):  # what make_engine's handle_error does
+            conn.stale = True
         raise DBAPIError.instance(sql, values, exc, sqlite3.Error, hide_parameters=True,
                                   dialect=conn.dialect) from exc
     return cursor
