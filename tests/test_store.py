@@ -315,40 +315,32 @@ def test_postgresql_workers_are_woken_by_new_deliveries_only(make_app, tmp_path,
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgresql_ingest_is_one_statement_in_autocommit(make_app, tmp_path, database_url):
     """One round trip per event: the duplicate lock, the search, the rows and the NOTIFY are
-    one call committed by itself, not BEGIN, the lock, a statement and COMMIT. Seen in libpq's
-    trace of what the request engine's connections send (the call goes to the driver itself)."""
+    one call committed by itself, not BEGIN, the lock, a statement and COMMIT, and no ping of
+    the connection before it. Seen in libpq's trace of what the committer's connection (the
+    request engine's, held by the committer) sends: the call goes to the driver itself."""
     import tempfile
 
     from psycopg.pq import Trace
 
     app = make_app(handler_config(tmp_path, recorder=True))
     client = app.test_client()
-    client.post(WEBHOOK, data=body(object_id=1))  # connections opened, schema checked
-    engine = store(app).request_engine  # the request path's own pool (statement and lock timeouts)
+    client.post(WEBHOOK, data=body(object_id=1))  # connection opened, schema checked
+    pgconn = store(app).committer._pooled.driver_connection.pgconn
     trace = tempfile.TemporaryFile(mode="w+")
-
-    def traced(dbapi_connection, _record, _proxy):
-        dbapi_connection.pgconn.trace(trace.fileno())
-        dbapi_connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
-
-    def untraced(dbapi_connection, _record):
-        dbapi_connection.pgconn.untrace()  # and flushed
-
-    sa_event.listen(engine, "checkout", traced)
-    sa_event.listen(engine, "checkin", untraced)
     try:
         for object_id, status in [(2, "accepted"), (2, "duplicate")]:
             trace.seek(0)
             trace.truncate()
+            pgconn.trace(trace.fileno())
+            pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
             assert client.post(WEBHOOK, data=body(object_id=object_id)).get_json()["status"] == status
+            pgconn.untrace()  # and flushed
             trace.seek(0)
             sent = [line.split("\t") for line in trace.read().splitlines() if line.startswith("F\t")]
             statements = [fields[3].split('"')[3].split("(")[0] for fields in sent if fields[2] in ("Parse", "Query")]
             assert statements == ["SELECT dolibarr_webhooks_ingest"], sent
             assert [fields[2] for fields in sent].count("Sync") == 1  # one round trip
     finally:
-        sa_event.remove(engine, "checkout", traced)
-        sa_event.remove(engine, "checkin", untraced)
         trace.close()
 
 

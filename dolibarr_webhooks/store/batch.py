@@ -53,6 +53,8 @@ from .writers import WriterQueue
 # at most this many requests (serve has 16 threads a process), or this much payload.
 MAX_COUNT = 32
 MAX_BYTES = 4 * 1024 * 1024
+# PostgreSQL: a connection idle this long is checked before use (a round trip).
+PING_AFTER = 1.0
 
 _QUEUED, _TAKEN, _LEAD, _DONE = range(4)
 
@@ -321,6 +323,9 @@ class PostgresCommitter(Committer):
         import psycopg  # with a PostgreSQL store only, as SQLAlchemy imports its driver
 
         self._driver_error = psycopg.Error
+        self._pooled = None  # the connection this process's leaders use (_connection)
+        self._pid: int | None = None
+        self._used_at = 0.0
 
     def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
         if len(requests) == 1:
@@ -335,26 +340,26 @@ class PostgresCommitter(Committer):
         if len(remaining) < len(requests):
             return False  # again without the requests whose deadline passed
         lock_timeout = f"{min(remaining)}ms"
-        with self.engine.connect() as conn:
-            driver = conn.connection.driver_connection  # in autocommit: the request engine's
-            cursors = []
-            try:
-                with driver.pipeline():
-                    driver.execute("BEGIN")
-                    for request in requests:
-                        cursors.append(driver.cursor().execute(self._sql, dict(request.work[0],
-                                                                               lock_timeout=lock_timeout)))
-                    driver.execute("COMMIT")
-            except self._driver_error as exc:
-                if self._lost(conn, driver):  # the COMMIT's outcome is unknown: never redo
-                    for request in requests:
-                        request.error = self._wrapped(conn, exc)
-                    return True
-                driver.execute("ROLLBACK")
-                cursors = None
-            except BaseException:
-                conn.invalidate()  # a transaction may be left open: never back into the pool
-                raise
+        driver = self._connection()
+        cursors = []
+        try:
+            with driver.pipeline():
+                driver.execute("BEGIN")
+                for request in requests:
+                    cursors.append(driver.cursor().execute(self._sql, dict(request.work[0], lock_timeout=lock_timeout)))
+                driver.execute("COMMIT")
+        except self._driver_error as exc:
+            if self._lost(driver):  # the COMMIT's outcome is unknown: never redo
+                for request in requests:
+                    request.error = self._wrapped(exc)
+                return True
+            driver.execute("ROLLBACK")
+            cursors = None
+        except BaseException:
+            self._drop()  # a transaction may be left open: never used again
+            raise
+        finally:
+            self._used_at = time.monotonic()
         if cursors is None:
             for request in requests:
                 self._call_alone(request)
@@ -369,28 +374,62 @@ class PostgresCommitter(Committer):
         parameters, finish = request.work
         try:
             lock_timeout = self.remaining_ms(request.deadline)
-            with self.engine.connect() as conn:
-                driver = conn.connection.driver_connection
-                try:
-                    found = driver.execute(self._sql, dict(parameters, lock_timeout=f"{lock_timeout}ms")).fetchone()[0]
-                except self._driver_error as exc:
-                    self._lost(conn, driver)
-                    raise self._wrapped(conn, exc) from exc
+            driver = self._connection()
+            try:
+                found = driver.execute(self._sql, dict(parameters, lock_timeout=f"{lock_timeout}ms")).fetchone()[0]
+            except self._driver_error as exc:
+                self._lost(driver)
+                raise self._wrapped(exc) from exc
+            finally:
+                self._used_at = time.monotonic()
             request.result = finish(found)
         except Exception as exc:
             request.error = exc
 
-    @staticmethod
-    def _lost(conn, driver) -> bool:
-        """True (and the connection dropped from the pool) when the driver lost the connection,
-        as SQLAlchemy's own error handling does."""
+    def _connection(self):
+        """The committer's own connection of the request engine (autocommit, the deadline's
+        timeouts), opened on first use in each process: one leader at a time uses it, so no
+        pool checkout per batch. Checked with a round trip only after ``PING_AFTER`` idle
+        (what the pool's pre-ping did at every checkout, a round trip per request): a
+        connection the server closed meanwhile (a restart, a failover) is replaced before
+        a request meets it."""
+        if self._pooled is not None and self._pid != os.getpid():
+            self._pooled = None  # the parent's, after a fork: closing it would end the parent's session
+        if self._pooled is not None:
+            driver = self._pooled.driver_connection
+            if driver.broken or driver.closed:
+                self._drop()
+            elif time.monotonic() - self._used_at > PING_AFTER:
+                try:
+                    driver.execute("SELECT 1")
+                except self._driver_error:
+                    self._drop()
+        if self._pooled is None:
+            self._pooled, self._pid = self.engine.raw_connection(), os.getpid()
+            self._pooled.driver_connection.autocommit = True  # as the request engine's connections are
+        self._used_at = time.monotonic()
+        return self._pooled.driver_connection
+
+    def _drop(self) -> None:
+        pooled, self._pooled = self._pooled, None
+        if pooled is not None:
+            pooled.invalidate()
+
+    def close(self) -> None:
+        if self._pooled is not None and self._pid == os.getpid():
+            self._drop()
+        self._pooled = None
+
+    def _lost(self, driver) -> bool:
+        """True (and the connection dropped) when the driver lost the connection, as
+        SQLAlchemy's own error handling does."""
         if driver.broken or driver.closed:
-            conn.invalidate()
+            self._drop()
             return True
         return False
 
-    def _wrapped(self, conn, exc: Exception) -> DBAPIError:
+    def _wrapped(self, exc: Exception) -> DBAPIError:
         """The driver's error as SQLAlchemy raises it (``IntegrityError``, ``OperationalError``...),
         so that ``failures.classify_error`` tells bad data from an outage or a timeout."""
         return DBAPIError.instance(self._sql, None, exc, self._driver_error, hide_parameters=True,
-                                   dialect=conn.dialect)
+                                   dialect=self.engine.dialect)
