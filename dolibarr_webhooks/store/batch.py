@@ -405,7 +405,10 @@ class PostgresCommitter(Committer):
                 except self._driver_error:
                     self._drop()
         if self._pooled is None:
-            self._pooled, self._pid = self.engine.raw_connection(), os.getpid()
+            try:
+                self._pooled, self._pid = self.engine.raw_connection(), os.getpid()
+            except self._driver_error as exc:  # the pool does not wrap a failed connect as a query's errors are
+                raise self._wrapped(exc) from exc
             self._pooled.driver_connection.autocommit = True  # as the request engine's connections are
         self._used_at = time.monotonic()
         return self._pooled.driver_connection

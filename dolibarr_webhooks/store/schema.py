@@ -283,6 +283,22 @@ def _dashboard(conn: Connection) -> None:
 
 
 # Schema versions, in order. A new version appends (number, name, function): never edit one.
+def _payload_lz4(conn: Connection) -> None:
+    """Schema version 7: PostgreSQL compresses each new payload with lz4 instead of pglz. A
+    15.6 KB invoice: 0.31 against 0.55 ms a single INSERT, 4.2 against 8.4 KB stored (issue
+    #15: the server's CPU was a third of the ingest's on a 2-core machine). Rows already
+    stored keep their compression; reading either needs nothing. A server built without lz4,
+    or older than PostgreSQL 14, keeps pglz."""
+    if conn.dialect.name != "postgresql":
+        return
+    supported = conn.exec_driver_sql(
+        "SELECT current_setting('server_version_num')::int >= 140000 "
+        "AND EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' "
+        "AND 'lz4' = ANY(enumvals))").scalar()
+    if supported:
+        conn.exec_driver_sql("ALTER TABLE events ALTER COLUMN payload SET COMPRESSION lz4")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "events, deliveries and attempts", _initial_schema),
     (2, "PostgreSQL: the ingest in one call", _postgresql_ingest_function),
@@ -291,6 +307,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (5, "PostgreSQL: the ingest within the request deadline, with labels, duplicates without payload",
      _postgresql_ingest_within_deadline),
     (6, "the dashboard's indexes and the workers' heartbeat", _dashboard),
+    (7, "PostgreSQL: payloads compressed with lz4", _payload_lz4),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -34,7 +34,12 @@ class Driver:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect
-        self._pooled = engine.raw_connection()  # through the engine's connect listener: WAL, synchronous
+        try:  # through the engine's connect listener: WAL, synchronous
+            self._pooled = engine.raw_connection()
+        except sqlite3.Error as exc:  # the pool does not wrap a failed connect as a query's errors are
+            mark_if_stale(engine, exc)
+            raise DBAPIError.instance("connect", (), exc, sqlite3.Error, hide_parameters=True,
+                                      dialect=engine.dialect) from exc
         self.connection: sqlite3.Connection = self._pooled.driver_connection
         self.stale = False
 
