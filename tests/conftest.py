@@ -49,6 +49,17 @@ def database_url(request, tmp_path):
 
 
 @pytest.fixture
+def migrated_store(database_url):
+    """A ``Store`` on ``database_url`` (SQLite, then PostgreSQL), migrated, disposed of after."""
+    from dolibarr_webhooks.store import Store
+
+    store = Store(database_url)
+    store.migrate()
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
 def webhooks_config(database_url):
     return {"DATABASE_URL": database_url}
 

@@ -44,11 +44,8 @@ def store(sqlite_file):
 
 
 @pytest.fixture
-def any_store(database_url):
-    store = Store(database_url)
-    store.migrate()
-    yield store
-    store.dispose()
+def any_store(migrated_store):
+    return migrated_store
 
 
 class HeldTurn:

@@ -8,16 +8,13 @@ import time
 import pytest
 
 from dolibarr_webhooks.store.gauges import _BY_STATUS, _OLDEST, _QUARANTINED, WAITING, queue_gauges
-from dolibarr_webhooks.store import DEAD, DELIVERED, FAILED, Store
+from dolibarr_webhooks.store import DEAD, DELIVERED, FAILED
 from dolibarr_webhooks.testing import make_event
 
 
 @pytest.fixture
-def store(database_url):
-    store = Store(database_url)
-    store.migrate()
-    yield store
-    store.dispose()
+def store(migrated_store):
+    return migrated_store
 
 
 def test_queue_gauges_count_what_stats_counts_for_what_waits(store):
