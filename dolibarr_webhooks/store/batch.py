@@ -410,8 +410,7 @@ class PostgresCommitter(Committer):
             except self._driver_error as exc:  # the pool does not wrap a failed connect as a query's errors are
                 raise self._wrapped(exc) from exc
             self._pooled.driver_connection.autocommit = True  # as the request engine's connections are
-        self._used_at = time.monotonic()
-        return self._pooled.driver_connection
+        return self._pooled.driver_connection  # its use sets _used_at, when it ends
 
     def _drop(self) -> None:
         pooled, self._pooled = self._pooled, None

@@ -346,12 +346,13 @@ def post_worker_init(worker) -> None:
 
 
 def _embedded_worker_asked() -> bool:
-    from ..settings import parse_bool
+    """What the service's settings say (read once per process, environment, .env and TOML)."""
+    from ..settings import ConfigError, process_settings
 
     try:
-        return parse_bool(os.environ.get("DOLIBARR_WEBHOOKS_EMBEDDED_WORKER") or "0")
-    except ValueError:
-        return True  # a value settings would refuse: say so rather than nothing
+        return bool(process_settings()["EMBEDDED_WORKER"])
+    except ConfigError:
+        return False
 
 
 def worker_timeout(request_deadline: float) -> int:
