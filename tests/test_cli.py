@@ -133,9 +133,19 @@ def test_serve_generates_a_secret_and_prints_the_target_url(tmp_path):
 
         wait_for(lambda: stats()["deliveries"]["delivered"] == 1, 20, interval=0.2,
                  message=lambda: f"not delivered: {stats()}")
+        # Both processes write their samples to one folder: whichever answers /metrics counts
+        # the requests of both (new connections, so both take some).
+        for number in range(1, 8):
+            assert requests.post(f"http://127.0.0.1:{port}/webhook/{secret}", timeout=10,
+                                 data=sample_body("COMPANY_CREATE").replace(b'"id":', b'"id":%d0' % number, 1)).ok
+        for _ in range(4):
+            scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            assert re.search(r'^dolibarr_webhooks_requests_total\{reason="accepted",status="200"\} 8\.0$',
+                             scraped, re.M), scraped
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         output = process.communicate(timeout=30)[0]
+    assert "imported before" not in output, output
     assert f"/webhook/{secret}" in output and f":{port}/webhook/" in output
     assert "Paste this URL in Dolibarr" in output
     url = re.search(r"^\s+(http://\S+/webhook/\S+)$", output, re.M).group(1)

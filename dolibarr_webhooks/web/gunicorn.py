@@ -284,6 +284,12 @@ def prepare_multiproc_dir(path: str | None = None) -> tuple[str, bool]:
         created = True
     os.makedirs(path, exist_ok=True)
     os.environ[MULTIPROC_ENV] = path
+    # prometheus_client chooses where values live when it is imported, and the command line
+    # (``serve``) imported it before the folder was set: choose again. The apps' metrics are
+    # made after gunicorn forks (metrics.Metrics), so every one of them writes to the folder.
+    from prometheus_client import values
+
+    values.ValueClass = values.get_value_class()
     return path, created
 
 
