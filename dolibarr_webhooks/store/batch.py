@@ -44,6 +44,7 @@ from typing import Any, Callable
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from .checkpoint import LogCheckpoints
 from .failures import DeadlinePassed
 from .group_commit import SharedSync
 from .sqlite_fast import Driver
@@ -154,6 +155,8 @@ class Committer:
                     request.error = exc
         finally:
             self._hand_over()  # whatever happened: the requests queued meanwhile need a leader
+        if committed:
+            self._after_commit()
         if number is not None:
             try:
                 self.durable.wait_durable(number)
@@ -193,6 +196,9 @@ class Committer:
 
     def _turn(self, deadline: float | None):
         return contextlib.nullcontext()
+
+    def _after_commit(self) -> None:
+        """Out of the turn, right after a commit (before its fsync)."""
 
     def close(self) -> None:
         """What the committer holds between batches is let go (``Store.dispose``)."""
@@ -248,14 +254,20 @@ class SQLiteCommitter(Committer):
     each request's work is ``work(driver)``, its statements on that connection."""
 
     def __init__(self, engine: Engine, writers: WriterQueue, durable: SharedSync | None,
-                 before_write: Callable[[], None], after_durable: Callable[[list[Any]], None], **bounds) -> None:
+                 before_write: Callable[[], None], after_durable: Callable[[list[Any]], None],
+                 checkpoints: LogCheckpoints | None = None, **bounds) -> None:
         super().__init__(engine, before_write, after_durable, durable, **bounds)
         self.writers = writers
+        self.checkpoints = checkpoints
         self._driver: Driver | None = None
         self._pid: int | None = None
 
     def _turn(self, deadline: float | None):
         return self.writers.turn(deadline)
+
+    def _after_commit(self) -> None:
+        if self.checkpoints is not None:
+            self.checkpoints.committed()  # the log is copied by a thread, not in a writer's turn
 
     def _connection(self) -> Driver:
         if self._driver is not None and self._pid != os.getpid():
@@ -290,6 +302,8 @@ class SQLiteCommitter(Committer):
         driver, self._driver = self._driver, None
         if driver is not None and self._pid == os.getpid():
             driver.close()
+        if self.checkpoints is not None:
+            self.checkpoints.close()
 
     def _end(self, driver: Driver) -> None:
         """After a try: no transaction left open; a connection that met a file opened

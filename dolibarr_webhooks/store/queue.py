@@ -26,6 +26,7 @@ from .inspect import Inspection
 from .schema import (ACCEPTED, DELIVERED, DUPLICATE, FAILED, MIGRATIONS, NOTIFY_CHANNEL, PENDING, QUARANTINED,
                      RUNNING, attempts, deliveries, events, metadata, schema_migrations)
 from .batch import PostgresCommitter, SQLiteCommitter
+from .checkpoint import LogCheckpoints
 from .group_commit import SharedSync
 from .writers import WriterQueue
 
@@ -136,7 +137,8 @@ class Store(Inspection):
         # The ingest's transactions: one for the requests of this process waiting at once.
         if self._writers:
             self.committer = SQLiteCommitter(self.engine, self._writers, self._durable, self._reopen_if_stale,
-                                             self._woken)
+                                             self._woken, LogCheckpoints(sqlite_file, "NORMAL" if self._durable
+                                                                         else synchronous))
         elif self.is_postgres:
             self.committer = PostgresCommitter(self.request_engine, _INGEST_POSTGRES, self._remaining_ms,
                                                self._reopen_if_stale, self._woken)
