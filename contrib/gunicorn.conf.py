@@ -22,8 +22,8 @@ import os
 # The metrics folder first: prometheus_client picks memory or files when it is imported,
 # which the application's modules, imported below, do. dolibarr_webhooks.web.gunicorn does
 # not import it.
-from dolibarr_webhooks.web.gunicorn import (mark_process_dead, prepare_multiproc_dir, remove_multiproc_dir,
-                                            wipe_multiproc_dir)
+from dolibarr_webhooks.web.gunicorn import (SERVE_THREADS, mark_process_dead, prepare_multiproc_dir,
+                                            remove_multiproc_dir, wipe_multiproc_dir)
 
 # PROMETHEUS_MULTIPROC_DIR: where every process writes its metric samples, so that /metrics
 # adds up all gunicorn workers AND the separate 'dolibarr-webhooks worker' process (give it
@@ -52,7 +52,7 @@ def _settings():
 
 _service = _settings()
 # A PostgreSQL server that does not answer must fail a request in seconds, not hold a
-# sync worker until it is killed (libpq reads this variable).
+# worker's thread until the worker is killed (libpq reads this variable).
 os.environ.setdefault("PGCONNECT_TIMEOUT", "5")
 
 # GUNICORN_BIND: comma-separated addresses. Default 127.0.0.1:<DOLIBARR_WEBHOOKS_PORT or 8080>:
@@ -62,21 +62,27 @@ os.environ.setdefault("PGCONNECT_TIMEOUT", "5")
 # socket systemd hands it (LISTEN_FDS) and ignores this.
 bind = (os.environ.get("GUNICORN_BIND") or f"127.0.0.1:{_service.get('PORT', 8080)}").split(",")
 
-# WEB_CONCURRENCY: worker processes (gunicorn's own variable). Sync workers handle one
-# request each; a request takes a few milliseconds, so 2 x CPUs + 1, at most 8, is plenty.
-# Each worker holds up to 8 + 16 database connections at most (SQLAlchemy's pool).
-workers = int(os.environ.get("WEB_CONCURRENCY") or min(2 * multiprocessing.cpu_count() + 1, 8))
+# WEB_CONCURRENCY: worker processes (gunicorn's own variable). One per CPU (Python runs one
+# thread of a process at a time), at least 2 so that one can be replaced while the other
+# answers, at most 8. GUNICORN_THREADS: threads of each, as serve (16). Each worker holds up
+# to 8 + 16 database connections at most (SQLAlchemy's pool).
+workers = int(os.environ.get("WEB_CONCURRENCY") or max(2, min(multiprocessing.cpu_count(), 8)))
+threads = int(os.environ.get("GUNICORN_THREADS") or SERVE_THREADS)
 
-# Sync workers: nginx buffers the whole request body (proxy_request_buffering on) before it
-# opens the connection to gunicorn, so a slow Dolibarr upload never ties a worker up.
-# gunicorn's sync worker with two changes: its own errors (a request it cannot parse, a
+# Threads, as serve: the requests a process has in hand at once share one transaction and
+# one fsync (store/batch.py), where sync workers committed each request alone: a quarter more
+# requests a second at concurrency 16, on SQLite and on PostgreSQL (bench/README.rst).
+# nginx buffers the whole request body (proxy_request_buffering on) before it opens the
+# connection to gunicorn, so a slow Dolibarr upload never ties a thread up.
+# gunicorn's threaded worker with two changes: its own errors (a request it cannot parse, a
 # worker aborted after its timeout) are answered in the service's JSON, never its HTML
 # page that repeats the request line; and a client gets 5 s to send its headers and 12 s
 # for its body, so one that stalls is dropped before the timeout below kills the worker.
-# This file is for gunicorn BEHIND nginx: exposed directly, each slow client holds a whole
-# worker (20 clients sending a byte a second hold 5 workers). 'dolibarr-webhooks serve' is
-# the setup for direct exposure (threads: a slow client holds one thread, not a worker).
-worker_class = "dolibarr_webhooks.web.gunicorn.SyncWorker"
+# This file is for gunicorn BEHIND nginx, on loopback; 'dolibarr-webhooks serve' is the
+# setup for direct exposure. Sync workers (one request each, no shared commit) remain:
+# -k dolibarr_webhooks.web.gunicorn.SyncWorker with GUNICORN_THREADS=1 (gunicorn runs its
+# plain threaded worker instead of any sync worker given threads).
+worker_class = "dolibarr_webhooks.web.gunicorn.ThreadWorker"
 
 # GUNICORN_TIMEOUT: a worker silent for this long is killed and replaced (a deadlock, a
 # stuck disk). The timeouts are ordered: DOLIBARR_WEBHOOKS_REQUEST_DEADLINE (10 s; every
@@ -92,7 +98,8 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT") or 20)
 # TimeoutStopSec above it.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT") or 20)
 
-# Sync workers close the connection after each answer; nginx opens a new one per request.
+# nginx opens a new connection per request (its upstream keeps none); a client that keeps
+# one open gets 2 s for its next request.
 keepalive = 2
 
 # GUNICORN_MAX_REQUESTS: recycle a worker after this many requests (0: never), with jitter so

@@ -135,10 +135,12 @@ def test_hostile_requests_never_get_a_5xx_nor_kill_a_worker(stack, through):
 
 @pytest.mark.slow
 def test_a_worker_aborted_after_its_timeout_answers_json(tmp_path):
-    # A 2 s worker timeout, under the read deadlines: a stalled body holds the worker until
-    # gunicorn aborts it, and gunicorn's own 500 is what the client sees.
+    # The sync worker (production ran it before threads, and it stays for whoever picks it
+    # with -k), with a 2 s worker timeout, under the read deadlines: a stalled body holds the
+    # worker until gunicorn aborts it, and gunicorn's own 500 is what the client sees.
     with running_service(env=production_env(), workers=1, worker=False,
-                         gunicorn_args=["--timeout", "2"]) as service:
+                         gunicorn_args=["--timeout", "2", "-k", "dolibarr_webhooks.web.gunicorn.SyncWorker",
+                                        "--threads", "1"]) as service:
         stalled = Hostile("stalled", f"POST /webhook/{service.secret} HTTP/1.1\r\nHost: x\r\n"
                                      f"Content-Length: 100\r\n\r\n{{".encode(), stall=True)
         answer = send(service.port, stalled)

@@ -14,7 +14,8 @@ import pytest
 from gunicorn.config import Config
 
 from dolibarr_webhooks.settings import SETTINGS, load_settings
-from dolibarr_webhooks.web.gunicorn import BODY_DEADLINE, HEAD_DEADLINE, RedactingLogger, wipe_multiproc_dir
+from dolibarr_webhooks.web.gunicorn import (BODY_DEADLINE, HEAD_DEADLINE, SERVE_THREADS, RedactingLogger,
+                                            wipe_multiproc_dir)
 from dolibarr_webhooks.logs import redact, scrub
 from dolibarr_webhooks.web.ratelimit import key_prefix
 from production_helpers import CONTRIB, ENV_EXAMPLE, GUNICORN_CONF, ROOT
@@ -124,11 +125,13 @@ def _gunicorn_settings(tmp_path: Path, **env: str) -> dict[str, str]:
 
 def test_gunicorn_conf_defaults_fit_dolibarr(tmp_path):
     conf = _gunicorn_settings(tmp_path)
-    assert conf["worker_class"] == "dolibarr_webhooks.web.gunicorn.SyncWorker", "gunicorn's sync worker, JSON errors"
+    # Threads, as serve: the requests a process has at once share a transaction (store/batch.py).
+    assert conf["worker_class"] == "dolibarr_webhooks.web.gunicorn.ThreadWorker", "gunicorn's gthread, JSON errors"
+    assert conf["threads"] == str(SERVE_THREADS)
     # A client that stalls is dropped before the worker timeout could kill its worker.
     assert HEAD_DEADLINE + BODY_DEADLINE < int(conf["timeout"])
     assert conf["bind"] == "['127.0.0.1:8080']", "loopback only, behind nginx"
-    assert 2 <= int(conf["workers"]) <= 8
+    assert int(conf["workers"]) == max(2, min(os.cpu_count(), 8)), "one process per CPU, at least 2"
     assert int(conf["timeout"]) < 30 and int(conf["graceful_timeout"]) < 30, "Dolibarr gives up after 30 s"
     assert conf["forwarded_allow_ips"] == "['127.0.0.1', '::1']"
     assert conf["logger_class"] == "dolibarr_webhooks.web.gunicorn.RedactingLogger"
@@ -142,8 +145,9 @@ def test_gunicorn_conf_defaults_fit_dolibarr(tmp_path):
 def test_gunicorn_conf_reads_the_environment(tmp_path):
     conf = _gunicorn_settings(tmp_path, WEB_CONCURRENCY="3", GUNICORN_BIND="127.0.0.1:9001,unix:/tmp/x.sock",
                               GUNICORN_TIMEOUT="15", GUNICORN_GRACEFUL_TIMEOUT="12", GUNICORN_ACCESSLOG="",
-                              DOLIBARR_WEBHOOKS_LOG_LEVEL="warning", FORWARDED_ALLOW_IPS="127.0.0.1")
-    assert conf["workers"] == "3"
+                              DOLIBARR_WEBHOOKS_LOG_LEVEL="warning", FORWARDED_ALLOW_IPS="127.0.0.1",
+                              GUNICORN_THREADS="4")
+    assert (conf["workers"], conf["threads"]) == ("3", "4")
     assert conf["bind"] == "['127.0.0.1:9001', 'unix:/tmp/x.sock']"
     assert (conf["timeout"], conf["graceful_timeout"]) == ("15", "12")
     assert conf["accesslog"] == "None"

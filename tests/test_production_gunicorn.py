@@ -112,7 +112,7 @@ def scrape(url: str, **kwargs) -> dict:
 
 
 def _trickle(data: bytes, seconds: float, parts: int = 10):
-    """A body sent in parts over ``seconds``: the request holds a sync worker meanwhile."""
+    """A body sent in parts over ``seconds``: the request holds a worker's thread meanwhile."""
     size = len(data) // parts + 1
     for start in range(0, len(data), size):
         yield data[start:start + size]
