@@ -64,8 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3,
                         help="repeat every point this many times, interleaved; figures are medians (default 3)")
     parser.add_argument("--production", action="store_true",
-                        help="every target under contrib/gunicorn.conf.py, the production settings "
-                             "(one process of 16 threads per CPU, at least 2; gunicorn access log, multi-process metrics)")
+                        help="every target under contrib/gunicorn.conf.py, the production settings (one "
+                             "process of 16 threads per CPU, at least 2; gunicorn access log, multi-process metrics)")
     parser.add_argument("--serve", action="store_true",
                         help="every target under what 'dolibarr-webhooks serve' runs since it resists slow "
                              "clients: 2 workers of dolibarr_webhooks.web.gunicorn.ThreadWorker, 16 threads each")

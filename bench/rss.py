@@ -1,5 +1,6 @@
-"""Resident memory of the gunicorn web workers (contrib/gunicorn.conf.py, 5 workers) over
-6,000 bodies, in three phases of 2,000, to see what makes it grow.
+"""Resident memory of the gunicorn web workers (contrib/gunicorn.conf.py: as many processes as
+it starts on this machine, of 16 threads) over 6,000 bodies, in three phases of 2,000, to see
+what makes it grow.
 
     python bench/rss.py [--bodies 2000] [--big 20] [--env NAME=VALUE ...]
     python bench/rss.py --steady 100000
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -31,6 +33,9 @@ from production_helpers import big_invoice, production_env  # noqa: E402
 
 from dolibarr_webhooks.samples import sample_body  # noqa: E402
 from dolibarr_webhooks.testing import running_service  # noqa: E402
+
+# What contrib/gunicorn.conf.py starts without WEB_CONCURRENCY: one per CPU, at least 2.
+WEB_WORKERS = max(2, min(os.cpu_count() or 1, 8))
 
 
 def workers_of(master: int) -> list[int]:
@@ -63,7 +68,7 @@ def steady(events: int, steps: int, extra: dict[str, str]) -> None:
     from _common import Wrk
 
     env = production_env(DOLIBARR_WEBHOOKS_PLUGINS="log", **extra)
-    with running_service(env=env, workers=5, worker=True) as service, \
+    with running_service(env=env, workers=WEB_WORKERS, worker=True) as service, \
             tempfile.TemporaryDirectory(prefix="dw-bench-rss-") as tmp:
         wrk = Wrk(Path(tmp))
         worker_pid = service.processes["worker"].pid
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     extra = dict(item.split("=", 1) for item in args.env)
     if args.steady:
         return steady(args.steady, 10, extra)
-    with running_service(env=production_env(**extra), workers=5, worker=False) as service:
+    with running_service(env=production_env(**extra), workers=WEB_WORKERS, worker=False) as service:
         url = f"/webhook/{service.secret}"
         invoice = big_invoice(10 * 1024 * 1024)[0]
         phases = {
