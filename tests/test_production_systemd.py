@@ -111,6 +111,12 @@ def test_both_units_share_the_metrics_folder_and_the_settings():
         assert dict(unit["Service"])["RuntimeDirectoryPreserve"] == "yes"
 
 
+def test_the_web_service_keeps_glibc_from_growing_its_heap():
+    # bench/rss.py: big bodies served from mmap, and two arenas for gunicorn's 16 threads.
+    environment = values(parse_unit(WEB), "Service", "Environment")
+    assert {"MALLOC_MMAP_THRESHOLD_=131072", "MALLOC_ARENA_MAX=2"} <= set(environment)
+
+
 def test_exec_start_lines():
     web, worker = dict(parse_unit(WEB)["Service"]), dict(parse_unit(WORKER)["Service"])
     assert web["ExecStart"] == (f"{INSTALLED_BIN}gunicorn --config /opt/dolibarr-webhooks/contrib/gunicorn.conf.py "
