@@ -18,12 +18,13 @@ from dolibarr_webhooks.testing import make_event, wait_for
 LOG_BOUND = 6 * 1024 * 1024
 
 
+# conftest's migrated store, on an SQLite file only.
+pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
 @pytest.fixture
-def store(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 'webhooks.sqlite3'}")
-    store.migrate()
-    yield store
-    store.dispose()
+def store(migrated_store):
+    return migrated_store
 
 
 def checkpoint_of(path: str) -> tuple[int, int, int]:
@@ -60,7 +61,7 @@ def test_the_thread_copies_the_log_while_the_ingest_goes_on_and_the_log_stays_sm
     assert os.path.getsize(path + "-wal") < LOG_BOUND
 
 
-def test_the_thread_ends_with_the_store_and_after_idling(store, tmp_path, monkeypatch):
+def test_the_thread_ends_with_the_store_and_after_idling(store, monkeypatch):
     checkpoints = store.committer.checkpoints
     for _ in range(100):
         store.ingest(make_event("BILL_VALIDATE"), ["log"])
@@ -71,7 +72,7 @@ def test_the_thread_ends_with_the_store_and_after_idling(store, tmp_path, monkey
     assert not thread.is_alive()
 
     monkeypatch.setattr(checkpoint, "IDLE_SECONDS", 0.2)
-    again = Store(f"sqlite:///{tmp_path / 'webhooks.sqlite3'}")
+    again = Store(store.url)
     try:
         for _ in range(100):
             again.ingest(make_event("BILL_VALIDATE"), ["log"])
