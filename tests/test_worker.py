@@ -369,3 +369,9 @@ def test_an_idle_sqlite_worker_is_woken_by_another_process_commit(database_url, 
         event_id = response.json()["id"]
         assert json.loads(service.cli("replay", event_id, "--json").stdout)["replayed"] >= 1
         handled(event_id, runs=2)
+        # Idle again, waiting up to a minute: SIGTERM still stops it at once (it took the whole
+        # minute, and systemd kills a worker that does not stop within TimeoutStopSec).
+        time.sleep(1.5)
+        asked = time.monotonic()
+        assert service.stop("worker") == 0
+        assert time.monotonic() - asked < 5

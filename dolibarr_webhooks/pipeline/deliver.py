@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 # What a database restart, failover or outage raises: the worker waits, reconnects, goes on.
 STORE_ERRORS = (SQLAlchemyError, StoreError)
 RECONNECT_DELAY = 1.0
+# The longest an idle worker waits before it looks whether it was asked to stop.
+STOP_CHECK = 1.0
 
 
 def retry_decision(attempts_done: int, error: BaseException, schedule: list[float], jitter: float,
@@ -219,7 +221,10 @@ class Worker:
             retry_at = self.store.next_retry_at(self.lanes())
             if retry_at is not None:
                 timeout = min(timeout, max(0.0, retry_at - time.time()))
-            listener.wait(timeout, self.wake_event, step=poll)
+            # stop() is seen within STOP_CHECK, whatever POLL_INTERVAL: a signal does not end
+            # the wait in select() (Python resumes it), and systemd would kill a worker that
+            # took a minute to stop.
+            listener.wait(timeout, self.wake_event, step=min(poll, STOP_CHECK))
         else:
             # Handlers running: the first to finish wakes us (a NOTIFY waits, queued, for the next wait).
             self.wake_event.wait(poll)
