@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -33,9 +32,6 @@ from production_helpers import big_invoice, production_env  # noqa: E402
 
 from dolibarr_webhooks.samples import sample_body  # noqa: E402
 from dolibarr_webhooks.testing import running_service  # noqa: E402
-
-# What contrib/gunicorn.conf.py starts without WEB_CONCURRENCY: one per CPU, at least 2.
-WEB_WORKERS = max(2, min(os.cpu_count() or 1, 8))
 
 
 def workers_of(master: int) -> list[int]:
@@ -68,7 +64,7 @@ def steady(events: int, steps: int, extra: dict[str, str]) -> None:
     from _common import Wrk
 
     env = production_env(DOLIBARR_WEBHOOKS_PLUGINS="log", **extra)
-    with running_service(env=env, workers=WEB_WORKERS, worker=True) as service, \
+    with running_service(env=env, workers=None, worker=True) as service, \
             tempfile.TemporaryDirectory(prefix="dw-bench-rss-") as tmp:
         wrk = Wrk(Path(tmp))
         worker_pid = service.processes["worker"].pid
@@ -100,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     extra = dict(item.split("=", 1) for item in args.env)
     if args.steady:
         return steady(args.steady, 10, extra)
-    with running_service(env=production_env(**extra), workers=WEB_WORKERS, worker=False) as service:
+    with running_service(env=production_env(**extra), workers=None, worker=False) as service:
         url = f"/webhook/{service.secret}"
         invoice = big_invoice(10 * 1024 * 1024)[0]
         phases = {

@@ -222,11 +222,12 @@ class RunningService:
         self.processes[name] = process
         return process
 
-    def start_web(self, workers: int = 2, extra: list[str] = (), prefix: list[str] = ()) -> subprocess.Popen:
-        """gunicorn; ``prefix`` runs it through another command (``setpriv ...``)."""
-        process = self.start("web", [*prefix, str(self.bin / "gunicorn"), "-b", f"127.0.0.1:{self.port}", "-w",
-                                     str(workers), "--graceful-timeout", "10", *extra,
-                                     "dolibarr_webhooks:create_app()"])
+    def start_web(self, workers: int | None = 2, extra: list[str] = (), prefix: list[str] = ()) -> subprocess.Popen:
+        """gunicorn; ``prefix`` runs it through another command (``setpriv ...``); ``workers``
+        None: as many as its configuration file says."""
+        count = ["-w", str(workers)] if workers is not None else []
+        process = self.start("web", [*prefix, str(self.bin / "gunicorn"), "-b", f"127.0.0.1:{self.port}", *count,
+                                     "--graceful-timeout", "10", *extra, "dolibarr_webhooks:create_app()"])
         wait_for_port(self.port, process=process)
         return process
 
@@ -287,7 +288,7 @@ class RunningService:
 
 @contextlib.contextmanager
 def running_service(python: str | os.PathLike | None = None, env: dict[str, str] | None = None,
-                    worker: bool = True, workers: int = 2, database_url: str | None = None,
+                    worker: bool = True, workers: int | None = 2, database_url: str | None = None,
                     gunicorn_args: Iterable[str] = (), web_prefix: Iterable[str] = ()) -> Iterator[RunningService]:
     """Real gunicorn on a free loopback port plus, by default, the worker process, on a
     temporary SQLite file (or ``database_url``). Stopped with SIGTERM on exit. ``web_prefix``

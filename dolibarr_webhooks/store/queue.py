@@ -125,7 +125,8 @@ class Store(Inspection):
         # FULL on a file: committed without an fsync, then made durable by one shared with
         # the other writers waiting, out of the write lock (group_commit).
         self._durable = SharedSync(sqlite_file) if sqlite_file and synchronous.upper() == "FULL" else None
-        self.engine = make_engine(url, "NORMAL" if self._durable else synchronous)
+        engine_synchronous = "NORMAL" if self._durable else synchronous
+        self.engine = make_engine(url, engine_synchronous)
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self.request_deadline = request_deadline
         # The ingest's single statement commits by itself (see _INGEST_POSTGRES), within the deadline.
@@ -137,8 +138,7 @@ class Store(Inspection):
         # The ingest's transactions: one for the requests of this process waiting at once.
         if self._writers:
             self.committer = SQLiteCommitter(self.engine, self._writers, self._durable, self._reopen_if_stale,
-                                             self._woken, LogCheckpoints(sqlite_file, "NORMAL" if self._durable
-                                                                         else synchronous))
+                                             self._woken, LogCheckpoints(sqlite_file, engine_synchronous))
         elif self.is_postgres:
             self.committer = PostgresCommitter(self.request_engine, _INGEST_POSTGRES, self._remaining_ms,
                                                self._reopen_if_stale, self._woken)
