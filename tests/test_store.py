@@ -344,6 +344,50 @@ def test_postgresql_ingest_is_one_statement_in_autocommit(make_app, tmp_path, da
         trace.close()
 
 
+def _plan(conn, sql: str, postgres: bool) -> str:
+    """The plan of ``sql`` ($1 / ? for its one parameter), as text; PostgreSQL told to avoid
+    sequential scans, which it prefers on a table this small."""
+    if postgres:
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        conn.exec_driver_sql(f"PREPARE planned AS {sql.replace('?', '$1')}")
+        plan = conn.exec_driver_sql("EXPLAIN EXECUTE planned(1)").scalars().all()
+        conn.exec_driver_sql("DEALLOCATE planned")
+        return "\n".join(plan)
+    return "\n".join(row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}", (1,)).all())
+
+
+def test_an_ingest_writes_two_fewer_delivery_indexes_from_version_8(migrated_store):
+    """Schema version 8 (issue #15): each index an ingest writes costs SQLite a page of log per
+    commit. ix_deliveries_event (a copy of the unique index's first column) is gone, and
+    ix_deliveries_delivered holds delivered deliveries only, not the pending ones each ingest
+    adds; the lookups by event and the dashboard's latency still go through an index. Also on a
+    store migrated from version 7."""
+    store_ = migrated_store
+    postgres = store_.is_postgres
+    with store_.engine.begin() as conn:  # back to what version 7 made
+        conn.exec_driver_sql("DROP INDEX ix_deliveries_delivered")
+        conn.exec_driver_sql("CREATE INDEX ix_deliveries_delivered ON deliveries (delivered_at)")
+        conn.exec_driver_sql("CREATE INDEX ix_deliveries_event ON deliveries (event_id)")
+        conn.exec_driver_sql("DELETE FROM schema_migrations WHERE version = 8")
+    assert store_.migrate() == [8]
+    event = event_from_body(body("BILL_VALIDATE", 4242))
+    assert store_.ingest(event, ["log", "other"]).deliveries == 2
+    with store_.engine.begin() as conn:
+        if postgres:
+            indexes = dict(conn.exec_driver_sql(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'deliveries'").all())
+        else:
+            indexes = dict(conn.exec_driver_sql(
+                "SELECT name, coalesce(sql, '') FROM sqlite_master WHERE type = 'index' AND tbl_name = 'deliveries'"
+            ).all())
+        assert "ix_deliveries_event" not in indexes
+        assert "delivered_at is not null" in indexes["ix_deliveries_delivered"].lower().replace("(", "").replace(")", "")
+        by_event = _plan(conn, "SELECT plugin, status FROM deliveries WHERE event_id = ?", postgres)
+        assert ("uq_deliveries_event_plugin" if postgres else "sqlite_autoindex_deliveries_1") in by_event, by_event
+        latency = _plan(conn, "SELECT count(*) FROM deliveries WHERE delivered_at >= ?", postgres)
+        assert "ix_deliveries_delivered" in latency, latency
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgresql_payloads_are_compressed_with_lz4(database_url):
     """Schema version 7: a payload PostgreSQL compresses (the 15.6 KB invoice) is compressed

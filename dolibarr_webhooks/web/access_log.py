@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import time
 
 from flask import Flask, g, request
 
 from ..logs import configure, redact, request_id
+from ..pipeline.parse import random_hex
 from ..settings import Settings
 
 access_logger = logging.getLogger("dolibarr_webhooks.access")
@@ -33,7 +33,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         ctx.request_started = time.perf_counter()
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         # nginx sends its $request_id, so both logs share one id; anything odd is replaced.
-        rid = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else secrets.token_hex(8)
+        rid = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else random_hex()
         ctx.request_id = rid
         ctx.request_id_token = request_id.set(rid)
 
