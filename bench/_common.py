@@ -275,6 +275,13 @@ class GunicornSettings:
     threads: int = 1
     config: Path | None = None
 
+    @classmethod
+    def serve(cls, workers: int | None = None) -> GunicornSettings:
+        """What ``dolibarr-webhooks serve`` runs: its worker class, threads and processes."""
+        from dolibarr_webhooks.web.gunicorn import SERVE_THREADS, web_processes
+
+        return cls(workers or web_processes(), "dolibarr_webhooks.web.gunicorn.ThreadWorker", SERVE_THREADS)
+
     def args(self, port: int, app: str, config: Path | None = None) -> list[str]:
         config = config or self.config
         args = ["-c", str(config)] if config else []

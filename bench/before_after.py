@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", required=True, metavar="GIT_REVISION")
     parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--serve", action="store_true", help="serve's settings: 2 ThreadWorker processes of 16 threads")
+    parser.add_argument("--serve", action="store_true",
+                        help="serve's settings: ThreadWorker processes (2 per CPU) of 16 threads")
     parser.add_argument("--production", action="store_true", help="contrib/gunicorn.conf.py's settings")
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--duration", type=int, default=5)
@@ -65,9 +66,7 @@ def gunicorn_settings(args) -> GunicornSettings:
     if args.production:
         return GunicornSettings(None, None, 1, PRODUCTION_CONFIG)
     if args.serve:
-        from dolibarr_webhooks.web.gunicorn import SERVE_THREADS
-
-        return GunicornSettings(2, "dolibarr_webhooks.web.gunicorn.ThreadWorker", SERVE_THREADS)
+        return GunicornSettings.serve()
     return GunicornSettings()
 
 

@@ -64,13 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3,
                         help="repeat every point this many times, interleaved; figures are medians (default 3)")
     parser.add_argument("--production", action="store_true",
-                        help="every target under contrib/gunicorn.conf.py, the production settings (one "
-                             "process of 16 threads per CPU, at least 2; gunicorn access log, multi-process metrics)")
+                        help="every target under contrib/gunicorn.conf.py, the production settings (two "
+                             "processes of 16 threads per CPU, 2 to 8; gunicorn access log, multi-process metrics)")
     parser.add_argument("--serve", action="store_true",
                         help="every target under what 'dolibarr-webhooks serve' runs since it resists slow "
-                             "clients: 2 workers of dolibarr_webhooks.web.gunicorn.ThreadWorker, 16 threads each")
+                             "clients: dolibarr_webhooks.web.gunicorn.ThreadWorker processes (2 per CPU, 2 to 8), "
+                             "16 threads each")
     parser.add_argument("--workers", type=int, default=None,
-                        help="gunicorn workers (default 2, as serve; with --production, the file's)")
+                        help="gunicorn workers (default: 2; with --serve, serve's; with --production, the file's)")
     parser.add_argument("--worker-class", default=None, help="gunicorn worker class (default sync)")
     parser.add_argument("--threads", type=int, default=1, help="threads per worker with --worker-class gthread")
     parser.add_argument("--with-worker", action="store_true",
@@ -92,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.production:
         gunicorn = GunicornSettings(args.workers, args.worker_class, args.threads, PRODUCTION_CONFIG)
     elif args.serve:
-        from dolibarr_webhooks.web.gunicorn import SERVE_THREADS
-
-        gunicorn = GunicornSettings(args.workers or 2, "dolibarr_webhooks.web.gunicorn.ThreadWorker", SERVE_THREADS)
+        gunicorn = GunicornSettings.serve(args.workers)
     else:
         gunicorn = GunicornSettings(args.workers or 2, args.worker_class or "sync", args.threads)
     concurrencies = [int(c) for c in args.concurrency.split(",")]

@@ -16,14 +16,13 @@ receiver stores and answers in milliseconds; the timeouts here only bound the ca
 where something is stuck, and they all end well before Dolibarr's 30 s.
 """
 
-import multiprocessing
 import os
 
 # The metrics folder first: prometheus_client picks memory or files when it is imported,
 # which the application's modules, imported below, do. dolibarr_webhooks.web.gunicorn does
 # not import it.
 from dolibarr_webhooks.web.gunicorn import (SERVE_THREADS, mark_process_dead, prepare_multiproc_dir,
-                                            remove_multiproc_dir, wipe_multiproc_dir)
+                                            remove_multiproc_dir, web_processes, wipe_multiproc_dir)
 
 # PROMETHEUS_MULTIPROC_DIR: where every process writes its metric samples, so that /metrics
 # adds up all gunicorn workers AND the separate 'dolibarr-webhooks worker' process (give it
@@ -62,11 +61,12 @@ os.environ.setdefault("PGCONNECT_TIMEOUT", "5")
 # socket systemd hands it (LISTEN_FDS) and ignores this.
 bind = (os.environ.get("GUNICORN_BIND") or f"127.0.0.1:{_service.get('PORT', 8080)}").split(",")
 
-# WEB_CONCURRENCY: worker processes (gunicorn's own variable). One per CPU (Python runs one
-# thread of a process at a time), at least 2 so that one can be replaced while the other
+# WEB_CONCURRENCY: worker processes (gunicorn's own variable). As serve: two per CPU (Python
+# runs one thread of a process at a time, and a process committing waits for its own
+# threads: web_processes says why), at least 2 so that one can be replaced while the other
 # answers, at most 8. GUNICORN_THREADS: threads of each, as serve (16). Each worker holds up
 # to 8 + 16 database connections at most (SQLAlchemy's pool).
-workers = int(os.environ.get("WEB_CONCURRENCY") or max(2, min(multiprocessing.cpu_count(), 8)))
+workers = int(os.environ.get("WEB_CONCURRENCY") or web_processes())
 threads = int(os.environ.get("GUNICORN_THREADS") or SERVE_THREADS)
 
 # Threads, as serve: the requests a process has in hand at once share one transaction and

@@ -131,7 +131,7 @@ def test_gunicorn_conf_defaults_fit_dolibarr(tmp_path):
     # A client that stalls is dropped before the worker timeout could kill its worker.
     assert HEAD_DEADLINE + BODY_DEADLINE < int(conf["timeout"])
     assert conf["bind"] == "['127.0.0.1:8080']", "loopback only, behind nginx"
-    assert int(conf["workers"]) == max(2, min(os.cpu_count(), 8)), "one process per CPU, at least 2"
+    assert int(conf["workers"]) == max(2, min(2 * os.cpu_count(), 8)), "two processes per CPU, at least 2"
     assert int(conf["timeout"]) < 30 and int(conf["graceful_timeout"]) < 30, "Dolibarr gives up after 30 s"
     assert conf["forwarded_allow_ips"] == "['127.0.0.1', '::1']"
     assert conf["logger_class"] == "dolibarr_webhooks.web.gunicorn.RedactingLogger"

@@ -16,9 +16,10 @@ from .targets import ALL_INTERFACES, LOCAL_URL_WARNING, is_local_url, target_url
 @webhooks.command("serve", with_appcontext=False)
 @click.option("--host", default=None, help="Listen address (default DOLIBARR_WEBHOOKS_HOST or 0.0.0.0).")
 @click.option("--port", type=int, default=None, help="Port (default DOLIBARR_WEBHOOKS_PORT, WEBHOOK_PORT or 8080).")
-@click.option("--workers", type=int, default=2, show_default=True, help="gunicorn worker processes.")
+@click.option("--workers", type=int, default=None,
+              help="gunicorn worker processes (default: 2 per CPU, at least 2, at most 8).")
 @click.option("--env-file", default=".env", show_default=True, help="Where a generated secret is saved.")
-def serve_command(host: str | None, port: int | None, workers: int, env_file: str) -> None:
+def serve_command(host: str | None, port: int | None, workers: int | None, env_file: str) -> None:
     """Run the service with its embedded defaults (SQLite, worker inside), for a first try."""
     # Read once, here: gunicorn's workers are forked from this process and build their app from
     # these settings (with the options below), never from the environment again.

@@ -373,9 +373,24 @@ def worker_timeout(request_deadline: float) -> int:
 SERVE_THREADS = 16
 
 
-def run(settings: Settings, bind: str, workers: int = 2) -> None:
+def web_processes(cpus: int | None = None) -> int:
+    """gunicorn worker processes, for ``serve`` and ``contrib/gunicorn.conf.py``: two per CPU,
+    at least 2 (one can be replaced while the other answers), at most 8.
+
+    Two per CPU, not one: the threads of a process share one GIL, and the thread committing a
+    batch takes it back after each system call of the commit and the fsync, each time behind
+    the other threads' parsing (up to the interpreter's switch interval, 5 ms). Meanwhile it
+    holds the file's writers' turn. With two processes per core, one runs Python while the
+    other commits. On 2 cores at concurrency 16, SQLite answered 1.25 to 1.35x the requests
+    a second of one process per CPU, PostgreSQL about the same (bench/README.rst, issue #15)."""
+    return max(2, min(2 * (cpus or os.cpu_count() or 1), 8))
+
+
+def run(settings: Settings, bind: str, workers: int | None = None) -> None:
     """``dolibarr-webhooks serve``: gunicorn with the embedded defaults, for a first try. Its
-    workers, forked from this process, build their app from ``settings``: read once, here."""
+    workers, forked from this process, build their app from ``settings``: read once, here.
+    ``workers``: processes, ``web_processes()`` when None."""
+    workers = workers or web_processes()
     from gunicorn.app.base import BaseApplication
 
     path, created = prepare_multiproc_dir()
