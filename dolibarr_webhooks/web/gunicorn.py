@@ -374,15 +374,17 @@ SERVE_THREADS = 16
 
 
 def web_processes(cpus: int | None = None) -> int:
-    """gunicorn worker processes, for ``serve`` and ``contrib/gunicorn.conf.py``: two per CPU,
-    at least 2 (one can be replaced while the other answers), at most 8.
+    """gunicorn worker processes, for ``serve`` and ``contrib/gunicorn.conf.py``: two per CPU
+    (gunicorn's documentation starts from twice the cores plus one), at least 2 (one can be
+    replaced while the other answers), at most 8.
 
     Two per CPU, not one: the threads of a process share one GIL, and the thread committing a
-    batch takes it back after each system call of the commit and the fsync, each time behind
-    the other threads' parsing (up to the interpreter's switch interval, 5 ms). Meanwhile it
-    holds the file's writers' turn. With two processes per core, one runs Python while the
-    other commits. On 2 cores at concurrency 16, SQLite answered 1.25 to 1.35x the requests
-    a second of one process per CPU, PostgreSQL about the same (bench/README.rst, issue #15)."""
+    batch takes it back after each system call of its commit and fsync, each time behind the
+    other threads' parsing (up to the interpreter's switch interval, 5 ms). On SQLite it holds
+    the file's writers' turn all the while, and every process waits for that turn. With two
+    processes per core one runs Python while another commits: on 2 cores at concurrency 16,
+    SQLite answered 1.03 to 1.35x the requests a second of one process per CPU; PostgreSQL,
+    whose processes share no turn, 0.95 to 1.04x (bench/processes.py, issue #15)."""
     return max(2, min(2 * (cpus or os.cpu_count() or 1), 8))
 
 
