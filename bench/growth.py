@@ -3,7 +3,8 @@
     python bench/growth.py [--database sqlite|postgresql|both] [--sizes 0,100000,1000000]
                            [--duration 4]
 
-For each store, one real gunicorn (``serve``'s settings: 2 sync workers) over a store that is
+For each store, one real gunicorn (2 sync workers: one request at a time per process, so a
+point follows the store, not the batching of threads) over a store that is
 filled between the points, with the rows a year of a busy Dolibarr leaves: accepted events
 (a 1.2 KB third-party payload each) and their delivered deliveries, one in a thousand dead.
 At each size: ``wrk`` posts the 15.6 KB BILL_VALIDATE sample at c=1 and c=16 (p50, p99 of
