@@ -15,7 +15,7 @@ from gunicorn.config import Config
 
 from dolibarr_webhooks.settings import SETTINGS, load_settings
 from dolibarr_webhooks.web.gunicorn import (BODY_DEADLINE, HEAD_DEADLINE, SERVE_THREADS, RedactingLogger,
-                                            wipe_multiproc_dir)
+                                            web_processes, wipe_multiproc_dir)
 from dolibarr_webhooks.logs import redact, scrub
 from dolibarr_webhooks.web.ratelimit import key_prefix
 from production_helpers import CONTRIB, ENV_EXAMPLE, GUNICORN_CONF, ROOT
@@ -140,6 +140,13 @@ def test_gunicorn_conf_defaults_fit_dolibarr(tmp_path):
     assert "%(u)s" not in conf["access_log_format"] and "authorization" not in conf["access_log_format"].lower()
     assert conf["child_exit"] == "<child_exit()>" and conf["on_starting"] == "<on_starting()>"
     assert (tmp_path / "metrics").is_dir()
+
+
+def test_web_processes_are_two_per_cpu_from_2_to_8():
+    """serve and the configuration file share one count: a second process per CPU runs Python
+    while another waits for its GIL in the middle of a commit (issue #15)."""
+    assert [web_processes(cpus=n) for n in (1, 2, 3, 4, 16)] == [2, 4, 6, 8, 8]
+    assert web_processes() == max(2, min(2 * os.cpu_count(), 8))
 
 
 def test_gunicorn_conf_reads_the_environment(tmp_path):
