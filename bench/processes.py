@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from _common import GunicornSettings, Wrk, database, log, product_server, table
 
 def settings(spec: str) -> GunicornSettings:
     processes, threads = (int(n) for n in spec.lower().split("x"))
-    return GunicornSettings(processes, "dolibarr_webhooks.web.gunicorn.ThreadWorker", threads)
+    return dataclasses.replace(GunicornSettings.serve(processes), threads=threads)
 
 
 def main(argv: list[str] | None = None) -> int:

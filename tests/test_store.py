@@ -346,9 +346,10 @@ def test_postgresql_ingest_is_one_statement_in_autocommit(make_app, tmp_path, da
 
 def _plan(conn, sql: str, postgres: bool) -> str:
     """The plan of ``sql`` ($1 / ? for its one parameter), as text; PostgreSQL told to avoid
-    sequential scans, which it prefers on a table this small."""
+    sequential scans, which it prefers on a table this small (for the caller's transaction only:
+    the connection goes back to the store's pool)."""
     if postgres:
-        conn.exec_driver_sql("SET enable_seqscan = off")
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
         conn.exec_driver_sql(f"PREPARE planned AS {sql.replace('?', '$1')}")
         plan = conn.exec_driver_sql("EXPLAIN EXECUTE planned(1)").scalars().all()
         conn.exec_driver_sql("DEALLOCATE planned")
