@@ -17,6 +17,7 @@ from dolibarr_webhooks.cli.targets import is_local_url, reachable_address
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 from dolibarr_webhooks.testing import free_port, running_service, wait_for, wait_for_port
+from dolibarr_webhooks.web.gunicorn import web_processes
 
 SCRIPT = Path(sys.executable).parent / "dolibarr-webhooks"
 
@@ -177,8 +178,10 @@ def test_serve_on_every_interface_says_so_and_prints_a_reachable_url(tmp_path):
                                    stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for_port(port, process=process)
-        # Both gunicorn processes have built their app (and announced what they announce).
-        wait_for(lambda: len(re.findall(r"worker \S+ started", log.read_text())) == 2, 30, message=log.read_text)
+        # Every gunicorn process serve started (two per CPU) has built its app and announced
+        # what it announces.
+        wait_for(lambda: len(re.findall(r"worker \S+ started", log.read_text())) == web_processes(), 30,
+                 message=log.read_text)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
