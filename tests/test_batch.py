@@ -12,6 +12,7 @@ requests queued meanwhile form the next batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import fcntl
@@ -22,10 +23,11 @@ import time
 import pytest
 from sqlalchemy import text
 
-from dolibarr_webhooks.store import sqlite_path
+from dolibarr_webhooks.store import engine, sqlite_path
 from dolibarr_webhooks.store import DATA, TIMEOUT, UNAVAILABLE, DeadlinePassed, IngestResult, Store, StoreError
 from dolibarr_webhooks.store.group_commit import read_counters
 from dolibarr_webhooks.testing import make_event, wait_for
+from dolibarr_webhooks_testplugin import writes_blocked
 
 PLUGINS = ["log", "mail"]
 
@@ -234,6 +236,22 @@ def test_a_failed_fsync_fails_exactly_the_requests_of_its_commit(store, sqlite_f
     assert store.committer.batches == 2 and len(calls) == 2
 
 
+def test_a_transaction_that_cannot_begin_fails_every_request_of_its_batch(store, sqlite_file, monkeypatch):
+    """Not one request's fault (another program keeps the write lock past SQLite's busy timeout,
+    none of the requests having a deadline): every request taken is answered with it."""
+    monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT", 0.5)
+    with writes_blocked(f"sqlite:///{sqlite_file}"):
+        held, requests = HeldTurn(sqlite_file), Requests(store)
+        try:
+            for n in range(3):
+                requests.start(lambda n=n: store.ingest(make_event("BILL_VALIDATE", id=n), PLUGINS))
+        finally:
+            held.release()
+        failures = requests.join()
+    assert [(type(error), error.kind) for error in failures] == [(StoreError, TIMEOUT)] * 3
+    assert stored_events(store) == {} and store.committer.batches == 0
+
+
 def test_a_request_still_queued_at_its_deadline_is_answered_and_not_stored(any_store):
     def ingest(object_id: int, deadline: float | None = None):
         return lambda: any_store.ingest(make_event("BILL_VALIDATE", id=object_id), PLUGINS, deadline=deadline)
@@ -252,6 +270,48 @@ def test_a_request_still_queued_at_its_deadline_is_answered_and_not_stored(any_s
     assert isinstance(expired, StoreError) and expired.kind == TIMEOUT
     assert first.status == last.status == "accepted"
     assert set(stored_events(any_store)) == {first.event_id, last.event_id}
+
+
+@pytest.mark.parametrize("first_to_expire", ["the leader", "a request behind it"])
+def test_each_request_is_answered_by_its_own_deadline_not_its_batch_mates(any_store, first_to_expire):
+    """A lock held past one request's deadline: that request is answered then, while the others
+    of its batch, whose deadlines are later, still wait for the lock. Before, a batch's leader
+    (a request's own thread) answered only once it had waited for the others too, and on SQLite
+    the wait for another program's write lock lasted until the batch's last deadline: a
+    proxy's 503 came seconds after the deadline (CI, test_production_store_faults)."""
+    soon, late = time.monotonic() + 2.0, time.monotonic() + 60
+    deadlines = [soon, late, late] if first_to_expire == "the leader" else [late, soon, late]
+    events = [make_event("BILL_VALIDATE", id=number) for number in (1, 2, 3)]
+    requests = Requests(any_store)
+    try:
+        with contextlib.ExitStack() as held:
+            if any_store.is_postgres:
+                table = HeldTable(any_store.url)
+                held.callback(table.release)
+                # A first request waits alone for the lock until its deadline; the three queued
+                # meanwhile form the next batch.
+                requests.start(lambda: any_store.ingest(make_event("BILL_VALIDATE", id=0), PLUGINS,
+                                                        deadline=time.monotonic() + 1.0), table.waited_for)
+                requests.taken = 1
+            else:
+                held.enter_context(writes_blocked(any_store.url))  # another program's write lock
+                turn = HeldTurn(sqlite_path(any_store.url))  # the three queue behind this turn
+            for event, deadline in zip(events, deadlines):
+                requests.start(lambda event=event, deadline=deadline:
+                               any_store.ingest(event, PLUGINS, deadline=deadline))
+            if not any_store.is_postgres:
+                turn.release()
+            expiring = requests.taken + deadlines.index(soon)
+            wait_for(lambda: expiring in requests.outcomes, timeout=20,
+                     message=lambda: f"no answer by its deadline: {requests.outcomes}")
+            assert set(requests.outcomes) <= {0, expiring}, "the others wait for the lock until theirs"
+    finally:  # the locks released, every thread ends before the store is disposed of
+        answers = requests.join()
+    outcomes = answers[requests.taken:]
+    expired = outcomes.pop(deadlines.index(soon))
+    assert isinstance(expired, StoreError) and expired.kind == TIMEOUT
+    assert [outcome.status for outcome in outcomes] == ["accepted", "accepted"]
+    assert set(stored_events(any_store)) == {outcome.event_id for outcome in outcomes}
 
 
 @pytest.mark.parametrize("expires", ["before its statements ran", "before the commit"])

@@ -30,6 +30,11 @@ What each request is promised on SQLite stays what ``Store._write`` promised it 
   exactly the requests of the commits it covered.
 - Waiting for a lead ends at its deadline, unless its work is in a transaction already
   (then the leader answers it, as ``_write`` answered a request past its deadline mid-commit).
+- It is answered by its own deadline, not its batch-mates': a lock is waited for until the
+  batch's earliest deadline only; a request left out of the transaction (its deadline, its
+  error) is answered at once; and a leader whose own outcome is known before the others'
+  answers itself, the others going back to the head of the queue to lead themselves (the
+  leader is a request's thread: it cannot answer while it works for the others).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from .checkpoint import LogCheckpoints
-from .failures import DeadlinePassed
+from .failures import TIMEOUT, DeadlinePassed, classify_error
 from .group_commit import SharedSync
 from .sqlite_fast import Driver
 from .writers import WriterQueue
@@ -144,12 +149,14 @@ class Committer:
             # Until the leader's deadline only: the requests behind it keep theirs (the next
             # leader waits again), and a request past its deadline is never written.
             with self._turn(leader.deadline):
-                batch = self._take()
-                committed, number = self._commit(batch)
+                batch = self._take()  # answered with the error, should the commit raise
+                batch, committed, number = self._commit(batch)
         except Exception as exc:  # the turn, BEGIN or COMMIT: not one request's fault
             with self._guard:
                 if self._queue and self._queue[0] is leader:
                     self._queue.popleft()  # the turn did not come: the leader alone gives up
+            # Not those that went back to the queue: their work is in no transaction.
+            batch = [request for request in batch if request is leader or request.state != _QUEUED]
             for request in batch:
                 if request.error is None:
                     request.error = exc
@@ -166,9 +173,10 @@ class Committer:
                     if request.error is None:
                         request.error = exc
         for request in batch:
-            request.state = _DONE
-            if request is not leader:
-                request.ready.release()
+            if request.state != _DONE:  # not answered early (_answer_failed)
+                request.state = _DONE
+                if request is not leader:
+                    request.ready.release()
         if committed:
             self.after_durable([request.result for request in batch if request.error is None])
 
@@ -208,40 +216,80 @@ class Committer:
         with self._guard:
             return len(self._queue)
 
-    def _commit(self, batch: list[_Request]) -> tuple[bool, int | None]:
+    def _commit(self, batch: list[_Request]) -> tuple[list[_Request], bool, int | None]:
         """In the writers' turn (SQLite): write the batch's work in one transaction, each request's
-        error on it. Whether anything was committed, and the commit's number for
-        ``SharedSync`` (None: no sync)."""
-        left = self._drop_expired(batch)
-        deadlines = [request.deadline for request in left]
-        # SQLite's busy timeout (another program's write lock) ends at the last deadline; a
-        # request whose deadline passed meanwhile is left out before the commit.
-        deadline = None if None in deadlines else max(deadlines, default=None)
-        while left:
+        error on it. The requests this leader answers (the batch, less those that went back to
+        the queue), whether anything was committed, and the commit's number for ``SharedSync``
+        (None: no sync)."""
+        leader, left = batch[0], self._drop_expired(batch)
+        while leader in left:
+            self._answer_failed(batch, leader)
             self.before_write()  # a try that met a file opened read-only closed the connections
-            if self._transaction(left, deadline):
-                committed = sum(1 for request in left if request.error is None)
-                if not committed:
-                    return False, None
-                self.batches += 1
-                self.committed += committed
-                return True, self.durable.committed() if self.durable else None
-            left = [request for request in left if request.error is None]
-        return False, None
+            left = self._transaction(left, self._earliest(left))
+            if not left:
+                break
+        else:
+            # The leader's outcome is known (its deadline passed, its own error): it answers now,
+            # and the requests left lead themselves.
+            self._requeue(left)
+        answered = [request for request in batch if request.state != _QUEUED]
+        committed = sum(1 for request in answered if request.error is None)
+        if not committed:
+            return answered, False, None
+        self.batches += 1
+        self.committed += committed
+        return answered, True, self.durable.committed() if self.durable else None
 
-    def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
-        """One try: True when done (each request has its result, or its error); False when
-        rolled back after failing a request (a deadline passed, or its own error), to be tried
-        again without it."""
+    def _transaction(self, requests: list[_Request], deadline: float | None) -> list[_Request]:
+        """One try; the requests still to do: none when done (each request has its result, or
+        its error); after a rollback, those without an error, to be tried again (a deadline
+        passed, a request's own error). ``deadline``: the earliest of the requests', for any
+        lock wait."""
         raise NotImplementedError
 
     @staticmethod
-    def _drop_expired(requests: list[_Request]) -> list[_Request]:
+    def _earliest(requests: list[_Request]) -> float | None:
+        deadlines = [request.deadline for request in requests if request.deadline is not None]
+        return min(deadlines, default=None)
+
+    @staticmethod
+    def _answer_failed(batch: list[_Request], leader: _Request) -> None:
+        """Answer now the requests of the batch that failed, and are out of its transaction
+        (the leader answers itself when it is done leading)."""
+        for request in batch:
+            if request.error is not None and request is not leader and request.state == _TAKEN:
+                request.state = _DONE
+                request.ready.release()
+
+    def _requeue(self, requests: list[_Request]) -> None:
+        """Back to the head of the queue, in their order, out of this leader's answers: the next
+        leader takes them first, and each stops waiting at its deadline again (its work is in
+        no transaction). One whose deadline has passed waits for this leader's answer (its
+        thread stopped looking at the time): it gets it now."""
+        now = time.monotonic()
+        with self._guard:
+            for request in reversed(requests):
+                if request.expired(now):
+                    request.error = DeadlinePassed("waiting for this process's other writers")
+                    request.state = _DONE
+                    request.ready.release()
+                else:
+                    request.state = _QUEUED
+                    request.result = None  # of a rolled-back try
+                    self._queue.appendleft(request)
+
+    @staticmethod
+    def _unfailed(requests: list[_Request]) -> list[_Request]:
+        return [request for request in requests if request.error is None]
+
+    @staticmethod
+    def _drop_expired(requests: list[_Request], when: str = "before the commit") -> list[_Request]:
+        """The requests whose deadline has not passed; the others get ``DeadlinePassed``."""
         now = time.monotonic()
         left = []
         for request in requests:
             if request.expired(now):
-                request.error = DeadlinePassed("the deadline passed before the commit")
+                request.error = DeadlinePassed(f"the deadline passed {when}")
             else:
                 left.append(request)
         return left
@@ -276,24 +324,33 @@ class SQLiteCommitter(Committer):
             self._driver, self._pid = Driver(self.engine), os.getpid()
         return self._driver
 
-    def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
+    def _transaction(self, requests: list[_Request], deadline: float | None) -> list[_Request]:
         driver = self._connection()
         try:
-            driver.begin(deadline)
+            try:
+                driver.begin(deadline)
+            except DBAPIError as exc:
+                # Another program's write lock, until the earliest deadline (a busy timeout
+                # counts whole seconds, so it may end sooner): those past theirs are left
+                # out, the others wait again.
+                if deadline is None or classify_error(exc) != TIMEOUT:
+                    raise
+                return self._drop_expired(requests, "waiting for another program's write lock")
             for request in requests:
                 if request.expired(time.monotonic()):
                     request.error = DeadlinePassed("the deadline passed before its statements ran")
-                    return False
+                    return self._unfailed(requests)
                 try:
                     request.result = request.work(driver)
                 except Exception as exc:
                     request.error = exc
-                    return False
+                    return self._unfailed(requests)
             # Nothing is committed after the deadline of a request it covers.
-            if self._drop_expired(requests) != requests:
-                return False
+            left = self._drop_expired(requests)
+            if left != requests:
+                return left
             driver.commit()
-            return True
+            return []
         finally:
             self._end(driver)
 
@@ -320,13 +377,15 @@ class SQLiteCommitter(Committer):
 
 class PostgresCommitter(Committer):
     """A batch of one is one call of the ingest function in autocommit, as before (one round
-    trip), on the driver's connection. A batch of more is ``BEGIN``, the calls and ``COMMIT`` sent together in psycopg's
-    pipeline mode: one round trip and one flush of the WAL for all of them. Each call's lock
-    waits end by the earliest deadline of the batch, so that the commit does not wait past
-    it. On any error the transaction is rolled back and each request called alone, with its
-    own deadline, as before: its error is its own, and a lock wait cut short by another
-    request's deadline is waited for again. Each request's work is ``(parameters of the
-    call, finish)``: ``finish(the call's result)`` is the request's result."""
+    trip), on the driver's connection. A batch of more is ``BEGIN``, the calls and ``COMMIT``
+    sent together in psycopg's pipeline mode: one round trip and one flush of the WAL for all
+    of them. Each call's lock waits end by the earliest deadline of the batch, so that the
+    commit does not wait past it. On any error the transaction is rolled back and the leader
+    called alone, with its own deadline, as before; the others go back to the queue, where the
+    next leader batches them again (each failing request ends up alone, with its own error,
+    and a lock wait cut short by another request's deadline is waited for again). Each
+    request's work is ``(parameters of the call, finish)``: ``finish(the call's result)`` is
+    the request's result."""
 
     def __init__(self, engine: Engine, statement, remaining_ms: Callable[[float | None], int],
                  before_write: Callable[[], None], after_durable: Callable[[list[Any]], None], **bounds) -> None:
@@ -341,10 +400,10 @@ class PostgresCommitter(Committer):
         self._pid: int | None = None
         self._used_at = 0.0
 
-    def _transaction(self, requests: list[_Request], deadline: float | None) -> bool:
+    def _transaction(self, requests: list[_Request], deadline: float | None) -> list[_Request]:
         if len(requests) == 1:
             self._call_alone(requests[0])
-            return True
+            return []
         remaining = []
         for request in requests:
             try:
@@ -352,7 +411,7 @@ class PostgresCommitter(Committer):
             except DeadlinePassed as exc:
                 request.error = exc
         if len(remaining) < len(requests):
-            return False  # again without the requests whose deadline passed
+            return self._unfailed(requests)  # again without the requests whose deadline passed
         lock_timeout = f"{min(remaining)}ms"
         driver = self._connection()
         cursors = []
@@ -366,21 +425,23 @@ class PostgresCommitter(Committer):
             if self._lost(driver):  # the COMMIT's outcome is unknown: never redo
                 for request in requests:
                     request.error = self._wrapped(exc)
-                return True
+                return []
             driver.execute("ROLLBACK")
-            cursors = None
+            # One of them failed the transaction: its own data, or a lock wait cut short by
+            # the earliest deadline. The others go back to the queue first (those past their
+            # deadline are answered now), then the first, the leader, is called alone with
+            # its own deadline.
+            self._requeue(requests[1:])
+            self._call_alone(requests[0])
+            return []
         except BaseException:
             self._drop()  # a transaction may be left open: never used again
             raise
         finally:
             self._used_at = time.monotonic()
-        if cursors is None:
-            for request in requests:
-                self._call_alone(request)
-            return True
         for request, cursor in zip(requests, cursors):
             request.result = request.work[1](cursor.fetchone()[0])
-        return True
+        return []
 
     def _call_alone(self, request: _Request) -> None:
         # On the driver's connection, as the batch: SQLAlchemy's execute cost the web process
