@@ -299,9 +299,7 @@ class SQLiteCommitter(Committer):
     """A batch is one ``BEGIN IMMEDIATE`` transaction in the file's writers' turn, on the
     committer's own connection (``sqlite_fast.Driver``: one leader at a time uses it, so a
     process needs one, and no pool checkout or SQLAlchemy transaction is paid per batch);
-    each request's work is ``work(driver)``, its statements on that connection. Works of one
-    type with a ``many`` (``many(driver, works)``: their results, in order) run together in
-    its statements; should that fail, the batch is tried again one work at a time."""
+    each request's work is ``work(driver)``, its statements on that connection."""
 
     def __init__(self, engine: Engine, writers: WriterQueue, durable: SharedSync | None,
                  before_write: Callable[[], None], after_durable: Callable[[list[Any]], None],
@@ -309,7 +307,6 @@ class SQLiteCommitter(Committer):
         super().__init__(engine, before_write, after_durable, durable, **bounds)
         self.writers = writers
         self.checkpoints = checkpoints
-        self._together = True  # False for the try after a batch that failed together
         self._driver: Driver | None = None
         self._pid: int | None = None
 
@@ -328,11 +325,6 @@ class SQLiteCommitter(Committer):
         return self._driver
 
     def _transaction(self, requests: list[_Request], deadline: float | None) -> list[_Request]:
-        # Works of one kind that can run together (``work.many``: the ingest, store.queue) do,
-        # unless that failed in the try before this one.
-        together = self._together and len(requests) > 1 and hasattr(requests[0].work, "many") and all(
-            type(request.work) is type(requests[0].work) for request in requests)
-        self._together = True
         driver = self._connection()
         try:
             try:
@@ -344,25 +336,15 @@ class SQLiteCommitter(Committer):
                 if deadline is None or classify_error(exc) != TIMEOUT:
                     raise
                 return self._drop_expired(requests, "waiting for another program's write lock")
-            if together:
+            for request in requests:
+                if request.expired(time.monotonic()):
+                    request.error = DeadlinePassed("the deadline passed before its statements ran")
+                    return self._unfailed(requests)
                 try:
-                    results = requests[0].work.many(driver, [request.work for request in requests])
-                except Exception:
-                    # One request's data, most likely: again, one by one, so that its error is its own.
-                    self._together = False
-                    return requests
-                for request, result in zip(requests, results):
-                    request.result = result
-            else:
-                for request in requests:
-                    if request.expired(time.monotonic()):
-                        request.error = DeadlinePassed("the deadline passed before its statements ran")
-                        return self._unfailed(requests)
-                    try:
-                        request.result = request.work(driver)
-                    except Exception as exc:
-                        request.error = exc
-                        return self._unfailed(requests)
+                    request.result = request.work(driver)
+                except Exception as exc:
+                    request.error = exc
+                    return self._unfailed(requests)
             # Nothing is committed after the deadline of a request it covers.
             left = self._drop_expired(requests)
             if left != requests:

@@ -8,7 +8,6 @@ LOCKED``.
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import secrets
 import time
@@ -104,93 +103,6 @@ def _ingested(event_id: str, duplicate_of: str | None, plugins: list[str]) -> In
     if duplicate_of:
         return IngestResult(DUPLICATE, event_id, duplicate_of)
     return IngestResult(ACCEPTED, event_id, None, len(plugins))
-
-
-def _new_delivery(event_id: str, plugin: str, now: float) -> dict[str, Any]:
-    return dict(event_id=event_id, plugin=plugin, status=PENDING, attempts=0, runs=0, reclaims=0,
-                next_attempt_at=now, created_at=now, updated_at=now)
-
-
-@functools.lru_cache(maxsize=None)
-def _find_duplicates(sources: int, hashes: int):
-    """The duplicate search of a batch of SQLite ingests: the events of these sources and bodies
-    since the earliest ``since``, on ix_events_dedup; the rest of each request's search (the
-    status too) is done in Python (``_SQLiteIngest.many``). With ``status = ?`` in the SQL,
-    SQLite's planner took ix_events_status, which holds nearly every event under one value.
-    One statement per shape, kept."""
-    return select(events.c.id, events.c.status, events.c.source, events.c.body_sha256, events.c.trigger_code,
-                  events.c.object_id, events.c.received_at).where(
-        events.c.source.in_([bindparam(f"source{number}") for number in range(sources)]),
-        events.c.body_sha256.in_([bindparam(f"hash{number}") for number in range(hashes)]),
-        events.c.received_at >= bindparam("since"),
-    )
-
-
-class _SQLiteIngest:
-    """One request's ingest on SQLite, as the group commit (store.batch) runs it: alone,
-    ``work(conn)``, its statements (the duplicate search, the event, its deliveries); or with
-    the other requests of its batch, ``_SQLiteIngest.many(driver, works)``: one duplicate
-    search, one INSERT of the events and one of the deliveries for the whole batch, each
-    request's search finished in Python, where it also sees the events of the requests before
-    it. Each statement in the writers' turn hands the GIL over, and the committing thread
-    takes it back behind the threads parsing: 3 statements a batch instead of 3 a request."""
-
-    __slots__ = ("row", "search", "dedup", "plugins", "now")
-
-    def __init__(self, row: dict[str, Any], search: dict[str, Any], dedup: bool, plugins: list[str],
-                 now: float) -> None:
-        self.row, self.search, self.dedup, self.plugins, self.now = row, search, dedup, plugins, now
-
-    def __call__(self, conn: Connection | sqlite_fast.Driver) -> IngestResult:
-        row = self.row
-        found = sqlite_fast.execute(conn, _FIND_DUPLICATE, dict(row, **self.search)) if self.dedup else None
-        duplicate_of = (found.fetchone() or (None,))[0] if found else None
-        stored = self._stored(duplicate_of)
-        sqlite_fast.execute(conn, _INSERT_EVENT, stored, keys=tuple(stored))
-        if self.plugins and not duplicate_of:
-            new = [_new_delivery(row["id"], plugin, self.now) for plugin in self.plugins]
-            sqlite_fast.executemany(conn, _INSERT_DELIVERY, new, keys=tuple(new[0]))
-        return _ingested(row["id"], duplicate_of, self.plugins)
-
-    @staticmethod
-    def many(driver: sqlite_fast.Driver, works: list[_SQLiteIngest]) -> list[IngestResult]:
-        """The ingests of a batch, in order, in three statements; their results."""
-        # (source, body, code, object) -> [(received_at, id)] of the accepted events
-        accepted: dict[tuple, list[tuple[float, str]]] = {}
-        searching = [work for work in works if work.dedup]
-        if searching:
-            sources = sorted({work.row["source"] for work in searching})
-            hashes = sorted({work.row["body_sha256"] for work in searching})
-            params = dict(since=min(work.search["since"] for work in searching))
-            params.update((f"source{number}", source) for number, source in enumerate(sources))
-            params.update((f"hash{number}", digest) for number, digest in enumerate(hashes))
-            for event_id, status, *key, received_at in sqlite_fast.execute(
-                    driver, _find_duplicates(len(sources), len(hashes)), params):
-                if status == ACCEPTED:
-                    accepted.setdefault(tuple(key), []).append((received_at, event_id))
-        stored, new, results = [], [], []
-        for work in works:
-            row = work.row
-            key = (row["source"], row["body_sha256"], row["trigger_code"], row["object_id"])
-            duplicate_of = None
-            if work.dedup:
-                since = work.search["since"]
-                duplicate_of = next((event_id for received_at, event_id in accepted.get(key, ())
-                                     if received_at >= since), None)
-            stored.append(work._stored(duplicate_of))
-            if not duplicate_of:
-                accepted.setdefault(key, []).append((row["received_at"], row["id"]))
-                new.extend(_new_delivery(row["id"], plugin, work.now) for plugin in work.plugins)
-            results.append(_ingested(row["id"], duplicate_of, work.plugins))
-        sqlite_fast.insert_rows(driver, _INSERT_EVENT, stored, keys=tuple(stored[0]))
-        if new:
-            sqlite_fast.insert_rows(driver, _INSERT_DELIVERY, new, keys=tuple(new[0]))
-        return results
-
-    def _stored(self, duplicate_of: str | None) -> dict[str, Any]:
-        """The event's row: a duplicate names the event it repeats, without the payload."""
-        return dict(self.row, status=DUPLICATE if duplicate_of else ACCEPTED, duplicate_of=duplicate_of,
-                    raw_body=None, error=None, payload=None if duplicate_of else self.row["payload"])
 
 
 @dataclass(frozen=True)
@@ -345,12 +257,13 @@ class Store(Inspection):
                             plugins=plugins, channel=NOTIFY_CHANNEL)
                 return self.committer.run((call, lambda duplicate_of: _ingested(event.id, duplicate_of, plugins)),
                                           deadline, len(row["payload"]))
-            work = _SQLiteIngest(row, search, dedup, plugins, now)
-            if self.committer is not None:  # shares a transaction and an fsync with the requests waiting
+            elif self.committer is not None:  # shares a transaction and an fsync with the requests waiting
                 # (the committer wakes the workers, once for the transaction: _woken)
-                return self.committer.run(work, deadline, len(row["payload"]))
-            with self._write(deadline) as conn:  # an in-memory database: one connection, no turn to share
-                result = work(conn)
+                return self.committer.run(lambda conn: self._ingest_sqlite(conn, row, search, dedup, plugins, now),
+                                          deadline, len(row["payload"]))
+            else:  # an in-memory database: one connection, no turn to share
+                with self._write(deadline) as conn:
+                    result = self._ingest_sqlite(conn, row, search, dedup, plugins, now)
         except FAILURES as exc:
             raise store_error(exc) from exc
         self._woken([result])
@@ -360,6 +273,19 @@ class Store(Inspection):
         """Wake the workers after a commit (durable) that added deliveries."""
         if any(result.deliveries for result in results):
             self._wake()
+
+    def _ingest_sqlite(self, conn: Connection | sqlite_fast.Driver, row: dict[str, Any], search: dict[str, Any],
+                       dedup: bool, plugins: list[str], now: float) -> IngestResult:
+        """The statements of one ingest, on the driver's cursor (sqlite_fast)."""
+        found = sqlite_fast.execute(conn, _FIND_DUPLICATE, dict(row, **search)) if dedup else None
+        duplicate_of = (found.fetchone() or (None,))[0] if found else None
+        stored = dict(row, status=DUPLICATE if duplicate_of else ACCEPTED, duplicate_of=duplicate_of,
+                      raw_body=None, error=None, payload=None if duplicate_of else row["payload"])
+        sqlite_fast.execute(conn, _INSERT_EVENT, stored, keys=tuple(stored))
+        if plugins and not duplicate_of:
+            new = [self._new_delivery(row["id"], p, now) for p in plugins]
+            sqlite_fast.executemany(conn, _INSERT_DELIVERY, new, keys=tuple(new[0]))
+        return _ingested(row["id"], duplicate_of, plugins)
 
     def _remaining_ms(self, deadline: float | None) -> int:
         """What is left of a request's deadline, in whole milliseconds (at least 1: 0 would
@@ -371,7 +297,10 @@ class Store(Inspection):
             raise DeadlinePassed("before the store was reached (the request waited in a queue)")
         return left
 
-    _new_delivery = staticmethod(_new_delivery)  # replay's too (inspect.py)
+    @staticmethod
+    def _new_delivery(event_id: str, plugin: str, now: float) -> dict[str, Any]:
+        return dict(event_id=event_id, plugin=plugin, status=PENDING, attempts=0, runs=0, reclaims=0,
+                    next_attempt_at=now, created_at=now, updated_at=now)
 
     def quarantine(self, event_id: str, raw: bytes, source: str, error: str, body_sha256: str,
                    received_at: float, remote_addr: str | None = None, deadline: float | None = None) -> None:

@@ -90,19 +90,6 @@ def executemany(conn: Connection | Driver, statement: ClauseElement, rows: Itera
     return _run(conn, sql, lambda cursor: cursor.executemany(sql, values), values)
 
 
-def insert_rows(conn: Connection | Driver, statement: ClauseElement, rows: Sequence[dict[str, Any]],
-                keys: Sequence[str]) -> sqlite3.Cursor:
-    """``statement`` (an INSERT) for every row in one statement, a list of VALUES: one step of
-    SQLite, where ``executemany`` steps once a row, releasing and taking back the GIL each
-    time (the group commit's batch: store.queue). Rows up to SQLite's limit of variables
-    (32,766): a batch's are far fewer."""
-    sql, names, own = _compile(conn.dialect, statement, keys)
-    head, _, group = sql.partition(" VALUES ")
-    sql = f"{head} VALUES {', '.join([group] * len(rows))}"
-    values = [row[name] if name in row else own[name] for row in rows for name in names]
-    return _run(conn, sql, lambda cursor: cursor.execute(sql, values), values)
-
-
 def _run(conn: Connection | Driver, sql: str, call, values) -> sqlite3.Cursor:
     driver = conn.connection if isinstance(conn, Driver) else conn.connection.driver_connection
     cursor = driver.cursor()
