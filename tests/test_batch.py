@@ -132,6 +132,18 @@ class Requests:
         return [self.outcomes[number] for number in range(len(self.threads))]
 
 
+def ingested_behind_the_turn(store: Store, sqlite_file: str, object_ids) -> list[object]:
+    """The outcomes of ingests of these objects, queued behind the file's writers' lock held by
+    the test, then let go together: one batch."""
+    held, requests = HeldTurn(sqlite_file), Requests(store)
+    try:
+        for n in object_ids:
+            requests.start(lambda n=n: store.ingest(make_event("BILL_VALIDATE", id=n), PLUGINS))
+    finally:
+        held.release()
+    return requests.join()
+
+
 def table_rows(store: Store, sql: str) -> list[tuple]:
     with store.engine.connect() as conn:
         return [tuple(row) for row in conn.execute(text(sql))]
@@ -247,24 +259,12 @@ def test_a_failed_fsync_fails_exactly_the_requests_of_its_commit(store, sqlite_f
         real_fdatasync(fd)
 
     monkeypatch.setattr(os, "fdatasync", fails_once)
-    held, requests = HeldTurn(sqlite_file), Requests(store)
-    try:
-        for n in range(4):
-            requests.start(lambda n=n: store.ingest(make_event("BILL_VALIDATE", id=n), PLUGINS))
-    finally:
-        held.release()
-    failures = requests.join()
+    failures = ingested_behind_the_turn(store, sqlite_file, range(4))
     assert store.committer.batches == 1
     assert {(type(error), error.kind) for error in failures} == {(StoreError, UNAVAILABLE)}
     assert all("fsync" in str(error) for error in failures)
     # The next batch is synced by a sync of its own, and acknowledged.
-    held, requests = HeldTurn(sqlite_file), Requests(store)
-    try:
-        for n in range(4, 7):
-            requests.start(lambda n=n: store.ingest(make_event("BILL_VALIDATE", id=n), PLUGINS))
-    finally:
-        held.release()
-    assert [result.status for result in requests.join()] == ["accepted"] * 3
+    assert [result.status for result in ingested_behind_the_turn(store, sqlite_file, range(4, 7))] == ["accepted"] * 3
     assert store.committer.batches == 2 and len(calls) == 2
 
 
@@ -273,13 +273,7 @@ def test_a_transaction_that_cannot_begin_fails_every_request_of_its_batch(store,
     none of the requests having a deadline): every request taken is answered with it."""
     monkeypatch.setattr(engine, "SQLITE_BUSY_TIMEOUT", 0.5)
     with writes_blocked(f"sqlite:///{sqlite_file}"):
-        held, requests = HeldTurn(sqlite_file), Requests(store)
-        try:
-            for n in range(3):
-                requests.start(lambda n=n: store.ingest(make_event("BILL_VALIDATE", id=n), PLUGINS))
-        finally:
-            held.release()
-        failures = requests.join()
+        failures = ingested_behind_the_turn(store, sqlite_file, range(3))
     assert [(type(error), error.kind) for error in failures] == [(StoreError, TIMEOUT)] * 3
     assert stored_events(store) == {} and store.committer.batches == 0
 
