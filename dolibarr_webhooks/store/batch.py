@@ -155,8 +155,7 @@ class Committer:
             with self._guard:
                 if self._queue and self._queue[0] is leader:
                     self._queue.popleft()  # the turn did not come: the leader alone gives up
-            # Not those that went back to the queue: their work is in no transaction.
-            batch = [request for request in batch if request is leader or request.state != _QUEUED]
+            batch = self._kept(batch, leader)
             for request in batch:
                 if request.error is None:
                     request.error = exc
@@ -232,7 +231,7 @@ class Committer:
             # The leader's outcome is known (its deadline passed, its own error): it answers now,
             # and the requests left lead themselves.
             self._requeue(left)
-        answered = [request for request in batch if request.state != _QUEUED]
+        answered = self._kept(batch, leader)
         committed = sum(1 for request in answered if request.error is None)
         if not committed:
             return answered, False, None
@@ -251,6 +250,12 @@ class Committer:
     def _earliest(requests: list[_Request]) -> float | None:
         deadlines = [request.deadline for request in requests if request.deadline is not None]
         return min(deadlines, default=None)
+
+    @staticmethod
+    def _kept(batch: list[_Request], leader: _Request) -> list[_Request]:
+        """The requests of the batch this leader answers: not those that went back to the queue
+        (their work is in no transaction)."""
+        return [request for request in batch if request is leader or request.state != _QUEUED]
 
     @staticmethod
     def _answer_failed(batch: list[_Request], leader: _Request) -> None:
