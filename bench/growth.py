@@ -8,7 +8,8 @@ point follows the store, not the batching of threads) over a store that is
 filled between the points, with the rows a year of a busy Dolibarr leaves: accepted events
 (a 1.2 KB third-party payload each) and their delivered deliveries, one in a thousand dead.
 At each size: ``wrk`` posts the 15.6 KB BILL_VALIDATE sample at c=1 and c=16 (p50, p99 of
-the acknowledgement), then, in this process, the store calls behind ``dolibarr-webhooks
+the acknowledgement), their deliveries are marked delivered (the worker keeping up), then,
+in this process, the store calls behind ``dolibarr-webhooks
 stats``, ``deliveries --status dead``, a ``/metrics`` scrape (``queue_gauges``) and the
 worker's claim of one due delivery, each timed
 over several calls (median). Nothing is asserted: the figures are printed side by side.
@@ -57,6 +58,15 @@ def fill(store: Store, count: int, start: int) -> None:
             conn.execute(events.insert(), rows)
             conn.execute(deliveries.insert(), dels)
     settle(store)
+
+
+def caught_up(store: Store) -> None:
+    """The worker keeping up, as in production: the deliveries of the events wrk posted are
+    delivered, so that the figures follow the store's size, not a backlog this bench made."""
+    now = time.time()
+    with store.engine.begin() as conn:
+        conn.execute(deliveries.update().where(deliveries.c.status == PENDING)
+                     .values(status=DELIVERED, attempts=1, runs=1, updated_at=now, delivered_at=now))
 
 
 def timed(call, repeat: int = 5) -> float:
@@ -116,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     wrk.run(server.webhook_url, 16, 1)  # warm-up: connections, caches, the first plans
                     c1 = wrk.run(server.webhook_url, 1, args.duration)
                     c16 = wrk.run(server.webhook_url, 16, args.duration)
+                    caught_up(store)
                     claim_one.ms.clear()
                     for _ in range(5):
                         claim_one(store)

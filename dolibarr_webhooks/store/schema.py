@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from sqlalchemy import (Boolean, Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData, String,
-                        Table, Text, UniqueConstraint)
+from sqlalchemy import (BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData,
+                        String, Table, Text, UniqueConstraint, literal_column)
 from sqlalchemy.engine import Connection
 
 NOTIFY_CHANNEL = "dolibarr_webhooks"
@@ -106,6 +106,33 @@ workers = Table(
     Column("seen_at", Float, nullable=False),
     Column("plugins", Text),
 )
+
+# What ``stats`` counts without reading every row (schema version 9): events by status and
+# delivered and dead deliveries by plugin, the rows that pile up until retention (or an
+# operator) purges them (TALLIED_DELIVERIES). Triggers keep
+# them in the transaction of each change, whoever makes it (an ingest, the worker, an
+# operator's command, a previous release). A count is the sum of its shards: PostgreSQL writes
+# the shard of its backend, so that concurrent transactions do not queue behind one row's
+# lock until each other's commit; SQLite has one writer at a time and one shard.
+tallies = Table(
+    "tallies", metadata,
+    Column("subject", String(20), primary_key=True),  # "events" or "deliveries"
+    Column("plugin", String(100), primary_key=True),  # "" for events
+    Column("status", String(20), primary_key=True),
+    Column("shard", Integer, primary_key=True),
+    Column("count", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+TALLY_SHARDS = 64
+
+# Reclaimed deliveries and late results are rare: stats sums them from these partial indexes
+# (version 9) instead of reading every delivery and every attempt.
+# Literals, not parameters: a planner uses a partial index only for a query whose WHERE it can
+# see implies the index's.
+RECLAIMED = deliveries.c.reclaims > literal_column("0")
+Index("ix_deliveries_reclaimed", deliveries.c.reclaims, sqlite_where=RECLAIMED, postgresql_where=RECLAIMED)
+LATE = attempts.c.outcome == literal_column("'late'")
+Index("ix_attempts_late", attempts.c.outcome, sqlite_where=LATE, postgresql_where=LATE)
 
 schema_migrations = Table(
     "schema_migrations", metadata,
@@ -318,6 +345,79 @@ def _lighter_ingest(conn: Connection) -> None:
     conn.execute(CreateIndex(delivered))
 
 
+# The deliveries tallied: those done with, for good or until a replay. The others are the
+# queue: few, and counted through ix_deliveries_status.
+TALLIED_DELIVERIES = (DELIVERED, DEAD)
+_DONE = "status IN ('delivered', 'dead')"
+
+# The changes each trigger tallies: (table, operation, the condition, then for each row the
+# (row, sign) pairs it counts). Events count whatever their status; deliveries once done.
+_TALLIED: tuple[tuple[str, str, str | None, list[tuple[str, int]]], ...] = (
+    ("events", "INSERT", None, [("NEW", 1)]),
+    ("events", "DELETE", None, [("OLD", -1)]),
+    ("events", "UPDATE OF status", "OLD.status <> NEW.status", [("OLD", -1), ("NEW", 1)]),
+    ("deliveries", "INSERT", f"NEW.{_DONE}", [("NEW", 1)]),
+    ("deliveries", "DELETE", f"OLD.{_DONE}", [("OLD", -1)]),
+    ("deliveries", "UPDATE OF status", f"OLD.status <> NEW.status AND (OLD.{_DONE} OR NEW.{_DONE})",
+     [("OLD", -1), ("NEW", 1)]),
+)
+
+
+def _tally(table: str, row: str, sign: int, shard: str) -> str:
+    """The statement adding ``sign`` to the tally of ``row`` (OLD or NEW) of ``table``; in an
+    UPDATE's trigger, only for a delivery whose side of the change is done with."""
+    plugin = f"{row}.plugin" if table == "deliveries" else "''"
+    only = f" WHERE {row}.{_DONE}" if table == "deliveries" else ""
+    return (f"INSERT INTO tallies (subject, plugin, status, shard, count) "
+            f"SELECT '{table}', {plugin}, {row}.status, {shard}, {sign}{only} "
+            "ON CONFLICT (subject, plugin, status, shard) DO UPDATE SET count = tallies.count + excluded.count;")
+
+
+def _tallies(conn: Connection) -> None:
+    """Schema version 9: the tallies behind ``stats`` (see ``tallies``), counted once from the
+    rows already stored, then kept by triggers, and the partial indexes of the rare counts.
+    The triggers exist before the count, in the same transaction: PostgreSQL's CREATE TRIGGER
+    waits for the transactions writing the table and holds off new ones until the commit, so
+    that each row is counted once, by the count or by a trigger (SQLite: one writer). Run
+    again (a store taken back to an older version by hand), it replaces the triggers and
+    counts again."""
+    from sqlalchemy.schema import CreateIndex
+
+    postgres = conn.dialect.name == "postgresql"
+    tallies.create(conn, checkfirst=True)
+    for index in (*deliveries.indexes, *attempts.indexes):
+        if index.name in ("ix_deliveries_reclaimed", "ix_attempts_late"):
+            conn.execute(CreateIndex(index, if_not_exists=True))
+    for table, operation, condition, changes in _TALLIED:
+        name = f"tally_{table}_{operation.split()[0].lower()}"
+        if postgres:
+            shard = f"mod(pg_backend_pid(), {TALLY_SHARDS})"
+            body = "\n    ".join(_tally(table, row, sign, shard) for row, sign in changes)
+            conn.exec_driver_sql(f"""
+CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    {body}
+    RETURN NULL;
+END
+$$""")
+            when = f"WHEN ({condition}) " if condition else ""
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+            conn.exec_driver_sql(f"CREATE TRIGGER {name} AFTER {operation} ON {table} FOR EACH ROW "
+                                 f"{when}EXECUTE PROCEDURE {name}()")
+        else:
+            body = " ".join(_tally(table, row, sign, "0") for row, sign in changes)
+            when = f"WHEN {condition} " if condition else ""
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+            conn.exec_driver_sql(f"CREATE TRIGGER {name} AFTER {operation} ON {table} FOR EACH ROW "
+                                 f"{when}BEGIN {body} END")
+    conn.exec_driver_sql("DELETE FROM tallies")
+    conn.exec_driver_sql("INSERT INTO tallies (subject, plugin, status, shard, count) "
+                         "SELECT 'events', '', status, 0, count(*) FROM events GROUP BY status")
+    conn.exec_driver_sql("INSERT INTO tallies (subject, plugin, status, shard, count) "
+                         f"SELECT 'deliveries', plugin, status, 0, count(*) FROM deliveries WHERE {_DONE} "
+                         "GROUP BY plugin, status")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "events, deliveries and attempts", _initial_schema),
     (2, "PostgreSQL: the ingest in one call", _postgresql_ingest_function),
@@ -328,6 +428,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (6, "the dashboard's indexes and the workers' heartbeat", _dashboard),
     (7, "PostgreSQL: payloads compressed with lz4", _payload_lz4),
     (8, "deliveries: two fewer indexes written by each ingest", _lighter_ingest),
+    (9, "tallies for stats, kept by triggers", _tallies),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
