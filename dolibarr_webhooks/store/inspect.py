@@ -37,14 +37,17 @@ class Inspection:
         return queue_gauges(self)
 
     def stats(self) -> dict[str, Any]:
-        """Counts of the whole store that take the same time at any size: what piles up is read
-        from its tallies (schema version 9), the queue and the rare counts through indexes of
-        their rows only (bench/growth.py)."""
+        """Counts of the whole store that take the same time at any size, but for PostgreSQL's
+        events: what piles up is read from its tallies (schema version 9), the queue and the
+        rare counts through indexes of their rows only (bench/growth.py)."""
         now = time.time()
         with self._readonly() as conn:
             tallied = conn.execute(select(tallies.c.subject, tallies.c.plugin, tallies.c.status,
                                           func.sum(tallies.c.count))
                                    .group_by(tallies.c.subject, tallies.c.plugin, tallies.c.status)).all()
+            if self.is_postgres:  # its events are not tallied (schema.tallies): counted on ix_events_status
+                tallied += conn.execute(select(literal("events"), literal(""), events.c.status, func.count())
+                                        .group_by(events.c.status)).all()
             queued = conn.execute(select(literal("deliveries"), deliveries.c.plugin, deliveries.c.status,
                                          func.count())
                                   .where(deliveries.c.status.in_(_QUEUED))
