@@ -29,6 +29,7 @@ from pathlib import Path
 from _common import GunicornSettings, Wrk, database, log, product_server, settle, table
 
 from dolibarr_webhooks import fastjson
+from dolibarr_webhooks.ids import new_event_id
 from dolibarr_webhooks.store.gauges import queue_gauges
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.store import DEAD, DELIVERED, PENDING, Store, deliveries, events
@@ -45,8 +46,8 @@ def fill(store: Store, count: int, start: int) -> None:
         numbers = range(first, min(first + BATCH, start + count))
         rows, dels = [], []
         for n in numbers:
-            event_id = f"evt_fill{n:012d}{uuid.uuid4().hex[:8]}"
             received = now - 365 * 86400 * (1 - n / 2_000_000)
+            event_id = new_event_id(received)
             rows.append(dict(id=event_id, source="default", trigger_code="COMPANY_CREATE", sent_code=None,
                              element="societe", object_id=str(n), ref=None, entity="1", label=f"Company {n}",
                              received_at=received, body_sha256=uuid.uuid4().hex * 2, test=False, status="accepted",

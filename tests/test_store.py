@@ -23,7 +23,8 @@ import pytest
 from sqlalchemy import event as sa_event
 from sqlalchemy import text
 
-from dolibarr_webhooks.pipeline.parse import event_from_body, new_event_id
+from dolibarr_webhooks.ids import new_event_id
+from dolibarr_webhooks.pipeline.parse import event_from_body
 from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, normalise_url
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, wait_for
 from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, read_records, running_worker,

@@ -19,7 +19,8 @@ from ..settings import Settings, Source
 from ..store import DATA, TIMEOUT, UNAVAILABLE, IngestResult, Store, StoreError
 from ..version import __version__
 from .deliver import Worker
-from .parse import MissingTriggerCode, ParseError, body_sha256, event_from_body, new_event_id
+from ..ids import new_event_id
+from .parse import MissingTriggerCode, ParseError, body_sha256, event_from_body
 
 logger = logging.getLogger(__name__)
 

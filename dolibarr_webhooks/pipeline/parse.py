@@ -7,14 +7,13 @@ tests all go through these functions.
 from __future__ import annotations
 
 import hashlib
-import random
-import time
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
 from .. import fastjson
 from ..credentials import Scrubber
 from ..events import Event, canonical_code
+from ..ids import new_event_id
 from ..labels import business_ref, encodable, object_label, text
 
 # Keys the widely copied Node guide uses instead of Dolibarr's.
@@ -75,20 +74,6 @@ def object_identity(code: str, obj: dict[str, Any]) -> dict[str, str | None]:
         "entity": text(obj.get("entity")),
         "label": object_label(code, obj),
     }
-
-
-def random_hex() -> str:
-    """64 random bits in hex, for ids that must be unique, not secret: event and request ids.
-    From Python's own generator, seeded by the system at start and again in each forked
-    process. ``secrets`` asks the kernel (``getrandom``) each time, a system call for which
-    the thread lets go of the GIL: among a process's 16 busy threads, taking it back could
-    cost that request a wait of up to the interpreter's switch interval (issue #15)."""
-    return f"{random.getrandbits(64):016x}"
-
-
-def new_event_id() -> str:
-    """Time-ordered, unique across hosts: milliseconds then 64 random bits."""
-    return f"evt_{int(time.time() * 1000):012x}{random_hex()}"
 
 
 def event_from_body(raw: bytes, *, source: str = "default", dolibarr_url: str | None = None,

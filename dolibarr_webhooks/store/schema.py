@@ -136,6 +136,14 @@ Index("ix_deliveries_reclaimed", deliveries.c.reclaims, sqlite_where=RECLAIMED, 
 LATE = attempts.c.outcome == literal_column("'late'")
 Index("ix_attempts_late", attempts.c.outcome, sqlite_where=LATE, postgresql_where=LATE)
 
+# Dead deliveries pile up until an operator replays or purges them: ``deliveries --status
+# dead`` read and sorted them all (14 ms for 1,000 at 1,000,000 events). It walks this index
+# from its end instead (version 10), in the listing's order. No ingest writes it: a delivery
+# dies in the worker.
+DEAD_ONLY = deliveries.c.status == literal_column("'dead'")
+Index("ix_deliveries_dead", deliveries.c.event_id, deliveries.c.plugin,
+      sqlite_where=DEAD_ONLY, postgresql_where=DEAD_ONLY)
+
 schema_migrations = Table(
     "schema_migrations", metadata,
     Column("version", Integer, primary_key=True),
@@ -300,17 +308,21 @@ _SEARCH_INDEXES = ("CREATE INDEX IF NOT EXISTS ix_events_code_search ON events (
                    "CREATE INDEX IF NOT EXISTS ix_events_label_search ON events (lower(label))")
 
 
+def _create_indexes(conn: Connection, *names: str) -> None:
+    """The indexes of these names, unless there already (a new database has every index)."""
+    from sqlalchemy.schema import CreateIndex
+
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            if index.name in names:
+                conn.execute(CreateIndex(index, if_not_exists=True))
+
+
 def _dashboard(conn: Connection) -> None:
     """Schema version 6: the dashboard's indexes and the workers' heartbeat table. A new
     database got some from version 1's ``create_all``, so every step checks first."""
-    from sqlalchemy.schema import CreateIndex
-
     workers.create(conn, checkfirst=True)
-    dashboard = ("ix_deliveries_delivered", "ix_attempts_started")
-    for table in (deliveries, attempts):
-        for index in table.indexes:
-            if index.name in dashboard:
-                conn.execute(CreateIndex(index, if_not_exists=True))
+    _create_indexes(conn, "ix_deliveries_delivered", "ix_attempts_started")
     for statement in _SEARCH_INDEXES:
         conn.exec_driver_sql(statement)
 
@@ -339,12 +351,9 @@ def _lighter_ingest(conn: Connection) -> None:
     ix_deliveries_delivered held every pending delivery under NULL, which the worker then moved
     when it delivered. A new database got the lighter ones from version 1's ``create_all``:
     each step checks first."""
-    from sqlalchemy.schema import CreateIndex
-
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_deliveries_event")
-    delivered = next(index for index in deliveries.indexes if index.name == "ix_deliveries_delivered")
     conn.exec_driver_sql("DROP INDEX IF EXISTS ix_deliveries_delivered")
-    conn.execute(CreateIndex(delivered))
+    _create_indexes(conn, "ix_deliveries_delivered")
 
 
 # The deliveries tallied: those done with, for good or until a replay. The others are the
@@ -388,13 +397,9 @@ def _tallies(conn: Connection) -> None:
     that each row is counted once, by the count or by a trigger (SQLite: one writer). Run
     again (a store taken back to an older version by hand), it replaces the triggers and
     counts again."""
-    from sqlalchemy.schema import CreateIndex
-
     postgres = conn.dialect.name == "postgresql"
     tallies.create(conn, checkfirst=True)
-    for index in (*deliveries.indexes, *attempts.indexes):
-        if index.name in ("ix_deliveries_reclaimed", "ix_attempts_late"):
-            conn.execute(CreateIndex(index, if_not_exists=True))
+    _create_indexes(conn, "ix_deliveries_reclaimed", "ix_attempts_late")
     for table, operation, condition, changes in _tallied(postgres):
         name = f"tally_{table}_{operation.split()[0].lower()}"
         if postgres:
@@ -426,6 +431,11 @@ $$""")
                          "GROUP BY plugin, status")
 
 
+def _dead_list(conn: Connection) -> None:
+    """Schema version 10: the dead deliveries listed without reading them all."""
+    _create_indexes(conn, "ix_deliveries_dead")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "events, deliveries and attempts", _initial_schema),
     (2, "PostgreSQL: the ingest in one call", _postgresql_ingest_function),
@@ -437,6 +447,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (7, "PostgreSQL: payloads compressed with lz4", _payload_lz4),
     (8, "deliveries: two fewer indexes written by each ingest", _lighter_ingest),
     (9, "tallies for stats, kept by triggers", _tallies),
+    (10, "deliveries: the dead ones indexed, newest event first", _dead_list),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -10,7 +10,7 @@ import time
 from flask import Flask, g, request
 
 from ..logs import configure, redact, request_id
-from ..pipeline.parse import random_hex
+from ..ids import random_hex
 from ..settings import Settings
 
 access_logger = logging.getLogger("dolibarr_webhooks.access")
