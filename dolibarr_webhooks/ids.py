@@ -20,8 +20,13 @@ def new_event_id(at: float | None = None) -> str:
     return f"evt_{int((time.time() if at is None else at) * 1000):012x}{random_hex()}"
 
 
+def event_id_floor(milliseconds: int) -> str:
+    """The least id an event made at ``milliseconds`` (since the epoch) or later can have."""
+    return f"evt_{max(0, milliseconds):012x}"
+
+
 def earliest_event_id(received_since: float) -> str:
     """An id below that of any event received at ``received_since`` or later, so that a search
     by time can read an index of ids. An event's id is made just before its time of receipt, on
     the same clock: a minute of margin covers that and a clock stepped back."""
-    return f"evt_{max(0, int((received_since - 60) * 1000)):012x}"
+    return event_id_floor(int((received_since - 60) * 1000))

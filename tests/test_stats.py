@@ -12,7 +12,9 @@ import time
 import pytest
 from sqlalchemy import func, select
 
+from dolibarr_webhooks.ids import new_event_id
 from dolibarr_webhooks.store import DEAD, DELIVERED, FAILED, PENDING, RUNNING, Store, attempts, deliveries, events
+from dolibarr_webhooks.store.schema import tallies
 from dolibarr_webhooks.testing import make_event
 
 
@@ -40,9 +42,14 @@ def counted(store: Store) -> dict:
 
 
 def assert_stats_count_every_row(store: Store) -> dict:
-    stats = store.stats()
-    stats.pop("oldest_pending_age")
-    assert stats == counted(store)
+    """Checked twice on PostgreSQL: before and after its events so far are folded into the
+    tallies (schema version 11), so that the changes after it touch folded events."""
+    for fold in (False, True):
+        if fold:
+            store.fold_events(until=time.time())
+        stats = store.stats()
+        stats.pop("oldest_pending_age")
+        assert stats == counted(store)
     return stats
 
 
@@ -58,11 +65,12 @@ def test_stats_count_every_row_after_each_kind_of_change(store):
         store.ingest(event, ["log", "mail"], dedup_window=600)
     again = make_event("BILL_VALIDATE", id=100)  # the same body again: a duplicate
     assert store.ingest(again, ["log", "mail"], dedup_window=600).status == "duplicate"
-    store.quarantine("evt_q1", b"{", "default", "not JSON", "0" * 64, time.time())
-    store.quarantine("evt_q2", b"{", "default", "not JSON", "1" * 64, time.time())
+    quarantined = new_event_id()  # made as the receiver makes ids: in time order
+    store.quarantine(quarantined, b"{", "default", "not JSON", "0" * 64, time.time())
+    store.quarantine(new_event_id(), b"{", "default", "not JSON", "1" * 64, time.time())
     assert assert_stats_count_every_row(store)["quarantined"] == 2
 
-    fixed = dataclasses.replace(make_event("COMPANY_CREATE", id=7), id="evt_q1")
+    fixed = dataclasses.replace(make_event("COMPANY_CREATE", id=7), id=quarantined)
     assert store.accept_quarantined(fixed, ["log"]) == 1  # quarantined -> accepted
     for status in (DELIVERED, DELIVERED, DELIVERED, FAILED, DEAD):
         finish_next(store, "log", status)
@@ -116,8 +124,16 @@ def test_stats_count_every_row_written_by_concurrent_requests_and_workers(store)
         except Exception as exc:  # pragma: no cover
             errors.append(exc)
 
+    def folds() -> None:  # PostgreSQL: the horizon moved meanwhile, a second behind
+        try:
+            for _ in range(20):
+                store.fold_events(until=time.time() - 1)
+                time.sleep(0.05)
+        except Exception as exc:  # pragma: no cover
+            errors.append(exc)
+
     threads = [threading.Thread(target=requests, args=(1000 * t,)) for t in range(1, 7)]
-    threads += [threading.Thread(target=worker) for _ in range(2)]
+    threads += [threading.Thread(target=worker) for _ in range(2)] + [threading.Thread(target=folds)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -179,3 +195,46 @@ def test_stats_reads_no_table_whole(store):
             for table in ("events", "deliveries", "attempts"):
                 assert f"SCAN {table}" not in plan, (statement, plan)
             assert "SEARCH" in plan or "SCAN tallies" in plan, (statement, plan)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_worker_folds_the_events_of_more_than_two_minutes_ago(store, database_url):
+    """PostgreSQL's events are counted into the tallies by the worker: those an hour old once
+    for all, the new one at each ``stats`` until it is two minutes old."""
+    from dolibarr_webhooks.metrics import Metrics
+    from dolibarr_webhooks.pipeline.ingest import Service
+    from dolibarr_webhooks.plugins import build_plugins
+    from dolibarr_webhooks.settings import load_settings
+
+    store.fold_events(until=time.time() - 7200, again=True)  # as a migration two hours ago left it
+    for n in range(3):
+        old = dataclasses.replace(make_event("BILL_VALIDATE", id=n), id=new_event_id(time.time() - 3600))
+        store.ingest(old, ["log"])
+    store.ingest(make_event("BILL_VALIDATE", id=9), ["log"])
+    settings = load_settings({"DATABASE_URL": database_url, "PLUGINS": ["log"]}, environ={}, env_file="")
+    Service(settings=settings, plugins=build_plugins(settings), store=store,
+            metrics=Metrics()).make_worker().run(stop_after_idle=0.2)
+    with store.engine.connect() as conn:
+        folded = conn.execute(select(tallies.c.status, func.sum(tallies.c.count)).where(tallies.c.subject == "events")
+                              .group_by(tallies.c.status)).all()
+    assert [tuple(row) for row in folded] == [("accepted", 3)]
+    assert assert_stats_count_every_row(store)["events"] == 4
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_version_11_folds_the_events_already_stored(store):
+    """The migration counts the events older than two minutes once, then the triggers keep
+    them; run again, it counts again, not twice."""
+    for n in range(4):
+        old = dataclasses.replace(make_event("BILL_VALIDATE", id=n), id=new_event_id(time.time() - 3600))
+        store.ingest(old, ["log"])
+    store.ingest(make_event("BILL_VALIDATE", id=9), ["log"])
+    for _ in range(2):
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM schema_migrations WHERE version = 11")
+        assert store.migrate() == [11]
+        with store.engine.connect() as conn:
+            assert conn.execute(select(tallies.c.count).where(tallies.c.subject == "events")).scalar() == 4
+        assert assert_stats_count_every_row(store)["events"] == 5
+    assert store.purge(older_than=-60, include_unfinished=True) == 5  # below the horizon and above it
+    assert assert_stats_count_every_row(store)["events"] == 0

@@ -80,7 +80,7 @@ class Worker:
         self._running: dict[int, Running] = {}
         self._abandoned: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._last_purge = 0.0
+        self._last_purge = self._last_fold = 0.0
         self._last_beat = 0.0
         self.started_at = time.time()
         self.store.add_listener(self.wake_event.set)
@@ -192,7 +192,7 @@ class Worker:
                     self._expire()
                     self.notices.tick()
                     started = self.run_once()
-                    self._maybe_purge()
+                    self._housekeeping()
                     if started or self.busy():
                         idle_since = time.time()
                     elif stop_after_idle is not None and time.time() - idle_since >= stop_after_idle:
@@ -265,14 +265,19 @@ class Worker:
         except STORE_ERRORS as exc:
             logger.warning("worker %s: could not record its heartbeat: %s", self.name, error_line(exc))
 
-    def _maybe_purge(self) -> None:
+    def _housekeeping(self) -> None:
+        """The events retention lets go purged every ten minutes; PostgreSQL's events folded
+        into the tallies behind ``stats`` every minute (``Store.fold_events``), so that it
+        counts a few minutes of events one by one, not the whole store."""
         now = time.time()
-        if now - self._last_purge < 600:
-            return
-        self._last_purge = now
-        purged = self.store.purge(self.settings["RETENTION"])
-        if purged:
-            logger.info("purged %d delivered events older than %gs", purged, self.settings["RETENTION"])
+        if now - self._last_purge >= 600:
+            self._last_purge = now
+            purged = self.store.purge(self.settings["RETENTION"])
+            if purged:
+                logger.info("purged %d delivered events older than %gs", purged, self.settings["RETENTION"])
+        if now - self._last_fold >= 60:
+            self._last_fold = now
+            self.store.fold_events()
 
 
 def start_embedded(worker: Worker) -> threading.Thread:

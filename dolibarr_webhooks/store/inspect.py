@@ -9,9 +9,10 @@ from typing import Any, Callable, Iterable
 from sqlalchemy import and_, delete, func, insert, literal, or_, select, text, update
 
 from .. import fastjson
-from ..ids import earliest_event_id
-from .schema import (ACCEPTED, DEAD, DEAD_ONLY, DELIVERED, DELIVERY_STATES, DUPLICATE, LATE, PENDING, QUARANTINED,
-                     RECLAIMED, RUNNING, TALLIED_DELIVERIES, attempts, deliveries, events, tallies)
+from ..ids import earliest_event_id, event_id_floor
+from .schema import (ACCEPTED, DEAD, DEAD_ONLY, DELIVERED, DELIVERY_STATES, DUPLICATE, FOLD_MARGIN, HORIZON, LATE,
+                     PENDING, QUARANTINED, RECLAIMED, RUNNING, TALLIED_DELIVERIES, attempts, deliveries, events,
+                     fold_events, tallies)
 
 # Each distinct scrub rule in one index look-up (a loose index scan, on both databases).
 _DISTINCT_RULES = text(
@@ -49,17 +50,22 @@ class Inspection:
         return queue_gauges(self)
 
     def stats(self) -> dict[str, Any]:
-        """Counts of the whole store that take the same time at any size, but for PostgreSQL's
-        events: what piles up is read from its tallies (schema version 9), the queue and the
-        rare counts through indexes of their rows only (bench/growth.py)."""
+        """Counts of the whole store that take the same time at any size: what piles up is
+        read from its tallies (schema versions 9 and 11), the queue and the rare counts through
+        indexes of their rows only, and on PostgreSQL the events after the horizon (the last ten
+        to twenty minutes while a worker runs) through their ids (bench/growth.py)."""
         now = time.time()
         with self._readonly() as conn:
             tallied = conn.execute(select(tallies.c.subject, tallies.c.plugin, tallies.c.status,
                                           func.sum(tallies.c.count))
                                    .group_by(tallies.c.subject, tallies.c.plugin, tallies.c.status)).all()
-            if self.is_postgres:  # its events are not tallied (schema.tallies): counted on ix_events_status
+            if self.is_postgres:  # its events after the horizon (schema.HORIZON), counted here
+                horizon = next((int(count) for subject, _, _, count in tallied if subject == HORIZON), 0)
+                # None folded yet: every event, in an index-only scan of ix_events_status
+                # (the range on ids read the table: 243 against 57 ms at 1,000,000).
+                after = [events.c.id >= event_id_floor(horizon)] if horizon else []
                 tallied += conn.execute(select(literal("events"), literal(""), events.c.status, func.count())
-                                        .group_by(events.c.status)).all()
+                                        .where(*after).group_by(events.c.status)).all()
             queued = conn.execute(select(literal("deliveries"), deliveries.c.plugin, deliveries.c.status,
                                          func.count())
                                   .where(deliveries.c.status.in_(_QUEUED))
@@ -74,8 +80,10 @@ class Inspection:
         for subject, plugin, state, count in (*tallied, *queued):
             if not count:
                 continue  # a tally back to zero: nothing of it is stored
+            if subject == HORIZON:
+                continue
             if subject == "events":
-                by_event[state] = int(count)
+                by_event[state] = by_event.get(state, 0) + int(count)
                 continue
             totals[state] = totals.get(state, 0) + int(count)
             plugins.setdefault(plugin, {s: 0 for s in DELIVERY_STATES})[state] = int(count)
@@ -89,6 +97,18 @@ class Inspection:
             "duplicate_runs": int(reclaims or 0),
             "late_results": int(late or 0),
         }
+
+    def fold_events(self, until: float | None = None, again: bool = False) -> None:
+        """PostgreSQL: its events received until ``until`` (``FOLD_MARGIN`` ago) counted into
+        the tallies once for all, so that ``stats`` counts only the newer ones (schema version
+        11). ``again``: counted from the first event (a bench that stores a year of events
+        after the fact). The worker calls it every minute. SQLite tallies every event as it is
+        written (version 9)."""
+        if not self.is_postgres:
+            return
+        until = time.time() - FOLD_MARGIN if until is None else until
+        with self.engine.begin() as conn:
+            fold_events(conn, int(until * 1000), again)
 
     def list_deliveries(self, status: str | None = None, plugin: str | None = None, code: str | None = None,
                         since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:

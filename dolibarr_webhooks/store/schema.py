@@ -7,11 +7,14 @@ schema, one set of queries.
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
 from sqlalchemy import (BigInteger, Boolean, Column, Float, ForeignKey, Index, Integer, LargeBinary, MetaData,
                         String, Table, Text, UniqueConstraint, literal_column)
 from sqlalchemy.engine import Connection
+
+from ..ids import event_id_floor
 
 NOTIFY_CHANNEL = "dolibarr_webhooks"
 
@@ -113,9 +116,10 @@ workers = Table(
 # change, whoever makes it (an ingest, the worker, an operator's command, a previous
 # release). A count is the sum of its shards: PostgreSQL writes the shard of its backend, so
 # that concurrent transactions do not queue behind one row's lock until each other's commit;
-# SQLite has one writer at a time and one shard. PostgreSQL does not tally its events: the
-# upsert at each ingest cost 0.87x the requests a second at 16 connections (issue #15,
-# bench/README.rst), where SQLite pays a page of log per commit, shared by a batch.
+# SQLite has one writer at a time and one shard. PostgreSQL does not tally its events as they
+# are written: the upsert at each ingest cost 0.87x the requests a second at 16 connections
+# (issue #15, bench/README.rst), where SQLite pays a page of log per commit, shared by a
+# batch. Its worker folds them in instead, up to a horizon (version 11, ``HORIZON``).
 tallies = Table(
     "tallies", metadata,
     Column("subject", String(20), primary_key=True),  # "events" or "deliveries"
@@ -126,6 +130,7 @@ tallies = Table(
     sqlite_with_rowid=False,
 )
 TALLY_SHARDS = 64
+_BACKEND_SHARD = f"mod(pg_backend_pid(), {TALLY_SHARDS})"  # PostgreSQL's shard of a tally
 
 # Reclaimed deliveries and late results are rare: stats sums them from these partial indexes
 # (version 9) instead of reading every delivery and every attempt.
@@ -403,8 +408,7 @@ def _tallies(conn: Connection) -> None:
     for table, operation, condition, changes in _tallied(postgres):
         name = f"tally_{table}_{operation.split()[0].lower()}"
         if postgres:
-            shard = f"mod(pg_backend_pid(), {TALLY_SHARDS})"
-            body = "\n    ".join(_tally(table, row, sign, shard) for row, sign in changes)
+            body = "\n    ".join(_tally(table, row, sign, _BACKEND_SHARD) for row, sign in changes)
             conn.exec_driver_sql(f"""
 CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -422,7 +426,8 @@ $$""")
             conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
             conn.exec_driver_sql(f"CREATE TRIGGER {name} AFTER {operation} ON {table} FOR EACH ROW "
                                  f"{when}BEGIN {body} END")
-    conn.exec_driver_sql("DELETE FROM tallies")
+    recounted = ", ".join(sorted({f"'{table}'" for table, *_ in _tallied(postgres)}))
+    conn.exec_driver_sql(f"DELETE FROM tallies WHERE subject IN ({recounted})")
     if not postgres:
         conn.exec_driver_sql("INSERT INTO tallies (subject, plugin, status, shard, count) "
                              "SELECT 'events', '', status, 0, count(*) FROM events GROUP BY status")
@@ -434,6 +439,80 @@ $$""")
 def _dead_list(conn: Connection) -> None:
     """Schema version 10: the dead deliveries listed without reading them all."""
     _create_indexes(conn, "ix_deliveries_dead")
+
+
+# PostgreSQL's events are folded into the tallies up to a horizon (version 11), which the
+# worker moves forward; ``stats`` counts the events after it. An ingest only inserts, above
+# the horizon: nothing of this is on the request path. The horizon is stored in the tallies,
+# as the milliseconds of the event ids below it (``ids.event_id_floor``), so that it goes
+# with the counts it bounds.
+HORIZON = "horizon"
+# How far behind now the horizon is moved (``Store.fold_events``): an event's id is made at its
+# receipt and stored within its request's deadline (under Dolibarr's 30 s), so none can
+# appear below the horizon once it has passed; the rest covers the clocks of several hosts a
+# little apart.
+FOLD_MARGIN = 120.0
+_HORIZON_ID = "'evt_' || lpad(to_hex(count), 12, '0')"  # ids.event_id_floor, in SQL
+
+
+def _fold_trigger(operation: str, transitions: list[tuple[str, int]]) -> str:
+    """The function of the trigger that tallies the events an ``operation`` statement changed
+    below the horizon. It reads the horizon FOR SHARE: a fold moving it waits for this
+    transaction, and this statement for a fold, so that each event is counted by one of them."""
+    changed = " UNION ALL ".join(f"SELECT status, {sign} AS n FROM {rows} WHERE id < horizon"
+                                 for rows, sign in transitions)
+    return f"""
+CREATE OR REPLACE FUNCTION fold_events_{operation.lower()}() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    horizon text;
+BEGIN
+    SELECT {_HORIZON_ID} INTO horizon FROM tallies WHERE subject = '{HORIZON}' FOR SHARE;
+    IF horizon IS NOT NULL THEN
+        INSERT INTO tallies (subject, plugin, status, shard, count)
+        SELECT 'events', '', status, {_BACKEND_SHARD}, sum(n) FROM ({changed}) AS changed
+        GROUP BY status HAVING sum(n) <> 0
+        ON CONFLICT (subject, plugin, status, shard) DO UPDATE SET count = tallies.count + excluded.count;
+    END IF;
+    RETURN NULL;
+END
+$$"""
+
+
+def fold_events(conn: Connection, until_ms: int, again: bool = False) -> None:
+    """PostgreSQL: the events with ids below ``until_ms`` (``ids.event_id_floor``) and above
+    the horizon, counted into the tallies, and the horizon moved there. ``again``: from no
+    horizon, as if none had been counted."""
+    if again:
+        conn.exec_driver_sql(f"DELETE FROM tallies WHERE subject IN ('events', '{HORIZON}')")
+    conn.exec_driver_sql(f"INSERT INTO tallies (subject, plugin, status, shard, count) VALUES "
+                         f"('{HORIZON}', '', '', 0, 0) ON CONFLICT DO NOTHING")
+    below = conn.exec_driver_sql(f"SELECT count FROM tallies WHERE subject = '{HORIZON}' FOR UPDATE").scalar()
+    if until_ms <= below:
+        return
+    conn.exec_driver_sql(
+        "INSERT INTO tallies (subject, plugin, status, shard, count) "
+        "SELECT 'events', '', status, 0, count(*) FROM events WHERE id >= %(low)s AND id < %(high)s GROUP BY status "
+        "ON CONFLICT (subject, plugin, status, shard) DO UPDATE SET count = tallies.count + excluded.count",
+        {"low": event_id_floor(below), "high": event_id_floor(until_ms)})
+    conn.exec_driver_sql(f"UPDATE tallies SET count = %(until)s WHERE subject = '{HORIZON}'", {"until": until_ms})
+
+
+def _folded_events(conn: Connection) -> None:
+    """Schema version 11, PostgreSQL: its events' tallies, up to a horizon (see ``HORIZON``),
+    kept true below it by statement-level triggers on UPDATE and DELETE, which read the rows
+    each statement changed once (a purge deletes thousands). The events already stored are
+    counted once here, as the worker will every minute; run again, it counts them again."""
+    if conn.dialect.name != "postgresql":
+        return
+    for operation, references, transitions in (
+            ("DELETE", "OLD TABLE AS old_rows", [("old_rows", -1)]),
+            ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows", [("old_rows", -1), ("new_rows", 1)])):
+        name = f"fold_events_{operation.lower()}"
+        conn.exec_driver_sql(_fold_trigger(operation, transitions))
+        conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON events")
+        conn.exec_driver_sql(f"CREATE TRIGGER {name} AFTER {operation} ON events REFERENCING {references} "
+                             f"FOR EACH STATEMENT EXECUTE PROCEDURE {name}()")
+    fold_events(conn, int((time.time() - FOLD_MARGIN) * 1000), again=True)
 
 
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
@@ -448,6 +527,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (8, "deliveries: two fewer indexes written by each ingest", _lighter_ingest),
     (9, "tallies for stats, kept by triggers", _tallies),
     (10, "deliveries: the dead ones indexed, newest event first", _dead_list),
+    (11, "PostgreSQL: events tallied up to a horizon the worker moves", _folded_events),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
