@@ -13,13 +13,13 @@ from typing import Any
 
 from ..credentials import Scrubber, scrubber_for
 from ..events import Event
+from ..ids import new_event_id
 from ..metrics import Metrics
 from ..plugins import Plugins
 from ..settings import Settings, Source
 from ..store import DATA, TIMEOUT, UNAVAILABLE, IngestResult, Store, StoreError
 from ..version import __version__
 from .deliver import Worker
-from ..ids import new_event_id
 from .parse import MissingTriggerCode, ParseError, body_sha256, event_from_body
 
 logger = logging.getLogger(__name__)

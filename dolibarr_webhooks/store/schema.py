@@ -379,18 +379,23 @@ _TALLIED: tuple[tuple[str, str, str | None, list[tuple[str, int]]], ...] = (
 )
 
 
+def _added_to_tallies(rows: str) -> str:
+    """The statement adding ``rows`` (subject, plugin, status, shard, count) to the tallies."""
+    return (f"INSERT INTO tallies (subject, plugin, status, shard, count) {rows} "
+            "ON CONFLICT (subject, plugin, status, shard) DO UPDATE SET count = tallies.count + excluded.count")
+
+
 def _tally(table: str, row: str, sign: int, shard: str) -> str:
     """The statement adding ``sign`` to the tally of ``row`` (OLD or NEW) of ``table``; in an
     UPDATE's trigger, only for a delivery whose side of the change is done with."""
     plugin = f"{row}.plugin" if table == "deliveries" else "''"
     only = f" WHERE {row}.{_DONE}" if table == "deliveries" else ""
-    return (f"INSERT INTO tallies (subject, plugin, status, shard, count) "
-            f"SELECT '{table}', {plugin}, {row}.status, {shard}, {sign}{only} "
-            "ON CONFLICT (subject, plugin, status, shard) DO UPDATE SET count = tallies.count + excluded.count;")
+    return _added_to_tallies(f"SELECT '{table}', {plugin}, {row}.status, {shard}, {sign}{only}") + ";"
 
 
 def _tallied(postgres: bool):
-    """The triggers of this database: PostgreSQL counts its events at each ``stats``."""
+    """The triggers of this database: PostgreSQL's events are folded in by its worker instead
+    (version 11)."""
     return [change for change in _TALLIED if not (postgres and change[0] == "events")]
 
 
@@ -429,11 +434,9 @@ $$""")
     recounted = ", ".join(sorted({f"'{table}'" for table, *_ in _tallied(postgres)}))
     conn.exec_driver_sql(f"DELETE FROM tallies WHERE subject IN ({recounted})")
     if not postgres:
-        conn.exec_driver_sql("INSERT INTO tallies (subject, plugin, status, shard, count) "
-                             "SELECT 'events', '', status, 0, count(*) FROM events GROUP BY status")
-    conn.exec_driver_sql("INSERT INTO tallies (subject, plugin, status, shard, count) "
-                         f"SELECT 'deliveries', plugin, status, 0, count(*) FROM deliveries WHERE {_DONE} "
-                         "GROUP BY plugin, status")
+        conn.exec_driver_sql(_added_to_tallies("SELECT 'events', '', status, 0, count(*) FROM events GROUP BY status"))
+    conn.exec_driver_sql(_added_to_tallies(f"SELECT 'deliveries', plugin, status, 0, count(*) FROM deliveries "
+                                           f"WHERE {_DONE} GROUP BY plugin, status"))
 
 
 def _dead_list(conn: Connection) -> None:
@@ -468,10 +471,8 @@ DECLARE
 BEGIN
     SELECT {_HORIZON_ID} INTO horizon FROM tallies WHERE subject = '{HORIZON}' FOR SHARE;
     IF horizon IS NOT NULL THEN
-        INSERT INTO tallies (subject, plugin, status, shard, count)
-        SELECT 'events', '', status, {_BACKEND_SHARD}, sum(n) FROM ({changed}) AS changed
-        GROUP BY status HAVING sum(n) <> 0
-        ON CONFLICT (subject, plugin, status, shard) DO UPDATE SET count = tallies.count + excluded.count;
+        {_added_to_tallies(f"SELECT 'events', '', status, {_BACKEND_SHARD}, sum(n) FROM ({changed}) AS changed "
+                           "GROUP BY status HAVING sum(n) <> 0")};
     END IF;
     RETURN NULL;
 END
@@ -490,9 +491,8 @@ def fold_events(conn: Connection, until_ms: int, again: bool = False) -> None:
     if until_ms <= below:
         return
     conn.exec_driver_sql(
-        "INSERT INTO tallies (subject, plugin, status, shard, count) "
-        "SELECT 'events', '', status, 0, count(*) FROM events WHERE id >= %(low)s AND id < %(high)s GROUP BY status "
-        "ON CONFLICT (subject, plugin, status, shard) DO UPDATE SET count = tallies.count + excluded.count",
+        _added_to_tallies("SELECT 'events', '', status, 0, count(*) FROM events "
+                          "WHERE id >= %(low)s AND id < %(high)s GROUP BY status"),
         {"low": event_id_floor(below), "high": event_id_floor(until_ms)})
     conn.exec_driver_sql(f"UPDATE tallies SET count = %(until)s WHERE subject = '{HORIZON}'", {"until": until_ms})
 

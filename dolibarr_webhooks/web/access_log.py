@@ -9,8 +9,8 @@ import time
 
 from flask import Flask, g, request
 
-from ..logs import configure, redact, request_id
 from ..ids import random_hex
+from ..logs import configure, redact, request_id
 from ..settings import Settings
 
 access_logger = logging.getLogger("dolibarr_webhooks.access")
