@@ -6,7 +6,9 @@ password, edited the user, and created a member (tests/data/captured-22.0.4-more
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import requests
 
 from dolibarr_webhooks.credentials import MARKER, Scrubber
 from dolibarr_webhooks.pipeline.parse import ParseError, event_from_body, parse_body
+from dolibarr_webhooks.store import payloads
 from dolibarr_webhooks.testing import running_service
 
 CAPTURED = Path(__file__).parent / "data" / "captured-22.0.4-more"
@@ -136,9 +139,15 @@ def test_posted_as_dolibarr_posts_them_no_credential_is_kept_anywhere(service):
     shown = [service.cli("show", event_id, "--json").stdout for event_id in ids + [response.json()["id"]]]
     handed = service.records.read_text()
     stored = b"".join(p.read_bytes() for p in service.workdir.glob("webhooks.sqlite3*"))
+    # The files' bytes hold the payloads compressed (store/payloads.py): read them as the store does too.
+    with contextlib.closing(sqlite3.connect(service.workdir / "webhooks.sqlite3")) as conn:
+        rows = conn.execute("SELECT payload FROM events WHERE payload IS NOT NULL").fetchall()
+    kept = [payloads.unpacked(value) for value, in rows]
+    assert len(kept) == len(ids) and all('"harn.1203023006"' in text for text in kept[:3]), "read in clear"
     assert MARKER in shown[0] and MARKER in handed
     for secret in ALL_SECRETS:
         assert secret.encode() not in stored, f"{secret[:6]}... is in the store"
+        assert not [text for text in kept if secret in text], f"{secret[:6]}... is in a stored payload"
         assert secret not in service.logs(), f"{secret[:6]}... is in the logs"
         assert not [s for s in shown if secret in s], f"{secret[:6]}... is shown"
         assert secret not in handed, f"{secret[:6]}... was handed to a plugin"

@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from dolibarr_webhooks.credentials import MARKER
 from dolibarr_webhooks.pipeline.parse import event_from_body
-from dolibarr_webhooks.store import SCHEMA_VERSION
+from dolibarr_webhooks.store import SCHEMA_VERSION, payloads
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET
 
 DATA = Path(__file__).parent / "data"
@@ -95,7 +95,7 @@ def test_an_old_store_is_reported_then_cleaned_by_scrub(make_app, database_url):
     old = json.loads(raw)["object"]
     with store.engine.begin() as conn:
         row = conn.execute(text("SELECT id, payload FROM events")).one()
-        payload = json.loads(row.payload)
+        payload = payloads.parsed(row.payload)
         payload["object"] = old
         payload.pop("label")
         conn.execute(text("UPDATE events SET payload = :p, label = NULL, scrub_rule = NULL WHERE id = :id"),
@@ -113,7 +113,9 @@ def test_an_old_store_is_reported_then_cleaned_by_scrub(make_app, database_url):
     assert command(app, "scrub", "--json") == {"read": 1, "changed": 1}
     with store.engine.connect() as conn:
         cleaned = conn.execute(text("SELECT payload, label, scrub_rule FROM events")).one()
-    assert "HarnUserPw" not in cleaned.payload and "HarnApiKey" not in cleaned.payload
+    rewritten = payloads.unpacked(cleaned.payload)
+    assert isinstance(cleaned.payload, bytes if "sqlite" in store.url else str), "written as the store writes today"
+    assert "HarnUserPw" not in rewritten and "HarnApiKey" not in rewritten
     assert cleaned.label == "harn.1203023006" and cleaned.scrub_rule
     report = Report()
     _check_stored_credentials(app.extensions["dolibarr_webhooks"].settings, store, report)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import resource
 import subprocess
 import sys
@@ -124,7 +125,8 @@ def test_sqlite_disk_full_answers_503_and_keeps_nothing_half_written(make_app, t
     assert client.post(WEBHOOK, data=body(object_id=1)).status_code == 200
     before = counts(app)
     largest = max(p.stat().st_size for p in tmp_path.glob("webhooks.sqlite3*"))
-    big = body(object_id=2, note_private="x" * 3_000_000)  # more than the room left below
+    # More than the room left below, compressed or not (random text: lz4 hardly shrinks it).
+    big = body(object_id=2, note_private=random.Random(2).randbytes(2_250_000).hex())
     with file_size_limit(largest + 1_000_000):
         response = client.post(WEBHOOK, data=big)
     assert response.status_code == 503, response.get_json()
@@ -389,6 +391,66 @@ def test_an_ingest_writes_two_fewer_delivery_indexes_from_version_8(migrated_sto
         assert ("uq_deliveries_event_plugin" if postgres else "sqlite_autoindex_deliveries_1") in by_event, by_event
         latency = _plan(conn, "SELECT count(*) FROM deliveries WHERE delivered_at >= ?", postgres)
         assert "ix_deliveries_delivered" in latency, latency
+
+
+def _stored_payloads(store_: Store) -> dict[str, str | bytes]:
+    with store_.engine.connect() as conn:
+        return dict(conn.execute(text("SELECT id, payload FROM events")).all())
+
+
+def _read_every_way(store_: Store, event_id: str) -> list:
+    """The payload of one event, as each reader of the store gets it: show, the dashboard's
+    page and the worker's claim."""
+    from dolibarr_webhooks.store.dashboard import EventFilter, events_page
+
+    shown = store_.show(event_id)["payload"]
+    (listed,), _ = events_page(store_, EventFilter(search=event_id))
+    (claim,) = store_.claim({"log": 1}, "w", 30)
+    assert claim.event.id == event_id
+    return [shown, listed["payload"], claim.event.to_dict()]
+
+
+def test_sqlite_payloads_are_compressed_and_read_back_as_they_came(migrated_store):
+    """store/payloads.py: an SQLite store keeps a payload lz4-compressed (a quarter of the
+    invoice's pages), a PostgreSQL one as text (it compresses its own); every reader gets
+    the event's JSON back."""
+    from dolibarr_webhooks.samples import sample_body
+    from dolibarr_webhooks.store import payloads
+
+    event = event_from_body(sample_body("BILL_VALIDATE"))
+    migrated_store.ingest(event, ["log"])
+    stored = _stored_payloads(migrated_store)[event.id]
+    if migrated_store.is_postgres:
+        assert stored == event.to_json()
+    else:
+        assert isinstance(stored, bytes) and stored[:1] == b"\x01" and len(stored) < len(event.to_json()) / 3
+        assert payloads.unpacked(stored) == event.to_json()
+    assert _read_every_way(migrated_store, event.id) == [event.to_dict()] * 3
+
+
+def test_a_payload_kept_as_text_is_read_as_before(migrated_store):
+    """What a store written before compression holds (text), and a payload that lz4 does not
+    shrink, kept as text: read the same way."""
+    from dolibarr_webhooks.store import payloads
+
+    noise = random.Random(1).randbytes(400).hex()
+    assert payloads.packed(noise) == noise, "nothing to gain: kept as it is"
+    event = event_from_body(body(object_id=7, note_private=noise))
+    migrated_store.ingest(event, ["log"])
+    with migrated_store.engine.begin() as conn:  # as an older release wrote it
+        conn.execute(text("UPDATE events SET payload = :p WHERE id = :id"), {"p": event.to_json(), "id": event.id})
+    assert _stored_payloads(migrated_store)[event.id] == event.to_json()
+    assert _read_every_way(migrated_store, event.id) == [event.to_dict()] * 3
+
+
+def test_a_payload_in_an_unknown_format_is_refused_by_name():
+    from dolibarr_webhooks.store import payloads
+
+    with pytest.raises(ValueError, match="unknown format"):
+        payloads.parsed(b"\x07" + b"whatever a newer release writes")
+    repeated = "[" + ",".join(['{"a":[1,2]}'] * 50) + "]"
+    assert isinstance(payloads.packed(repeated), bytes)
+    assert payloads.parsed(payloads.packed(repeated)) == [{"a": [1, 2]}] * 50 and payloads.parsed(None) is None
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -2,8 +2,9 @@
 
 ``schema`` (tables, states, migrations), ``engine`` (connections and their pragmas),
 ``writers`` (SQLite's writers' queue), ``group_commit`` (SQLite's shared fsync), ``batch``
-(the ingest's group commit: the requests waiting at once in one transaction), ``queue``
-(``Store``: ingest, claim, finish),
+(the ingest's group commit: the requests waiting at once in one transaction), ``payloads``
+(an event's JSON as the column keeps it: lz4 on SQLite), ``queue`` (``Store``: ingest,
+claim, finish),
 ``inspect`` (the operators' side: listings, statistics, replay, purge), ``failures``
 (``StoreError`` and its kinds). No Flask here: the worker runs without it.
 """

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 
-from .. import fastjson
+from . import payloads
 from .queue import Store
 from .schema import DEAD, DELIVERED, FAILED, PENDING, RUNNING, attempts, deliveries, events, workers
 
@@ -157,7 +157,7 @@ def events_page(store: Store, filters: EventFilter,
             select(*_LIST_COLUMNS).where(events.c.id.in_([key.id for key in shown])).order_by(*_NEWEST_FIRST))] \
             if shown else []
     for row in rows:
-        row["payload"] = fastjson.loads(row["payload"]) if row["payload"] else None
+        row["payload"] = payloads.parsed(row["payload"])
     if len(keys) > limit:
         resume = (shown[-1].received_at, shown[-1].id)
     return rows, resume

@@ -10,6 +10,7 @@ from sqlalchemy import and_, delete, func, insert, literal, or_, select, text, u
 
 from .. import fastjson
 from ..ids import earliest_event_id, event_id_floor
+from . import payloads
 from .schema import (ACCEPTED, DEAD, DEAD_ONLY, DELIVERED, DELIVERY_STATES, DUPLICATE, FOLD_MARGIN, HORIZON, LATE,
                      PENDING, QUARANTINED, RECLAIMED, RUNNING, TALLIED_DELIVERIES, attempts, deliveries, events,
                      fold_events, tallies)
@@ -144,7 +145,7 @@ class Inspection:
             data = dict(row._mapping)
             raw = data.pop("raw_body")
             data["raw_body_size"] = len(raw) if raw is not None else None
-            data["payload"] = fastjson.loads(data["payload"]) if data["payload"] else None
+            data["payload"] = payloads.parsed(data["payload"])
             data["deliveries"] = []
             for d in conn.execute(select(deliveries).where(deliveries.c.event_id == event_id)
                                   .order_by(deliveries.c.id)):
@@ -220,13 +221,13 @@ class Inspection:
                     scrubber = scrubber_for(row.source)
                     values: dict[str, Any] = {"scrub_rule": scrubber.fingerprint}
                     if row.payload:
-                        stored = fastjson.loads(row.payload)
+                        stored = payloads.parsed(row.payload)
                         scrubbed = scrubber.scrub(stored)
                         if isinstance(scrubbed.get("object"), dict) and not row.label:
                             scrubbed["label"] = object_label(row.trigger_code, scrubbed["object"])
                             values["label"] = scrubbed["label"]
                         if scrubbed != stored:
-                            values["payload"] = fastjson.dumps(scrubbed)
+                            values["payload"] = self._stored_payload(fastjson.dumps(scrubbed))
                     if row.raw_body:
                         raw = scrubber.scrub_raw(row.raw_body)
                         if raw != row.raw_body:
