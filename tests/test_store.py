@@ -540,6 +540,56 @@ def test_sqlite_claims_and_idle_looks_skip_finished_deliveries(database_url):
 
 
 # -- retention ---------------------------------------------------------------------------------
+def test_a_large_purge_goes_chunk_by_chunk_and_deletes_exactly_what_it_should(migrated_store):
+    """``purge`` deletes a chunk of events per transaction (the requests get SQLite's writers'
+    turn between two), reading each chunk from where the last ended: events received at the
+    same instant across a chunk's end, and events it keeps (unfinished, quarantined) among
+    those it deletes, are neither skipped nor deleted twice."""
+    import dataclasses
+    from datetime import datetime, timezone
+
+    from sqlalchemy import update
+
+    from dolibarr_webhooks.store import QUARANTINED, deliveries, events
+    from dolibarr_webhooks.testing import make_event
+
+    old = int(time.time()) - 30 * 86400
+    kept, unfinished = set(), set()
+    for n in range(40):
+        received = old + n // 3  # three events per second: ties at every chunk's end
+        event = dataclasses.replace(make_event("COMPANY_CREATE", id=n), id=new_event_id(received),
+                                    received_at=datetime.fromtimestamp(received, timezone.utc))
+        migrated_store.ingest(event, ["log"])
+        with migrated_store.engine.begin() as conn:
+            if n % 7 == 3:
+                conn.execute(update(events).where(events.c.id == event.id).values(status=QUARANTINED))
+                kept.add(event.id)
+            elif n % 5 != 4:
+                conn.execute(update(deliveries).where(deliveries.c.event_id == event.id).values(status="delivered"))
+            else:
+                unfinished.add(event.id)
+    recent = make_event("COMPANY_CREATE", id=99)
+    migrated_store.ingest(recent, ["log"])
+    migrated_store.fold_events(again=True)  # PostgreSQL: stored after the fact, below its horizon
+
+    def ids():
+        with migrated_store.engine.connect() as conn:
+            return set(conn.execute(text("SELECT id FROM events")).scalars())
+
+    commits = []
+    sa_event.listen(migrated_store.engine, "commit", commits.append)
+    everything = ids()
+    assert migrated_store.purge(86400, chunk=4) == 40 - len(kept) - len(unfinished)
+    assert ids() == kept | unfinished | {recent.id}
+    assert len(commits) >= (40 - len(kept) - len(unfinished)) / 4, "a transaction per chunk"
+    with migrated_store.engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM deliveries WHERE event_id NOT IN "
+                                 "(SELECT id FROM events)")).scalar() == 0
+    assert migrated_store.purge(86400, include_unfinished=True, chunk=4) == len(kept) + len(unfinished)
+    assert ids() == {recent.id} and everything > {recent.id}
+    assert migrated_store.stats()["events"] == 1
+
+
 def test_purge_keeps_unfinished_events_unless_asked(make_app, tmp_path):
     # Three apps on one database, as three processes would be: the first's failer is dead at once on
     # BILL_PAYED; the second's leaves a BILL_VALIDATE delivery failed, waiting an hour for a retry;

@@ -1,0 +1,135 @@
+"""Does a purge of a large backlog keep the answers to Dolibarr within their deadline?
+
+    python bench/purge.py [--database sqlite|postgresql|both] [--events 200000] [--baseline REV]
+
+The worker purges what retention lets go every ten minutes: in steady state ten minutes of
+events. The first purge after an upgrade, a retention made shorter or a worker stopped for
+days has the whole backlog to delete. For each store (and with ``--baseline``, the core of
+that git revision too, in its own interpreter): a store filled with ``--events`` accepted
+events older than the retention, with their delivered deliveries (``growth.fill``); then,
+while a thread ingests the 15.6 KB BILL_VALIDATE sample every 10 ms (a busy Dolibarr) with
+serve's request deadline, ``Store.purge`` of the default retention. Printed: the events
+purged, the purge's seconds, how much the process grew while it ran (VmHWM, reset before),
+and the ingests during the purge: how many, p50, p99 and the slowest, and how many failed
+(``StoreError``: a 503 to Dolibarr, whose user's action is rolled back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from _common import BENCH_DIR, core_at, database, log, table
+
+PACE = 0.010  # seconds between two ingests
+
+
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def child(url: str, events: int) -> dict:
+    """Runs in a fresh interpreter (the core under test first on the path): one measurement."""
+    from growth import fill
+
+    from dolibarr_webhooks.pipeline.parse import event_from_body
+    from dolibarr_webhooks.samples import sample_body
+    from dolibarr_webhooks.settings import SETTINGS
+    from dolibarr_webhooks.store import Store, StoreError
+
+    retention, deadline = (parse(default) for default, parse, _ in
+                           (SETTINGS["RETENTION"], SETTINGS["REQUEST_DEADLINE"]))
+    store = Store(url)
+    store.migrate()
+    fill(store, events, 0)
+    body = sample_body("BILL_VALIDATE")
+    latencies, failures, stop = [], [], threading.Event()
+
+    def ingest() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            event = event_from_body(body.replace(b'"id":311', b'"id":%d' % (50_000_000 + n), 1))
+            started = time.monotonic()
+            try:
+                store.ingest(event, ["log"], deadline=started + deadline)
+            except StoreError as exc:
+                failures.append(str(exc))
+            latencies.append((time.monotonic() - started) * 1000)
+            time.sleep(max(0.0, PACE - (time.monotonic() - started)))
+
+    thread = threading.Thread(target=ingest)
+    thread.start()
+    time.sleep(0.5)  # the ingests going before the purge starts
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here
+    before, started = len(latencies), time.monotonic()
+    rss = _rss_mb("VmRSS")
+    purged = store.purge(retention)
+    seconds = time.monotonic() - started
+    grew = _rss_mb("VmHWM") - rss
+    during = latencies[before:]
+    stop.set()
+    thread.join()
+    store.dispose()
+    during.sort()
+    return {"purged": purged, "seconds": seconds, "grew_mb": grew, "ingests": len(during),
+            "p50": statistics.median(during) if during else 0.0,
+            "p99": during[int(len(during) * 0.99)] if during else 0.0, "max": during[-1] if during else 0.0,
+            "failed": len(failures)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--baseline", metavar="GIT_REVISION", help="also measure the core of this revision")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.child, args.events)))
+        return 0
+
+    kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dw-bench-purge-") as tmp:
+        cores = [("working tree", None)]
+        if args.baseline:
+            cores.insert(0, (f"@{args.baseline}", core_at(args.baseline, Path(tmp) / "baseline")))
+        for kind in kinds:
+            for name, core in cores:
+                with database(kind) as pg_url:
+                    url = pg_url or f"sqlite:///{Path(tmp) / (name.strip('@ ') + '.sqlite3')}"
+                    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+                        filter(None, [str(core) if core else None, str(BENCH_DIR), os.environ.get("PYTHONPATH")])))
+                    log(f"{kind} {name}: {args.events:,} old events, then the purge under ingest")
+                    done = subprocess.run([sys.executable, __file__, "--events", str(args.events), "--child", url],
+                                          env=env, capture_output=True, text=True)
+                    if done.returncode:
+                        raise SystemExit(done.stderr[-3000:])
+                    found = json.loads(done.stdout.strip().splitlines()[-1])
+                    log(f"  {found}")
+                    rows.append([kind, name, f"{found['purged']:,}", f"{found['seconds']:.1f}",
+                                 f"{found['grew_mb']:.1f}", found["ingests"], f"{found['p50']:.1f}",
+                                 f"{found['p99']:.1f}", f"{found['max']:.0f}", found["failed"]])
+    print(f"\n# purge of a backlog under ingest (one BILL_VALIDATE every {PACE * 1000:.0f} ms), "
+          f"default retention and request deadline\n")
+    print(table(rows, ["store", "core", "purged", "purge s", "grew MB", "ingests", "p50 ms", "p99 ms", "max ms",
+                       "failed"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
