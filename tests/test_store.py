@@ -590,6 +590,69 @@ def test_a_large_purge_goes_chunk_by_chunk_and_deletes_exactly_what_it_should(mi
     assert migrated_store.stats()["events"] == 1
 
 
+def test_a_large_replay_goes_chunk_by_chunk_and_replays_exactly_what_it_should(migrated_store):
+    """``replay`` makes a chunk of deliveries due per transaction, in the order of their ids:
+    with each filter, every delivery asked for and no other, whatever chunk it falls in, and
+    never one that runs."""
+    import dataclasses
+    from datetime import datetime, timezone
+
+    from sqlalchemy import update
+
+    from dolibarr_webhooks.store import DEAD, DELIVERED, PENDING, RUNNING, deliveries
+    from dolibarr_webhooks.testing import make_event
+
+    now = int(time.time())
+    states = [DEAD, DELIVERED, DEAD, RUNNING, DEAD]
+    for n in range(30):
+        received = now - (30 - n) * 3600
+        event = dataclasses.replace(make_event("BILL_VALIDATE", id=n), id=new_event_id(received),
+                                    received_at=datetime.fromtimestamp(received, timezone.utc))
+        migrated_store.ingest(event, ["log", "mail"])
+        with migrated_store.engine.begin() as conn:
+            for number, plugin in enumerate(("log", "mail")):
+                conn.execute(update(deliveries).where(deliveries.c.event_id == event.id, deliveries.c.plugin == plugin)
+                             .values(status=states[(n + number) % len(states)], attempts=3))
+    migrated_store.fold_events(again=True)  # PostgreSQL: stored after the fact, below its horizon
+
+    def rows():
+        with migrated_store.engine.connect() as conn:
+            return {row.id: row for row in conn.execute(text(
+                "SELECT d.id, d.plugin, d.status, d.attempts, e.received_at FROM deliveries d "
+                "JOIN events e ON e.id = d.event_id"))}
+
+    before = rows()
+    since = now - 12 * 3600 - 1
+    wanted = {i for i, row in before.items()
+              if row.status == DEAD and row.plugin == "mail" and row.received_at >= since}
+    commits, updates = [], []
+
+    def record(_conn, _cursor, statement, parameters, _context, _executemany):
+        if statement.lstrip().upper().startswith("UPDATE DELIVERIES"):
+            updates.append((statement, parameters))
+
+    sa_event.listen(migrated_store.engine, "commit", commits.append)
+    sa_event.listen(migrated_store.engine, "before_cursor_execute", record)
+    assert migrated_store.replay(statuses=[DEAD], plugin="mail", since=since, chunk=2) == len(wanted) > 2
+    sa_event.remove(migrated_store.engine, "before_cursor_execute", record)
+    assert len(commits) > len(wanted) / 2, "a transaction per chunk"
+    if not migrated_store.is_postgres:  # each chunk a range of the table, never all the rows of a state
+        statement, parameters = updates[0]
+        with migrated_store.engine.connect() as conn:
+            plan = " ".join(row[3] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
+        assert "USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)" in plan, plan
+    after = rows()
+    assert {i for i, row in after.items() if row.status == PENDING and row.attempts == 0} == wanted
+    assert {i: row for i, row in after.items() if i not in wanted} == {i: row for i, row in before.items()
+                                                                       if i not in wanted}
+    assert migrated_store.stats()["deliveries"][DEAD] == sum(row.status == DEAD for row in after.values()) > 0
+    everything = [i for i, row in after.items() if row.status != RUNNING]
+    assert migrated_store.replay(chunk=4) == len(everything)
+    assert {i for i, row in rows().items() if row.status == PENDING} == set(everything)
+    assert {row.status for row in rows().values()} == {PENDING, RUNNING}
+    assert migrated_store.stats()["deliveries"][DEAD] == 0
+
+
 def test_purge_keeps_unfinished_events_unless_asked(make_app, tmp_path):
     # Three apps on one database, as three processes would be: the first's failer is dead at once on
     # BILL_PAYED; the second's leaves a BILL_VALIDATE delivery failed, waiting an hour for a retry;
