@@ -600,6 +600,7 @@ def test_a_large_replay_goes_chunk_by_chunk_and_replays_exactly_what_it_should(m
     from sqlalchemy import update
 
     from dolibarr_webhooks.store import DEAD, DELIVERED, PENDING, RUNNING, deliveries
+    from dolibarr_webhooks.store.inspect import REPLAY_CHUNK
     from dolibarr_webhooks.testing import make_event
 
     now = int(time.time())
@@ -646,7 +647,12 @@ def test_a_large_replay_goes_chunk_by_chunk_and_replays_exactly_what_it_should(m
     assert {i: row for i, row in after.items() if i not in wanted} == {i: row for i, row in before.items()
                                                                        if i not in wanted}
     assert migrated_store.stats()["deliveries"][DEAD] == sum(row.status == DEAD for row in after.values()) > 0
-    everything = [i for i, row in after.items() if row.status != RUNNING]
+    # What fits in one chunk is found through the indexes, and is exactly what was asked too.
+    log_dead = {i for i, row in after.items() if row.status == DEAD and row.plugin == "log"}
+    assert 0 < len(log_dead) <= REPLAY_CHUNK and migrated_store.replay(statuses=[DEAD], plugin="log") == len(log_dead)
+    assert {i for i, row in rows().items() if row.status == PENDING and row.attempts == 0} == wanted | log_dead
+    assert migrated_store.replay(statuses=[DEAD], plugin="log") == 0
+    everything = [i for i, row in rows().items() if row.status != RUNNING]
     assert migrated_store.replay(chunk=4) == len(everything)
     assert {i for i, row in rows().items() if row.status == PENDING} == set(everything)
     assert {row.status for row in rows().values()} == {PENDING, RUNNING}

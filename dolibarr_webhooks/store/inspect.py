@@ -260,25 +260,28 @@ class Inspection:
         goes: the replay of a day of dead deliveries does not hold SQLite's writers' turn,
         and the worker starts on the first range while the next is made due."""
         now = time.time()
-        chosen = [deliveries.c.status != RUNNING]
-        # Expressions that no index answers, so that each range is read in the table's order:
-        # through ix_deliveries_status or ix_deliveries_due, SQLite would read every delivery
-        # of the state or the plugin at each range.
         statuses = list(statuses)
-        if statuses:
-            chosen.append(deliveries.c.status.concat("").in_(statuses))
-        if plugin:
-            chosen.append(deliveries.c.plugin.concat("") == plugin)
+        chosen = [deliveries.c.status != RUNNING]
         if since is not None:  # looked up delivery by delivery, not a list of every event since
             chosen.append(select(literal(1)).where(events.c.id == deliveries.c.event_id,
                                                    events.c.received_at >= since).exists())
+        indexed = chosen + ([deliveries.c.status.in_(statuses)] if statuses else []) + \
+            ([deliveries.c.plugin == plugin] if plugin else [])
+        # For the ranges, expressions that no index answers, so that each range is read in the
+        # table's order: through ix_deliveries_status or ix_deliveries_due, SQLite would read
+        # every delivery of the state or the plugin at each range.
+        chosen += ([deliveries.c.status.concat("").in_(statuses)] if statuses else []) + \
+            ([deliveries.c.plugin.concat("") == plugin] if plugin else [])
         if event_id:  # its few deliveries, through the unique (event_id, plugin) index
             ranges: Iterable[list[Any]] = [[deliveries.c.event_id == event_id]]
         else:
             with self._readonly() as conn:
+                # A replay that fits in one chunk (the few failures of a store of millions) is
+                # found through the indexes, not by reading every range of the table.
+                few = list(conn.execute(select(deliveries.c.id).where(*indexed).limit(chunk + 1)).scalars())
                 first, last = conn.execute(select(func.min(deliveries.c.id), func.max(deliveries.c.id))).one()
-            ranges = ([deliveries.c.id >= low, deliveries.c.id < low + chunk]
-                      for low in range(first or 0, (last or -1) + 1, chunk))
+            ranges = ([[deliveries.c.id.in_(few)]] if few else []) if len(few) <= chunk else (
+                [deliveries.c.id >= low, deliveries.c.id < low + chunk] for low in range(first, last + 1, chunk))
         count = 0
         for where in ranges:
             with self._write() as conn:
