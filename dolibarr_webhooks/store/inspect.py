@@ -261,27 +261,26 @@ class Inspection:
         and the worker starts on the first range while the next is made due."""
         now = time.time()
         statuses = list(statuses)
-        chosen = [deliveries.c.status != RUNNING]
-        if since is not None:  # looked up delivery by delivery, not a list of every event since
-            chosen.append(select(literal(1)).where(events.c.id == deliveries.c.event_id,
-                                                   events.c.received_at >= since).exists())
-        indexed = chosen + ([deliveries.c.status.in_(statuses)] if statuses else []) + \
-            ([deliveries.c.plugin == plugin] if plugin else [])
+
+        def chosen_by(status, plugin_column) -> list[Any]:
+            found = [deliveries.c.status != RUNNING]
+            if statuses:
+                found.append(status.in_(statuses))
+            if plugin:
+                found.append(plugin_column == plugin)
+            if since is not None:  # looked up delivery by delivery, not a list of every event since
+                found.append(select(literal(1)).where(events.c.id == deliveries.c.event_id,
+                                                      events.c.received_at >= since).exists())
+            return found
+
         # For the ranges, expressions that no index answers, so that each range is read in the
         # table's order: through ix_deliveries_status or ix_deliveries_due, SQLite would read
         # every delivery of the state or the plugin at each range.
-        chosen += ([deliveries.c.status.concat("").in_(statuses)] if statuses else []) + \
-            ([deliveries.c.plugin.concat("") == plugin] if plugin else [])
+        chosen = chosen_by(deliveries.c.status.concat(""), deliveries.c.plugin.concat(""))
         if event_id:  # its few deliveries, through the unique (event_id, plugin) index
             ranges: Iterable[list[Any]] = [[deliveries.c.event_id == event_id]]
         else:
-            with self._readonly() as conn:
-                # A replay that fits in one chunk (the few failures of a store of millions) is
-                # found through the indexes, not by reading every range of the table.
-                few = list(conn.execute(select(deliveries.c.id).where(*indexed).limit(chunk + 1)).scalars())
-                first, last = conn.execute(select(func.min(deliveries.c.id), func.max(deliveries.c.id))).one()
-            ranges = ([[deliveries.c.id.in_(few)]] if few else []) if len(few) <= chunk else (
-                [deliveries.c.id >= low, deliveries.c.id < low + chunk] for low in range(first, last + 1, chunk))
+            ranges = self._replay_ranges(chosen_by(deliveries.c.status, deliveries.c.plugin), chunk)
         count = 0
         for where in ranges:
             with self._write() as conn:
@@ -295,6 +294,17 @@ class Inspection:
                 self._wake()
             count += changed
         return count
+
+    def _replay_ranges(self, indexed: list[Any], chunk: int) -> Iterable[list[Any]]:
+        """What each transaction of a replay without an event id makes due: the deliveries
+        ``indexed`` chooses, found through the indexes when they fit in one chunk (the few
+        failures of a store of millions), else every range of ``chunk`` delivery ids."""
+        with self._readonly() as conn:
+            few = list(conn.execute(select(deliveries.c.id).where(*indexed).limit(chunk + 1)).scalars())
+            if len(few) <= chunk:
+                return [[deliveries.c.id.in_(few)]] if few else []
+            first, last = conn.execute(select(func.min(deliveries.c.id), func.max(deliveries.c.id))).one()
+        return ([deliveries.c.id >= low, deliveries.c.id < low + chunk] for low in range(first, last + 1, chunk))
 
     def _add_delivery(self, conn, event_id: str, plugin: str, now: float) -> int:
         """The delivery of an accepted event for a plugin that has none (installed after it

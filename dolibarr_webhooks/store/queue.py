@@ -248,7 +248,7 @@ class Store(Inspection):
             object_id=_storable(event.object_id), ref=_storable(event.ref), entity=_storable(event.entity),
             label=_storable(event.label), scrub_rule=scrub_rule,
             received_at=event.received_at.timestamp(), body_sha256=event.body_sha256, test=event.test,
-            payload=self._stored_payload(event), remote_addr=_storable(remote_addr),
+            payload=self._stored_payload(event.to_json()), remote_addr=_storable(remote_addr),
         )
         search = dict(since=row["received_at"] - dedup_window, accepted=ACCEPTED)
         try:
@@ -269,10 +269,9 @@ class Store(Inspection):
         self._woken([result])
         return result
 
-    def _stored_payload(self, event: Event | str) -> str | bytes:
-        """The payload column's value for an event (or its JSON): PostgreSQL compresses its
-        own (schema version 7), SQLite keeps what ``payloads.packed`` makes."""
-        text = event if isinstance(event, str) else event.to_json()
+    def _stored_payload(self, text: str) -> str | bytes:
+        """The payload column's value for an event's JSON: PostgreSQL compresses its own
+        (schema version 7), SQLite keeps what ``payloads.packed`` makes."""
         return text if self.is_postgres else payloads.packed(text)
 
     def _woken(self, results: list[IngestResult]) -> None:
@@ -359,7 +358,7 @@ class Store(Inspection):
                 trigger_code=_storable(event.trigger_code), sent_code=_storable(event.sent_code),
                 element=_storable(event.element), object_id=_storable(event.object_id), ref=_storable(event.ref),
                 entity=_storable(event.entity), test=event.test, label=_storable(event.label), scrub_rule=scrub_rule,
-                status=ACCEPTED, payload=self._stored_payload(event), raw_body=None,
+                status=ACCEPTED, payload=self._stored_payload(event.to_json()), raw_body=None,
                 error="re-processed at %s" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
             )).rowcount
             if changed and plugins:
