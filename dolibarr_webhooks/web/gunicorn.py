@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import select
 import shutil
 import tempfile
 import time
@@ -203,6 +204,28 @@ class _ReadDeadline:
         return getattr(self._sock, name)
 
 
+# A kept-alive connection's next request is waited for by the thread that answered the last
+# one, for this long (see ThreadWorker.handle). gthread hands the connection back to its main
+# loop instead: a wake-up through a pipe, the poller, then a new future for the next request,
+# three thread switches and about a sixth of the Python time of a request under load (issue
+# #15). A client that closes after its answer, as Dolibarr's curl does, is seen closing here
+# too, without that round. A client that sends nothing in time goes back to gthread's poller.
+NEXT_REQUEST_WAIT_MS = 10
+
+
+def next_request_within(conn, milliseconds: int) -> bool:
+    """Whether ``conn`` (gthread's ``TConn``) has its next request, or its close, to read
+    within ``milliseconds``: bytes already read ahead by its parser, or the socket readable."""
+    unreader = getattr(conn.parser, "unreader", None)
+    if unreader is not None and unreader.buf.getvalue():  # usually empty: nothing is copied
+        return True
+    poller = getattr(conn, "next_request_poll", None)
+    if poller is None:  # one per connection: registering is a system call
+        poller = conn.next_request_poll = select.poll()
+        poller.register(conn.sock.fileno(), select.POLLIN)
+    return bool(poller.poll(milliseconds))
+
+
 class _Captured:
     """Takes what gunicorn writes to a client instead of the client."""
 
@@ -259,11 +282,25 @@ class ThreadWorker(_JsonErrors, _ThreadWorker):
     threads keep answering."""
 
     def handle(self, conn):
+        keepalive = self._handle_one(conn)
+        # True: answered, and the connection kept alive (the gthread of the gunicorn releases
+        # we install; older ones return a tuple here, and are left to their own loop).
+        while keepalive is True and self._may_wait_here() and next_request_within(conn, NEXT_REQUEST_WAIT_MS):
+            keepalive = self._handle_one(conn)
+        return keepalive
+
+    def _handle_one(self, conn):
         if not self.cfg.is_ssl:
             if not isinstance(conn.sock, _ReadDeadline):
                 conn.sock = _ReadDeadline(conn.sock)
             conn.sock.restart()  # each request of a kept-alive connection has its own time
         return super().handle(conn)
+
+    def _may_wait_here(self) -> bool:
+        """Whether this thread may wait for its connection's next request: while the process
+        has a thread for each of its connections, no other connection can be waiting for it
+        (one that arrives meanwhile waits NEXT_REQUEST_WAIT_MS at most)."""
+        return self.alive and not self.cfg.is_ssl and getattr(self, "nr_conns", math.inf) <= self.cfg.threads
 
     def handle_request(self, req, conn):
         if isinstance(conn.sock, _ReadDeadline):
