@@ -114,7 +114,7 @@ wrk.method = "POST"
 wrk.headers["User-Agent"] = "Dolibarr geturl function"
 wrk.headers["Accept"] = "*/*"
 wrk.headers["Content-Type"] = "application/json"
-local counter = 0
+%(connection_header)slocal counter = 0
 local base = 0
 local threads = {}
 
@@ -173,7 +173,10 @@ class WrkResult:
 class Wrk:
     """Runs ``wrk`` with one Lua script that posts the sample body (unique per request)."""
 
-    def __init__(self, workdir: Path, code: str = "BILL_VALIDATE") -> None:
+    def __init__(self, workdir: Path, code: str = "BILL_VALIDATE", new_connections: bool = False) -> None:
+        """``new_connections``: each request on a connection of its own, as Dolibarr's curl
+        opens one per event (with ``Connection: close``, the server closes it after the answer,
+        and wrk connects again)."""
         if not shutil.which("wrk"):
             sys.exit("wrk is not installed: apt-get update && apt-get install -y wrk")
         body = sample_body(code)
@@ -183,6 +186,7 @@ class Wrk:
         self.workdir = workdir
         self.body_path = workdir / f"{code}.json"
         self.body_path.write_bytes(body)
+        self.new_connections = new_connections
         self.runs = 0
         self.sent = 0  # responses received over all runs (warm-ups included)
 
@@ -190,7 +194,8 @@ class Wrk:
         self.runs += 1
         path = self.workdir / f"run{self.runs}.lua"
         lua = WRK_LUA % {"body_path": json.dumps(str(self.body_path)), "mark": json.dumps(OBJECT_ID_MARK.decode()),
-                         "run_base": self.runs * 1_000_000_000}
+                         "run_base": self.runs * 1_000_000_000,
+                         "connection_header": 'wrk.headers["Connection"] = "close"\n' if self.new_connections else ""}
         path.write_text(lua)
         return path
 

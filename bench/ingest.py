@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="product setting without the DOLIBARR_WEBHOOKS_ prefix, e.g. SQLITE_SYNCHRONOUS=normal")
     parser.add_argument("--baseline", metavar="GIT_REVISION",
                         help="also run each durable target with the core package of this revision (git archive)")
+    parser.add_argument("--new-connections", action="store_true",
+                        help="each request on a new connection, as Dolibarr posts (one curl connection per "
+                             "event), instead of wrk's kept-alive connections")
     parser.add_argument("--floor", action="store_true",
                         help="also run the floors of bench/floor_app.py: append and fdatasync the body; parse and "
                              "scrub it, storing nothing; both")
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# ingest: {NCPU} CPUs, gunicorn {gunicorn.describe()} for every Python target, "
           + (f"{NODE} skipped ({node_skipped.splitlines()[0]})" if node_skipped
              else f"{NODE}: 1 Node process (express {node_express_version()})")
-          + ", wrk 1 thread, "
+          + ", wrk 1 thread" + (", a new connection per request" if args.new_connections else "") + ", "
           f"{args.duration:g}s per point after {args.warmup:g}s warm-up"
           + (f", settings {settings}" if settings else "")
           + (f", delivery worker running{f' with {worker_settings}' if worker_settings else ''}"
@@ -114,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
           + (f", @{args.baseline} = the core package at that revision" if args.baseline else ""), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="dw-bench-wrk-") as tmp, contextlib.ExitStack() as stack:
-        wrk = Wrk(Path(tmp))
+        wrk = Wrk(Path(tmp), new_connections=args.new_connections)
         targets = {"no-op": stack.enter_context(noop_server(gunicorn))}
         if not node_skipped:
             targets[NODE] = stack.enter_context(node_server())
