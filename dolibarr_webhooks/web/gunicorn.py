@@ -279,7 +279,8 @@ class SyncWorker(_JsonErrors, _SyncWorker):
 class ThreadWorker(_JsonErrors, _ThreadWorker):
     """gunicorn's gthread worker, with JSON errors and a deadline on reading each request
     (``serve``): a slow client holds one thread for at most HEAD_DEADLINE + BODY_DEADLINE, and the other
-    threads keep answering."""
+    threads keep answering. A kept-alive connection's next request is answered by the thread
+    that answered the last one, when it comes within NEXT_REQUEST_WAIT_MS."""
 
     def handle(self, conn):
         keepalive = self._handle_one(conn)
@@ -299,7 +300,8 @@ class ThreadWorker(_JsonErrors, _ThreadWorker):
     def _may_wait_here(self) -> bool:
         """Whether this thread may wait for its connection's next request: while the process
         has a thread for each of its connections, no other connection can be waiting for it
-        (one that arrives meanwhile waits NEXT_REQUEST_WAIT_MS at most)."""
+        (one that arrives meanwhile waits NEXT_REQUEST_WAIT_MS at most). Not over TLS: bytes
+        the TLS layer has already read would not make the socket readable."""
         return self.alive and not self.cfg.is_ssl and getattr(self, "nr_conns", math.inf) <= self.cfg.threads
 
     def handle_request(self, req, conn):
