@@ -215,7 +215,9 @@ NEXT_REQUEST_WAIT_MS = 10
 
 def next_request_within(conn, milliseconds: int) -> bool:
     """Whether ``conn`` (gthread's ``TConn``) has its next request, or its close, to read
-    within ``milliseconds``: bytes already read ahead by its parser, or the socket readable."""
+    within ``milliseconds``: bytes already read ahead by its parser, or the socket readable.
+    Not gthread's ``TConn.wait_for_data``: it opens a selector per call, and once it has seen
+    data it answers True for good (it is meant for a connection's first request only)."""
     unreader = getattr(conn.parser, "unreader", None)
     if unreader is not None and unreader.buf.getvalue():  # usually empty: nothing is copied
         return True
