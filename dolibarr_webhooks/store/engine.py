@@ -3,6 +3,7 @@ request engine bound by the request deadline."""
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import time
@@ -38,13 +39,38 @@ _SQLITE_STALE = ("attempt to write a readonly database", "disk I/O error", "unab
                  "database or disk is full")
 
 
+# A full collection costs milliseconds with the GIL held: during a long fault, when every
+# request marks the engine stale again, at most one a second.
+_COLLECT_EVERY = 1.0
+
+
+def reopen_if_stale(engine: Engine) -> None:
+    """After an error marked ``engine`` stale (``mark_if_stale``): close every connection of this
+    process, idle or not yet returned, so that the next one opens the file anew.
+
+    Closing is not enough when something still holds one of the connection's statements:
+    ``sqlite3_close_v2`` then keeps the file open until the statement goes, and the file stays
+    read-only for the whole process. The traceback of each failed call holds its frames, and
+    their cursors, in a reference cycle (the exception is a local of a frame it holds), which
+    only the garbage collector frees: a process that had not collected yet kept answering 503
+    after the files were writable again. So a full collection follows the close."""
+    if not getattr(engine, "dolibarr_webhooks_stale", False):
+        return
+    engine.dolibarr_webhooks_stale = False
+    engine.dispose()
+    now = time.monotonic()
+    if now - getattr(engine, "dolibarr_webhooks_collected_at", -_COLLECT_EVERY) >= _COLLECT_EVERY:
+        engine.dolibarr_webhooks_collected_at = now
+        gc.collect()
+
+
 def mark_if_stale(engine: Engine, exc: BaseException) -> bool:
     """True (and the engine marked) when an SQLite error means a connection opened read-only.
 
     The connections of one process share the file's shared-memory index, and one opened
     read-only keeps it read-only for every new connection as long as any connection of the
     process stays open: the store closes them all before its next operation
-    (Store._reopen_if_stale), not as each is next checked out (a quiet pool kept some for ever)."""
+    (``reopen_if_stale``), not as each is next checked out (a quiet pool kept some for ever)."""
     if str(exc).startswith(_SQLITE_STALE):
         engine.dolibarr_webhooks_stale = True
         return True

@@ -20,7 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..events import Event
 from . import payloads, sqlite_fast
-from .engine import make_engine, make_request_engine, normalise_url, sqlite_path
+from .engine import make_engine, make_request_engine, normalise_url, reopen_if_stale, sqlite_path
 from .failures import FAILURES, DeadlinePassed, error_line, store_error
 from .inspect import Inspection
 from .schema import (ACCEPTED, DELIVERED, DUPLICATE, FAILED, MIGRATIONS, NOTIFY_CHANNEL, PENDING, QUARANTINED,
@@ -167,11 +167,8 @@ class Store(Inspection):
             self._durable.wait_durable(commit)  # out of the turn: the next writer commits meanwhile
 
     def _reopen_if_stale(self) -> None:
-        """After a write met a file opened read-only (see make_engine), close every connection
-        of this process, idle or not yet returned, so that the next one opens the file anew."""
-        if getattr(self.engine, "dolibarr_webhooks_stale", False):
-            self.engine.dolibarr_webhooks_stale = False
-            self.engine.dispose()
+        """After a write met a file opened read-only (see make_engine): ``reopen_if_stale``."""
+        reopen_if_stale(self.engine)
 
     # -- schema -----------------------------------------------------------------
     def _readonly(self):
