@@ -11,6 +11,7 @@ over the waiting rows only), so they are right whatever process answers.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -70,12 +71,18 @@ class Metrics:
         self.notices_lost = Counter("dolibarr_webhooks_notices_lost",
                                     "Delivery outcomes and alerts a plugin failed to take after every retry",
                                     ["plugin", "hook"], registry=self.registry)
+        # The request path's counters, by label values: prometheus_client's ``labels`` builds
+        # and checks the values and takes a lock at each call (4 % of a request's Python time,
+        # bench/README.rst, issue #15). Its children are never removed, so they can be kept;
+        # there are as many as prometheus_client keeps.
+        self._requests = functools.lru_cache(maxsize=None)(self.requests.labels)
+        self._events = functools.lru_cache(maxsize=None)(self.events.labels)
 
     def request(self, status: int, reason: str) -> None:
-        self.requests.labels(str(status), reason or "-").inc()
+        self._requests(status, reason or "-").inc()
 
     def event(self, code: str, result: str) -> None:
-        self.events.labels(code or "-", result).inc()
+        self._events(code or "-", result).inc()
 
     def delivery_finished(self, plugin: str, outcome: str, seconds: float) -> None:
         self.deliveries.labels(plugin, outcome).inc()
