@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import sqlite3
 import subprocess
+import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -204,3 +207,57 @@ def test_sqlite_made_read_only_then_writable_again_recovers_without_a_restart(tm
                  interval=0.2, message=lambda: requests.get(f"{service.url}/ready", timeout=10).text)
         print(f"\nwritten again {time.monotonic() - restored:.2f} s after the files were writable, without a restart")
         assert "web" in service.processes and service.processes["web"].poll() is None
+
+
+# Run without the capabilities that let root write read-only files, and without the garbage
+# collector: the store must close what a read-only spell left open by itself.
+_READ_ONLY_SPELL = textwrap.dedent("""
+    import gc, json, os, sys, time
+    gc.disable()
+    from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET
+    from dolibarr_webhooks_testplugin import app_factory, body
+
+    database = sys.argv[1]
+    files = [database + suffix for suffix in ("", "-wal", "-shm")]
+    folder = os.path.dirname(database)
+    with app_factory("sqlite:///" + database) as make:
+        client = make({}, AUTO_MIGRATE=False).test_client()
+
+        def post():
+            data = body(object_id=f"spell-{time.monotonic_ns()}")
+            return client.post("/webhook/" + WEBHOOKS_TEST_SECRET, data=data).status_code
+
+        for path in [*files, folder]:
+            os.chmod(path, 0o555 if path == folder else 0o444)
+        during = [post() for _ in range(3)] + [client.get("/ready").status_code]
+        for path in [*files, folder]:
+            os.chmod(path, 0o755 if path == folder else 0o644)
+        restored, after = time.monotonic(), []
+        while after[-5:] != [200] * 5 and time.monotonic() - restored < 5:
+            after.append(post())
+            time.sleep(0.05)
+        print(json.dumps({"during": during, "after": after, "seconds": time.monotonic() - restored}))
+""")
+
+
+def test_a_process_that_never_collects_garbage_writes_again_after_a_read_only_spell(tmp_path):
+    """In one process, its connections opened while the files were read-only (the ingest's and
+    /ready's): after the files are writable again, five answers in a row are 200 within 5 s.
+    Closing them was not enough: the failed calls' tracebacks kept their statements, and so
+    the files, open until the garbage collector ran."""
+    prefix = without_dac_override(tmp_path)
+    database = tmp_path / "spell" / "webhooks.sqlite3"
+    database.parent.mkdir()
+    store = Store(f"sqlite:///{database}")
+    store.migrate()
+    store.dispose()
+    # Another process has the file open, so that the -wal and -shm files stay (see below).
+    with contextlib.closing(sqlite3.connect(database)) as reader:
+        reader.execute("SELECT count(*) FROM events").fetchall()
+        result = subprocess.run([*prefix, sys.executable, "-c", _READ_ONLY_SPELL, str(database)],
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.splitlines()[-1])
+    assert outcome["during"] == [503, 503, 503, 503], outcome
+    assert outcome["after"][-5:] == [200] * 5, outcome
+    print(f"\nwritten again {outcome['seconds']:.2f} s after the files were writable, {len(outcome['after'])} posts")
