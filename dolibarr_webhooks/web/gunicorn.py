@@ -24,6 +24,7 @@ from gunicorn.workers.sync import SyncWorker as _SyncWorker
 from ..credentials import SENSITIVE_NAME
 from ..logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
 from ..settings import ConfigError, Settings, process_settings
+from .balance import STEP_BACK, ConnectionShare, alive
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -282,7 +283,8 @@ class ThreadWorker(_JsonErrors, _ThreadWorker):
     """gunicorn's gthread worker, with JSON errors and a deadline on reading each request
     (``serve``): a slow client holds one thread for at most HEAD_DEADLINE + BODY_DEADLINE, and the other
     threads keep answering. A kept-alive connection's next request is answered by the thread
-    that answered the last one, when it comes within NEXT_REQUEST_WAIT_MS."""
+    that answered the last one, when it comes within NEXT_REQUEST_WAIT_MS. A new connection
+    goes to the process with fewest (web/balance.py)."""
 
     def handle(self, conn):
         keepalive = self._handle_one(conn)
@@ -311,6 +313,55 @@ class ThreadWorker(_JsonErrors, _ThreadWorker):
             conn.sock.head_received()
         return super().handle_request(req, conn)
 
+    # A new connection goes to the process with fewest (web/balance.py), with a gthread that
+    # turns accepting on and off (set_accept_enabled; older ones accept as they did). These
+    # run on the main loop's thread.
+    share: ConnectionShare | None = None
+    _stepped_back_until = 0.0
+    _accept_tried = False
+
+    def init_process(self):
+        if hasattr(_ThreadWorker, "set_accept_enabled"):
+            self.share = ConnectionShare(self.age)
+        try:
+            super().init_process()
+        finally:
+            if self.share is not None:
+                self.share.leave()
+
+    def set_accept_enabled(self, enabled):
+        if self.share is None:
+            return super().set_accept_enabled(enabled)
+        super().set_accept_enabled(enabled and time.monotonic() >= self._stepped_back_until)
+        # Stepping back for a millisecond is still accepting, for the others: a process they
+        # count out takes its share again at once, and they stop taking theirs.
+        self.share.publish(self.nr_conns, enabled)
+
+    def accept(self, *args):
+        if self.share is not None:
+            self._accept_tried = True
+            now = time.monotonic()
+            if self.share.step_back(self.nr_conns, now):
+                self._stepped_back_until = now + STEP_BACK
+                super().set_accept_enabled(False)
+                return
+        super().accept(*args)
+        if self.share is not None:
+            self.share.publish(self.nr_conns)
+
+    def wait_for_and_dispatch_events(self, timeout):
+        if self.share is None:
+            return super().wait_for_and_dispatch_events(timeout)
+        if self._stepped_back_until:
+            timeout = max(0.0, min(timeout, self._stepped_back_until - time.monotonic()))
+        self._accept_tried = False
+        super().wait_for_and_dispatch_events(timeout)
+        self.share.publish(self.nr_conns)  # its callbacks closed connections, or accepted
+        if self._stepped_back_until and time.monotonic() >= self._stepped_back_until:
+            self._stepped_back_until = 0.0
+        elif not self._accept_tried and self._accepting:
+            self.share.taken_elsewhere()  # nothing was waiting to be accepted
+
 
 # -- Prometheus multi-process folder ----------------------------------------------------
 def prepare_multiproc_dir(path: str | None = None) -> tuple[str, bool]:
@@ -334,16 +385,6 @@ def prepare_multiproc_dir(path: str | None = None) -> tuple[str, bool]:
     return path, created
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
-
-
 def wipe_multiproc_dir(path: str, keep_live: bool = True) -> int:
     """Remove the sample files left by earlier runs. With ``keep_live``, files of processes
     still running are kept: the ``worker`` service shares the folder and may be running
@@ -351,7 +392,7 @@ def wipe_multiproc_dir(path: str, keep_live: bool = True) -> int:
     removed = 0
     for name in glob.glob(os.path.join(path, "*.db")):
         match = re.search(r"_(\d+)\.db$", name)
-        if keep_live and match and int(match.group(1)) != os.getpid() and _alive(int(match.group(1))):
+        if keep_live and match and int(match.group(1)) != os.getpid() and alive(int(match.group(1))):
             continue
         try:
             os.remove(name)
