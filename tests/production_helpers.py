@@ -4,6 +4,7 @@ nginx in front of a real gunicorn, and Dolibarr-shaped requests."""
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from dolibarr_webhooks.samples import sample_body
-from dolibarr_webhooks.testing import free_port, wait_for_port
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRIB = ROOT / "contrib"
@@ -32,6 +33,8 @@ DOLIBARR_SENDER = ROOT / "tests" / "dolibarr" / "dolibarr_send.php"
 CAPTURED = ROOT / "tests" / "data" / "captured-22.0.4"
 
 DOLIBARR_HEADERS = {"User-Agent": "Dolibarr geturl function", "Accept": "*/*", "Content-Type": "application/json"}
+# serve's worker class, for a gunicorn started by running_service.
+THREAD_WORKER = ["-k", "dolibarr_webhooks.web.gunicorn.ThreadWorker"]
 
 
 def require_tool(name: str, package: str) -> str:
@@ -258,3 +261,16 @@ def cli_json(service, *args: str) -> Any:
 
 def python_bin() -> Path:
     return Path(sys.executable).parent
+
+
+def post_kept_alive(connection: http.client.HTTPConnection, object_id: int) -> dict:
+    """The BILL_VALIDATE sample, made unique by ``object_id``, posted on ``connection`` (kept
+    alive for the next one): its 200 answer."""
+    body = json.loads(sample_body("BILL_VALIDATE"))
+    body["object"]["id"] = object_id
+    connection.request("POST", f"/webhook/{WEBHOOKS_TEST_SECRET}", json.dumps(body),
+                       {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    assert response.status == 200, answer
+    return answer

@@ -10,20 +10,17 @@ the last opens a burst of kept-alive connections to a real gunicorn and counts, 
 from __future__ import annotations
 
 import http.client
-import json
 import multiprocessing
 import os
 import socket
 import time
 from pathlib import Path
 
-from dolibarr_webhooks.samples import sample_body
-from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 from dolibarr_webhooks.testing import running_service, wait_for
 from dolibarr_webhooks.web.balance import MARGIN, MAX_STEP_BACK, ConnectionShare
+from production_helpers import THREAD_WORKER, post_kept_alive
 
 FORK = multiprocessing.get_context("fork")
-THREAD_WORKER = ["-k", "dolibarr_webhooks.web.gunicorn.ThreadWorker"]
 
 
 def _other_process(age: int, connections: int, accepting: bool, ready, done) -> None:
@@ -116,13 +113,11 @@ def _established_by_process(pids: list[int], port: int) -> list[int]:
     return sorted(counts, reverse=True)
 
 
-def _post(connection: http.client.HTTPConnection, object_id: int) -> None:
-    body = json.loads(sample_body("BILL_VALIDATE"))
-    body["object"]["id"] = object_id
-    connection.request("POST", f"/webhook/{SECRET}", json.dumps(body), {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    assert response.status == 200, response.read()
-    response.read()
+def _web_processes(service) -> list[int] | None:
+    """The pids of the gunicorn master's children, once all PROCESSES are started."""
+    master = service.processes["web"].pid
+    pids = [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    return pids if len(pids) == PROCESSES else None
 
 
 def _burst(port: int, first_id: int) -> list[http.client.HTTPConnection]:
@@ -132,7 +127,7 @@ def _burst(port: int, first_id: int) -> list[http.client.HTTPConnection]:
     for number, sock in enumerate(sockets):
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         connection.sock = sock
-        _post(connection, first_id + number)
+        post_kept_alive(connection, first_id + number)
         connections.append(connection)
     return connections
 
@@ -141,9 +136,7 @@ def test_a_burst_of_connections_is_spread_over_the_processes():
     """Without it, 16 connections went [14, 2, 0, 0], [11, 3, 2, 0] or [7, 5, 3, 1] to four
     processes: the process already running accepted most."""
     with running_service(workers=PROCESSES, worker=False, gunicorn_args=[*THREAD_WORKER, "--threads", "16"]) as service:
-        children = Path(f"/proc/{service.processes['web'].pid}/task/{service.processes['web'].pid}/children")
-        pids = wait_for(lambda: [int(pid) for pid in children.read_text().split()][PROCESSES - 1:] and
-                        [int(pid) for pid in children.read_text().split()], timeout=30, message="four processes")
+        pids = wait_for(lambda: _web_processes(service), timeout=30, message="four processes")
         # Every process booted, and past its first requests (its store's connections, the
         # lazy imports): until then it cannot take its share, as after any start.
         deadline, warm_bursts = time.monotonic() + 60, 0

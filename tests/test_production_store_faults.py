@@ -251,7 +251,7 @@ def test_a_process_that_never_collects_garbage_writes_again_after_a_read_only_sp
     store = Store(f"sqlite:///{database}")
     store.migrate()
     store.dispose()
-    # Another process has the file open, so that the -wal and -shm files stay (see below).
+    # Another process has the file open, so that the -wal and -shm files stay (as in the test above).
     with contextlib.closing(sqlite3.connect(database)) as reader:
         reader.execute("SELECT count(*) FROM events").fetchall()
         result = subprocess.run([*prefix, sys.executable, "-c", _READ_ONLY_SPELL, str(database)],

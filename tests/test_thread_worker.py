@@ -24,8 +24,7 @@ from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 from dolibarr_webhooks.testing import running_service
 from dolibarr_webhooks.web.gunicorn import NEXT_REQUEST_WAIT_MS, next_request_within
-
-THREAD_WORKER = ["-k", "dolibarr_webhooks.web.gunicorn.ThreadWorker"]
+from production_helpers import THREAD_WORKER, post_kept_alive
 
 
 def _connection() -> tuple[TConn, socket.socket]:
@@ -65,16 +64,6 @@ def test_next_request_within_sees_a_request_a_close_or_nothing():
         conn.sock.close()
 
 
-def _post(connection: http.client.HTTPConnection, object_id: int) -> dict:
-    body = json.loads(sample_body("BILL_VALIDATE"))
-    body["object"]["id"] = object_id
-    connection.request("POST", f"/webhook/{SECRET}", json.dumps(body), {"Content-Type": "application/json"})
-    response = connection.getresponse()
-    answer = json.loads(response.read())
-    assert response.status == 200, answer
-    return answer
-
-
 @pytest.fixture(scope="module")
 def one_process():
     with running_service(workers=1, worker=False, gunicorn_args=[*THREAD_WORKER, "--threads", "2",
@@ -91,7 +80,7 @@ def test_kept_alive_requests_are_answered_at_once_or_after_a_pause(one_process):
             # (the connection was back in gthread's poller).
             if number % 10 == 9:
                 time.sleep(3 * NEXT_REQUEST_WAIT_MS / 1000)
-            ids.append(_post(connection, 700_000 + number)["id"])
+            ids.append(post_kept_alive(connection, 700_000 + number)["id"])
             assert connection.sock is not None, "the connection was kept alive"
     finally:
         connection.close()
@@ -121,7 +110,7 @@ def test_clients_that_close_after_their_answer_leave_no_thread_behind(one_proces
     started = time.monotonic()
     for number in range(40):
         connection = http.client.HTTPConnection("127.0.0.1", one_process.port, timeout=10)
-        _post(connection, 800_000 + number)
+        post_kept_alive(connection, 800_000 + number)
         connection.close()
     assert time.monotonic() - started < 30
 
@@ -132,11 +121,11 @@ def test_a_connection_kept_alive_does_not_hold_the_only_thread(tmp_path):
         idle = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
         other = http.client.HTTPConnection("127.0.0.1", service.port, timeout=10)
         try:
-            _post(idle, 900_000)  # then silent, kept alive for 30 s
+            post_kept_alive(idle, 900_000)  # then silent, kept alive for 30 s
             started = time.monotonic()
-            _post(other, 900_001)
+            post_kept_alive(other, 900_001)
             assert time.monotonic() - started < 2, "answered while the first connection stays open and silent"
-            _post(idle, 900_002)  # and the first one is still served
+            post_kept_alive(idle, 900_002)  # and the first one is still served
         finally:
             idle.close()
             other.close()

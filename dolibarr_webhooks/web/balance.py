@@ -85,7 +85,8 @@ class ConnectionShare:
         return True
 
     def taken_elsewhere(self) -> None:
-        """The connection this process stepped back from was accepted by another."""
+        """Nothing is waiting to be accepted (another process took what this one stepped back
+        from): the next step back starts its bound anew."""
         self._since = None
 
     def leave(self) -> None:
