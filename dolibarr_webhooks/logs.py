@@ -117,7 +117,10 @@ class SecretScrubber:
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = request_id.get()
+        # A line written after its request's context ended names its request itself (the
+        # access line: web/access_log.py).
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id.get()
         return True
 
 

@@ -8,6 +8,7 @@ import os
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug.test import EnvironBuilder
 
 from dolibarr_webhooks import create_app
 from dolibarr_webhooks.samples import sample_body
@@ -152,6 +153,26 @@ def test_log_lines_carry_the_request_id_and_no_secret(app_for, capfd):
     access = [line for line in lines if line["logger"] == "dolibarr_webhooks.access"]
     assert access and access[0]["request_id"] == "rid-1" and access[0]["path"] == "/webhook/***?token=***"
     assert any(line["message"] == "a careless message with ***" for line in lines)
+
+
+def test_the_access_line_is_written_once_the_answer_is_sent(app_for, capfd):
+    """A WSGI server closes the response after its last byte (gunicorn, werkzeug's server):
+    the line is formatted and written then, not while the client waits for its answer."""
+    app = app_for(LOG_FORMAT="json")
+    environ = EnvironBuilder(path=f"/webhook/{WEBHOOKS_TEST_SECRET}", method="POST", data=sample_body("BILL_PAYED"),
+                             headers={"X-Request-Id": "rid-2"}).get_environ()
+    capfd.readouterr()
+    started = []
+    answer = app(environ, lambda status, headers, exc_info=None: started.append(status))
+    body = b"".join(answer)
+    assert started == ["200 OK"] and json.loads(body)["status"] == "accepted"
+    assert "dolibarr_webhooks.access" not in capfd.readouterr().err, "written before the answer was sent"
+    answer.close()
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.strip()]
+    access = [line for line in lines if line["logger"] == "dolibarr_webhooks.access"]
+    assert len(access) == 1, lines
+    assert access[0]["request_id"] == "rid-2" and access[0]["status"] == 200 and access[0]["outcome"] == "accepted"
+    assert access[0]["trigger_code"] == "BILL_PAYED" and access[0]["path"] == "/webhook/***"
 
 
 # -- the rate limiter ---------------------------------------------------------------------------

@@ -3,11 +3,13 @@ access line per request with its outcome, trigger code and event id, the target 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 
 from flask import Flask, g, request
+from flask.testing import FlaskClient
 
 from ..ids import random_hex
 from ..logs import configure, redact, request_id
@@ -21,11 +23,36 @@ _NOT_LOGGED = frozenset({"/health", "/metrics", "/ready"})  # probes: a line eac
 _ACCESS_KEYS = ("outcome", "trigger_code", "event_id", "source")  # what the request's handling noted on g
 
 
+def _write_access_line(rid: str | None, started: float | None, method: str, full_path: str, status: int,
+                       outcome: str | None, trigger_code: str | None, event_id: str | None, source: str | None,
+                       client: str | None) -> None:
+    """One request's access line; ``started``: its ``time.perf_counter()`` at the first hook."""
+    now = time.perf_counter()
+    duration = (now - (started or now)) * 1000
+    target = redact(full_path.rstrip("?"))
+    parts = [f"{method} {target} {status}"]
+    parts.extend(str(value) for value in (outcome, trigger_code, event_id, source) if value)
+    access_logger.info("%s %.1fms from %s", " ".join(parts), duration, client, extra={
+        "request_id": rid, "status": status, "outcome": outcome, "trigger_code": trigger_code,
+        "event_id": event_id, "source": source, "client": client, "duration_ms": round(duration, 2),
+        "method": method, "path": target,
+    })
+
+
+class ClosingTestClient(FlaskClient):
+    """Flask's test client, closing each response once it is read, as a WSGI server does after
+    its last byte: the access line is written then, under tests too."""
+
+    def open(self, *args, buffered: bool = True, **kwargs):
+        return super().open(*args, buffered=buffered, **kwargs)
+
+
 def init_app(app: Flask, settings: Settings) -> None:
     """Logs at the settings' level and format; ``Settings.sensitive_values`` (every source's
     secrets, TOML sources included, the metrics token and the plugins' credentials) are masked
     in every line."""
     configure(settings["LOG_LEVEL"], settings["LOG_FORMAT"], settings.sensitive_values)
+    app.test_client_class = ClosingTestClient
 
     @app.before_request
     def _begin() -> None:
@@ -45,17 +72,12 @@ def init_app(app: Flask, settings: Settings) -> None:
             response.headers[REQUEST_ID_HEADER] = rid
         if req.path in _NOT_LOGGED:
             return response
-        duration = (time.perf_counter() - ctx.get("request_started", time.perf_counter())) * 1000
-        target = redact(req.full_path.rstrip("?"))
-        status, method = response.status_code, req.method
-        outcome, trigger_code, event_id, source = (ctx.get(key) for key in _ACCESS_KEYS)
-        parts = [f"{method} {target} {status}"]
-        parts.extend(str(value) for value in (outcome, trigger_code, event_id, source) if value)
-        client = ctx.get("client") or req.remote_addr
-        access_logger.info("%s %.1fms from %s", " ".join(parts), duration, client, extra={
-            "status": status, "outcome": outcome, "trigger_code": trigger_code, "event_id": event_id,
-            "source": source, "client": client, "duration_ms": round(duration, 2), "method": method, "path": target,
-        })
+        # Written once the answer is sent: the WSGI server closes the response after its last
+        # byte (gunicorn, werkzeug's server). Formatting and writing the line were a tenth of a
+        # request's Python time, on the client's wait until then (issue #15).
+        response.call_on_close(functools.partial(
+            _write_access_line, rid, ctx.get("request_started"), req.method, req.full_path, response.status_code,
+            *(ctx.get(key) for key in _ACCESS_KEYS), ctx.get("client") or req.remote_addr))
         return response
 
     @app.teardown_request
