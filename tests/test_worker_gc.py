@@ -1,6 +1,6 @@
 """Both of our gunicorn worker classes leave what a web process built at start-up out of the
 garbage collector's full collections (``web.gunicorn.freeze_startup_objects``): under load
-each full collection held a process's threads for 100 to 125 ms (issue #15). What was
+each full collection held a process's threads for 50 to 125 ms (issue #15). What was
 garbage at that moment is collected first, not kept for good.
 
 A real gunicorn runs a small application that says, from inside its web process, whether an

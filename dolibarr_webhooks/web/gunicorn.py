@@ -274,7 +274,7 @@ def freeze_startup_objects() -> None:
 
     Python's full collection walks every object that is tracked, and one comes every few
     thousand requests, triggered by what the requests in flight leave behind. Under load, on
-    2 cores, each took 100 to 125 ms of a web process (its 16 threads held for as long): the
+    2 cores, each took 50 to 125 ms of a web process (its 16 threads held for as long): the
     worst answers at concurrency 16 (issue #15). Frozen, those objects are never walked again,
     and are never freed, which objects living as long as the process never are anyway. The
     garbage is collected first, so none of it is kept for good."""
@@ -283,6 +283,8 @@ def freeze_startup_objects() -> None:
 
 
 class _FreezesStartup:
+    """Freezes once the web process has loaded its application (gunicorn's ``load_wsgi``)."""
+
     def load_wsgi(self) -> None:
         super().load_wsgi()
         freeze_startup_objects()
