@@ -115,12 +115,17 @@ class SecretScrubber:
         return mask(text, self.secrets)
 
 
+def _stamped(record: logging.LogRecord) -> str:
+    """The record's request id, set on it from the current request when it names none. A
+    line written after its request's context ended names its request itself (the access
+    line: web/access_log.py)."""
+    record.request_id = getattr(record, "request_id", None) or request_id.get()
+    return record.request_id
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        # A line written after its request's context ended names its request itself (the
-        # access line: web/access_log.py).
-        if getattr(record, "request_id", None) is None:
-            record.request_id = request_id.get()
+        _stamped(record)
         return True
 
 
@@ -130,8 +135,7 @@ class TextFormatter(logging.Formatter):
         self.scrubber = scrubber or SecretScrubber()
 
     def format(self, record: logging.LogRecord) -> str:
-        if not hasattr(record, "request_id"):
-            record.request_id = request_id.get()
+        _stamped(record)
         return self.scrubber(super().format(record))
 
 
@@ -152,7 +156,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": self.scrubber(record.getMessage()),
-            "request_id": getattr(record, "request_id", None) or request_id.get(),
+            "request_id": _stamped(record),
         }
         for key in ACCESS_FIELDS:
             value = getattr(record, key, None)
