@@ -19,7 +19,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from dolibarr_webhooks.samples import sample_body
-from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, free_port, wait_for_port
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, free_port, wait_for, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRIB = ROOT / "contrib"
@@ -274,3 +274,42 @@ def post_kept_alive(connection: http.client.HTTPConnection, object_id: int) -> d
     answer = json.loads(response.read())
     assert response.status == 200, answer
     return answer
+
+
+class PlainApp:
+    """A WSGI application of a test's own under a real gunicorn: its first answer to ``GET /``,
+    and once gunicorn has stopped, what it printed."""
+
+    answer: requests.Response
+    output: str = ""
+
+
+@contextlib.contextmanager
+def plain_app_under_gunicorn(folder: Path, source: str, *args: str, **env: str) -> Iterator[PlainApp]:
+    """``source`` as the module ``plain_app`` (its callable ``app``), served by one gunicorn
+    process with ``args``, outside the service's settings but ``env``; entered once it answers
+    ``GET /`` with a 200."""
+    (folder / "plain_app.py").write_text(source)
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("DOLIBARR_WEBHOOKS_")}
+    environ.update(env, PYTHONPATH=str(folder))
+    process = subprocess.Popen([str(python_bin() / "gunicorn"), *args, "-b", f"127.0.0.1:{port}", "-w", "1",
+                                "plain_app:app"], env=environ, cwd=folder,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    served = PlainApp()
+    try:
+        served.answer = wait_for(lambda: _answer_or_none(f"http://127.0.0.1:{port}/"), timeout=20, interval=0.2,
+                                 message=lambda: f"gunicorn exited {process.poll()}" if process.poll() is not None
+                                 else "no answer")
+        yield served
+    finally:
+        process.send_signal(signal.SIGTERM)
+        served.output = process.communicate(timeout=30)[0]
+
+
+def _answer_or_none(url: str) -> requests.Response | None:
+    try:
+        answer = requests.get(url, timeout=2)
+    except requests.RequestException:
+        return None
+    return answer if answer.status_code == 200 else None

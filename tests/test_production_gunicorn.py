@@ -11,7 +11,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +24,7 @@ from dolibarr_webhooks.web.ratelimit import key_prefix
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.store import Store
 from dolibarr_webhooks.testing import running_service, wait_for
-from production_helpers import DOLIBARR_HEADERS, production_env, service_logs
+from production_helpers import DOLIBARR_HEADERS, GUNICORN_CONF, plain_app_under_gunicorn, production_env, service_logs
 
 pytestmark = pytest.mark.slow
 
@@ -386,32 +385,12 @@ def test_the_production_configuration_serves_another_wsgi_application(tmp_path):
     """contrib/gunicorn.conf.py's post_worker_init looks for our service on the application: an
     application that is not ours (a health app, ours under middleware, the benchmarks' floors)
     must still boot, with a warning when an embedded worker was asked for, not exit."""
-    from dolibarr_webhooks.testing import free_port
-
-    (tmp_path / "plain_app.py").write_text(
-        "def app(environ, start_response):\n"
-        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
-        "    return [b'plain']\n")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOLIBARR_WEBHOOKS_")}
-    env.update(DOLIBARR_WEBHOOKS_EMBEDDED_WORKER="1", DOLIBARR_WEBHOOKS_DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
-               PYTHONPATH=str(tmp_path), GUNICORN_ACCESSLOG="")
-    config = Path(__file__).resolve().parent.parent / "contrib" / "gunicorn.conf.py"
-    process = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-c", str(config),
-                                "-b", f"127.0.0.1:{port}", "-w", "1", "plain_app:app"], env=env, cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        wait_for(lambda: _get_or_none(f"http://127.0.0.1:{port}/") == "plain", timeout=20, interval=0.2,
-                 message=lambda: f"gunicorn exited {process.poll()}" if process.poll() is not None else "no answer")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0]
-    assert "Exception in worker process" not in output, output
-    assert "no delivery worker started" in output, output
-
-
-def _get_or_none(url: str) -> str | None:
-    try:
-        return requests.get(url, timeout=2).text
-    except requests.RequestException:
-        return None
+    source = ("def app(environ, start_response):\n"
+              "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+              "    return [b'plain']\n")
+    with plain_app_under_gunicorn(tmp_path, source, "-c", str(GUNICORN_CONF), DOLIBARR_WEBHOOKS_EMBEDDED_WORKER="1",
+                                  DOLIBARR_WEBHOOKS_DATABASE_URL=f"sqlite:///{tmp_path}/x.db",
+                                  GUNICORN_ACCESSLOG="") as served:
+        assert served.answer.text == "plain"
+    assert "Exception in worker process" not in served.output, served.output
+    assert "no delivery worker started" in served.output, served.output

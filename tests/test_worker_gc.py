@@ -9,16 +9,9 @@ object made when it was imported is still walked by the collector.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-import requests
 
-from dolibarr_webhooks.testing import free_port, wait_for
+from production_helpers import plain_app_under_gunicorn
 
 APP = '''
 import gc
@@ -51,27 +44,8 @@ def app(environ, start_response):
 
 @pytest.mark.parametrize("worker_class", ["ThreadWorker", "SyncWorker"])
 def test_a_web_process_freezes_what_it_built_at_start_up(tmp_path, worker_class):
-    (tmp_path / "gc_app.py").write_text(APP)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DOLIBARR_WEBHOOKS_")}
-    env["PYTHONPATH"] = str(tmp_path)
-    process = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "-b", f"127.0.0.1:{port}", "-w", "1",
-                                "-k", f"dolibarr_webhooks.web.gunicorn.{worker_class}", "gc_app:app"],
-                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        answer = wait_for(lambda: _get_json(f"http://127.0.0.1:{port}/"), timeout=20, interval=0.2,
-                          message=lambda: f"gunicorn exited {process.poll()}" if process.poll() is not None
-                          else "no answer")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        output = process.communicate(timeout=30)[0]
-    assert answer["frozen"] > 1000, f"the process froze {answer['frozen']} objects\n{output}"
+    with plain_app_under_gunicorn(tmp_path, APP, "-k", f"dolibarr_webhooks.web.gunicorn.{worker_class}") as served:
+        answer = served.answer.json()
+    assert answer["frozen"] > 1000, f"the process froze {answer['frozen']} objects\n{served.output}"
     assert not answer["walked"], "an object made when the application was imported is still walked by the collector"
     assert not answer["garbage_kept"], "garbage of the start-up was frozen instead of collected"
-
-
-def _get_json(url: str) -> dict | None:
-    try:
-        return requests.get(url, timeout=2).json()
-    except requests.RequestException:
-        return None
