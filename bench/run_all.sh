@@ -18,6 +18,9 @@ echo
 echo "== slow plugin: acknowledgement latency with a handler that sleeps 10 s"
 "$PYTHON" slow_plugin.py
 
+echo "== write amplification: the log the store writes per event"
+"$PYTHON" write_amplification.py
+
 if [ "${BENCH_EXPERIMENTS:-0}" = 1 ]; then
     # Each about 2 to 3 minutes. The baseline revision is the core before the ingest fix.
     echo
