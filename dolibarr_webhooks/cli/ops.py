@@ -14,6 +14,7 @@ from ..credentials import expected_rules
 from ..logs import redact
 from ..samples import sample_body, sample_codes
 from ..settings import parse_duration
+from ..startup import freeze_startup_objects
 from ..store import DEAD, FAILED, Store
 from .group import emit, json_option, service, since_time, webhooks
 
@@ -75,6 +76,7 @@ def worker_command(until_idle: float | None, name: str | None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    freeze_startup_objects()  # the plugins and the store are loaded: out of the full collections
     worker.run(stop_after_idle=until_idle)
 
 

@@ -5,7 +5,6 @@ folder, and the runner behind ``serve``. ``contrib/gunicorn.conf.py`` uses all o
 from __future__ import annotations
 
 import functools
-import gc
 import glob
 import json
 import math
@@ -25,6 +24,7 @@ from gunicorn.workers.sync import SyncWorker as _SyncWorker
 from ..credentials import SENSITIVE_NAME
 from ..logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
 from ..settings import ConfigError, Settings, process_settings
+from ..startup import freeze_startup_objects
 from .balance import STEP_BACK, ConnectionShare, alive
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -265,21 +265,6 @@ class _JsonErrors:
             util.write_nonblock(client, answer.encode("latin-1"))
         except Exception:  # the client is gone: gunicorn's own write_error gives up the same way
             self.log.debug("Failed to send error message.")
-
-
-def freeze_startup_objects() -> None:
-    """Move every object the web process holds once its application is loaded (the app, its
-    plugins, SQLAlchemy's tables, the imported modules: some 70,000) to the garbage
-    collector's permanent generation.
-
-    Python's full collection walks every object that is tracked, and one comes every few
-    thousand requests, triggered by what the requests in flight leave behind. Under load, on
-    2 cores, each took 50 to 125 ms of a web process (its 16 threads held for as long): the
-    worst answers at concurrency 16 (issue #15). Frozen, those objects are never walked again,
-    and are never freed, which objects living as long as the process never are anyway. The
-    garbage is collected first, so none of it is kept for good."""
-    gc.collect()
-    gc.freeze()
 
 
 class _FreezesStartup:

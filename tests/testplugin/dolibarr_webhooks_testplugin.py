@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import os
 import threading
@@ -86,6 +87,7 @@ class Recorder:
         record = {
             "plugin": self.name, "event": event.id, "code": event.trigger_code, "object_id": event.object_id,
             "pid": os.getpid(), "thread": threading.get_ident(), "start": start, "end": end, "time": end,
+            "frozen": gc.get_freeze_count(),  # objects of the process out of the full collections
         }
         if settings.get("full"):  # everything the plugin was handed, for tests of what plugins see
             record["handed"] = json.loads(event.to_json())
