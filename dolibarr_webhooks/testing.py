@@ -9,7 +9,8 @@ Fixtures:
 - ``deliver``: ``deliver(app)`` runs the worker in this process until nothing is due.
 
 Helpers for end-to-end tests: ``fresh_venv`` builds a virtual environment with real
-``pip install``s; ``running_service`` runs real gunicorn and the worker process.
+``pip install``s; ``running_service`` runs real gunicorn and the worker process;
+``rst_code_blocks`` reads a README's examples, to run them as written.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -97,6 +99,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def rst_code_blocks(text: str, language: str, section: str | None = None) -> list[str]:
+    """The ``.. code-block:: <language>`` blocks of the reStructuredText ``text``, dedented,
+    in order; with ``section``, only those under that title (underlined with ``-``), up to the
+    next such title. For tests that run a README's or a guide's examples as they are written."""
+    if section is not None:
+        found = re.search(rf"^{re.escape(section)}\n-+\n(.*?)(?=^[^\n]+\n-{{3,}}\n|\Z)", text, re.M | re.S)
+        if found is None:
+            raise LookupError(f"no section {section!r}")
+        text = found.group(1)
+    return [textwrap.dedent(block).strip() + "\n" for block in
+            re.findall(rf"^\.\. code-block:: {re.escape(language)}\n\n((?:(?: +[^\n]*)?\n)+)", text, re.M)]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 30, interval: float = 0.05,

@@ -21,7 +21,7 @@ import dolibarr_webhooks
 from dolibarr_webhooks import pluginkit
 from dolibarr_webhooks import ConfigError, PermanentFailure, PluginDisabled
 from dolibarr_webhooks.pluginkit import DEAD, DELIVERED, Alert, Outcome
-from dolibarr_webhooks.testing import local_http_server, overlay_venv
+from dolibarr_webhooks.testing import local_http_server, overlay_venv, rst_code_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 GUIDE = (ROOT / "docs" / "plugins.rst").read_text(encoding="utf-8")
@@ -123,10 +123,39 @@ def test_the_kit_loads_without_flask():
 
 def code_blocks(section: str, language: str) -> list[str]:
     """The ``.. code-block:: <language>`` blocks of one section of the guide, dedented."""
-    match = re.search(rf"^{re.escape(section)}\n-+\n(.*?)(?=^[^\n]+\n-{{3,}}\n|\Z)", GUIDE, re.M | re.S)
-    assert match, f"docs/plugins.rst has no section {section!r}"
-    return [textwrap.dedent(block) for block in
-            re.findall(rf"^\.\. code-block:: {language}\n\n((?:(?: {{4}}[^\n]*)?\n)+)", match.group(1), re.M)]
+    return rst_code_blocks(GUIDE, language, section=section)
+
+
+def test_rst_code_blocks_reads_a_readme_s_examples_as_written():
+    text = textwrap.dedent("""\
+        Install
+        -------
+
+        .. code-block:: sh
+
+            pip install hello
+
+        .. code-block:: python
+
+            def greet():
+                return "hi"
+
+
+            print(greet())
+
+        Run
+        ---
+
+        .. code-block:: sh
+
+            hello --loud
+        """)
+    assert rst_code_blocks(text, "sh") == ["pip install hello\n", "hello --loud\n"]
+    assert rst_code_blocks(text, "python") == ['def greet():\n    return "hi"\n\n\nprint(greet())\n']
+    assert rst_code_blocks(text, "sh", section="Run") == ["hello --loud\n"]
+    assert rst_code_blocks(text, "toml") == []
+    with pytest.raises(LookupError, match="Usage"):
+        rst_code_blocks(text, "sh", section="Usage")
 
 
 @pytest.fixture

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import re
-import textwrap
 from pathlib import Path
 
 import dolibarr_webhooks_dolibarr as plugin
 from dolibarr_webhooks.settings import load_settings, plugin_config
+from dolibarr_webhooks.testing import rst_code_blocks
 from dolibarr_webhooks_dolibarr import settings as settings_module
 
 README = Path(__file__).parents[1] / "README.rst"
-CODE_BLOCK = re.compile(r"^\.\. code-block:: (\w+)\n\n((?:(?: {4}.*)?\n)+)", re.M)
 
 
 def code_blocks(language: str) -> list[str]:
     """The README's ``.. code-block:: <language>`` blocks, dedented, in order."""
-    text = README.read_text(encoding="utf-8")
-    return [textwrap.dedent(match.group(2)) for match in CODE_BLOCK.finditer(text) if match.group(1) == language]
+    return rst_code_blocks(README.read_text(encoding="utf-8"), language)
 
 
 def test_the_env_example(tmp_path):

@@ -7,32 +7,20 @@ import os
 import shlex
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 import dolibarr_webhooks_email as plugin
 from dolibarr_webhooks.settings import load_settings, plugin_config
-from dolibarr_webhooks.testing import free_port, wait_for, wait_for_port
+from dolibarr_webhooks.testing import free_port, rst_code_blocks, wait_for, wait_for_port
 
 README = Path(__file__).parents[1] / "README.rst"
 
 
 def code_blocks(language: str) -> list[str]:
     """The ``.. code-block:: <language>`` blocks of the README, dedented, in order."""
-    blocks = []
-    lines = README.read_text(encoding="utf-8").splitlines()
-    for index, line in enumerate(lines):
-        if line.strip() != f".. code-block:: {language}":
-            continue
-        body = []
-        for following in lines[index + 1:]:
-            if following.strip() and not following.startswith(" "):
-                break
-            body.append(following)
-        blocks.append(textwrap.dedent("\n".join(body)).strip() + "\n")
-    return blocks
+    return rst_code_blocks(README.read_text(encoding="utf-8"), language)
 
 
 README_LOGIN = ("erp@example.com", "app password")  # the account the README's snippets use

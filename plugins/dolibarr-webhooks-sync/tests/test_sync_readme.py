@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import textwrap
 import time
 from pathlib import Path
 
@@ -14,24 +13,14 @@ import pytest
 import dolibarr_webhooks_sync as sync
 from dolibarr_webhooks.pluginkit import sign
 from dolibarr_webhooks.settings import load_settings, plugin_config
+from dolibarr_webhooks.testing import rst_code_blocks
 
 README = Path(__file__).parents[1] / "README.rst"
 
 
 def code_blocks(language: str) -> list[str]:
     """The ``.. code-block:: <language>`` blocks of the README, dedented, in order."""
-    blocks = []
-    lines = README.read_text(encoding="utf-8").splitlines()
-    for index, line in enumerate(lines):
-        if line.strip() != f".. code-block:: {language}":
-            continue
-        body = []
-        for following in lines[index + 1:]:
-            if following.strip() and not following.startswith(" "):
-                break
-            body.append(following)
-        blocks.append(textwrap.dedent("\n".join(body)).strip() + "\n")
-    return blocks
+    return rst_code_blocks(README.read_text(encoding="utf-8"), language)
 
 
 def settings_from(tmp_path, environ=None, env_text=None):
