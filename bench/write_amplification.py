@@ -1,4 +1,5 @@
-"""What the store writes for one event: the write-ahead log behind each acknowledgement.
+"""What the store writes for one event: the write-ahead log behind each acknowledgement, and
+the room the event then takes.
 
     python bench/write_amplification.py [--database sqlite|postgresql|both] [--stored 3000] [--events 20]
 
@@ -6,8 +7,12 @@ Each event costs its commit the log it writes, and its checkpoint the copy of th
 the database file: on SQLite, COMMIT's ``pwrite`` of every page the event changed, the fsync
 of those bytes and the checkpoint thread's copy were a quarter of a request's time at c=1
 (issue #15). A store of ``--stored`` events (BILL_VALIDATE bodies, through the receiver's
-own ingest, one plugin) then takes ``--events`` more, one commit each, as at c=1.
+own ingest, one plugin whose deliveries a worker in this process then makes, as in
+production) then takes ``--events`` more, one commit each, as at c=1.
 
+- On disk: the store's size divided by the events it holds, their deliveries and attempts
+  included (SQLite: the file, its log copied in; PostgreSQL: every table with its indexes
+  and TOAST).
 - SQLite: the log's frames are read back: frames (pages) and bytes per event, and which
   table or index each page belongs to (the ``dbstat`` table, when SQLite has it).
 - PostgreSQL: the bytes of log per event (``pg_current_wal_lsn``, so whatever else the
@@ -64,11 +69,17 @@ def sqlite_frames(path: str) -> list[tuple[int, bool]]:
     return frames
 
 
+def fill(service, events, count: int) -> None:
+    """``count`` events stored, and their deliveries made (the attempts the worker records)."""
+    for event in events(10_000_000, count):
+        service.ingest(event)
+    service.make_worker("bench").run(stop_after_idle=0.5)
+
+
 def measure_sqlite(stored: int, count: int, workdir: Path) -> dict:
     path = str(workdir / "amplification.sqlite3")
     service, events = receiver(f"sqlite:///{path}")
-    for event in events(10_000_000, stored):
-        service.ingest(event)
+    fill(service, events, stored)
     # The measured commits write the log from its start, with no checkpoint copying it
     # meanwhile (the product's thread, nor SQLite's at 1,000 pages): every frame is still there.
     checkpoints = service.store.committer.checkpoints
@@ -78,6 +89,8 @@ def measure_sqlite(stored: int, count: int, workdir: Path) -> dict:
         while conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:  # busy: a checkpoint ran
             time.sleep(0.1)
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        used = page_size * (conn.execute("PRAGMA page_count").fetchone()[0]
+                            - conn.execute("PRAGMA freelist_count").fetchone()[0])
     for event in events(20_000_000, count):
         service.ingest(event)
     frames = sqlite_frames(path)
@@ -90,24 +103,23 @@ def measure_sqlite(stored: int, count: int, workdir: Path) -> dict:
     if commits != count:
         raise RuntimeError(f"{commits} commits in the log for {count} events: something else wrote")
     by_tree = collections.Counter(owner.get(page, "?") for page, _ in frames)
-    return {"commits": commits, "frames": len(frames) / count,
+    return {"commits": commits, "frames": len(frames) / count, "disk": used / stored,
             "bytes": len(frames) * (_FRAME_HEADER + page_size) / count,
             "by_tree": {name: n / count for name, n in by_tree.most_common()}}
 
 
 def measure_postgresql(stored: int, count: int, url: str) -> dict:
     service, events = receiver(url)
-    for event in events(10_000_000, stored):
-        service.ingest(event)
+    fill(service, events, stored)
     with service.store.engine.connect() as conn:
-        def lsn():
-            return conn.exec_driver_sql("SELECT pg_current_wal_lsn()").scalar()
-        before = lsn()
+        used = conn.exec_driver_sql(
+            "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relkind = 'r' AND n.nspname = current_schema()").scalar()
+        before = conn.exec_driver_sql("SELECT pg_current_wal_lsn()").scalar()
         for event in events(20_000_000, count):
             service.ingest(event)
-        after = lsn()
-        written = conn.exec_driver_sql(f"SELECT pg_wal_lsn_diff('{after}', '{before}')").scalar()
-    return {"commits": count, "bytes": float(written) / count}
+        written = conn.exec_driver_sql(f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{before}')").scalar()
+    return {"commits": count, "bytes": float(written) / count, "disk": float(used) / stored}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,13 +140,13 @@ def main(argv: list[str] | None = None) -> int:
                     trees = result["by_tree"]
                 else:
                     result = measure_postgresql(args.stored, args.events, url)
-            rows.append([kind, result["commits"], f"{result['frames']:.1f}" if "frames" in result else "-",
-                         f"{result['bytes'] / 1024:.1f}"])
+            rows.append([kind, f"{result['disk'] / 1024:.1f}", result["commits"],
+                         f"{result['frames']:.1f}" if "frames" in result else "-", f"{result['bytes'] / 1024:.1f}"])
     body = len(sample_body("BILL_VALIDATE"))
-    print(f"# write amplification: the log written per event (BILL_VALIDATE, {body} bytes, one plugin), "
-          f"one commit per event, after {args.stored} events")
+    print(f"# write amplification: the room an event takes and the log it writes (BILL_VALIDATE, {body} bytes, "
+          f"one plugin, delivered), one commit per event, after {args.stored} events")
     print()
-    print(table(rows, ["store", "commits", "pages per event", "KB of log per event"]))
+    print(table(rows, ["store", "KB on disk per event", "commits", "pages of log per event", "KB of log per event"]))
     if trees:
         print()
         print("SQLite's pages per event, by table or index:")
