@@ -37,6 +37,11 @@ NCPU = os.cpu_count() or 1
 OBJECT_ID_MARK = b'"id":311'
 
 
+def unique_body(body: bytes, object_id: int) -> bytes:
+    """The BILL_VALIDATE sample ``body`` with ``object_id`` in place of its own."""
+    return body.replace(OBJECT_ID_MARK, b'"id":%d' % object_id, 1)
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -256,7 +261,7 @@ def paced_posts(port: int, path: str, body: bytes, rate: float, count: int, id_b
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        unique = body.replace(OBJECT_ID_MARK, b'"id":%d' % (id_base + i), 1)
+        unique = unique_body(body, id_base + i)
         sent = time.perf_counter()
         status, _ = post_once(port, path, unique)
         latencies.append(time.perf_counter() - sent)

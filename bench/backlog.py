@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import BENCH_DIR, core_at, database, log, table
+from _common import BENCH_DIR, core_at, database, log, table, unique_body
 
 PACE = 0.010  # seconds between two ingests
 
@@ -76,7 +76,7 @@ def under_ingest(store, operation) -> dict:
         n = 0
         while not stop.is_set():
             n += 1
-            event = event_from_body(body.replace(b'"id":311', b'"id":%d' % (50_000_000 + n), 1))
+            event = event_from_body(unique_body(body, 50_000_000 + n))
             started = time.monotonic()
             try:
                 store.ingest(event, ["log"], deadline=started + deadline)

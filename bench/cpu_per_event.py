@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import BENCH_DIR, WEBHOOKS_TEST_SECRET, core_at, database, log, table
+from _common import BENCH_DIR, WEBHOOKS_TEST_SECRET, core_at, database, log, table, unique_body
 
 VARIANTS = {  # name -> whether it is the product (None: the no-op app)
     "no-op": None,
@@ -38,7 +38,7 @@ def child(kind: str, product: str | None, url: str, events: int, warmup: int, sy
     from dolibarr_webhooks.samples import sample_body
 
     body = sample_body("BILL_VALIDATE")
-    bodies = [body.replace(b'"id":311', b'"id":%d' % (10_000_000 + i), 1) for i in range(warmup + events)]
+    bodies = [unique_body(body, 10_000_000 + i) for i in range(warmup + events)]
     if product is None:
         sys.path.insert(0, str(BENCH_DIR))
         from noop_app import app

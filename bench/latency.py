@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import GunicornSettings, Summary, database, log, plugin_venv, post_once, product_server, table
+from _common import (GunicornSettings, Summary, database, log, plugin_venv, post_once, product_server, table,
+                     unique_body)
 
 TARGET_MEDIAN_MS = 100.0
 
@@ -121,7 +122,7 @@ def measure(kind: str, python: Path, events: int, warmup: int, gap: tuple[float,
                                                "claimed -> handler ran", "POST -> delivered_at")}
         sent_at: dict[str, tuple[float, float]] = {}
         for i in range(warmup + events):
-            unique = body.replace(b'"id":311', b'"id":%d' % (900000 + i), 1)
+            unique = unique_body(body, 900000 + i)
             sent, answered, event_id = post(server.port, path, unique)
             stamps.wait_for(event_id)
             if i >= warmup:

@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import WEBHOOKS_TEST_SECRET, database, log, table
+from _common import WEBHOOKS_TEST_SECRET, database, log, table, unique_body
 
 from dolibarr_webhooks import create_app
 from dolibarr_webhooks.samples import sample_body
@@ -51,7 +51,7 @@ def receiver(url: str):
 
     def events(start: int, count: int):
         for number in range(start, start + count):
-            yield service.event_from_body(body.replace(b'"id":311', b'"id":%d' % number, 1), source)
+            yield service.event_from_body(unique_body(body, number), source)
     return service, events
 
 
