@@ -22,10 +22,10 @@ class WriterQueue:
 
     ``flock`` has no timeout, and a request must give up at its deadline. When the lock is
     taken, a request in the main thread (gunicorn's sync workers) waits in ``flock`` itself,
-    interrupted by ``SIGALRM`` at the deadline; in another thread it waits in a thread of
-    its own (``_PendingLock``, kept across turns: starting one for each contended turn cost
-    CPU on every request), and stops waiting at the deadline. The uncontended turn
-    costs one ``flock`` call, as before.
+    interrupted by ``SIGALRM`` at the deadline; in another thread it hands the wait to the
+    process's waiting thread (``_LockWaiter``, started once and kept: a thread started for
+    each contended turn was 3 % of the web processes' Python time at c=16, issue #15), and
+    stops waiting at the deadline. The uncontended turn costs one ``flock`` call, as before.
     """
 
     def __init__(self, path: str) -> None:
@@ -33,7 +33,7 @@ class WriterQueue:
         self._thread_lock = threading.Lock()
         self._fd: int | None = None
         self._pid: int | None = None
-        self._pending: _PendingLock | None = None  # a wait a request gave up on, still running
+        self._waiter: _LockWaiter | None = None
 
     @contextlib.contextmanager
     def turn(self, deadline: float | None = None):
@@ -46,7 +46,7 @@ class WriterQueue:
         try:
             if self._fd is None or self._pid != os.getpid():  # never share a descriptor across a fork
                 self._fd, self._pid = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600), os.getpid()
-                self._pending = None
+                self._waiter = None  # the parent's thread is not in this process
             self._lock_by(deadline)
             try:
                 yield
@@ -56,12 +56,10 @@ class WriterQueue:
             self._thread_lock.release()
 
     def _lock_by(self, deadline: float | None) -> None:
-        # A wait an earlier request gave up on may still run: take it over (a second flock on
-        # the same descriptor would not queue behind it, and its release would be ours).
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending.adopt():
-            pending = None
-        if pending is None:
+        # While the waiting thread is in flock for a request that gave up, the next request
+        # takes that wait over: a second flock on the same descriptor would not queue behind
+        # it, and its release would be ours.
+        if self._waiter is None or self._waiter.idle():
             if deadline is None:
                 fcntl.flock(self._fd, fcntl.LOCK_EX)
                 return
@@ -72,11 +70,10 @@ class WriterQueue:
                 if threading.current_thread() is threading.main_thread():
                     self._lock_with_alarm(deadline)
                     return
-                pending = _PendingLock(self._fd)
-        if pending.wait(None if deadline is None else deadline - time.monotonic()):
-            return
-        self._pending = pending
-        raise DeadlinePassed(_QUEUE_WAIT)
+            if self._waiter is None:
+                self._waiter = _LockWaiter(self._fd)
+        if not self._waiter.take(None if deadline is None else deadline - time.monotonic()):
+            raise DeadlinePassed(_QUEUE_WAIT)
 
     def _lock_with_alarm(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -106,40 +103,48 @@ def _alarm(_signum, _frame) -> None:
     raise DeadlinePassed(_QUEUE_WAIT)
 
 
-class _PendingLock:
-    """A blocking ``flock`` in a thread, that the request waiting for it may give up on: the
-    lock is then released as soon as it comes, unless a later request adopts the wait."""
+class _LockWaiter:
+    """A thread that waits in a blocking ``flock`` for the request that asks (one at a time:
+    the requests of a process take turns through ``WriterQueue._thread_lock``), which may give
+    up at its deadline: the lock is then released as soon as it comes, unless the next
+    request takes the wait over. Between waits the thread sleeps on a condition."""
+
+    _IDLE, _WAITING, _TAKEN = range(3)
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._guard = threading.Lock()
-        self._taken = threading.Event()
-        self._wanted = True
-        self._released = False
-        threading.Thread(target=self._take, name="sqlite-writer-turn", daemon=True).start()
+        self._changed = threading.Condition(threading.Lock())
+        self._state = self._IDLE
+        self._wanted = False  # a request is waiting for the lock now
+        threading.Thread(target=self._run, name="sqlite-writer-turn", daemon=True).start()
 
-    def _take(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        with self._guard:
-            self._taken.set()
-            if not self._wanted:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-                self._released = True
+    def idle(self) -> bool:
+        """Not in ``flock``, nor about to be: the caller may lock the descriptor itself."""
+        with self._changed:
+            return self._state == self._IDLE and not self._wanted
 
-    def wait(self, timeout: float | None) -> bool:
-        """True when the caller holds the lock."""
-        if self._taken.wait(None if timeout is None else max(0.0, timeout)):
-            return True
-        with self._guard:
-            if self._taken.is_set():  # came just now
+    def take(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds for the lock; True when the caller holds it."""
+        with self._changed:
+            self._wanted = True
+            self._changed.notify_all()
+            if self._changed.wait_for(lambda: self._state == self._TAKEN,
+                                      None if timeout is None else max(0.0, timeout)):
+                self._state = self._IDLE
                 return True
-            self._wanted = False
+            self._wanted = False  # the thread lets the lock go when it comes
             return False
 
-    def adopt(self) -> bool:
-        """Want the lock again; False when it already came and went."""
-        with self._guard:
-            if self._released:
-                return False
-            self._wanted = True
-            return True
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._wanted)
+                self._state = self._WAITING
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            with self._changed:
+                if self._wanted:
+                    self._wanted, self._state = False, self._TAKEN
+                    self._changed.notify_all()
+                else:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+                    self._state = self._IDLE
