@@ -491,6 +491,16 @@ def settle(store) -> None:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+def sqlite_counters(server: RunningService):
+    """A function reading the group commit's counters (``group_commit.read_counters``) of the
+    server's store, or None when the store is not an SQLite file."""
+    from dolibarr_webhooks.store import sqlite_path
+    from dolibarr_webhooks.store.group_commit import read_counters
+
+    path = sqlite_path(server.env.get("DOLIBARR_WEBHOOKS_DATABASE_URL", ""))
+    return (lambda: read_counters(path)) if path else None
+
+
 @contextlib.contextmanager
 def database(kind: str) -> Iterator[str | None]:
     """``None`` (each server makes its own SQLite file) or a throw-away PostgreSQL URL."""

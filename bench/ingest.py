@@ -31,7 +31,8 @@ import tempfile
 from pathlib import Path
 
 from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, WrkResult, core_at, database, log,
-                     node_express_version, node_server, node_unavailable, noop_server, product_server, table)
+                     node_express_version, node_server, node_unavailable, noop_server, product_server,
+                     sqlite_counters, table)
 
 # Issue #15's targets: at concurrency 16, at least 0.8 of the least durable Flask receiver
 # of the same store (floor-sqlite-insert, floor-postgres-insert) and p99 under 25 ms; at
@@ -146,14 +147,22 @@ def main(argv: list[str] | None = None) -> int:
 
         results: dict[tuple[str, int], list[WrkResult]] = {}
         sent: dict[str, int] = {name: 0 for name in targets}
+        # SQLite's group commit: its transactions and fsyncs during each point (SharedSync's counters).
+        shared: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
+        counters = {name: sqlite_counters(server) for name, server in targets.items() if name.startswith("durable")}
         for round_ in range(args.rounds):
             for connections in concurrencies:
                 for name, server in targets.items():
                     if args.warmup:
                         sent[name] += wrk.run(server.webhook_url, connections, args.warmup).requests
+                    before = counters[name]() if counters.get(name) else None
                     result = wrk.run(server.webhook_url, connections, args.duration, server_pid=server.web_pid)
                     sent[name] += result.requests
                     results.setdefault((name, connections), []).append(result)
+                    if before is not None:
+                        after = counters[name]()
+                        shared.setdefault((name, connections), []).append(
+                            (result.requests, after["commits"] - before["commits"], after["fsyncs"] - before["fsyncs"]))
                     log(f"round {round_ + 1} c={connections} {name}: {result.rps:.0f} req/s, "
                         f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, errors {result.errors or 0}")
 
@@ -166,8 +175,20 @@ def main(argv: list[str] | None = None) -> int:
                 integrity.append(f"{name}: {stored} events stored for {sent[name]} acknowledged "
                                  f"({'ok' if stored >= sent[name] else 'MISSING EVENTS'})")
 
-    print_report(results, targets, concurrencies, integrity)
+    print_report(results, targets, concurrencies, integrity + _group_commit_lines(shared))
     return 0
+
+
+def _group_commit_lines(shared) -> list[str]:
+    """How many answers each SQLite transaction and each fsync covered, over all the rounds of
+    a point (the answers wrk counted: a few in flight at its end are left out)."""
+    lines = []
+    for (name, connections), points in shared.items():
+        answered, commits, fsyncs = (sum(point[i] for point in points) for i in range(3))
+        if commits and fsyncs:
+            lines.append(f"{name} at c={connections}: {answered / commits:.2f} requests per transaction, "
+                         f"{answered / fsyncs:.2f} per fsync ({commits / fsyncs:.2f} transactions per fsync)")
+    return lines
 
 
 def _median(values: list[float]) -> float:
