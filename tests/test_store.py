@@ -26,7 +26,7 @@ from sqlalchemy import text
 
 from dolibarr_webhooks.ids import new_event_id
 from dolibarr_webhooks.pipeline.parse import event_from_body
-from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, normalise_url
+from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, gauges, normalise_url, queue
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, wait_for
 from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, read_records, running_worker,
                                           writes_blocked)
@@ -391,6 +391,43 @@ def test_an_ingest_writes_two_fewer_delivery_indexes_from_version_8(migrated_sto
         assert ("uq_deliveries_event_plugin" if postgres else "sqlite_autoindex_deliveries_1") in by_event, by_event
         latency = _plan(conn, "SELECT count(*) FROM deliveries WHERE delivered_at >= ?", postgres)
         assert "ix_deliveries_delivered" in latency, latency
+
+
+def test_sqlite_indexes_only_the_quarantined_events_by_status_from_version_12(migrated_store):
+    """Schema version 12 (issue #15): on SQLite, whose ``stats`` reads tallies, the index of every
+    event by status served only the quarantined ones, and each ingest wrote it. It gives way to
+    an index of the quarantined events alone, which the metrics' count and the quarantine's list
+    go through; an accepted event is not in it. PostgreSQL, whose ``stats`` counts by status
+    through ix_events_status, keeps it. Also on a store migrated from version 11."""
+    store_ = migrated_store
+    postgres = store_.is_postgres
+    with store_.engine.begin() as conn:  # back to what version 11 made
+        if not postgres:
+            conn.exec_driver_sql("DROP INDEX ix_events_quarantined")
+            conn.exec_driver_sql("CREATE INDEX ix_events_status ON events (status)")
+        conn.exec_driver_sql("DELETE FROM schema_migrations WHERE version = 12")
+    assert store_.migrate() == [12]
+    store_.ingest(event_from_body(body("BILL_VALIDATE", 4243)), ["log"])
+    store_.quarantine("evt_quarantined", b"{not json", "default", "not JSON", "0" * 64, time.time())
+    assert [row["id"] for row in store_.quarantined()] == ["evt_quarantined"]
+    assert store_.queue_gauges()["quarantined"] == 1
+    with store_.engine.begin() as conn:
+        if postgres:
+            indexes = dict(conn.exec_driver_sql(
+                "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'events'").all())
+            assert "ix_events_status" in indexes and "ix_events_quarantined" not in indexes, indexes
+            return
+        indexes = dict(conn.exec_driver_sql(
+            "SELECT name, coalesce(sql, '') FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'").all())
+        assert "ix_events_status" not in indexes, indexes
+        assert "where status = 'quarantined'" in indexes["ix_events_quarantined"].lower(), indexes
+        assert conn.exec_driver_sql("SELECT count(*) FROM events INDEXED BY ix_events_quarantined "
+                                    "WHERE status = 'quarantined'").scalar() == 1
+        compiled = {name: str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+                    for name, query in (("gauge", gauges._QUARANTINED), ("list", queue._QUARANTINED_LIST))}
+        for name, sql in compiled.items():
+            plan = "\n".join(row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}").all())
+            assert "ix_events_quarantined" in plan, (name, plan)
 
 
 def _stored_payloads(store_: Store) -> dict[str, str | bytes]:

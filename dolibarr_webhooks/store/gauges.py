@@ -1,8 +1,9 @@
 """What ``/metrics`` reads from the store at each scrape: the deliveries not done yet, by
 status, the age of the oldest, and the quarantined bodies.
 
-Each count reads an index over the rows that wait only (``ix_deliveries_status``,
-``ix_events_status``), never the delivered ones: a scrape every 15 s used to run
+Each count reads an index over the rows that wait only (``ix_deliveries_status``; the
+quarantined events through ``ix_events_status``, on SQLite ``ix_events_quarantined``), never
+the delivered ones: a scrape every 15 s used to run
 ``Store.stats()``, which counts every event, delivery and attempt, and grows with the store
 (bench/growth.py; figures in bench/README.rst). Delivered deliveries are counted by
 ``dolibarr_webhooks_deliveries_total`` as they happen.
@@ -15,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from .schema import DEAD, FAILED, PENDING, QUARANTINED, RUNNING, deliveries, events
+from .schema import DEAD, FAILED, PENDING, QUARANTINED_ONLY, RUNNING, deliveries, events
 
 WAITING = (PENDING, RUNNING, FAILED, DEAD)
 _NOT_DONE = (PENDING, RUNNING, FAILED)
@@ -23,7 +24,7 @@ _NOT_DONE = (PENDING, RUNNING, FAILED)
 _BY_STATUS = (select(deliveries.c.status, func.count()).where(deliveries.c.status.in_(WAITING))
               .group_by(deliveries.c.status))
 _OLDEST = select(func.min(deliveries.c.created_at)).where(deliveries.c.status.in_(_NOT_DONE))
-_QUARANTINED = select(func.count()).select_from(events).where(events.c.status == QUARANTINED)
+_QUARANTINED = select(func.count()).select_from(events).where(QUARANTINED_ONLY)
 
 
 def queue_gauges(store: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from .engine import make_engine, make_request_engine, normalise_url, reopen_if_s
 from .failures import FAILURES, DeadlinePassed, error_line, store_error
 from .inspect import Inspection
 from .schema import (ACCEPTED, DELIVERED, DUPLICATE, FAILED, MIGRATIONS, NOTIFY_CHANNEL, PENDING, QUARANTINED,
-                     RUNNING, attempts, deliveries, events, metadata, schema_migrations)
+                     QUARANTINED_ONLY, RUNNING, attempts, deliveries, events, metadata, schema_migrations)
 from .batch import PostgresCommitter, SQLiteCommitter
 from .checkpoint import LogCheckpoints
 from .group_commit import SharedSync
@@ -34,6 +34,9 @@ from .writers import WriterQueue
 # statement, and building one per request was the costliest step of the request (bench/README.rst).
 _INSERT_EVENT = insert(events)
 _INSERT_DELIVERY = insert(deliveries)
+# Through ix_events_quarantined on SQLite (its condition, a literal, in the WHERE).
+_QUARANTINED_LIST = (select(events.c.id, events.c.source, events.c.raw_body, events.c.received_at, events.c.error,
+                            events.c.body_sha256).where(QUARANTINED_ONLY).order_by(events.c.received_at))
 _FIND_DUPLICATE = select(events.c.id).where(
     events.c.source == bindparam("source"),
     events.c.body_sha256 == bindparam("body_sha256"),
@@ -339,12 +342,9 @@ class Store(Inspection):
         return None
 
     def quarantined(self, event_id: str | None = None) -> list[dict[str, Any]]:
-        query = select(events.c.id, events.c.source, events.c.raw_body, events.c.received_at, events.c.error,
-                       events.c.body_sha256).where(events.c.status == QUARANTINED)
-        if event_id:
-            query = query.where(events.c.id == event_id)
+        query = _QUARANTINED_LIST if not event_id else _QUARANTINED_LIST.where(events.c.id == event_id)
         with self._readonly() as conn:
-            return [dict(row._mapping) for row in conn.execute(query.order_by(events.c.received_at))]
+            return [dict(row._mapping) for row in conn.execute(query)]
 
     def accept_quarantined(self, event: Event, plugins: Iterable[str], scrub_rule: str | None = None) -> int:
         """A quarantined body now parses: store its event in place and create its deliveries."""
