@@ -131,11 +131,13 @@ def test_kill_9_of_web_and_worker_under_load_loses_nothing(database_url, tmp_pat
         "DOLIBARR_WEBHOOKS_LEASE": "3s", "DOLIBARR_WEBHOOKS_HANDLER_TIMEOUT": "1s",
         "DOLIBARR_WEBHOOKS_WORKER_CONCURRENCY": str(concurrency)}
     started = time.monotonic()
-    held: set[int] = set()  # deliveries a killed worker left running, to be run again
+    # What the killed workers left running, to be run again: (delivery, when it was claimed). A
+    # delivery can be left twice: by the first worker killed, then, reclaimed from it, by the second.
+    held: set[tuple[int, float]] = set()
 
     def kill_worker() -> None:
         service.stop("worker", signal.SIGKILL)
-        running = {d["id"] for d in store.list_deliveries(status="running", limit=10 * events)}
+        running = {(d["id"], d["updated_at"]) for d in store.list_deliveries(status="running", limit=10 * events)}
         # A worker holds at most WORKER_CONCURRENCY deliveries per plugin (two plugins here), also
         # while their outcomes wait for the database.
         assert len(running - held) <= concurrency * 2, running - held
