@@ -491,6 +491,25 @@ def settle(store) -> None:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
+def receiver(url: str):
+    """The service of an app on ``url`` (plugin ``log``) and a source of unique BILL_VALIDATE
+    events, for storing events through the receiver's own ingest without HTTP."""
+    import logging
+
+    from dolibarr_webhooks import create_app
+
+    app = create_app({"SECRET": WEBHOOKS_TEST_SECRET, "DATABASE_URL": url, "PLUGINS": "log"})
+    logging.getLogger("dolibarr_webhooks").setLevel(logging.WARNING)
+    service = app.extensions["dolibarr_webhooks"]
+    source = next(iter(service.sources.values()))
+    body = sample_body("BILL_VALIDATE")
+
+    def events(start: int, count: int):
+        for number in range(start, start + count):
+            yield service.event_from_body(unique_body(body, number), source)
+    return service, events
+
+
 def sqlite_counters(server: RunningService):
     """A function reading the group commit's counters (``group_commit.read_counters``) of the
     server's store, or None when the store is not an SQLite file."""

@@ -20,6 +20,9 @@ echo "== slow plugin: acknowledgement latency with a handler that sleeps 10 s"
 
 echo "== write amplification: the log the store writes per event"
 "$PYTHON" write_amplification.py
+echo
+echo "== drain: a backlog delivered by one worker process"
+"$PYTHON" drain.py
 
 if [ "${BENCH_EXPERIMENTS:-0}" = 1 ]; then
     # Each about 2 to 3 minutes. The baseline revision is the core before the ingest fix.

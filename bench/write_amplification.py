@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import logging
 import os
 import sqlite3
 import struct
@@ -33,26 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import WEBHOOKS_TEST_SECRET, database, log, table, unique_body
+from _common import database, log, receiver, table
 
-from dolibarr_webhooks import create_app
 from dolibarr_webhooks.samples import sample_body
 
 _WAL_HEADER, _FRAME_HEADER = 32, 24
-
-
-def receiver(url: str):
-    """The service of an app on ``url`` and a source of unique BILL_VALIDATE events."""
-    app = create_app({"SECRET": WEBHOOKS_TEST_SECRET, "DATABASE_URL": url, "PLUGINS": "log"})
-    logging.getLogger("dolibarr_webhooks").setLevel(logging.WARNING)
-    service = app.extensions["dolibarr_webhooks"]
-    source = next(iter(service.sources.values()))
-    body = sample_body("BILL_VALIDATE")
-
-    def events(start: int, count: int):
-        for number in range(start, start + count):
-            yield service.event_from_body(unique_body(body, number), source)
-    return service, events
 
 
 def sqlite_frames(path: str) -> list[tuple[int, bool]]:
