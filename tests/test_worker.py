@@ -216,6 +216,34 @@ def test_a_busy_worker_takes_the_next_delivery_as_soon_as_a_lane_frees(make_app,
     assert statistics.median(gaps) < 0.2, gaps
 
 
+def test_a_worker_draining_a_backlog_claims_without_looking_first(make_app, tmp_path, deliver):
+    """An idle worker looks whether anything is due (a read) before it claims (a write
+    transaction, SQLite's write lock). While a backlog drains, a claim that got all it asked for
+    says the next one will find work: the look before it was a round trip per claim, a third of
+    the worker's time at its default two lanes (bench/drain.py)."""
+    from sqlalchemy import event as sa_event
+
+    app = make_app(handler_config(tmp_path, recorder=True), WORKER_CONCURRENCY=2, BLOCK_PLUGINS="log")
+    for n in range(20):
+        post(app, body(object_id=n))
+    looks = []
+
+    def seen(_conn, _cursor, statement, *_args):
+        if statement.startswith("SELECT deliveries.id \nFROM deliveries"):  # Store.has_due's, not claim's
+            looks.append(statement)
+
+    engine = app.extensions["dolibarr_webhooks"].store.engine
+    sa_event.listen(engine, "before_cursor_execute", seen)
+    try:
+        deliver(app, idle=0.5)
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", seen)
+    assert len(read_records(tmp_path / "recorder.jsonl")) == 20
+    # The first look, then those of the idle worker once a claim came back short (2 to 4 seen);
+    # before, one before each of the ten claims of two, and more (23 seen).
+    assert 1 <= len(looks) <= 6, len(looks)
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_lane_stays_taken_until_the_outcome_is_recorded(make_app, tmp_path, database_url):
     """WORKER_CONCURRENCY bounds the deliveries a worker holds, not only the handlers it runs. When a

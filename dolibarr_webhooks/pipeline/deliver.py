@@ -82,6 +82,7 @@ class Worker:
         self._lock = threading.Lock()
         self._last_purge = self._last_fold = 0.0
         self._last_beat = 0.0
+        self._more_due = False  # the last claim got all it asked for: more may be due
         self.started_at = time.time()
         self.store.add_listener(self.wake_event.set)
         self.notices = Notices(self.plugins, self.settings, self.metrics)
@@ -141,9 +142,12 @@ class Worker:
     def run_once(self) -> int:
         """Claim what is due and start it; returns how many deliveries were started."""
         lanes = {p: n for p, n in self.lanes().items() if n > 0}
-        if not lanes or not self.store.has_due(lanes):
+        # has_due keeps an idle worker from taking the write lock; while a backlog drains, a claim
+        # that got all it asked for says the next will find work, so the look is skipped.
+        if not lanes or not (self._more_due or self.store.has_due(lanes)):
             return 0
         claims = self.store.claim(lanes, self.name, self.settings["LEASE"])
+        self._more_due = len(claims) == sum(lanes.values())
         timeout = self.settings["HANDLER_TIMEOUT"]
         for claim in claims:
             thread = threading.Thread(target=self._execute, args=(claim,), daemon=True,
