@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import os
 import threading
 import time
@@ -28,7 +27,7 @@ from dolibarr_webhooks.store import engine, sqlite_path
 from dolibarr_webhooks.store import DATA, TIMEOUT, UNAVAILABLE, DeadlinePassed, IngestResult, Store, StoreError
 from dolibarr_webhooks.store.group_commit import read_counters
 from dolibarr_webhooks.testing import make_event, wait_for
-from dolibarr_webhooks_testplugin import writes_blocked
+from dolibarr_webhooks_testplugin import HeldFileLock, writes_blocked
 
 PLUGINS = ["log", "mail"]
 
@@ -51,16 +50,9 @@ def any_store(migrated_store):
     return migrated_store
 
 
-class HeldTurn:
+def held_turn(path: str) -> HeldFileLock:
     """The writers' lock of a store's file, held as another process's writer holds it."""
-
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+    return HeldFileLock(path + ".lock")
 
 
 class HeldTable:
@@ -81,7 +73,7 @@ class HeldTable:
 
 
 def held_writes(store: Store):
-    return HeldTable(store.url) if store.is_postgres else HeldTurn(sqlite_path(store.url))
+    return HeldTable(store.url) if store.is_postgres else held_turn(sqlite_path(store.url))
 
 
 def batched(store: Store, calls: list) -> list[object]:
@@ -135,7 +127,7 @@ class Requests:
 def ingested_behind_the_turn(store: Store, sqlite_file: str, object_ids) -> list[object]:
     """The outcomes of ingests of these objects, queued behind the file's writers' lock held by
     the test, then let go together: one batch."""
-    held, requests = HeldTurn(sqlite_file), Requests(store)
+    held, requests = held_turn(sqlite_file), Requests(store)
     try:
         for n in object_ids:
             requests.start(lambda n=n: store.ingest(make_event("BILL_VALIDATE", id=n), PLUGINS))
@@ -321,7 +313,7 @@ def test_each_request_is_answered_by_its_own_deadline_not_its_batch_mates(any_st
                 requests.taken = 1
             else:
                 held.enter_context(writes_blocked(any_store.url))  # another program's write lock
-                turn = HeldTurn(sqlite_path(any_store.url))  # the three queue behind this turn
+                turn = held_turn(sqlite_path(any_store.url))  # the three queue behind this turn
             for event, deadline in zip(events, deadlines):
                 requests.start(lambda event=event, deadline=deadline:
                                any_store.ingest(event, PLUGINS, deadline=deadline))
@@ -359,7 +351,7 @@ def test_a_request_whose_deadline_passes_in_the_batch_is_left_out_and_the_others
         return work
 
     slow_first = expires == "before its statements ran"
-    held, requests = HeldTurn(sqlite_file), Requests(store)
+    held, requests = held_turn(sqlite_file), Requests(store)
     try:
         requests.start(lambda: store.committer.run(insert("first", slow=slow_first)))
         requests.start(lambda: store.committer.run(insert("expiring"), deadline))

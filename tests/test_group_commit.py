@@ -6,7 +6,6 @@ real gunicorn killed with ``kill -9``."""
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import signal
 import threading
@@ -18,6 +17,7 @@ import requests
 from dolibarr_webhooks.store.group_commit import SyncFailed, read_counters
 from dolibarr_webhooks.store import UNAVAILABLE, Store, StoreError
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, make_event, running_service, wait_for
+from dolibarr_webhooks_testplugin import HeldFileLock
 
 
 @pytest.fixture
@@ -33,16 +33,9 @@ def stored_ids(path: str) -> set[str]:
         store.dispose()
 
 
-class HeldSync:
+def held_sync(path: str) -> HeldFileLock:
     """Holds the fsync turn of a store's file, as a writer of another process syncing would."""
-
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path + ".sync", os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+    return HeldFileLock(path + ".sync")
 
 
 def ingest_in_threads(stores: list[Store], per_store: int) -> tuple[list[threading.Thread], list[str]]:
@@ -63,7 +56,7 @@ def test_writers_waiting_together_share_one_fsync_and_none_is_answered_before_it
     store = Store(f"sqlite:///{sqlite_file}")
     store.migrate()
     before = read_counters(sqlite_file)
-    held = HeldSync(sqlite_file)
+    held = held_sync(sqlite_file)
     try:
         threads, acknowledged = ingest_in_threads([store], 8)
         # Every writer commits (the write lock is free), then waits for an fsync...
@@ -87,7 +80,7 @@ def test_writers_of_two_processes_share_fsyncs(sqlite_file):
     own turn in the file locks, and no thread lock in common with the other."""
     first, second = Store(f"sqlite:///{sqlite_file}"), Store(f"sqlite:///{sqlite_file}")
     first.migrate()
-    held = HeldSync(sqlite_file)
+    held = held_sync(sqlite_file)
     try:
         threads, acknowledged = ingest_in_threads([first, second], 4)
         wait_for(lambda: first.committer.committed + second.committer.committed == 8, timeout=30)

@@ -6,7 +6,6 @@ without a restart, and /ready says what a write meets meanwhile."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import sqlite3
@@ -24,7 +23,7 @@ from sqlalchemy import select
 
 from dolibarr_webhooks.store import Store, events
 from dolibarr_webhooks.testing import running_service, wait_for
-from dolibarr_webhooks_testplugin import body, writes_blocked
+from dolibarr_webhooks_testplugin import HeldFileLock, body, writes_blocked
 from production_helpers import dolibarr_post, production_env, require_tool, running_nginx
 
 pytestmark = pytest.mark.slow
@@ -58,12 +57,8 @@ def hold_lock(kind: str, database_url: str, seconds: float) -> None:
         with writes_blocked(database_url):
             time.sleep(seconds)
     else:  # another process's writer holds the writers' queue: the flock wait
-        descriptor = os.open(database_url.removeprefix("sqlite:///") + ".lock", os.O_RDWR)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        with HeldFileLock(database_url.removeprefix("sqlite:///") + ".lock"):
             time.sleep(seconds)
-        finally:
-            os.close(descriptor)
 
 
 def warm_up(session, url: str) -> set[str]:

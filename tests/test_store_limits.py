@@ -5,9 +5,7 @@ the request deadline."""
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import threading
 import time
 
@@ -18,7 +16,7 @@ from dolibarr_webhooks.deadline import queued_for, request_deadline
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.store import DATA, TIMEOUT, UNAVAILABLE, DeadlinePassed, Store, classify_error, payloads
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET
-from dolibarr_webhooks_testplugin import body, handler_config, writes_blocked
+from dolibarr_webhooks_testplugin import HeldFileLock, body, handler_config, writes_blocked
 
 WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
 
@@ -210,10 +208,7 @@ def test_the_sqlite_writers_queue_gives_up_at_the_deadline(make_app, tmp_path, d
     workers) the wait is interrupted by an alarm; elsewhere it waits in a thread of its own."""
     app = make_app(handler_config(tmp_path, recorder=True), REQUEST_DEADLINE="1s")
     client = app.test_client()
-    lock_file = database_url.removeprefix("sqlite:///") + ".lock"
-    descriptor = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    with HeldFileLock(database_url.removeprefix("sqlite:///") + ".lock"):
         _assert_refused_in_time(app, client, 1, 1)
         errors: list[BaseException] = []
 
@@ -228,8 +223,6 @@ def test_the_sqlite_writers_queue_gives_up_at_the_deadline(make_app, tmp_path, d
         thread.start()
         thread.join()
         assert not errors, errors
-    finally:
-        os.close(descriptor)
     started = time.monotonic()
     assert client.post(WEBHOOK, data=body(object_id=3)).status_code == 200
     assert time.monotonic() - started < 1

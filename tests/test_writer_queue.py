@@ -16,18 +16,7 @@ import pytest
 from dolibarr_webhooks.store import DeadlinePassed
 from dolibarr_webhooks.store.writers import WriterQueue
 from dolibarr_webhooks.testing import wait_for
-
-
-class OtherWriter:
-    """The file's lock, held as another process's writer holds it."""
-
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)
-
-    def release(self) -> None:
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
+from dolibarr_webhooks_testplugin import HeldFileLock
 
 
 def lock_is_free(path: str) -> bool:
@@ -77,7 +66,7 @@ def lock_path(tmp_path):
 
 def test_a_turn_waits_for_the_other_writer_and_comes_when_it_lets_go(lock_path):
     queue = WriterQueue(lock_path)
-    other = OtherWriter(lock_path)
+    other = HeldFileLock(lock_path)
     entered: list[float] = []
     thread, outcome = in_thread(turn_once(queue, 5, entered))
     time.sleep(0.2)
@@ -92,7 +81,7 @@ def test_a_turn_waits_for_the_other_writer_and_comes_when_it_lets_go(lock_path):
 
 def test_a_turn_gives_up_at_its_deadline_and_never_keeps_the_lock_that_comes_after(lock_path):
     queue = WriterQueue(lock_path)
-    other = OtherWriter(lock_path)
+    other = HeldFileLock(lock_path)
     started = time.monotonic()
     thread, outcome = in_thread(turn_once(queue, 0.3))
     thread.join(5)
@@ -105,7 +94,7 @@ def test_a_turn_gives_up_at_its_deadline_and_never_keeps_the_lock_that_comes_aft
 
 def test_the_next_turn_takes_over_a_wait_given_up_on(lock_path):
     queue = WriterQueue(lock_path)
-    other = OtherWriter(lock_path)
+    other = HeldFileLock(lock_path)
     thread, outcome = in_thread(turn_once(queue, 0.2))
     thread.join(5)
     assert isinstance(outcome.get("error"), DeadlinePassed)
@@ -124,7 +113,7 @@ def test_the_waiting_thread_is_started_once_and_serves_every_contended_turn(lock
     before = set(waiting_threads())
     seen = set()
     for _ in range(3):
-        other = OtherWriter(lock_path)
+        other = HeldFileLock(lock_path)
         thread, outcome = in_thread(turn_once(queue, 5))
         time.sleep(0.1)
         other.release()

@@ -296,6 +296,27 @@ def running_worker(app: Any, name: str = "test-worker") -> Iterator[Any]:
             raise RuntimeError(f"worker {name} did not stop")
 
 
+class HeldFileLock:
+    """An exclusive ``flock`` on ``path`` (made if missing), held as a writer of another process
+    holds it: flock locks of two open files conflict, in one process or two. The writers' turn
+    of an SQLite store is ``<database>.lock``, its fsync turn ``<database>.sync``. Let go by
+    ``release()``, or at the end of a ``with`` block."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+    def __enter__(self) -> "HeldFileLock":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.release()
+
+
 @contextlib.contextmanager
 def writes_blocked(database_url: str) -> Iterator[dict[str, float]]:
     """Another connection holds what every write to the deliveries needs (SQLite's write lock;
