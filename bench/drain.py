@@ -1,7 +1,7 @@
 """How fast the delivery worker drains a backlog: a burst of events stored at once (a mass
 action in Dolibarr validates hundreds of invoices), then one worker process delivering them.
 
-    python bench/drain.py [--database sqlite|postgresql|both] [--events 3000] [--concurrency 4,16]
+    python bench/drain.py [--database sqlite|postgresql|both] [--events 3000] [--concurrency 2,16]
 
 For each store and each ``WORKER_CONCURRENCY``: ``--events`` BILL_VALIDATE events stored
 through the receiver's own ingest (plugin ``log``, which writes one line per event), no
@@ -51,7 +51,7 @@ def drain(url: str, count: int, concurrency: int, workdir: Path) -> dict[str, fl
         cpu = tree_cpu(worker.pid)
     finally:
         server.close()
-        service.store.dispose()
+        store.dispose()
     return {"start": first - started, "rate": (count - first_count) / max(now - first, 1e-9),
             "cpu_ms": cpu * 1000 / count}
 
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--events", type=int, default=3000)
-    parser.add_argument("--concurrency", default="4,16", help="WORKER_CONCURRENCY values, comma-separated")
+    parser.add_argument("--concurrency", default="2,16",
+                        help="WORKER_CONCURRENCY values, comma-separated (2: the default setting)")
     args = parser.parse_args(argv)
     kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     os.environ.setdefault("DOLIBARR_WEBHOOKS_LOG_LEVEL", "WARNING")  # this process's own lines
