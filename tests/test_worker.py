@@ -244,6 +244,35 @@ def test_a_worker_draining_a_backlog_claims_without_looking_first(make_app, tmp_
     assert 1 <= len(looks) <= 6, len(looks)
 
 
+def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_path, deliver):
+    """The claim and the look were built at each call (the SELECT, its conditions on ``now``,
+    then SQLAlchemy's cache key of all of it): more of the worker's CPU per delivery than
+    running them (bench/drain.py). They are built once, ``now`` and the limit bound when run."""
+    from sqlalchemy import event as sa_event
+
+    from dolibarr_webhooks.store import queue
+
+    app = make_app(handler_config(tmp_path, recorder=True), WORKER_CONCURRENCY=2, BLOCK_PLUGINS="log")
+    for n in range(6):
+        post(app, body(object_id=n))
+    selects = []
+
+    def seen(_conn, clause, *_args):
+        if str(clause).startswith("SELECT deliveries.id"):  # the claim's and the look's
+            selects.append(clause)
+
+    engine = app.extensions["dolibarr_webhooks"].store.engine
+    sa_event.listen(engine, "before_execute", seen)
+    try:
+        deliver(app, idle=0.5)
+    finally:
+        sa_event.remove(engine, "before_execute", seen)
+    assert len(read_records(tmp_path / "recorder.jsonl")) == 6
+    assert any(clause is queue._CLAIM for clause in selects) and any(clause is queue._HAS_DUE for clause in selects)
+    assert all(clause is queue._CLAIM or clause is queue._HAS_DUE for clause in selects), \
+        {str(clause) for clause in selects}
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_lane_stays_taken_until_the_outcome_is_recorded(make_app, tmp_path, database_url):
     """WORKER_CONCURRENCY bounds the deliveries a worker holds, not only the handlers it runs. When a

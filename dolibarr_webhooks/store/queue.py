@@ -75,14 +75,28 @@ _NEXT_RETRY = select(func.min(deliveries.c.next_attempt_at)).where(
     deliveries.c.status == bindparam("failed"), deliveries.c.plugin.in_(bindparam("plugins", expanding=True)))
 
 
-def _due(now: float):
+def _due(now):
     """Deliveries a worker may claim at ``now``: waiting and due, or running on a lease that
     expired. The leading ``status IN`` lets ix_deliveries_due skip the delivered and dead rows
     (the bulk of the table); without it SQLite read every delivery of the plugin at each claim
-    and each idle look, ever slower as deliveries accumulate (bench/README.rst)."""
+    and each idle look, ever slower as deliveries accumulate (bench/README.rst). ``now``: the
+    parameter bound when the statement runs (``_CLAIM``, ``_HAS_DUE``)."""
     return and_(deliveries.c.status.in_((PENDING, FAILED, RUNNING)),
                 or_(and_(deliveries.c.status.in_((PENDING, FAILED)), deliveries.c.next_attempt_at <= now),
                     and_(deliveries.c.status == RUNNING, deliveries.c.lease_expires_at < now)))
+
+
+# The worker's claim and its look, built once as well: building them at each claim (the
+# expression, then SQLAlchemy's cache key of it) cost the worker more CPU than running them
+# (issue #15). ``now`` is bound at execution.
+_CLAIM = (select(deliveries.c.id, deliveries.c.status, deliveries.c.attempts, deliveries.c.event_id)
+          .where(deliveries.c.plugin == bindparam("plugin"), _due(bindparam("now")))
+          .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+          .limit(bindparam("limit"))
+          .with_for_update(skip_locked=True))
+_HAS_DUE = (select(deliveries.c.id)
+            .where(deliveries.c.plugin.in_(bindparam("plugins", expanding=True)), _due(bindparam("now")))
+            .limit(1))
 
 
 def _storable(value: str | None) -> str | None:
@@ -373,13 +387,7 @@ class Store(Inspection):
             for plugin, limit in lanes.items():
                 if limit <= 0:
                     continue
-                rows = conn.execute(
-                    select(deliveries.c.id, deliveries.c.status, deliveries.c.attempts, deliveries.c.event_id)
-                    .where(deliveries.c.plugin == plugin, _due(now))
-                    .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-                    .limit(limit)
-                    .with_for_update(skip_locked=True)
-                ).all()
+                rows = conn.execute(_CLAIM, {"plugin": plugin, "now": now, "limit": limit}).all()
                 # The lease counts from here: getting the rows may have waited for a lock (SQLite's
                 # write lock at BEGIN, a PostgreSQL table lock), and the whole lease is the holder's.
                 leased_at = time.time()
@@ -402,8 +410,7 @@ class Store(Inspection):
         if not plugins:
             return False
         with self._readonly() as conn:
-            return conn.execute(select(deliveries.c.id).where(
-                deliveries.c.plugin.in_(plugins), _due(now)).limit(1)).first() is not None
+            return conn.execute(_HAS_DUE, {"plugins": plugins, "now": now}).first() is not None
 
     def next_retry_at(self, plugins: Iterable[str]) -> float | None:
         """When the earliest retry of these plugins comes due. New deliveries and replays wake a
