@@ -246,31 +246,44 @@ def test_a_worker_draining_a_backlog_claims_without_looking_first(make_app, tmp_
 
 def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_path, deliver):
     """The claim and the look were built at each call (the SELECT, its conditions on ``now``,
-    then SQLAlchemy's cache key of all of it): more of the worker's CPU per delivery than
-    running them (bench/drain.py). They are built once, ``now`` and the limit bound when run."""
+    then SQLAlchemy's cache key of all of it), and on SQLite the claim's and the outcome's
+    statements went through SQLAlchemy's execution: more of the worker's CPU per delivery than
+    the statements themselves (bench/drain.py). They are built once, ``now`` and the limit
+    bound when run; on SQLite the claim and the outcome run on the driver's cursor."""
     from sqlalchemy import event as sa_event
 
-    from dolibarr_webhooks.store import queue
+    from dolibarr_webhooks.store import queue, sqlite_fast
 
     app = make_app(handler_config(tmp_path, recorder=True), WORKER_CONCURRENCY=2, BLOCK_PLUGINS="log")
     for n in range(6):
         post(app, body(object_id=n))
-    selects = []
+    store = app.extensions["dolibarr_webhooks"].store
+    selects, through_sqlalchemy = [], []
 
-    def seen(_conn, clause, *_args):
+    def executed(_conn, clause, *_args):
         if str(clause).startswith("SELECT deliveries.id"):  # the claim's and the look's
             selects.append(clause)
 
-    engine = app.extensions["dolibarr_webhooks"].store.engine
-    sa_event.listen(engine, "before_execute", seen)
+    def sent(_conn, _cursor, statement, *_args):
+        if statement.startswith(("UPDATE deliveries", "INSERT INTO attempts", "SELECT events.payload")):
+            through_sqlalchemy.append(statement)
+
+    sa_event.listen(store.engine, "before_execute", executed)
+    sa_event.listen(store.engine, "before_cursor_execute", sent)
     try:
         deliver(app, idle=0.5)
     finally:
-        sa_event.remove(engine, "before_execute", seen)
+        sa_event.remove(store.engine, "before_execute", executed)
+        sa_event.remove(store.engine, "before_cursor_execute", sent)
     assert len(read_records(tmp_path / "recorder.jsonl")) == 6
-    assert any(clause is queue._CLAIM for clause in selects) and any(clause is queue._HAS_DUE for clause in selects)
+    assert any(clause is queue._HAS_DUE for clause in selects)
     assert all(clause is queue._CLAIM or clause is queue._HAS_DUE for clause in selects), \
         {str(clause) for clause in selects}
+    if store.is_postgres:
+        assert any(clause is queue._CLAIM for clause in selects)
+    else:
+        assert not through_sqlalchemy and not any(clause is queue._CLAIM for clause in selects)
+        assert (id(queue._CLAIM), None, "sqlite") in sqlite_fast._compiled
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, func, insert, literal_column, or_, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -67,6 +67,7 @@ _PROBE = update(schema_migrations).where(
 # _FINISH_HELD are the keys given at execution, other than its WHERE parameters.
 _LEASE = update(deliveries).where(deliveries.c.id == bindparam("lease_id")).values(
     runs=deliveries.c.runs + 1, reclaims=deliveries.c.reclaims + bindparam("reclaimed"))
+_LEASE_SET = ("status", "lease_token", "lease_expires_at", "locked_by", "updated_at")  # with runs and reclaims
 _EVENT_PAYLOAD = select(events.c.payload).where(events.c.id == bindparam("event_id"))
 _FINISH_HELD = update(deliveries).where(deliveries.c.id == bindparam("held_id"),
                                         deliveries.c.lease_token == bindparam("held_token"))
@@ -80,10 +81,17 @@ def _due(now):
     expired. The leading ``status IN`` lets ix_deliveries_due skip the delivered and dead rows
     (the bulk of the table); without it SQLite read every delivery of the plugin at each claim
     and each idle look, ever slower as deliveries accumulate (bench/README.rst). ``now``: the
-    parameter bound when the statement runs (``_CLAIM``, ``_HAS_DUE``)."""
-    return and_(deliveries.c.status.in_((PENDING, FAILED, RUNNING)),
-                or_(and_(deliveries.c.status.in_((PENDING, FAILED)), deliveries.c.next_attempt_at <= now),
-                    and_(deliveries.c.status == RUNNING, deliveries.c.lease_expires_at < now)))
+    parameter bound when the statement runs (``_CLAIM``, ``_HAS_DUE``). The states are written
+    in the SQL, not bound: the claim runs on the driver's cursor (``Store._execute``), which
+    takes plain parameters only."""
+    waiting, running = _states(PENDING, FAILED), _states(RUNNING)[0]
+    return and_(deliveries.c.status.in_([*waiting, running]),
+                or_(and_(deliveries.c.status.in_(waiting), deliveries.c.next_attempt_at <= now),
+                    and_(deliveries.c.status == running, deliveries.c.lease_expires_at < now)))
+
+
+def _states(*states: str) -> list:
+    return [literal_column(f"'{state}'") for state in states]
 
 
 # The worker's claim and its look, built once as well: building them at each claim (the
@@ -387,19 +395,19 @@ class Store(Inspection):
             for plugin, limit in lanes.items():
                 if limit <= 0:
                     continue
-                rows = conn.execute(_CLAIM, {"plugin": plugin, "now": now, "limit": limit}).all()
+                rows = self._execute(conn, _CLAIM, {"plugin": plugin, "now": now, "limit": limit}).fetchall()
                 # The lease counts from here: getting the rows may have waited for a lock (SQLite's
                 # write lock at BEGIN, a PostgreSQL table lock), and the whole lease is the holder's.
                 leased_at = time.time()
-                for row in rows:
+                for delivery_id, status, attempted, event_id in rows:
                     token = secrets.token_hex(16)
-                    reclaimed = row.status == RUNNING
-                    conn.execute(_LEASE, dict(
-                        lease_id=row.id, status=RUNNING, lease_token=token, lease_expires_at=leased_at + lease,
-                        locked_by=worker, reclaimed=1 if reclaimed else 0, updated_at=leased_at,
-                    ))
-                    payload = conn.execute(_EVENT_PAYLOAD, {"event_id": row.event_id}).scalar()
-                    claims.append(Claim(row.id, plugin, token, row.attempts, reclaimed,
+                    reclaimed = status == RUNNING
+                    held = dict(lease_id=delivery_id, status=RUNNING, lease_token=token,
+                                lease_expires_at=leased_at + lease, locked_by=worker,
+                                reclaimed=1 if reclaimed else 0, updated_at=leased_at)
+                    self._execute(conn, _LEASE, held, _LEASE_SET)
+                    payload = self._execute(conn, _EVENT_PAYLOAD, {"event_id": event_id}).fetchone()[0]
+                    claims.append(Claim(delivery_id, plugin, token, attempted, reclaimed,
                                         Event.from_dict(payloads.parsed(payload)), leased_at))
         return claims
 
@@ -435,15 +443,23 @@ class Store(Inspection):
                 values["next_attempt_at"] = next_attempt_at
             if status == DELIVERED:
                 values["delivered_at"] = now
-            values.update(held_id=claim.delivery_id, held_token=claim.token)
-            held = conn.execute(_FINISH_HELD, values).rowcount == 1
-            conn.execute(_INSERT_ATTEMPT, dict(
-                delivery_id=claim.delivery_id, number=claim.attempts + 1, worker=worker,
-                started_at=claim.started_at, finished_at=now,
-                outcome=(outcome or status) if held else "late", error=error,
-                duration_ms=round((now - claim.started_at) * 1000, 3),
-            ))
+            held = self._execute(conn, _FINISH_HELD, dict(values, held_id=claim.delivery_id, held_token=claim.token),
+                                 tuple(values)).rowcount == 1
+            attempt = dict(delivery_id=claim.delivery_id, number=claim.attempts + 1, worker=worker,
+                           started_at=claim.started_at, finished_at=now,
+                           outcome=(outcome or status) if held else "late", error=error,
+                           duration_ms=round((now - claim.started_at) * 1000, 3))
+            self._execute(conn, _INSERT_ATTEMPT, attempt, tuple(attempt))
         return held
+
+    def _execute(self, conn: Connection, statement, params: dict[str, Any], keys: tuple[str, ...] | None = None):
+        """One of the worker's statements (built once) in a ``_write`` transaction; its result
+        read with ``fetchall``, ``fetchone`` or ``rowcount`` only. On SQLite, on the driver's
+        cursor (sqlite_fast): SQLAlchemy's execution cost the worker more CPU than the
+        statements (issue #15). ``keys``: the columns an INSERT or an UPDATE sets."""
+        if self.is_postgres:
+            return conn.execute(statement, params)
+        return sqlite_fast.execute(conn, statement, params, keys)
 
     def dispose(self) -> None:
         if self.committer is not None:
