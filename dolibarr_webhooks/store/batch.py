@@ -52,7 +52,7 @@ from sqlalchemy.exc import DBAPIError
 from .checkpoint import LogCheckpoints
 from .failures import TIMEOUT, DeadlinePassed, classify_error
 from .group_commit import SharedSync
-from .sqlite_fast import Driver
+from .sqlite_fast import Drivers
 from .writers import WriterQueue
 
 # A burst does not build one huge transaction: the write lock is held for the statements of
@@ -301,19 +301,18 @@ class Committer:
 
 
 class SQLiteCommitter(Committer):
-    """A batch is one ``BEGIN IMMEDIATE`` transaction in the file's writers' turn, on the
-    committer's own connection (``sqlite_fast.Driver``: one leader at a time uses it, so a
-    process needs one, and no pool checkout or SQLAlchemy transaction is paid per batch);
-    each request's work is ``work(driver)``, its statements on that connection."""
+    """A batch is one ``BEGIN IMMEDIATE`` transaction in the file's writers' turn, on one of the
+    store's driver connections (``sqlite_fast.Drivers``: no pool checkout or SQLAlchemy
+    transaction is paid per batch); each request's work is ``work(driver)``, its statements
+    on that connection."""
 
     def __init__(self, engine: Engine, writers: WriterQueue, durable: SharedSync | None,
                  before_write: Callable[[], None], after_durable: Callable[[list[Any]], None],
-                 checkpoints: LogCheckpoints | None = None, **bounds) -> None:
+                 checkpoints: LogCheckpoints | None = None, drivers: Drivers | None = None, **bounds) -> None:
         super().__init__(engine, before_write, after_durable, durable, **bounds)
         self.writers = writers
         self.checkpoints = checkpoints
-        self._driver: Driver | None = None
-        self._pid: int | None = None
+        self.drivers = drivers or Drivers(engine)
 
     def _turn(self, deadline: float | None):
         return self.writers.turn(deadline)
@@ -322,15 +321,8 @@ class SQLiteCommitter(Committer):
         if self.checkpoints is not None:
             self.checkpoints.committed()  # the log is copied by a thread, not in a writer's turn
 
-    def _connection(self) -> Driver:
-        if self._driver is not None and self._pid != os.getpid():
-            self._driver = None  # the parent's, after a fork: never used, nor closed, here
-        if self._driver is None:
-            self._driver, self._pid = Driver(self.engine), os.getpid()
-        return self._driver
-
     def _transaction(self, requests: list[_Request], deadline: float | None) -> list[_Request]:
-        driver = self._connection()
+        driver = self.drivers.take()
         try:
             try:
                 driver.begin(deadline)
@@ -357,27 +349,13 @@ class SQLiteCommitter(Committer):
             driver.commit()
             return []
         finally:
-            self._end(driver)
+            self.drivers.give_back(driver)
 
     def close(self) -> None:
-        """The store is disposed of: close this process's connection (none in use by then)."""
-        driver, self._driver = self._driver, None
-        if driver is not None and self._pid == os.getpid():
-            driver.close()
+        """The store is disposed of: close this process's connections (none in use by then)."""
+        self.drivers.close()
         if self.checkpoints is not None:
             self.checkpoints.close()
-
-    def _end(self, driver: Driver) -> None:
-        """After a try: no transaction left open; a connection that met a file opened
-        read-only is closed before the store opens any other (Store._reopen_if_stale)."""
-        try:
-            if not driver.stale:
-                driver.rollback()
-        except Exception:
-            driver.stale = True
-        if driver.stale:
-            self._driver = None
-            driver.close()
 
 
 class PostgresCommitter(Committer):

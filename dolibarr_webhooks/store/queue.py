@@ -160,10 +160,13 @@ class Store(Inspection):
         # Touched after each commit that adds due deliveries, to wake workers of other processes.
         self.wake_file = sqlite_file + ".wake" if sqlite_file else None
         self._writers = WriterQueue(sqlite_file + ".lock") if sqlite_file else None
+        # The ingest's and the worker's transactions on an SQLite file, outside SQLAlchemy's pool.
+        self._drivers = sqlite_fast.Drivers(self.engine) if self._writers else None
         # The ingest's transactions: one for the requests of this process waiting at once.
         if self._writers:
             self.committer = SQLiteCommitter(self.engine, self._writers, self._durable, self._reopen_if_stale,
-                                             self._woken, LogCheckpoints(sqlite_file, engine_synchronous))
+                                             self._woken, LogCheckpoints(sqlite_file, engine_synchronous),
+                                             drivers=self._drivers)
         elif self.is_postgres:
             self.committer = PostgresCommitter(self.request_engine, _INGEST_POSTGRES, self._remaining_ms,
                                                self._reopen_if_stale, self._woken)
@@ -190,6 +193,29 @@ class Store(Inspection):
             commit = self._durable.committed() if self._durable else None
         if commit is not None:
             self._durable.wait_durable(commit)  # out of the turn: the next writer commits meanwhile
+
+    @contextlib.contextmanager
+    def _worker_write(self):
+        """The worker's write transaction (a claim, an outcome): ``_write``'s, but on an SQLite
+        file on one of the store's driver connections, where SQLAlchemy's connection, pool
+        checkout and transaction events cost the worker more CPU than its statements (issue
+        #15). Its statements go through ``_execute``."""
+        if self._drivers is None:  # PostgreSQL, or SQLite in memory
+            with self._write() as conn:
+                yield conn
+            return
+        self._reopen_if_stale()
+        with self._writers.turn(None):
+            driver = self._drivers.take()
+            try:
+                driver.begin(None)
+                yield driver
+                driver.commit()
+            finally:
+                self._drivers.give_back(driver)
+            commit = self._durable.committed() if self._durable else None
+        if commit is not None:
+            self._durable.wait_durable(commit)  # out of the turn, as in _write
 
     def _reopen_if_stale(self) -> None:
         """After a write met a file opened read-only (see make_engine): ``reopen_if_stale``."""
@@ -391,7 +417,7 @@ class Store(Inspection):
         """Take up to ``lanes[plugin]`` due deliveries of each plugin; none runs twice at once."""
         now = time.time()
         claims: list[Claim] = []
-        with self._write() as conn:
+        with self._worker_write() as conn:
             for plugin, limit in lanes.items():
                 if limit <= 0:
                     continue
@@ -433,7 +459,7 @@ class Store(Inspection):
     def finish(self, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
                worker: str, outcome: str | None = None, count_attempt: bool = True) -> bool:
         """Record an attempt and move the delivery on; False when the lease was lost meanwhile."""
-        with self._write() as conn:
+        with self._worker_write() as conn:
             now = time.time()  # after any wait for SQLite's write lock
             values: dict[str, Any] = dict(status=status, last_error=error, lease_token=None, lease_expires_at=None,
                                           locked_by=None, updated_at=now)
@@ -452,10 +478,11 @@ class Store(Inspection):
             self._execute(conn, _INSERT_ATTEMPT, attempt, tuple(attempt))
         return held
 
-    def _execute(self, conn: Connection, statement, params: dict[str, Any], keys: tuple[str, ...] | None = None):
-        """One of the worker's statements (built once) in a ``_write`` transaction; its result
-        read with ``fetchall``, ``fetchone`` or ``rowcount`` only. On SQLite, on the driver's
-        cursor (sqlite_fast): SQLAlchemy's execution cost the worker more CPU than the
+    def _execute(self, conn: Connection | sqlite_fast.Driver, statement, params: dict[str, Any],
+                 keys: tuple[str, ...] | None = None):
+        """One of the worker's statements (built once) in a ``_worker_write`` transaction; its
+        result read with ``fetchall``, ``fetchone`` or ``rowcount`` only. On SQLite, on the
+        driver's cursor (sqlite_fast): SQLAlchemy's execution cost the worker more CPU than the
         statements (issue #15). ``keys``: the columns an INSERT or an UPDATE sets."""
         if self.is_postgres:
             return conn.execute(statement, params)

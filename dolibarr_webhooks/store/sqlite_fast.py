@@ -1,5 +1,5 @@
-"""The SQLite ingest on the driver: its statements on the driver's cursor, and the group
-commit's transaction on a driver connection of its own (``Driver``).
+"""The SQLite ingest and the worker's claims and outcomes on the driver: their statements on
+the driver's cursor, their transactions on driver connections kept by the store (``Drivers``).
 
 Going through ``Connection.execute`` costs more CPU than the statements themselves, and a
 pool checkout, SQLAlchemy's transaction and its ``begin`` listener cost about as much again
@@ -14,7 +14,9 @@ SQLAlchemy's ``handle_error`` listener does.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from typing import Any, Iterable, Sequence
 
 from sqlalchemy.engine import Connection, Engine
@@ -60,6 +62,51 @@ class Driver:
     def close(self) -> None:
         """Close the file's connection (a stale one must not go back to the pool)."""
         self._pooled.invalidate()
+
+
+class Drivers:
+    """The driver connections of one store in one process, each used by one transaction at a
+    time (the group commit's leader, the worker's claim, a lane recording its outcome) and
+    kept between them: as many as ever ran at once, a few."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._idle: list[Driver] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def take(self) -> Driver:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._idle, self._pid = [], os.getpid()  # the parent's, after a fork: never used, nor closed, here
+            if self._idle:
+                return self._idle.pop()
+        return Driver(self.engine)
+
+    def give_back(self, driver: Driver) -> None:
+        """After a transaction: none is left open. A connection that met a file opened read-only
+        is closed, and the idle ones with it (they opened the same file): the next transaction
+        opens it anew (the store's ``_reopen_if_stale`` does the same for SQLAlchemy's pool)."""
+        try:
+            if not driver.stale:
+                driver.rollback()
+        except Exception:
+            driver.stale = True
+        if not driver.stale:
+            with self._lock:
+                if self._pid == os.getpid():
+                    self._idle.append(driver)
+            return
+        driver.close()
+        self.close()
+
+    def close(self) -> None:
+        """Close the idle connections (the store is disposed of, or its file went stale)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+            mine = self._pid == os.getpid()
+        for driver in idle if mine else ():
+            driver.close()
 
 
 def _compile(dialect, statement: ClauseElement, keys: Sequence[str] | None):
