@@ -19,13 +19,17 @@ machine taken by the load generator, the server and everything else, and the ser
 time per request; then checks that every acknowledged event is in the store. ``--floor``
 adds the floors of ``bench/floor_app.py``: append each body to a file and fdatasync it;
 parse and scrub it with the product's own code and store nothing; both. They bound any
-design of the receiver.
+design of the receiver. ``--with-worker`` runs each durable target's delivery worker process
+too; during a point the other targets' workers are stopped, so that none drains its backlog
+on the measured target's time.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -76,7 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-class", default=None, help="gunicorn worker class (default sync)")
     parser.add_argument("--threads", type=int, default=1, help="threads per worker with --worker-class gthread")
     parser.add_argument("--with-worker", action="store_true",
-                        help="also run the delivery worker process, as in production")
+                        help="also run the delivery worker process, as in production (the other targets' "
+                             "workers are stopped during a point)")
     parser.add_argument("--worker-setting", action="append", default=[], metavar="NAME=VALUE",
                         help="setting of the delivery worker process only (with --with-worker)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
@@ -153,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         for round_ in range(args.rounds):
             for connections in concurrencies:
                 for name, server in targets.items():
-                    if args.warmup:
-                        sent[name] += wrk.run(server.webhook_url, connections, args.warmup).requests
-                    before = counters[name]() if counters.get(name) else None
-                    result = wrk.run(server.webhook_url, connections, args.duration, server_pid=server.web_pid)
+                    with _workers_paused(target for other, target in targets.items() if other != name):
+                        if args.warmup:
+                            sent[name] += wrk.run(server.webhook_url, connections, args.warmup).requests
+                        before = counters[name]() if counters.get(name) else None
+                        result = wrk.run(server.webhook_url, connections, args.duration, server_pid=server.web_pid)
                     sent[name] += result.requests
                     results.setdefault((name, connections), []).append(result)
                     if before is not None:
@@ -177,6 +183,23 @@ def main(argv: list[str] | None = None) -> int:
 
     print_report(results, targets, concurrencies, integrity + _group_commit_lines(shared))
     return 0
+
+
+@contextlib.contextmanager
+def _workers_paused(servers):
+    """With ``--with-worker``, the delivery workers of the targets not being measured are
+    stopped (SIGSTOP) meanwhile: else a target's worker drains its backlog during the next
+    target's point, and takes the CPU from it. Each store is its own file or database, so a
+    stopped worker holds nothing the measured target needs."""
+    stopped = [process for server in servers if (process := server.processes.get("worker")) is not None
+               and process.poll() is None]
+    for process in stopped:
+        os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for process in stopped:
+            os.kill(process.pid, signal.SIGCONT)
 
 
 def _group_commit_lines(shared) -> list[str]:
