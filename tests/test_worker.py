@@ -261,7 +261,7 @@ def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_pa
     selects, through_sqlalchemy = [], []
 
     def executed(_conn, clause, *_args):
-        if str(clause).startswith("SELECT deliveries.id"):  # the claim's and the look's
+        if str(clause).startswith(("SELECT deliveries.id", "SELECT due.id")):  # the look's, the claim's
             selects.append(clause)
 
     def sent(_conn, _cursor, statement, *_args):

@@ -68,7 +68,6 @@ _PROBE = update(schema_migrations).where(
 _LEASE = update(deliveries).where(deliveries.c.id == bindparam("lease_id")).values(
     runs=deliveries.c.runs + 1, reclaims=deliveries.c.reclaims + bindparam("reclaimed"))
 _LEASE_SET = ("status", "lease_token", "lease_expires_at", "locked_by", "updated_at")  # with runs and reclaims
-_EVENT_PAYLOAD = select(events.c.payload).where(events.c.id == bindparam("event_id"))
 _FINISH_HELD = update(deliveries).where(deliveries.c.id == bindparam("held_id"),
                                         deliveries.c.lease_token == bindparam("held_token"))
 _INSERT_ATTEMPT = insert(attempts)
@@ -96,12 +95,20 @@ def _states(*states: str) -> list:
 
 # The worker's claim and its look, built once as well: building them at each claim (the
 # expression, then SQLAlchemy's cache key of it) cost the worker more CPU than running them
-# (issue #15). ``now`` is bound at execution.
-_CLAIM = (select(deliveries.c.id, deliveries.c.status, deliveries.c.attempts, deliveries.c.event_id)
-          .where(deliveries.c.plugin == bindparam("plugin"), _due(bindparam("now")))
-          .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-          .limit(bindparam("limit"))
-          .with_for_update(skip_locked=True))
+# (issue #15). ``now`` is bound at execution. The claim reads each event's payload with its
+# delivery, and leases the rows it got in one call (``Store.claim``): on PostgreSQL a round
+# trip each, where a payload and a lease per delivery were two.
+_DUE_FIRST = (select(deliveries.c.id, deliveries.c.status, deliveries.c.attempts, deliveries.c.event_id,
+                     deliveries.c.next_attempt_at)
+              .where(deliveries.c.plugin == bindparam("plugin"), _due(bindparam("now")))
+              .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+              .limit(bindparam("limit"))
+              .with_for_update(skip_locked=True)
+              .subquery("due"))
+# The payloads of the deliveries taken only: joined after the limit, not before the sort.
+_CLAIM = (select(_DUE_FIRST.c.id, _DUE_FIRST.c.status, _DUE_FIRST.c.attempts, events.c.payload)
+          .select_from(_DUE_FIRST.join(events, events.c.id == _DUE_FIRST.c.event_id))
+          .order_by(_DUE_FIRST.c.next_attempt_at, _DUE_FIRST.c.id))
 _HAS_DUE = (select(deliveries.c.id)
             .where(deliveries.c.plugin.in_(bindparam("plugins", expanding=True)), _due(bindparam("now")))
             .limit(1))
@@ -422,19 +429,19 @@ class Store(Inspection):
                 if limit <= 0:
                     continue
                 rows = self._execute(conn, _CLAIM, {"plugin": plugin, "now": now, "limit": limit}).fetchall()
+                if not rows:
+                    continue
                 # The lease counts from here: getting the rows may have waited for a lock (SQLite's
                 # write lock at BEGIN, a PostgreSQL table lock), and the whole lease is the holder's.
                 leased_at = time.time()
-                for delivery_id, status, attempted, event_id in rows:
-                    token = secrets.token_hex(16)
-                    reclaimed = status == RUNNING
-                    held = dict(lease_id=delivery_id, status=RUNNING, lease_token=token,
-                                lease_expires_at=leased_at + lease, locked_by=worker,
-                                reclaimed=1 if reclaimed else 0, updated_at=leased_at)
-                    self._execute(conn, _LEASE, held, _LEASE_SET)
-                    payload = self._execute(conn, _EVENT_PAYLOAD, {"event_id": event_id}).fetchone()[0]
-                    claims.append(Claim(delivery_id, plugin, token, attempted, reclaimed,
-                                        Event.from_dict(payloads.parsed(payload)), leased_at))
+                leases = [dict(lease_id=delivery_id, status=RUNNING, lease_token=secrets.token_hex(16),
+                               lease_expires_at=leased_at + lease, locked_by=worker,
+                               reclaimed=1 if status == RUNNING else 0, updated_at=leased_at)
+                          for delivery_id, status, _attempted, _payload in rows]
+                self._execute(conn, _LEASE, leases, _LEASE_SET)
+                claims.extend(Claim(delivery_id, plugin, held["lease_token"], attempted, status == RUNNING,
+                                    Event.from_dict(payloads.parsed(payload)), leased_at)
+                              for (delivery_id, status, attempted, payload), held in zip(rows, leases))
         return claims
 
     def has_due(self, plugins: Iterable[str]) -> bool:
@@ -478,14 +485,17 @@ class Store(Inspection):
             self._execute(conn, _INSERT_ATTEMPT, attempt, tuple(attempt))
         return held
 
-    def _execute(self, conn: Connection | sqlite_fast.Driver, statement, params: dict[str, Any],
+    def _execute(self, conn: Connection | sqlite_fast.Driver, statement, params: dict[str, Any] | list[dict[str, Any]],
                  keys: tuple[str, ...] | None = None):
-        """One of the worker's statements (built once) in a ``_worker_write`` transaction; its
-        result read with ``fetchall``, ``fetchone`` or ``rowcount`` only. On SQLite, on the
-        driver's cursor (sqlite_fast): SQLAlchemy's execution cost the worker more CPU than the
-        statements (issue #15). ``keys``: the columns an INSERT or an UPDATE sets."""
+        """One of the worker's statements (built once) in a ``_worker_write`` transaction, once,
+        or for each of a list of parameters (one round trip on PostgreSQL: psycopg pipelines
+        them); its result read with ``fetchall``, ``fetchone`` or ``rowcount`` only. On SQLite,
+        on the driver's cursor (sqlite_fast): SQLAlchemy's execution cost the worker more CPU
+        than the statements (issue #15). ``keys``: the columns an INSERT or an UPDATE sets."""
         if self.is_postgres:
             return conn.execute(statement, params)
+        if isinstance(params, list):
+            return sqlite_fast.executemany(conn, statement, params, keys)
         return sqlite_fast.execute(conn, statement, params, keys)
 
     def dispose(self) -> None:
