@@ -15,7 +15,7 @@ from ..logs import redact
 from ..samples import sample_body, sample_codes
 from ..settings import parse_duration
 from ..startup import freeze_startup_objects
-from ..store import DEAD, FAILED, Store
+from ..store import DEAD, FAILED
 from .group import emit, json_option, service, since_time, webhooks
 
 
@@ -62,13 +62,7 @@ def send_command(code: str, payload: str | None, url: str | None) -> None:
 @click.option("--name", default=None, help="Worker name in the attempt log (default host:pid).")
 def worker_command(until_idle: float | None, name: str | None) -> None:
     """Run the worker: deliver stored events to plugins, with retries."""
-    svc = service()
-    store = None
-    if not svc.store.is_postgres:
-        # The worker's own writes (claims, outcomes) need no fsync each: one lost in a power cut
-        # only runs a delivery again, as after a lost lease; the web's FULL commits stay durable.
-        store = Store(svc.settings["DATABASE_URL"], "NORMAL", svc.settings["REQUEST_DEADLINE"])
-    worker = svc.make_worker(name, store=store)
+    worker = service().delivery_worker(name)
 
     def stop(signum, _frame):
         click.echo(f"signal {signum}: finishing running handlers, then stopping", err=True)

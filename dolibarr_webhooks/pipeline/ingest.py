@@ -17,7 +17,7 @@ from ..ids import new_event_id
 from ..metrics import Metrics
 from ..plugins import Plugins
 from ..settings import Settings, Source
-from ..store import DATA, TIMEOUT, UNAVAILABLE, IngestResult, Store, StoreError
+from ..store import DATA, TIMEOUT, UNAVAILABLE, IngestResult, Store, StoreError, sqlite_path
 from ..version import __version__
 from .deliver import Worker
 from .parse import MissingTriggerCode, ParseError, body_sha256, event_from_body
@@ -102,6 +102,19 @@ class Service:
                         metrics=self.metrics)
         if name:
             worker.name = name
+        return worker
+
+    def delivery_worker(self, name: str | None = None) -> Worker:
+        """The worker of a process that delivers: the ``worker`` command, and ``serve``'s thread in
+        each web process. On an SQLite file its claims and outcomes go through a store of its
+        own at ``synchronous=NORMAL``: no fsync each, since one lost in a power cut only runs a
+        delivery again, as after a lost lease; the events' commits stay durable. This service's
+        commits wake it too (an embedded worker's, at once)."""
+        if self.store.is_postgres or not sqlite_path(self.settings["DATABASE_URL"]):
+            return self.make_worker(name)
+        worker = self.make_worker(name, store=Store(self.settings["DATABASE_URL"], "NORMAL",
+                                                    self.settings["REQUEST_DEADLINE"]))
+        self.store.add_listener(worker.wake_event.set)
         return worker
 
     def health(self) -> dict[str, Any]:

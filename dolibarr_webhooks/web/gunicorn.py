@@ -439,7 +439,7 @@ def post_worker_init(worker) -> None:
                                "dolibarr_webhooks.create_app(): no delivery worker started")
         return
     if service.settings["EMBEDDED_WORKER"]:
-        start_embedded(service.make_worker())
+        start_embedded(service.delivery_worker())
 
 
 def _embedded_worker_asked() -> bool:
