@@ -445,3 +445,46 @@ def test_an_idle_sqlite_worker_is_woken_by_another_process_commit(database_url, 
         asked = time.monotonic()
         assert service.stop("worker") == 0
         assert time.monotonic() - asked < 5
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_delivery_worker_lets_the_committing_process_claim_first_and_fsyncs_nothing(make_app, tmp_path):
+    """serve runs a worker in each web process. Every commit woke them all, and those of the
+    processes that had not committed looked and raced for the new delivery: at c=1 as much CPU
+    as the request (bench/README.rst, issue #15). Its own process's commit wakes a worker at
+    once; another's, after ``others_first``. And its claims and outcomes are not fsynced, as
+    the ``worker`` command's never were: one lost in a power cut only runs a delivery again."""
+    import threading
+
+    from dolibarr_webhooks.pipeline.parse import event_from_body
+    from dolibarr_webhooks.store import Store, sqlite_path
+    from dolibarr_webhooks.store.group_commit import read_counters
+
+    app = make_app(handler_config(tmp_path, recorder=True), BLOCK_PLUGINS="log")
+    service = app.extensions["dolibarr_webhooks"]
+    worker = service.delivery_worker("embedded")
+    worker.others_first = 1.0
+    thread = threading.Thread(target=worker.run, daemon=True)
+    other_process = Store(service.settings["DATABASE_URL"])  # commits without waking this one's listener
+    recorder = tmp_path / "recorder.jsonl"
+    path = sqlite_path(service.settings["DATABASE_URL"])
+    try:
+        thread.start()
+        time.sleep(0.5)  # idle, waiting
+        fsyncs = read_counters(path)["fsyncs"]
+        posted = time.time()
+        own = post(app, body(object_id=1))["id"]
+        wait_for(lambda: any(r["event"] == own for r in read_records(recorder)), message="own event delivered")
+        own_after = next(r["start"] for r in read_records(recorder) if r["event"] == own) - posted
+        assert read_counters(path)["fsyncs"] - fsyncs <= 1  # the ingest's: the claim's and the outcome's none
+        time.sleep(0.3)
+        committed = time.time()
+        other = other_process.ingest(event_from_body(body(object_id=2)), ["recorder"]).event_id
+        wait_for(lambda: any(r["event"] == other for r in read_records(recorder)), message="other delivered")
+        other_after = next(r["start"] for r in read_records(recorder) if r["event"] == other) - committed
+    finally:
+        worker.stop()
+        thread.join(10)
+        other_process.dispose()
+    assert own_after < 0.5, own_after
+    assert 0.9 <= other_after < 3.0, other_after

@@ -73,6 +73,8 @@ class Worker:
     settings: Any
     metrics: Any = None
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    # Seconds an idle worker woken by another process's commit waits before it looks (0: none).
+    others_first: float = 0.0
 
     def __post_init__(self) -> None:
         self.stop_event = threading.Event()
@@ -228,7 +230,13 @@ class Worker:
             # stop() is seen within STOP_CHECK, whatever POLL_INTERVAL: a signal does not end
             # the wait in select() (Python resumes it), and systemd would kill a worker that
             # took a minute to stop.
-            listener.wait(timeout, self.wake_event, step=min(poll, STOP_CHECK))
+            woken = listener.wait(timeout, self.wake_event, step=min(poll, STOP_CHECK))
+            if woken and self.others_first and not self.wake_event.is_set():
+                # Another process's commit (this process's own sets wake_event first): that
+                # process's worker takes what it added; look once it had the time to, once
+                # for all the commits meanwhile.
+                self.wake_event.wait(self.others_first)
+                listener.drain()
         else:
             # Handlers running: the first to finish wakes us (a NOTIFY waits, queued, for the next wait).
             self.wake_event.wait(poll)
@@ -284,9 +292,19 @@ class Worker:
             self.store.fold_events()
 
 
+# serve's web processes each run a worker: each commit woke all of them at once, and the
+# three whose process had not committed looked and raced to claim the new delivery, at c=1
+# as much CPU as the request itself (issue #15). They look after the committing process's
+# worker has taken it, a wake-up at most every OTHERS_FIRST.
+OTHERS_FIRST = 0.05
+
+
 def start_embedded(worker: Worker) -> threading.Thread:
-    """Run a worker in a daemon thread of this (web) process, stopped at interpreter exit."""
+    """Run a worker in a daemon thread of this (web) process, stopped at interpreter exit.
+    This process's commits wake it at once, the other processes' after ``OTHERS_FIRST``."""
     import atexit
+
+    worker.others_first = OTHERS_FIRST
 
     thread = threading.Thread(target=worker.run, name="dolibarr-webhooks-worker", daemon=True)
     thread.start()

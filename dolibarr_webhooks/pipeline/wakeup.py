@@ -14,14 +14,23 @@ from .inotify import FolderWatch
 
 class Wakeup:
     """What wakes an idle worker at once: ``wait`` returns on a wake-up, after ``timeout``,
-    or once ``wake`` is set (stop(), a handler done), which it looks at every ``step``."""
+    or once ``wake`` is set (stop(), a handler done, this process's commit), which it looks at
+    every ``step``."""
 
-    def wait(self, timeout: float, wake: threading.Event, step: float) -> None:
+    def wait(self, timeout: float, wake: threading.Event, step: float) -> bool:
+        """True when a wake-up (not ``wake``, not the timeout) ended the wait."""
         deadline = time.monotonic() + timeout
         while not wake.is_set():
             left = deadline - time.monotonic()
-            if left <= 0 or self._woken(min(left, step)):
-                return
+            if left <= 0:
+                return False
+            if self._woken(min(left, step)):
+                return True
+        return False
+
+    def drain(self) -> None:
+        """Forget the wake-ups received meanwhile (they are looked after together)."""
+        self._woken(0)
 
     def _woken(self, seconds: float) -> bool:
         """True on a wake-up within ``seconds``."""
