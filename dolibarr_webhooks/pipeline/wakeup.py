@@ -61,6 +61,15 @@ class NotifyListener(Wakeup):
         except psycopg.Error as exc:
             raise StoreError(f"LISTEN connection lost: {exc}") from exc
 
+    def drain(self) -> None:
+        import psycopg
+
+        try:
+            for _ in self.conn.notifies(timeout=0):  # every notification queued, not only the first
+                pass
+        except psycopg.Error as exc:
+            raise StoreError(f"LISTEN connection lost: {exc}") from exc
+
     def close(self) -> None:
         self.conn.close()
 
