@@ -1,5 +1,5 @@
 #!/bin/sh
-# Every benchmark with modest durations: about 7 minutes on 2 cores, each script under 3
+# Every benchmark with modest durations: about 8 minutes on 2 cores, each script under 3
 # (BENCH_EXPERIMENTS=1 adds about 12).
 # Needs wrk (apt-get install -y wrk) and, for the PostgreSQL points, a PostgreSQL on
 # 127.0.0.1:5432 where user postgres may create databases (DOLIBARR_WEBHOOKS_BENCH_POSTGRES
@@ -23,6 +23,9 @@ echo "== write amplification: the log the store writes per event"
 echo
 echo "== drain: a backlog delivered by one worker process"
 "$PYTHON" drain.py
+echo
+echo "== serve: the command as it ships, its delivery threads delivering"
+"$PYTHON" serve.py
 
 if [ "${BENCH_EXPERIMENTS:-0}" = 1 ]; then
     # Each about 2 to 3 minutes. The baseline revision is the core before the ingest fix.
