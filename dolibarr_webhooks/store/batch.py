@@ -308,11 +308,11 @@ class SQLiteCommitter(Committer):
 
     def __init__(self, engine: Engine, writers: WriterQueue, durable: SharedSync | None,
                  before_write: Callable[[], None], after_durable: Callable[[list[Any]], None],
-                 checkpoints: LogCheckpoints | None = None, drivers: Drivers | None = None, **bounds) -> None:
+                 drivers: Drivers, checkpoints: LogCheckpoints | None = None, **bounds) -> None:
         super().__init__(engine, before_write, after_durable, durable, **bounds)
         self.writers = writers
+        self.drivers = drivers
         self.checkpoints = checkpoints
-        self.drivers = drivers or Drivers(engine)
 
     def _turn(self, deadline: float | None):
         return self.writers.turn(deadline)

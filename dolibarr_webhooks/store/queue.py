@@ -83,14 +83,10 @@ def _due(now):
     parameter bound when the statement runs (``_CLAIM``, ``_HAS_DUE``). The states are written
     in the SQL, not bound: the claim runs on the driver's cursor (``Store._execute``), which
     takes plain parameters only."""
-    waiting, running = _states(PENDING, FAILED), _states(RUNNING)[0]
-    return and_(deliveries.c.status.in_([*waiting, running]),
-                or_(and_(deliveries.c.status.in_(waiting), deliveries.c.next_attempt_at <= now),
+    pending, failed, running = (literal_column(f"'{state}'") for state in (PENDING, FAILED, RUNNING))
+    return and_(deliveries.c.status.in_((pending, failed, running)),
+                or_(and_(deliveries.c.status.in_((pending, failed)), deliveries.c.next_attempt_at <= now),
                     and_(deliveries.c.status == running, deliveries.c.lease_expires_at < now)))
-
-
-def _states(*states: str) -> list:
-    return [literal_column(f"'{state}'") for state in states]
 
 
 # The worker's claim and its look, built once as well: building them at each claim (the
@@ -172,8 +168,8 @@ class Store(Inspection):
         # The ingest's transactions: one for the requests of this process waiting at once.
         if self._writers:
             self.committer = SQLiteCommitter(self.engine, self._writers, self._durable, self._reopen_if_stale,
-                                             self._woken, LogCheckpoints(sqlite_file, engine_synchronous),
-                                             drivers=self._drivers)
+                                             self._woken, self._drivers,
+                                             LogCheckpoints(sqlite_file, engine_synchronous))
         elif self.is_postgres:
             self.committer = PostgresCommitter(self.request_engine, _INGEST_POSTGRES, self._remaining_ms,
                                                self._reopen_if_stale, self._woken)
@@ -189,7 +185,7 @@ class Store(Inspection):
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlinePassed("before the store was reached (the request waited in a queue)")
         self._reopen_if_stale()
-        with self._writers.turn(deadline) if self._writers else contextlib.nullcontext():
+        with self._turn(deadline):
             with self.engine.connect() as conn:
                 if deadline is not None:
                     conn.execution_options(deadline=deadline)
@@ -197,9 +193,6 @@ class Store(Inspection):
                     yield conn
                     if deadline is not None and time.monotonic() >= deadline:
                         raise DeadlinePassed("the deadline passed before the commit")
-            commit = self._durable.committed() if self._durable else None
-        if commit is not None:
-            self._durable.wait_durable(commit)  # out of the turn: the next writer commits meanwhile
 
     @contextlib.contextmanager
     def _worker_write(self):
@@ -212,7 +205,7 @@ class Store(Inspection):
                 yield conn
             return
         self._reopen_if_stale()
-        with self._writers.turn(None):
+        with self._turn(None):
             driver = self._drivers.take()
             try:
                 driver.begin(None)
@@ -220,9 +213,17 @@ class Store(Inspection):
                 driver.commit()
             finally:
                 self._drivers.give_back(driver)
+
+    @contextlib.contextmanager
+    def _turn(self, deadline: float | None):
+        """Around a write transaction: on an SQLite file this process's turn in the writers'
+        queue, then, once the turn is left, the shared fsync that makes the commit durable (the
+        next writer commits meanwhile)."""
+        with self._writers.turn(deadline) if self._writers else contextlib.nullcontext():
+            yield
             commit = self._durable.committed() if self._durable else None
         if commit is not None:
-            self._durable.wait_durable(commit)  # out of the turn, as in _write
+            self._durable.wait_durable(commit)
 
     def _reopen_if_stale(self) -> None:
         """After a write met a file opened read-only (see make_engine): ``reopen_if_stale``."""
