@@ -361,6 +361,13 @@ class Server(RunningService):
         return self.processes["web"].pid
 
 
+def path_first(env: dict[str, str], *folders: Path | None) -> dict[str, str]:
+    """``env`` with ``folders`` (those not None) first on ``PYTHONPATH``: another revision's core
+    (``core_at``) before the installed one, ``bench/`` for its own apps."""
+    path = os.pathsep.join(filter(None, [*(str(folder) for folder in folders if folder), env.get("PYTHONPATH")]))
+    return {**env, "PYTHONPATH": path} if path else dict(env)
+
+
 @contextlib.contextmanager
 def product_server(gunicorn: GunicornSettings, database_url: str | None = None, worker: bool = False,
                    python: Path | None = None, worker_settings: dict[str, str] | None = None,
@@ -375,8 +382,7 @@ def product_server(gunicorn: GunicornSettings, database_url: str | None = None, 
         settings.setdefault("PLUGINS", "log")
         server = Server(Path(python or sys.executable), workdir, service_env(url, workdir, **settings), free_port())
         server.worker_settings = dict(worker_settings or {})
-        if core:  # first on the path, before the installed (editable) package
-            server.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(core), server.env.get("PYTHONPATH")]))
+        server.env = path_first(server.env, core)  # first, before the installed (editable) package
         try:
             server.cli("migrate")  # once, before several processes start, as a deployment does
             server.start_gunicorn(gunicorn, "dolibarr_webhooks:create_app()")
@@ -396,7 +402,7 @@ def noop_server(gunicorn: GunicornSettings, app: str = "noop_app:app", route: st
         workdir = Path(tmp)
         env = service_env("sqlite:///unused", workdir)
         env.update(extra_env or {})
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
+        env = path_first(env, BENCH_DIR)
         env["BENCH_SPOOL_DIR"] = tmp
         server = Server(Path(sys.executable), workdir, env, free_port())
         if route:

@@ -30,7 +30,7 @@ import threading
 import time
 from pathlib import Path
 
-from _common import BENCH_DIR, core_at, database, log, table, unique_body
+from _common import BENCH_DIR, core_at, database, log, path_first, table, unique_body
 
 PACE = 0.010  # seconds between two ingests
 
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, core in cores:
                 with database(kind) as pg_url:
                     url = pg_url or f"sqlite:///{Path(tmp) / (name.strip('@ ') + '.sqlite3')}"
-                    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-                        filter(None, [str(core) if core else None, str(BENCH_DIR), os.environ.get("PYTHONPATH")])))
+                    env = path_first(dict(os.environ), core, BENCH_DIR)
                     log(f"{kind} {name}: {args.events:,} old events purged, as many replayed, under ingest")
                     done = subprocess.run([sys.executable, __file__, "--events", str(args.events), "--child", url],
                                           env=env, capture_output=True, text=True)

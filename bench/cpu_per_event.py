@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import BENCH_DIR, WEBHOOKS_TEST_SECRET, core_at, database, log, table, unique_body
+from _common import BENCH_DIR, WEBHOOKS_TEST_SECRET, core_at, database, log, path_first, table, unique_body
 
 VARIANTS = {  # name -> whether it is the product (None: the no-op app)
     "no-op": None,
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline_env = None
         if args.baseline:
             core = core_at(args.baseline, Path(tmp) / "baseline")
-            baseline_env = {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(core), env.get("PYTHONPATH")]))}
+            baseline_env = path_first(env, core)
             variants.insert(1, (f"@{args.baseline}", ""))
         noop = None
         for label, kind, sync in stores:

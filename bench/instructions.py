@@ -27,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import BENCH_DIR, core_at, database, log, table
+from _common import BENCH_DIR, core_at, database, log, path_first, table
 
 _TOTAL = re.compile(rb"^(?:summary|totals): (\d+)", re.MULTILINE)
 
@@ -61,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         variants: list[tuple[str, str | None, dict[str, str]]] = [("no-op", None, env), ("shipped", "", env)]
         if args.baseline:
             core = core_at(args.baseline, Path(tmp) / "baseline")
-            variants.insert(1, (f"@{args.baseline}", "", {
-                **env, "PYTHONPATH": os.pathsep.join(filter(None, [str(core), env.get("PYTHONPATH")]))}))
+            variants.insert(1, (f"@{args.baseline}", "", path_first(env, core)))
         per_request = {}
         for name, product, variant_env in variants:
             counts = []

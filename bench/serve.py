@@ -18,18 +18,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import Wrk, core_at, database, log, median, service_env, table
+from _common import Server, Wrk, core_at, database, log, median, path_first, service_env, table
 
 from dolibarr_webhooks.testing import free_port, wait_for_port
-
-SCRIPT = Path(sys.executable).parent / "dolibarr-webhooks"
 
 
 def delivered_count(url: str) -> int:
@@ -47,28 +43,24 @@ def delivered_count(url: str) -> int:
 
 
 def measure(url: str, workdir: Path, core: Path | None, concurrencies: list[int], seconds: int) -> dict:
-    env = service_env(url, workdir, PLUGINS="log")
-    if core:  # first on the path, before the installed (editable) package
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(core), env.get("PYTHONPATH")]))
-    port = free_port()
-    process = subprocess.Popen([str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                               cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Server(Path(sys.executable), workdir, path_first(service_env(url, workdir, PLUGINS="log"), core),
+                    free_port())
     try:
-        wait_for_port(port, process=process)
-        target = f"http://127.0.0.1:{port}/webhook/{env['DOLIBARR_WEBHOOKS_SECRET']}"
+        process = server.start("serve", [str(server.bin / "dolibarr-webhooks"), "serve", "--host", "127.0.0.1",
+                                         "--port", str(server.port)])
+        wait_for_port(server.port, process=process)
         wrk = Wrk(workdir)
-        wrk.run(target, 16, 2)  # every process has imported the application
+        wrk.run(server.webhook_url, 16, 2)  # every process has imported the application
         points = {}
         for connections in concurrencies:
             time.sleep(3)  # the warm-up's backlog, delivered
             before, started = delivered_count(url), time.monotonic()
-            result = wrk.run(target, connections, seconds, server_pid=process.pid)
+            result = wrk.run(server.webhook_url, connections, seconds, server_pid=process.pid)
             delivered = (delivered_count(url) - before) / (time.monotonic() - started)
             points[connections] = (result, delivered)
         return points
     finally:
-        process.terminate()
-        process.wait(60)
+        server.close()
 
 
 def main(argv: list[str] | None = None) -> int:
