@@ -265,7 +265,7 @@ def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_pa
             selects.append(clause)
 
     def sent(_conn, _cursor, statement, *_args):
-        if statement.startswith(("UPDATE deliveries", "INSERT INTO attempts", "SELECT events.payload")):
+        if statement.startswith(("UPDATE deliveries", "INSERT INTO attempts", "SELECT due.id")):
             through_sqlalchemy.append(statement)
 
     sa_event.listen(store.engine, "before_execute", executed)
