@@ -73,8 +73,10 @@ class Worker:
     settings: Any
     metrics: Any = None
     name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
-    # Seconds an idle worker woken by another process's commit waits before it looks (0: none).
-    others_first: float = 0.0
+    # Seconds an idle worker woken by a commit waits before it looks, then once for all the
+    # commits meanwhile: another process's commit, its own process's (0: it looks at once).
+    after_others: float = 0.0
+    after_own: float = 0.0
 
     def __post_init__(self) -> None:
         self.stop_event = threading.Event()
@@ -231,11 +233,11 @@ class Worker:
             # the wait in select() (Python resumes it), and systemd would kill a worker that
             # took a minute to stop.
             woken = listener.wait(timeout, self.wake_event, step=min(poll, STOP_CHECK))
-            if woken and self.others_first and not self.wake_event.is_set():
-                # Another process's commit (this process's own sets wake_event first): that
-                # process's worker takes what it added; look once it had the time to, once
-                # for all the commits meanwhile.
-                self.wake_event.wait(self.others_first)
+            # This process's commit sets wake_event before it touches the wake file: a wake-up
+            # without it is another process's commit (stop() sets both events: no wait).
+            gather = self.after_own if self.wake_event.is_set() else self.after_others if woken else 0.0
+            if gather:
+                self.stop_event.wait(gather)
                 listener.drain()
         else:
             # Handlers running: the first to finish wakes us (a NOTIFY waits, queued, for the next wait).
@@ -292,19 +294,25 @@ class Worker:
             self.store.fold_events()
 
 
-# serve's web processes each run a worker: each commit woke all of them at once, and the
-# three whose process had not committed looked and raced to claim the new delivery, at c=1
-# as much CPU as the request itself (issue #15). They look after the committing process's
-# worker has taken it, a wake-up at most every OTHERS_FIRST.
-OTHERS_FIRST = 0.05
+# serve's web processes each run a worker, beside the threads answering Dolibarr. Woken at
+# once by every commit, the workers of the three processes that had not committed looked and
+# raced for each new delivery; then the committing process's worker delivered at once, event
+# by event, taking its process's GIL while its thread answered the next request: at c=1, p50
+# 2.8 ms against 1.3 without the workers (issue #15). Now an embedded worker woken by a commit
+# looks once the commits of the next moment have come too, and claims them together: after
+# AFTER_OTHERS when another process committed, after AFTER_OWN when its own did. Its own waits
+# longer: the process that answered last is the one that answers next (its thread keeps the
+# connection), so, while another process is idle, that one delivers.
+AFTER_OTHERS = 0.05
+AFTER_OWN = 0.1
 
 
 def start_embedded(worker: Worker) -> threading.Thread:
     """Run a worker in a daemon thread of this (web) process, stopped at interpreter exit.
-    This process's commits wake it at once, the other processes' after ``OTHERS_FIRST``."""
+    It looks ``AFTER_OTHERS`` after another process's commit, ``AFTER_OWN`` after its own's."""
     import atexit
 
-    worker.others_first = OTHERS_FIRST
+    worker.after_others, worker.after_own = AFTER_OTHERS, AFTER_OWN
 
     thread = threading.Thread(target=worker.run, name="dolibarr-webhooks-worker", daemon=True)
     thread.start()
