@@ -114,7 +114,7 @@ class Service:
             return self.make_worker(name)
         worker = self.make_worker(name, store=Store(self.settings["DATABASE_URL"], "NORMAL",
                                                     self.settings["REQUEST_DEADLINE"]))
-        self.store.add_listener(worker.wake_event.set)
+        self.store.add_listener(worker.committed)
         return worker
 
     def health(self) -> dict[str, Any]:
