@@ -181,6 +181,40 @@ def test_postgresql_read_only_or_dropped_answers_503(make_app, tmp_path, databas
     assert client.get("/ready").status_code == 503
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_worker_store_pings_only_connections_idle_past_a_second(database_url):
+    """The pool's pre-ping was a round trip at every checkout: one in five of a delivery's round
+    trips for the worker, whose claim and outcome are a transaction each (issue #15). A
+    worker's store (``Store.for_worker``) pings a connection idle more than ``PING_AFTER``
+    only; the service's store keeps the pre-ping, so /ready never meets a connection lost a
+    moment ago (test_postgresql_read_only_or_dropped_answers_503)."""
+    from dolibarr_webhooks.store.engine import PING_AFTER
+
+    name = database_url.rsplit("/", 1)[1]
+    service_store, worker_store = Store(database_url), Store.for_worker(database_url)
+    pings = []
+    original_ping = worker_store.engine.dialect.do_ping
+    worker_store.engine.dialect.do_ping = lambda dbapi_conn: pings.append(1) or original_ping(dbapi_conn)
+    try:
+        for _ in range(5):
+            assert worker_store.ping() and service_store.ping()
+        assert pings == []  # used within the second: no round trip before each use
+        with maintenance(database_url) as conn:
+            cut_connections(conn, name)
+            # Right after the cut: the service's store checks at checkout and replaces the
+            # connection; the worker's meets the lost one once, then connects anew.
+            assert service_store.ping()
+            assert not worker_store.ping()
+            assert worker_store.ping()
+            cut_connections(conn, name)
+        time.sleep(PING_AFTER + 0.2)
+        assert worker_store.ping() and pings == [1]  # idle past the second: checked, and replaced
+    finally:
+        worker_store.engine.dialect.do_ping = original_ping
+        service_store.dispose()
+        worker_store.dispose()
+
+
 # -- claims --------------------------------------------------------------------------------------
 def test_a_claim_that_waited_for_a_lock_still_gets_its_whole_lease(make_app, tmp_path, database_url):
     """Under write contention a claim can wait for the lock; its lease must count from when it

@@ -106,14 +106,14 @@ class Service:
 
     def delivery_worker(self, name: str | None = None) -> Worker:
         """The worker of a process that delivers: the ``worker`` command, and ``serve``'s thread in
-        each web process. On an SQLite file its claims and outcomes go through a store of its
-        own at ``synchronous=NORMAL``: no fsync each, since one lost in a power cut only runs a
-        delivery again, as after a lost lease; the events' commits stay durable. This service's
-        commits wake it too (an embedded worker's, at once)."""
-        if self.store.is_postgres or not sqlite_path(self.settings["DATABASE_URL"]):
+        each web process. Its claims and outcomes go through a store of its own
+        (``Store.for_worker``); the events' commits stay the service's, durable, and wake it
+        too. An in-memory database has one store only."""
+        url = self.settings["DATABASE_URL"]
+        if not self.store.is_postgres and not sqlite_path(url):
             return self.make_worker(name)
-        worker = self.make_worker(name, store=Store(self.settings["DATABASE_URL"], "NORMAL",
-                                                    self.settings["REQUEST_DEADLINE"]))
+        worker = self.make_worker(name, store=Store.for_worker(url, self.settings["REQUEST_DEADLINE"]))
+        worker.owns_store = True
         self.store.add_listener(worker.committed)
         return worker
 

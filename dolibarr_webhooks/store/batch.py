@@ -50,6 +50,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from .checkpoint import LogCheckpoints
+from .engine import PING_AFTER
 from .failures import TIMEOUT, DeadlinePassed, classify_error
 from .group_commit import SharedSync
 from .sqlite_fast import Drivers
@@ -59,8 +60,6 @@ from .writers import WriterQueue
 # at most this many requests (serve has 16 threads a process), or this much payload.
 MAX_COUNT = 32
 MAX_BYTES = 4 * 1024 * 1024
-# PostgreSQL: a connection idle this long is checked before use (a round trip).
-PING_AFTER = 1.0
 
 _QUEUED, _TAKEN, _LEAD, _DONE = range(4)
 

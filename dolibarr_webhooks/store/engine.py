@@ -10,6 +10,7 @@ import time
 
 from sqlalchemy import create_engine, event as sa_event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 
 
 def normalise_url(url: str) -> str:
@@ -92,7 +93,9 @@ def set_busy_timeout(dbapi_conn, info: dict, deadline: float | None) -> None:
         info["busy_ms"] = busy_ms
 
 
-def make_engine(url: str, synchronous: str = "FULL") -> Engine:
+def make_engine(url: str, synchronous: str = "FULL", ping_every_checkout: bool = True) -> Engine:
+    """``synchronous``: SQLite's; ``ping_every_checkout``: PostgreSQL's pool checks each connection
+    it lends with a round trip, else only one idle more than ``PING_AFTER``."""
     url = normalise_url(url)
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
@@ -122,8 +125,36 @@ def make_engine(url: str, synchronous: str = "FULL") -> Engine:
 
         return engine
     # A server that does not answer fails the request in seconds (503), never holds a worker.
-    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=16,
-                         connect_args={"connect_timeout": int(os.environ.get("PGCONNECT_TIMEOUT", "5"))})
+    engine = create_engine(url, pool_pre_ping=ping_every_checkout, pool_size=8, max_overflow=16,
+                           connect_args={"connect_timeout": int(os.environ.get("PGCONNECT_TIMEOUT", "5"))})
+    return engine if ping_every_checkout else _pinged_when_idle(engine)
+
+
+# PostgreSQL: a connection idle this long is checked with a round trip before use.
+PING_AFTER = 1.0
+
+
+def _pinged_when_idle(engine: Engine) -> Engine:
+    """The pool's pre-ping, for a connection idle more than ``PING_AFTER`` only: one the server
+    closed meanwhile (a restart, a failover) is replaced before a statement meets it, and a
+    connection lost within the second fails its statement, as one lost mid-transaction always
+    could (the error marks the pool's connections lost; the next checkout connects anew)."""
+
+    @sa_event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn, record):
+        record.info["checked_in_at"] = time.monotonic()
+
+    @sa_event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn, record, _proxy):
+        idle_since = record.info.get("checked_in_at")  # None: connected for this checkout
+        if idle_since is None or time.monotonic() - idle_since <= PING_AFTER:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise DisconnectionError(f"the connection did not answer a ping: {exc}") from exc
+
+    return engine
 
 
 def make_request_engine(url: str, deadline: float) -> Engine:
