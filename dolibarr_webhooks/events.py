@@ -185,10 +185,14 @@ def label(code: str, language: str = "en") -> str:
 
 def split_code(code: str) -> tuple[str, str] | None:
     """``(family, action)`` for a code made of a known family and action, longest family first."""
-    for family in sorted(FAMILIES, key=len, reverse=True):
-        prefix = family + "_"
-        if code.startswith(prefix) and code[len(prefix):] in ACTIONS:
-            return family, code[len(prefix):]
+    # The longest family ends at the last underscore that still leaves a known family and
+    # action: a lookup per underscore, from the right (every plugin's summary asks, for
+    # each event: sorting the families each time was 8 % of a worker's Python time).
+    cut = len(code)
+    while (cut := code.rfind("_", 0, cut)) > 0:
+        family, action = code[:cut], code[cut + 1:]
+        if family in FAMILIES and action in ACTIONS:
+            return family, action
     return None
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dolibarr_webhooks.events import canonical_code, label, matches
+from dolibarr_webhooks.events import canonical_code, label, matches, split_code
 from dolibarr_webhooks.describe import format_amount, summary
 from dolibarr_webhooks.events import Event
 from dolibarr_webhooks.pipeline.parse import MissingTriggerCode, ParseError, event_from_body, parse_body, scrub
@@ -88,6 +88,14 @@ def test_unknown_codes_are_events_like_any_other():
     event = event_from_body(b'{"triggercode":"MYMODULE_THING_DONE","object":{"id":3,"ref":"X1"}}')
     assert event.trigger_code == "MYMODULE_THING_DONE"
     assert summary(event) == "MYMODULE_THING_DONE on object X1"
+
+
+def test_a_code_splits_into_its_family_and_action():
+    assert split_code("BILL_VALIDATE") == ("BILL", "VALIDATE")
+    assert split_code("COMPANY_RIB_CREATE") == ("COMPANY_RIB", "CREATE")  # the longer family
+    assert split_code("PROPAL_CLOSE_SIGNED") == ("PROPAL", "CLOSE_SIGNED")  # an action with an underscore
+    for code in ("MYMODULE_THING_DONE", "BILL", "BILL_", "_CREATE", "BILL__VALIDATE", "BILL_VALIDATE_", ""):
+        assert split_code(code) is None, code
 
 
 def test_labels_and_human_lines():
