@@ -244,6 +244,37 @@ def test_a_worker_draining_a_backlog_claims_without_looking_first(make_app, tmp_
     assert 1 <= len(looks) <= 6, len(looks)
 
 
+def test_a_lane_takes_the_next_due_delivery_with_the_outcome_of_the_one_before(make_app, tmp_path, deliver):
+    """A lane that finishes while more is due records the outcome and claims the next delivery
+    in one write transaction, and runs it in the same thread. Before, each delivery was an
+    outcome, then a claim by the worker's loop (two transactions) and a new thread: half the
+    deliveries a second at the default two lanes (bench/drain.py)."""
+    app = make_app(handler_config(tmp_path, recorder=True), WORKER_CONCURRENCY=1, BLOCK_PLUGINS="log")
+    for n in range(8):
+        post(app, body(object_id=n))
+    assert deliver(app, idle=0.5)["plugins"]["recorder"]["delivered"] == 8
+    runs = read_records(tmp_path / "recorder.jsonl")
+    assert sorted(run["object_id"] for run in runs) == [str(n) for n in range(8)]
+    assert len({run["native_thread"] for run in runs}) == 1, "one lane thread for the whole backlog"
+
+
+def test_a_stopping_worker_takes_no_next_delivery_and_leaves_none_leased(make_app, tmp_path):
+    """Once the worker is told to stop, a lane records its outcome without claiming the next;
+    what is not delivered is left due, no attempt counted, none under a lease."""
+    app = make_app(handler_config(tmp_path, recorder=True, recorder_delay=0.1), WORKER_CONCURRENCY=1,
+                   BLOCK_PLUGINS="log")
+    for n in range(20):
+        post(app, body(object_id=n))
+    with running_worker(app):
+        wait_for(lambda: len(read_records(tmp_path / "recorder.jsonl")) >= 2, message="a lane under way")
+    ran = len(read_records(tmp_path / "recorder.jsonl"))
+    assert ran < 10, "the lane went on after stop()"
+    counts = stats(app)["plugins"]["recorder"]
+    assert counts["delivered"] == ran and counts.get("running", 0) == 0, counts
+    waiting = command(app, "deliveries", "--status", "pending", "--json")
+    assert len(waiting) == 20 - ran and all(row["attempts"] == 0 for row in waiting), waiting
+
+
 def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_path, deliver):
     """The claim and the look were built at each call (the SELECT, its conditions on ``now``,
     then SQLAlchemy's cache key of all of it), and on SQLite the claim's and the outcome's

@@ -100,28 +100,36 @@ class Worker:
         self._committed_here.set()
         self.wake_event.set()
 
-    # -- one delivery -------------------------------------------------------------
+    # -- one lane -----------------------------------------------------------------
     def _execute(self, claim: Claim) -> None:
-        """Runs in the plugin's lane thread: call the handler, record the outcome."""
-        token = request_id.set(claim.event.id)  # every line about this delivery names its event
+        """Runs in the plugin's lane thread: call the handler, record the outcome, and go on
+        with the next due delivery of the plugin that the outcome's transaction claimed."""
+        following: Claim | None = claim
         try:
-            self.plugins.handle(claim.plugin, claim.event)
-        except BaseException as error:  # every failure is recorded and retried, never swallowed
-            status, next_at = retry_decision(claim.attempts + 1, error, self.settings["RETRY_SCHEDULE"],
-                                             self.settings["RETRY_JITTER"])
-            log = logger.error if status == DEAD else logger.warning
-            log("%s on %s %s failed (attempt %d): %s; %s", claim.plugin, claim.event.trigger_code, claim.event.id,
-                claim.attempts + 1, describe_failure(error),
-                "dead" if status == DEAD else f"retry in {next_at - time.time():.0f}s")
-            self._record(claim, status, describe_failure(error), next_at)
-        else:
-            self._record(claim, DELIVERED, None, None)
+            while following is not None:
+                claim = following
+                following = None
+                token = request_id.set(claim.event.id)  # every line about this delivery names its event
+                try:
+                    self.plugins.handle(claim.plugin, claim.event)
+                except BaseException as error:  # every failure is recorded and retried, never swallowed
+                    status, next_at = retry_decision(claim.attempts + 1, error, self.settings["RETRY_SCHEDULE"],
+                                                     self.settings["RETRY_JITTER"])
+                    log = logger.error if status == DEAD else logger.warning
+                    log("%s on %s %s failed (attempt %d): %s; %s", claim.plugin, claim.event.trigger_code,
+                        claim.event.id, claim.attempts + 1, describe_failure(error),
+                        "dead" if status == DEAD else f"retry in {next_at - time.time():.0f}s")
+                    following = self._record(claim, status, describe_failure(error), next_at)
+                else:
+                    following = self._record(claim, DELIVERED, None, None)
+                finally:
+                    request_id.reset(token)
         finally:
-            self.wake_event.set()
-            request_id.reset(token)
+            self.wake_event.set()  # the lane is free
 
-    def _record(self, claim: Claim, status: str, error: str | None, next_at: float | None,
-                outcome: str | None = None) -> None:
+    def _record(self, claim: Claim, status: str, error: str | None, next_at: float | None) -> Claim | None:
+        """Record a handler's outcome; the lane's next claim, taken in the same transaction
+        while the lane is still this run's and the worker is not stopping (else None)."""
         with self._lock:
             running = self._running.get(claim.delivery_id)
             mine = running is not None and running.claim.token == claim.token
@@ -129,18 +137,47 @@ class Worker:
                 running.recording = True  # no timeout now, but the lane stays taken until recorded
             else:  # the timeout already recorded this run; it came back late (maybe while its retry runs)
                 self._abandoned[claim.plugin] = max(0, self._abandoned.get(claim.plugin, 1) - 1)
+        following = None
         try:
-            held = self.store.finish(claim, status, error, next_at, self.name, outcome)
+            if mine and not self.stop_event.is_set():
+                held, following = self.store.finish_and_claim(claim, status, error, next_at, self.name,
+                                                              self.settings["LEASE"])
+            else:
+                held = self.store.finish(claim, status, error, next_at, self.name)
         finally:
             if mine:
-                with self._lock:
-                    self._running.pop(claim.delivery_id, None)
+                following = self._take_over(claim, following)
+        self._finished(claim, status, error, held)
+        return following
+
+    def _take_over(self, done: Claim, following: Claim | None) -> Claim | None:
+        """The lane passes from ``done`` to ``following`` (its timeout counting from now); a
+        claim taken while the worker began to stop is handed back instead."""
+        with self._lock:
+            self._running.pop(done.delivery_id, None)
+            if following is not None and not self.stop_event.is_set():
+                deadline = time.time() + self.settings["HANDLER_TIMEOUT"]
+                self._running[following.delivery_id] = Running(following, deadline)
+                threading.current_thread().name = f"dolibarr-webhooks:{following.plugin}:{following.delivery_id}"
+                return following
+        if following is not None:
+            self._release(following)
+        return None
+
+    def _finished(self, claim: Claim, status: str, error: str | None, held: bool) -> None:
+        """What follows a handler's recorded outcome: the notices, the metrics."""
         if not held:
             logger.info("%s on event %s finished after losing its lease", claim.plugin, claim.event.id)
         else:
             self.notices.finished(claim.plugin, claim.event, status, claim.attempts + 1, error)
         if self.metrics is not None:
-            self.metrics.delivery_finished(claim.plugin, outcome or status, time.time() - claim.started_at)
+            self.metrics.delivery_finished(claim.plugin, status, time.time() - claim.started_at)
+
+    def _release(self, claim: Claim) -> None:
+        """Hand a claimed delivery back, due at once, without counting an attempt (the worker stops)."""
+        self.store.finish(claim, FAILED if claim.attempts else "pending", "released at shutdown",
+                          time.time(), self.name, outcome="released", count_attempt=False)
+        logger.warning("released %s delivery of event %s at shutdown", claim.plugin, claim.event.id)
 
     # -- the loop -----------------------------------------------------------------
     def lanes(self) -> dict[str, int]:
@@ -268,10 +305,7 @@ class Worker:
             for running in left:
                 del self._running[running.claim.delivery_id]
         for running in left:
-            claim = running.claim
-            self.store.finish(claim, FAILED if claim.attempts else "pending", "released at shutdown",
-                              time.time(), self.name, outcome="released", count_attempt=False)
-            logger.warning("released %s delivery of event %s at shutdown", claim.plugin, claim.event.id)
+            self._release(running.claim)
         self.notices.close()
         with contextlib.suppress(*STORE_ERRORS):  # a store that is down shows the worker silent, then gone
             forget(self.store, self.name)

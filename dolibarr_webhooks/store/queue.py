@@ -439,23 +439,25 @@ class Store(Inspection):
         claims: list[Claim] = []
         with self._worker_write() as conn:
             for plugin, limit in lanes.items():
-                if limit <= 0:
-                    continue
-                rows = self._execute(conn, _CLAIM, {"plugin": plugin, "now": now, "limit": limit}).fetchall()
-                if not rows:
-                    continue
-                # The lease counts from here: getting the rows may have waited for a lock (SQLite's
-                # write lock at BEGIN, a PostgreSQL table lock), and the whole lease is the holder's.
-                leased_at = time.time()
-                leases = [dict(lease_id=delivery_id, status=RUNNING, lease_token=secrets.token_hex(16),
-                               lease_expires_at=leased_at + lease, locked_by=worker,
-                               reclaimed=1 if status == RUNNING else 0, updated_at=leased_at)
-                          for delivery_id, status, _attempted, _payload in rows]
-                self._execute(conn, _LEASE, leases, _LEASE_SET)
-                claims.extend(Claim(delivery_id, plugin, held["lease_token"], attempted, status == RUNNING,
-                                    Event.from_dict(payloads.parsed(payload)), leased_at)
-                              for (delivery_id, status, attempted, payload), held in zip(rows, leases))
+                if limit > 0:
+                    claims.extend(self._claim(conn, plugin, limit, worker, lease, now))
         return claims
+
+    def _claim(self, conn, plugin: str, limit: int, worker: str, lease: float, now: float) -> list[Claim]:
+        rows = self._execute(conn, _CLAIM, {"plugin": plugin, "now": now, "limit": limit}).fetchall()
+        if not rows:
+            return []
+        # The lease counts from here: getting the rows may have waited for a lock (SQLite's
+        # write lock at BEGIN, a PostgreSQL table lock), and the whole lease is the holder's.
+        leased_at = time.time()
+        leases = [dict(lease_id=delivery_id, status=RUNNING, lease_token=secrets.token_hex(16),
+                       lease_expires_at=leased_at + lease, locked_by=worker,
+                       reclaimed=1 if status == RUNNING else 0, updated_at=leased_at)
+                  for delivery_id, status, _attempted, _payload in rows]
+        self._execute(conn, _LEASE, leases, _LEASE_SET)
+        return [Claim(delivery_id, plugin, held["lease_token"], attempted, status == RUNNING,
+                      Event.from_dict(payloads.parsed(payload)), leased_at)
+                for (delivery_id, status, attempted, payload), held in zip(rows, leases)]
 
     def has_due(self, plugins: Iterable[str]) -> bool:
         """A cheap read: is anything due for these plugins? (Avoids taking the write lock when idle.)"""
@@ -480,22 +482,36 @@ class Store(Inspection):
                worker: str, outcome: str | None = None, count_attempt: bool = True) -> bool:
         """Record an attempt and move the delivery on; False when the lease was lost meanwhile."""
         with self._worker_write() as conn:
-            now = time.time()  # after any wait for SQLite's write lock
-            values: dict[str, Any] = dict(status=status, last_error=error, lease_token=None, lease_expires_at=None,
-                                          locked_by=None, updated_at=now)
-            if count_attempt:
-                values["attempts"] = claim.attempts + 1
-            if next_attempt_at is not None:
-                values["next_attempt_at"] = next_attempt_at
-            if status == DELIVERED:
-                values["delivered_at"] = now
-            held = self._execute(conn, _FINISH_HELD, dict(values, held_id=claim.delivery_id, held_token=claim.token),
-                                 tuple(values)).rowcount == 1
-            attempt = dict(delivery_id=claim.delivery_id, number=claim.attempts + 1, worker=worker,
-                           started_at=claim.started_at, finished_at=now,
-                           outcome=(outcome or status) if held else "late", error=error,
-                           duration_ms=round((now - claim.started_at) * 1000, 3))
-            self._execute(conn, _INSERT_ATTEMPT, attempt, tuple(attempt))
+            return self._finish(conn, claim, status, error, next_attempt_at, worker, outcome, count_attempt)
+
+    def finish_and_claim(self, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
+                         worker: str, lease: float) -> tuple[bool, Claim | None]:
+        """``finish``, then, in the same transaction, the claim of the next due delivery of the
+        same plugin (None when none is due): a lane kept busy by a backlog pays one write
+        transaction a delivery instead of two (its outcome, then the claim for the lane it freed)."""
+        with self._worker_write() as conn:
+            held = self._finish(conn, claim, status, error, next_attempt_at, worker)
+            following = self._claim(conn, claim.plugin, 1, worker, lease, time.time())
+        return held, (following[0] if following else None)
+
+    def _finish(self, conn, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
+                worker: str, outcome: str | None = None, count_attempt: bool = True) -> bool:
+        now = time.time()  # after any wait for SQLite's write lock
+        values: dict[str, Any] = dict(status=status, last_error=error, lease_token=None, lease_expires_at=None,
+                                      locked_by=None, updated_at=now)
+        if count_attempt:
+            values["attempts"] = claim.attempts + 1
+        if next_attempt_at is not None:
+            values["next_attempt_at"] = next_attempt_at
+        if status == DELIVERED:
+            values["delivered_at"] = now
+        held = self._execute(conn, _FINISH_HELD, dict(values, held_id=claim.delivery_id, held_token=claim.token),
+                             tuple(values)).rowcount == 1
+        attempt = dict(delivery_id=claim.delivery_id, number=claim.attempts + 1, worker=worker,
+                       started_at=claim.started_at, finished_at=now,
+                       outcome=(outcome or status) if held else "late", error=error,
+                       duration_ms=round((now - claim.started_at) * 1000, 3))
+        self._execute(conn, _INSERT_ATTEMPT, attempt, tuple(attempt))
         return held
 
     def _execute(self, conn: Connection | sqlite_fast.Driver, statement, params: dict[str, Any] | list[dict[str, Any]],

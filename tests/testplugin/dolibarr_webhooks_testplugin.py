@@ -87,6 +87,8 @@ class Recorder:
         record = {
             "plugin": self.name, "event": event.id, "code": event.trigger_code, "object_id": event.object_id,
             "pid": os.getpid(), "thread": threading.get_ident(), "start": start, "end": end, "time": end,
+            # The kernel's id: a thread started after another ended may get its get_ident().
+            "native_thread": threading.get_native_id(),
             "frozen": gc.get_freeze_count(),  # objects of the process out of the full collections
         }
         if settings.get("full"):  # everything the plugin was handed, for tests of what plugins see
