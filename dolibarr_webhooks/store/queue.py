@@ -444,6 +444,7 @@ class Store(Inspection):
         return claims
 
     def _claim(self, conn, plugin: str, limit: int, worker: str, lease: float, now: float) -> list[Claim]:
+        """Lease up to ``limit`` deliveries of ``plugin`` due at ``now``, in the caller's transaction."""
         rows = self._execute(conn, _CLAIM, {"plugin": plugin, "now": now, "limit": limit}).fetchall()
         if not rows:
             return []
