@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from dolibarr_webhooks.pipeline.deliver import Running
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, RunningService, running_service, wait_for
 from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, handler_env, read_records,
                                           release, running_worker, writes_blocked)
@@ -273,6 +274,25 @@ def test_a_stopping_worker_takes_no_next_delivery_and_leaves_none_leased(make_ap
     assert counts["delivered"] == ran and counts.get("running", 0) == 0, counts
     waiting = command(app, "deliveries", "--status", "pending", "--json")
     assert len(waiting) == 20 - ran and all(row["attempts"] == 0 for row in waiting), waiting
+
+
+def test_a_next_delivery_claimed_as_the_worker_stops_is_handed_back(make_app, tmp_path):
+    """The outcome's transaction may claim the lane's next delivery just as ``stop()`` comes: the
+    lane does not run it, and hands it back due, no attempt counted, as the shutdown does."""
+    app = make_app(handler_config(tmp_path, recorder=True), WORKER_CONCURRENCY=1, BLOCK_PLUGINS="log")
+    first, second = post(app, body(object_id=1))["id"], post(app, body(object_id=2))["id"]
+    worker = app.extensions["dolibarr_webhooks"].make_worker("stopping")
+    claim = worker.store.claim({"recorder": 1}, worker.name, 30)[0]
+    assert claim.event.id == first
+    worker._running[claim.delivery_id] = Running(claim, time.time() + 30)
+    held, following = worker.store.finish_and_claim(claim, "delivered", None, None, worker.name, 30)
+    assert held and following.event.id == second
+    worker.stop()  # between the commit and the lane taking the claim over
+    assert worker._take_over(claim, following) is None
+    assert worker.busy() == 0
+    handed_back = by_plugin(app, second)["recorder"]
+    assert (handed_back["status"], handed_back["attempts"]) == ("pending", 0), handed_back
+    assert outcomes(handed_back) == ["released"]
 
 
 def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_path, deliver):
