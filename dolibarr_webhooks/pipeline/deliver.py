@@ -101,31 +101,32 @@ class Worker:
         self.wake_event.set()
 
     # -- one lane -----------------------------------------------------------------
-    def _execute(self, claim: Claim) -> None:
-        """Runs in the plugin's lane thread: call the handler, record the outcome, and go on
-        with the next due delivery of the plugin that the outcome's transaction claimed."""
-        following: Claim | None = claim
+    def _execute(self, claim: Claim | None) -> None:
+        """Runs in the plugin's lane thread: deliver, then go on with the next due delivery of the
+        plugin that the outcome's transaction claimed, until none is."""
         try:
-            while following is not None:
-                claim = following
-                following = None
+            while claim is not None:
                 token = request_id.set(claim.event.id)  # every line about this delivery names its event
                 try:
-                    self.plugins.handle(claim.plugin, claim.event)
-                except BaseException as error:  # every failure is recorded and retried, never swallowed
-                    status, next_at = retry_decision(claim.attempts + 1, error, self.settings["RETRY_SCHEDULE"],
-                                                     self.settings["RETRY_JITTER"])
-                    log = logger.error if status == DEAD else logger.warning
-                    log("%s on %s %s failed (attempt %d): %s; %s", claim.plugin, claim.event.trigger_code,
-                        claim.event.id, claim.attempts + 1, describe_failure(error),
-                        "dead" if status == DEAD else f"retry in {next_at - time.time():.0f}s")
-                    following = self._record(claim, status, describe_failure(error), next_at)
-                else:
-                    following = self._record(claim, DELIVERED, None, None)
+                    claim = self._deliver(claim)
                 finally:
                     request_id.reset(token)
         finally:
             self.wake_event.set()  # the lane is free
+
+    def _deliver(self, claim: Claim) -> Claim | None:
+        """Call the handler and record the outcome; the lane's next claim, or None."""
+        try:
+            self.plugins.handle(claim.plugin, claim.event)
+        except BaseException as error:  # every failure is recorded and retried, never swallowed
+            status, next_at = retry_decision(claim.attempts + 1, error, self.settings["RETRY_SCHEDULE"],
+                                             self.settings["RETRY_JITTER"])
+            log = logger.error if status == DEAD else logger.warning
+            log("%s on %s %s failed (attempt %d): %s; %s", claim.plugin, claim.event.trigger_code, claim.event.id,
+                claim.attempts + 1, describe_failure(error),
+                "dead" if status == DEAD else f"retry in {next_at - time.time():.0f}s")
+            return self._record(claim, status, describe_failure(error), next_at)
+        return self._record(claim, DELIVERED, None, None)
 
     def _record(self, claim: Claim, status: str, error: str | None, next_at: float | None) -> Claim | None:
         """Record a handler's outcome; the lane's next claim, taken in the same transaction
