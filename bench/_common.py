@@ -98,6 +98,24 @@ def tree_cpu(root: int) -> float:
     return sum(stats[pid][1] for pid in tree if pid in stats)
 
 
+def postgres_cpu() -> float:
+    """CPU seconds used so far by the living processes of a PostgreSQL server on this machine
+    (its backends included): what the database did for a client, taken as a difference. A
+    backend that exits meanwhile takes its share with it."""
+    total = 0.0
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/comm") as fh:
+                    if fh.read().strip() != "postgres":
+                        continue
+            except OSError:
+                continue
+            found = _proc_stat(int(name))
+            total += found[1] if found else 0.0
+    return total
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) jiffies of the whole machine, from /proc/stat."""
     with open("/proc/stat") as fh:

@@ -7,9 +7,9 @@ For each store and each ``WORKER_CONCURRENCY``: ``--events`` BILL_VALIDATE event
 through the receiver's own ingest (plugin ``log``, which writes one line per event), no
 worker running; then a real ``dolibarr-webhooks worker`` process starts, and the script
 waits until every delivery is delivered. Printed: the seconds from the worker's start to its
-first delivery (its start-up), deliveries per second from then to the last, and the worker
-process's CPU per delivery (start-up included). Nothing else runs meanwhile: under a
-receiver's load the worker shares the CPU with it.
+first delivery (its start-up), deliveries per second from then to the last, the worker
+process's CPU per delivery (start-up included), and on PostgreSQL the database server's.
+Nothing else runs meanwhile: under a receiver's load the worker shares the CPU with it.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Server, database, log, receiver, service_env, table, tree_cpu
+from _common import Server, database, log, postgres_cpu, receiver, service_env, table, tree_cpu
 
 from dolibarr_webhooks.testing import free_port
 
@@ -33,7 +33,9 @@ def drain(url: str, count: int, concurrency: int, workdir: Path) -> dict[str, fl
     store = service.store
     env = service_env(url, workdir, PLUGINS="log", WORKER_CONCURRENCY=str(concurrency))
     server = Server(Path(sys.executable), workdir, env, free_port())
+    postgres = not url.startswith("sqlite")
     try:
+        database_cpu = postgres_cpu() if postgres else 0.0
         started = time.monotonic()
         worker = server.start_worker()
         first = None
@@ -49,11 +51,13 @@ def drain(url: str, count: int, concurrency: int, workdir: Path) -> dict[str, fl
                 raise RuntimeError(f"{delivered} of {count} delivered:\n{(workdir / 'worker.log').read_text()[-2000:]}")
             time.sleep(0.02)
         cpu = tree_cpu(worker.pid)
+        database_cpu = postgres_cpu() - database_cpu if postgres else None
     finally:
         server.close()
         store.dispose()
     return {"start": first - started, "rate": (count - first_count) / max(now - first, 1e-9),
-            "cpu_ms": cpu * 1000 / count}
+            "cpu_ms": cpu * 1000 / count,
+            "database_cpu_ms": None if database_cpu is None else database_cpu * 1000 / count}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"{kind}: {args.events} events stored, then a worker of concurrency {concurrency}")
                     result = drain(url, args.events, concurrency, workdir)
                 rows.append([kind, concurrency, f"{result['start']:.2f}", f"{result['rate']:.0f}",
-                             f"{result['cpu_ms']:.2f}"])
+                             f"{result['cpu_ms']:.2f}",
+                             "-" if result["database_cpu_ms"] is None else f"{result['database_cpu_ms']:.2f}"])
     print(f"# drain: {args.events} BILL_VALIDATE events stored at once, then one worker process (plugin log)")
     print()
-    print(table(rows, ["store", "worker concurrency", "first delivery s", "deliveries/s", "worker cpu ms/delivery"]))
+    print(table(rows, ["store", "worker concurrency", "first delivery s", "deliveries/s", "worker cpu ms/delivery",
+                       "server cpu ms/delivery"]))
+    print("\n(server cpu: PostgreSQL's processes on this machine, its backends included, over the drain)")
     return 0
 
 
