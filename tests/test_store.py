@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
 import resource
 import subprocess
 import sys
@@ -22,11 +23,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import event as sa_event
-from sqlalchemy import text
+from sqlalchemy import func, select, text, update
 
 from dolibarr_webhooks.ids import new_event_id
 from dolibarr_webhooks.pipeline.parse import event_from_body
 from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, gauges, normalise_url, queue, sqlite_fast
+from dolibarr_webhooks.store.schema import FAILED, deliveries
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, wait_for
 from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, read_records, running_worker,
                                           writes_blocked)
@@ -464,6 +466,28 @@ def test_sqlite_indexes_only_the_quarantined_events_by_status_from_version_12(mi
             assert "ix_events_quarantined" in plan, (name, plan)
 
 
+def test_the_claims_index_ends_with_the_id_from_version_13(migrated_store):
+    """Schema version 13 (issue #15): ix_deliveries_due gets the id as its last column, the
+    claim's tie-break, on a store migrated from version 12 too; the claim then reads it in
+    order (test_a_claim_behind_a_backlog_reads_the_first_due_deliveries_only)."""
+    store_ = migrated_store
+    with store_.engine.begin() as conn:  # back to what version 12 made
+        conn.exec_driver_sql("DROP INDEX ix_deliveries_due")
+        conn.exec_driver_sql("CREATE INDEX ix_deliveries_due ON deliveries (plugin, status, next_attempt_at)")
+        conn.exec_driver_sql("DELETE FROM schema_migrations WHERE version = 13")
+    store_.ingest(event_from_body(body("BILL_VALIDATE", 4244)), ["log"])
+    assert store_.migrate() == [13]
+    with store_.engine.begin() as conn:
+        if store_.is_postgres:
+            definition = conn.exec_driver_sql(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_deliveries_due'").scalar()
+        else:
+            definition = conn.exec_driver_sql(
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'ix_deliveries_due'").scalar()
+    assert definition.replace('"', "").endswith("(plugin, status, next_attempt_at, id)"), definition
+    assert [claim.plugin for claim in store_.claim({"log": 5}, "test", lease=30)] == ["log"]
+
+
 def _stored_payloads(store_: Store) -> dict[str, str | bytes]:
     with store_.engine.connect() as conn:
         return dict(conn.execute(text("SELECT id, payload FROM events")).all())
@@ -582,6 +606,102 @@ def test_postgresql_duplicate_search_stays_on_its_index_as_the_table_grows(datab
         store_.dispose()
 
 
+def _plan_run(store_: Store, statement, **parameters) -> str:
+    """The plan of one of the worker's statements with these values, run: on PostgreSQL with
+    the rows each step read (EXPLAIN ANALYZE, in a transaction rolled back)."""
+    state = statement.compile(dialect=store_.engine.dialect).construct_expanded_state(parameters)
+    with store_.engine.connect() as conn:
+        if store_.is_postgres:
+            driver = conn.connection.driver_connection
+            with driver.transaction(force_rollback=True):
+                plan = driver.execute("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) " + state.statement, state.parameters)
+                return "\n".join(row[0] for row in plan)
+        values = tuple(state.parameters[name] for name in state.positiontup)
+        return "\n".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + state.statement, values))
+
+
+# Each state's part of a statement through ix_deliveries_due: PostgreSQL's, with the rows read, and SQLite's.
+_SCANS = r"Index Scan using ix_deliveries_due on deliveries(?: \w+)? \(actual rows=(\d+)"
+_SEARCHES = r"SEARCH deliveries USING (?:COVERING )?INDEX ix_deliveries_due \(plugin=\? AND status=\?"
+
+
+def test_a_claim_behind_a_backlog_reads_the_first_due_deliveries_only(migrated_store):
+    """Issue #15, schema version 13: behind a backlog (a burst of events, a plugin's target back
+    after an outage) the claim reads each state's due deliveries of the plugin in the index's
+    order and stops at ``limit``. It read every due delivery of the plugin and sorted them on
+    PostgreSQL, at every claim: a backlog's drain slowed with its size. In order all the same:
+    due time, then id; a lease that expired is taken again among them."""
+    import dataclasses
+
+    store_ = migrated_store
+    event = event_from_body(body("BILL_VALIDATE", 77))
+    for number in range(300):
+        store_.ingest(dataclasses.replace(event, id=f"evt_backlog{number:05d}", body_sha256=f"{number:064x}"),
+                      ["log", "other"])
+    with store_.engine.begin() as conn:  # ties in due time, as a replay makes, and one failed delivery
+        conn.execute(update(deliveries).values(next_attempt_at=1000.0))
+        conn.execute(update(deliveries).where(deliveries.c.id == select(func.max(deliveries.c.id))
+                                              .where(deliveries.c.plugin == "log").scalar_subquery())
+                     .values(status=FAILED, next_attempt_at=999.0))
+        if store_.is_postgres:
+            conn.execute(text("ANALYZE deliveries"))  # statistics that see the backlog
+    plan = _plan_run(store_, queue._CLAIM, plugin="log", now=time.time(), limit=2)
+    if store_.is_postgres:
+        assert "Bitmap" not in plan and not re.search(r"Sort Key: deliveries\w*\.next_attempt_at", plan), plan
+        read = [int(n) for n in re.findall(_SCANS, plan)]
+        assert len(read) == 3 and sum(read) <= 3 * 2, plan
+    else:
+        assert len(re.findall(_SEARCHES, plan)) == 3, plan
+        assert "TEMP B-TREE" not in plan.split("\nSCAN due\n")[0], plan  # sorted: the 3 x limit taken only
+    waiting = [row.id for row in _delivery_rows(store_, "log")]
+    claimed = store_.claim({"log": 3}, "test", lease=30)
+    failed_first = max(waiting)
+    assert [c.delivery_id for c in claimed] == [failed_first] + sorted(waiting)[:2]
+    with store_.engine.begin() as conn:  # the first lease expires: taken again, before the rest
+        conn.execute(update(deliveries).where(deliveries.c.id == claimed[0].delivery_id)
+                     .values(lease_expires_at=1.0))
+    again = store_.claim({"log": 2}, "test", lease=30)
+    assert [(c.delivery_id, c.reclaimed) for c in again] == [(failed_first, True), (sorted(waiting)[2], False)]
+    store_.dispose()
+
+
+def test_an_idle_look_reads_none_of_the_deliveries_waiting_for_a_retry(migrated_store):
+    """Issue #15: a worker looks for due deliveries at each idle wake-up (each new event, each
+    poll). Behind deliveries waiting for a retry (a plugin's target down for hours) the look
+    reads the first due delivery of each state through the index, not every waiting one,
+    which it read on PostgreSQL at every look."""
+    import dataclasses
+
+    store_ = migrated_store
+    event = event_from_body(body("BILL_VALIDATE", 78))
+    for number in range(300):
+        store_.ingest(dataclasses.replace(event, id=f"evt_retry{number:05d}", body_sha256=f"{number:064x}"), ["log"])
+    later = time.time() + 3600
+    with store_.engine.begin() as conn:
+        conn.execute(update(deliveries).values(status=FAILED, next_attempt_at=later))
+        if store_.is_postgres:
+            conn.execute(text("ANALYZE deliveries"))
+    plan = _plan_run(store_, queue._HAS_DUE, plugins=["log", "other"], now=time.time())
+    if store_.is_postgres:
+        # Through the index of due time by plugin and state, or by state: nothing read either way.
+        scans = r"Index (?:Only )?Scan using ix_deliveries_\w+ on deliveries(?: \w+)? \(actual rows=(\d+)"
+        read = re.findall(scans, plan)
+        assert "Bitmap" not in plan and "Rows Removed" not in plan and read == ["0", "0", "0"], plan
+    else:
+        assert len(re.findall(_SEARCHES, plan)) == 3, plan
+    assert not store_.has_due(["log"])
+    with store_.engine.begin() as conn:
+        conn.execute(update(deliveries).where(deliveries.c.id == select(func.max(deliveries.c.id)).scalar_subquery())
+                     .values(next_attempt_at=1.0))
+    assert store_.has_due(["log"]) and not store_.has_due(["other"])
+    store_.dispose()
+
+
+def _delivery_rows(store_: Store, plugin: str):
+    with store_.engine.connect() as conn:
+        return conn.execute(select(deliveries.c.id).where(deliveries.c.plugin == plugin)).all()
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_sqlite_claims_and_idle_looks_skip_finished_deliveries(database_url):
     """A worker looks for due deliveries at every claim and every idle wake-up, while the table
@@ -593,7 +713,7 @@ def test_sqlite_claims_and_idle_looks_skip_finished_deliveries(database_url):
     looked: list[tuple[str, tuple]] = []
 
     def record(_conn, _cursor, statement, parameters, _context, _executemany):
-        if statement.lstrip().upper().startswith("SELECT") and "FROM deliveries" in statement:
+        if statement.lstrip().upper().startswith(("SELECT", "WITH")) and "FROM deliveries" in statement:
             looked.append((statement, parameters))
 
     sa_event.listen(store_.engine, "before_cursor_execute", record)

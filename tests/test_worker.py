@@ -230,7 +230,7 @@ def test_a_worker_draining_a_backlog_claims_without_looking_first(make_app, tmp_
     looks = []
 
     def seen(_conn, _cursor, statement, *_args):
-        if statement.startswith("SELECT deliveries.id \nFROM deliveries"):  # Store.has_due's, not claim's
+        if statement.startswith("WITH any_"):  # Store.has_due's (its parts: any_pending...), not the claim's
             looks.append(statement)
 
     engine = app.extensions["dolibarr_webhooks"].store.engine
@@ -312,11 +312,11 @@ def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_pa
     selects, through_sqlalchemy = [], []
 
     def executed(_conn, clause, *_args):
-        if str(clause).startswith(("SELECT deliveries.id", "SELECT due.id")):  # the look's, the claim's
+        if str(clause).startswith(("WITH any_", "WITH due_")):  # the look's, the claim's
             selects.append(clause)
 
     def sent(_conn, _cursor, statement, *_args):
-        if statement.startswith(("UPDATE deliveries", "INSERT INTO attempts", "SELECT due.id")):
+        if statement.startswith(("UPDATE deliveries", "INSERT INTO attempts", "WITH due_")):
             through_sqlalchemy.append(statement)
 
     sa_event.listen(store.engine, "before_execute", executed)

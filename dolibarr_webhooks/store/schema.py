@@ -84,7 +84,9 @@ deliveries = Table(
     Column("delivered_at", Float),
     UniqueConstraint("event_id", "plugin", name="uq_deliveries_event_plugin"),
 )
-Index("ix_deliveries_due", deliveries.c.plugin, deliveries.c.status, deliveries.c.next_attempt_at)
+# The worker's claim reads each state's due deliveries of a plugin in this order, the first
+# few only (store.queue._CLAIM); the id last, as its ORDER BY's tie-break (version 13).
+Index("ix_deliveries_due", deliveries.c.plugin, deliveries.c.status, deliveries.c.next_attempt_at, deliveries.c.id)
 Index("ix_deliveries_status", deliveries.c.status, deliveries.c.next_attempt_at)
 # Every lookup by event goes through uq_deliveries_event_plugin, which begins with event_id
 # (version 8 dropped ix_deliveries_event, a second copy of that column written at each ingest).
@@ -368,6 +370,17 @@ def _lighter_ingest(conn: Connection) -> None:
     _create_indexes(conn, "ix_deliveries_delivered")
 
 
+def _claim_in_order(conn: Connection) -> None:
+    """Schema version 13: ix_deliveries_due ends with the id, so that the claim's order (due
+    time, then id) is the index's and a claim reads the first due deliveries of each state
+    only. Without it PostgreSQL read and sorted every due delivery of the plugin at each claim:
+    2 ms a claim behind a backlog of 1,000, 22 ms behind 40,000 (issue #15). SQLite's indexes
+    end with the rowid, the id, already; its index is rebuilt too, so that every store has the
+    one a new store gets."""
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_deliveries_due")
+    _create_indexes(conn, "ix_deliveries_due")
+
+
 # The deliveries tallied: those done with, for good or until a replay. The others are the
 # queue: few, and counted through ix_deliveries_status.
 TALLIED_DELIVERIES = (DELIVERED, DEAD)
@@ -545,6 +558,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (10, "deliveries: the dead ones indexed, newest event first", _dead_list),
     (11, "PostgreSQL: events tallied up to a horizon the worker moves", _folded_events),
     (12, "SQLite: only the quarantined events indexed by status", _sqlite_quarantined_only),
+    (13, "deliveries: the claim reads the due ones in the index's order", _claim_in_order),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
