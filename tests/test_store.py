@@ -153,6 +153,24 @@ def cut_connections(conn, name: str) -> None:
     conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
 
 
+def test_a_failure_whose_text_holds_a_nul_is_recorded(migrated_store):
+    """A plugin's failure may quote a remote's answer, NUL bytes included. PostgreSQL's text
+    cannot hold one: the outcome's statements failed (DataError), and the delivery stayed
+    running until its lease expired, to fail the same way again, never retried nor dead. The
+    NUL is kept as JSON writes it, as in the searchable columns."""
+    from dolibarr_webhooks.store import DELIVERED
+
+    store_ = migrated_store
+    store_.ingest(event_from_body(body(object_id=5)), ["log"])
+    claim = store_.claim({"log": 1}, "test", lease=30)[0]
+    assert store_.finish(claim, FAILED, "RuntimeError: the remote answered b'\x00\x01'", time.time() - 1, "test")
+    with store_.engine.connect() as conn:
+        row = conn.execute(select(deliveries.c.status, deliveries.c.last_error)).one()
+    assert row.status == FAILED and row.last_error == "RuntimeError: the remote answered b'\\u0000\x01'"
+    again = store_.claim({"log": 1}, "test", lease=30)[0]
+    assert store_.finish(again, DELIVERED, None, None, "test")
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgresql_read_only_or_dropped_answers_503(make_app, tmp_path, database_url):
     app = make_app(handler_config(tmp_path, recorder=True))
@@ -723,7 +741,7 @@ def test_sqlite_claims_and_idle_looks_skip_finished_deliveries(database_url):
     finally:
         sa_event.remove(store_.engine, "before_cursor_execute", record)
     assert len(looked) == 1  # the look; the claim runs on the driver's cursor (Store._execute): as it does
-    sql, names, own = sqlite_fast._compile(store_.engine.dialect, queue._CLAIM, None)
+    sql, names, own = sqlite_fast.compiled_once(store_.engine.dialect, queue._CLAIM, None)
     claim_parameters = dict(own, plugin="log", now=time.time(), limit=2)
     looked.append((sql, tuple(claim_parameters[name] for name in names)))
     with store_.engine.connect() as conn:

@@ -134,8 +134,8 @@ _HAS_DUE = select(union_all(*(select(part.c.id) for part in _ANY_DUE)).subquery(
 
 def _storable(value: str | None) -> str | None:
     """Text for a column: PostgreSQL's text cannot hold NUL, so NUL is written as JSON writes
-    it, ``\\u0000``. Only the searchable columns go through this: the payload, JSON, already
-    escapes it, and handlers get the event from the payload, exactly as it came."""
+    it, ``\\u0000``. The searchable columns and a failure's text go through this: the payload,
+    JSON, already escapes it, and handlers get the event from the payload, exactly as it came."""
     if value is not None and "\x00" in value:
         return value.replace("\x00", "\\u0000")
     return value
@@ -520,6 +520,7 @@ class Store(Inspection):
     def _finish(self, conn, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
                 worker: str, outcome: str | None = None, count_attempt: bool = True) -> bool:
         now = time.time()  # after any wait for SQLite's write lock
+        error = _storable(error)  # a plugin's message may hold a NUL (a remote's binary answer, quoted)
         values: dict[str, Any] = dict(status=status, last_error=error, lease_token=None, lease_expires_at=None,
                                       locked_by=None, updated_at=now)
         if count_attempt:
