@@ -172,6 +172,31 @@ def test_a_failure_whose_text_holds_a_nul_is_recorded(migrated_store):
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_worker_statement_that_meets_a_lost_connection_fails_once(database_url):
+    """The worker's claims and outcomes run on the driver's cursor (store.postgres_fast): a
+    connection the server closed meanwhile (a restart, a failover) fails the statement as an
+    OperationalError, as SQLAlchemy's execution did, and is not lent again: the next call,
+    at once, gets a new connection."""
+    from sqlalchemy.exc import OperationalError
+
+    from dolibarr_webhooks.store import DELIVERED
+
+    admin = Store(database_url)
+    admin.migrate()
+    for number in (1, 2):
+        admin.ingest(event_from_body(body(object_id=number)), ["log"])
+    worker_store = Store.for_worker(database_url)
+    claim = worker_store.claim({"log": 1}, "test", lease=30)[0]
+    with maintenance(database_url) as conn:
+        cut_connections(conn, database_url.rsplit("/", 1)[1])
+    with pytest.raises(OperationalError):
+        worker_store.finish(claim, DELIVERED, None, None, "test")
+    assert [c.event.object_id for c in worker_store.claim({"log": 1}, "test", lease=30)] == ["2"]
+    worker_store.dispose()
+    admin.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_postgresql_read_only_or_dropped_answers_503(make_app, tmp_path, database_url):
     app = make_app(handler_config(tmp_path, recorder=True))
     client = app.test_client()

@@ -300,7 +300,9 @@ def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_pa
     then SQLAlchemy's cache key of all of it), and on SQLite the claim's and the outcome's
     statements went through SQLAlchemy's execution: more of the worker's CPU per delivery than
     the statements themselves (bench/drain.py). They are built once, ``now`` and the limit
-    bound when run; on SQLite the claim and the outcome run on the driver's cursor."""
+    bound when run; the claim and the outcome run on the driver's cursor (on PostgreSQL too
+    since the driver's cost was measured there: 0.80 against 0.63 ms of the worker's CPU a
+    delivery)."""
     from sqlalchemy import event as sa_event
 
     from dolibarr_webhooks.store import queue, sqlite_fast
@@ -328,13 +330,9 @@ def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_pa
         sa_event.remove(store.engine, "before_cursor_execute", sent)
     assert len(read_records(tmp_path / "recorder.jsonl")) == 6
     assert any(clause is queue._HAS_DUE for clause in selects)
-    assert all(clause is queue._CLAIM or clause is queue._HAS_DUE for clause in selects), \
-        {str(clause) for clause in selects}
-    if store.is_postgres:
-        assert any(clause is queue._CLAIM for clause in selects)
-    else:
-        assert not through_sqlalchemy and not any(clause is queue._CLAIM for clause in selects)
-        assert (id(queue._CLAIM), None, "sqlite") in sqlite_fast._compiled
+    assert all(clause is queue._HAS_DUE for clause in selects), {str(clause) for clause in selects}
+    assert not through_sqlalchemy, through_sqlalchemy
+    assert (id(queue._CLAIM), None, store.engine.dialect.name) in sqlite_fast._compiled
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

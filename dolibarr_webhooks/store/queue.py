@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..events import Event
-from . import payloads, sqlite_fast
+from . import payloads, postgres_fast, sqlite_fast
 from .engine import make_engine, make_request_engine, normalise_url, reopen_if_stale, sqlite_path
 from .failures import FAILURES, DeadlinePassed, error_line, store_error
 from .inspect import Inspection
@@ -542,11 +542,12 @@ class Store(Inspection):
                  keys: tuple[str, ...] | None = None):
         """One of the worker's statements (built once) in a ``_worker_write`` transaction, once,
         or for each of a list of parameters (one round trip on PostgreSQL: psycopg pipelines
-        them); its result read with ``fetchall``, ``fetchone`` or ``rowcount`` only. On SQLite,
-        on the driver's cursor (sqlite_fast): SQLAlchemy's execution cost the worker more CPU
-        than the statements (issue #15). ``keys``: the columns an INSERT or an UPDATE sets."""
+        them); its result read with ``fetchall``, ``fetchone`` or ``rowcount`` only. On the
+        driver's cursor (sqlite_fast, postgres_fast): SQLAlchemy's execution cost the worker
+        more CPU than the statements (issue #15). ``keys``: the columns an INSERT or an UPDATE
+        sets."""
         if self.is_postgres:
-            return conn.execute(statement, params)
+            return postgres_fast.execute(conn, statement, params, keys)
         if isinstance(params, list):
             return sqlite_fast.executemany(conn, statement, params, keys)
         return sqlite_fast.execute(conn, statement, params, keys)

@@ -109,14 +109,16 @@ class Drivers:
             driver.close()
 
 
-def _compile(dialect, statement: ClauseElement, keys: Sequence[str] | None):
-    """(SQL, parameter names in order, values of the statement's own parameters: LIMIT...)."""
+def compiled_once(dialect, statement: ClauseElement, keys: Sequence[str] | None):
+    """(SQL, parameter names in order, values of the statement's own parameters: LIMIT...),
+    compiled at the first call for this statement, ``keys`` and dialect. The names are ()
+    for a dialect that takes the parameters by name (PostgreSQL's ``%(name)s``)."""
     cache_key = (id(statement), tuple(keys) if keys is not None else None, dialect.name)
     found = _compiled.get(cache_key)
     if found is None:
         compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
         own = {name: bind.value for name, bind in compiled.binds.items() if bind.value is not None}
-        found = _compiled[cache_key] = (compiled.string, tuple(compiled.positiontup), own)
+        found = _compiled[cache_key] = (compiled.string, tuple(compiled.positiontup or ()), own)
     return found
 
 
@@ -125,14 +127,14 @@ def execute(conn: Connection | Driver, statement: ClauseElement, params: dict[st
     """Run ``statement`` (kept alive by the caller: compiled once, by identity) with
     ``params`` on a ``Driver`` or inside a SQLAlchemy connection's transaction; ``keys``:
     the columns an INSERT sets."""
-    sql, names, own = _compile(conn.dialect, statement, keys)
+    sql, names, own = compiled_once(conn.dialect, statement, keys)
     values = [params[name] if name in params else own[name] for name in names]
     return _run(conn, sql, lambda cursor: cursor.execute(sql, values), values)
 
 
 def executemany(conn: Connection | Driver, statement: ClauseElement, rows: Iterable[dict[str, Any]],
                 keys: Sequence[str]) -> sqlite3.Cursor:
-    sql, names, own = _compile(conn.dialect, statement, keys)
+    sql, names, own = compiled_once(conn.dialect, statement, keys)
     values = [[row[name] if name in row else own[name] for name in names] for row in rows]
     return _run(conn, sql, lambda cursor: cursor.executemany(sql, values), values)
 
