@@ -24,7 +24,7 @@ from ..exceptions import PermanentFailure, RetryLater
 from ..logs import request_id
 from .notices import Notices
 from ..plugins import Plugins
-from ..store import DEAD, DELIVERED, FAILED, Claim, Store, StoreError, error_line
+from ..store import DEAD, DELIVERED, FAILED, PENDING, Claim, Store, StoreError, error_line
 from .wakeup import CommitWatch, NotifyListener, Wakeup
 from ..store.dashboard import HEARTBEAT_INTERVAL, beat, forget
 
@@ -176,7 +176,7 @@ class Worker:
 
     def _release(self, claim: Claim) -> None:
         """Hand a claimed delivery back, due at once, without counting an attempt (the worker stops)."""
-        self.store.finish(claim, FAILED if claim.attempts else "pending", "released at shutdown",
+        self.store.finish(claim, FAILED if claim.attempts else PENDING, "released at shutdown",
                           time.time(), self.name, outcome="released", count_attempt=False)
         logger.warning("released %s delivery of event %s at shutdown", claim.plugin, claim.event.id)
 

@@ -76,9 +76,8 @@ _NEXT_RETRY = select(func.min(deliveries.c.next_attempt_at)).where(
 
 
 def _state(state: str):
-    """A state as the SQL literal ``'pending'``: written in the statements, not bound, so that
-    a partial index's condition can match, and because the claim runs on the driver's cursor
-    (``Store._execute``), which takes plain parameters only."""
+    """A state as the SQL literal ``'pending'``, written in the statement, not bound: the claim
+    runs on the driver's cursor (``Store._execute``), which takes plain parameters only."""
     return literal_column(f"'{state}'")
 
 
