@@ -33,9 +33,8 @@ def drain(url: str, count: int, concurrency: int, workdir: Path) -> dict[str, fl
     store = service.store
     env = service_env(url, workdir, PLUGINS="log", WORKER_CONCURRENCY=str(concurrency))
     server = Server(Path(sys.executable), workdir, env, free_port())
-    postgres = not url.startswith("sqlite")
     try:
-        database_cpu = postgres_cpu() if postgres else 0.0
+        database_cpu = None if url.startswith("sqlite") else postgres_cpu()  # the server's own, on PostgreSQL
         started = time.monotonic()
         worker = server.start_worker()
         first = None
@@ -51,7 +50,8 @@ def drain(url: str, count: int, concurrency: int, workdir: Path) -> dict[str, fl
                 raise RuntimeError(f"{delivered} of {count} delivered:\n{(workdir / 'worker.log').read_text()[-2000:]}")
             time.sleep(0.02)
         cpu = tree_cpu(worker.pid)
-        database_cpu = postgres_cpu() - database_cpu if postgres else None
+        if database_cpu is not None:
+            database_cpu = postgres_cpu() - database_cpu
     finally:
         server.close()
         store.dispose()
