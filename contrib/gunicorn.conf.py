@@ -98,8 +98,11 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT") or 20)
 # TimeoutStopSec above it.
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT") or 20)
 
-# nginx opens a new connection per request (its upstream keeps none); a client that keeps
-# one open gets 2 s for its next request.
+# nginx keeps its connections to gunicorn and closes an idle one after 1 s (its upstream's
+# keepalive_timeout), so before gunicorn closes it here, after 2 s; a stopping worker also
+# keeps its idle connections 2 s, answering with "Connection: close" (gunicorn 24 and
+# later). Keep this above nginx's: a connection gunicorn closes while nginx sends a POST
+# on it is a 502 to Dolibarr. Any other client that keeps one open gets 2 s as well.
 keepalive = 2
 
 # GUNICORN_MAX_REQUESTS: recycle a worker after this many requests (0: never), with jitter so

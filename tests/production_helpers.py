@@ -5,20 +5,25 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
 from dolibarr_webhooks.samples import sample_body
+from dolibarr_webhooks.store import Store
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, free_port, wait_for, wait_for_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -218,6 +223,63 @@ def running_nginx(folder: Path, upstream_port: int) -> Iterator[Nginx]:
 
 
 # -- Dolibarr-shaped bodies -------------------------------------------------------------------
+def body(code: str, object_id: int) -> bytes:
+    """A sample body made unique (the dedup window would call identical ones duplicates)."""
+    data = json.loads(sample_body(code))
+    data["object"]["id"] = object_id
+    return json.dumps(data).encode()
+
+
+class Load:
+    """``clients`` threads posting unique bodies, each client on its own kept-alive connection,
+    until ``stop()``: the ids acknowledged, in order, every failure, and the slowest answer.
+    ``session``: makes each client's session (nginx.session for a test certificate);
+    ``pause``: seconds each client waits between its posts (under nginx's flood limit)."""
+
+    def __init__(self, url: str, clients: int = 8, session: Callable[[], requests.Session] = requests.Session,
+                 pause: float = 0.0) -> None:
+        self.url, self.acknowledged, self.failures, self.slowest = url, [], [], 0.0
+        self._numbers, self._lock, self._stop = itertools.count(1), threading.Lock(), threading.Event()
+        self._session, self._pause = session, pause
+        self._pool = ThreadPoolExecutor(max_workers=clients)
+        self._clients = [self._pool.submit(self._client) for _ in range(clients)]
+
+    def _client(self) -> None:
+        session = self._session()
+        while not self._stop.wait(self._pause):
+            with self._lock:
+                number = next(self._numbers)
+            started = time.monotonic()
+            try:
+                response = session.post(self.url, data=body("BILL_PAYED", number), headers=DOLIBARR_HEADERS,
+                                        timeout=10)
+            except requests.RequestException as exc:
+                with self._lock:
+                    self.failures.append(type(exc).__name__)
+                time.sleep(0.01)
+                continue
+            with self._lock:
+                self.slowest = max(self.slowest, time.monotonic() - started)
+                if 200 <= response.status_code < 300:
+                    self.acknowledged.append(response.json()["id"])
+                else:
+                    self.failures.append(str(response.status_code))
+
+    def stop(self) -> None:
+        self._stop.set()
+        for client in self._clients:
+            client.result(timeout=30)
+        self._pool.shutdown()
+
+
+def missing_from_store(service, event_ids: list[str]) -> list[str]:
+    store = Store(service.env["DOLIBARR_WEBHOOKS_DATABASE_URL"])
+    try:
+        return [event_id for event_id in event_ids if store.show(event_id) is None]
+    finally:
+        store.dispose()
+
+
 def php_json(data: Any) -> bytes:
     """JSON as PHP's json_encode writes it: ASCII only, '/' escaped."""
     return json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("/", "\\/").encode()

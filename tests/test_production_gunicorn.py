@@ -4,14 +4,12 @@ SIGTERM in the middle of traffic."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,21 +19,13 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from dolibarr_webhooks.web.ratelimit import key_prefix
-from dolibarr_webhooks.samples import sample_body
-from dolibarr_webhooks.store import Store
 from dolibarr_webhooks.testing import running_service, wait_for
-from production_helpers import DOLIBARR_HEADERS, GUNICORN_CONF, plain_app_under_gunicorn, production_env, service_logs
+from production_helpers import (DOLIBARR_HEADERS, GUNICORN_CONF, Load, body, missing_from_store,
+                                plain_app_under_gunicorn, production_env, service_logs)
 
 pytestmark = pytest.mark.slow
 
 REDIS_URL = "redis://127.0.0.1:6379"
-
-
-def body(code: str, object_id: int) -> bytes:
-    """A sample body made unique (the dedup window would call identical ones duplicates)."""
-    data = json.loads(sample_body(code))
-    data["object"]["id"] = object_id
-    return json.dumps(data).encode()
 
 
 def post(url: str, data: bytes, **kwargs) -> requests.Response:
@@ -252,52 +242,6 @@ def test_text_logs_follow_log_level_and_hide_secrets(tmp_path):
 
 
 # -- SIGTERM under load -----------------------------------------------------------------------------
-class Load:
-    """``clients`` threads posting unique bodies, each on a new connection, until ``stop()``:
-    the ids acknowledged, in order, every failure, and the slowest answer."""
-
-    def __init__(self, url: str, clients: int = 8) -> None:
-        self.url, self.acknowledged, self.failures, self.slowest = url, [], [], 0.0
-        self._numbers, self._lock, self._stop = itertools.count(1), threading.Lock(), threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=clients)
-        self._clients = [self._pool.submit(self._client) for _ in range(clients)]
-
-    def _client(self) -> None:
-        session = requests.Session()
-        while not self._stop.is_set():
-            with self._lock:
-                number = next(self._numbers)
-            started = time.monotonic()
-            try:
-                response = session.post(self.url, data=body("BILL_PAYED", number), headers=DOLIBARR_HEADERS,
-                                        timeout=10)
-            except requests.RequestException as exc:
-                with self._lock:
-                    self.failures.append(type(exc).__name__)
-                time.sleep(0.01)
-                continue
-            with self._lock:
-                self.slowest = max(self.slowest, time.monotonic() - started)
-                if 200 <= response.status_code < 300:
-                    self.acknowledged.append(response.json()["id"])
-                else:
-                    self.failures.append(str(response.status_code))
-
-    def stop(self) -> None:
-        self._stop.set()
-        for client in self._clients:
-            client.result(timeout=30)
-        self._pool.shutdown()
-
-
-def missing_from_store(service, event_ids: list[str]) -> list[str]:
-    store = Store(service.env["DOLIBARR_WEBHOOKS_DATABASE_URL"])
-    try:
-        return [event_id for event_id in event_ids if store.show(event_id) is None]
-    finally:
-        store.dispose()
-
-
 def test_sigterm_under_load_loses_no_acknowledged_event(tmp_path):
     with running_service(env=production_env(), workers=2, worker=False) as service:
         web = service.processes["web"]

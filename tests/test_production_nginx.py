@@ -10,16 +10,23 @@ really reads the client address nginx passes on.
 from __future__ import annotations
 
 import base64
+import os
+import re
+import signal
 import time
 from http.server import BaseHTTPRequestHandler
+from importlib.metadata import version
+from pathlib import Path
 
 import pytest
 import requests
 
 from dolibarr_webhooks.samples import sample_body, sample_codes
-from dolibarr_webhooks.testing import local_http_server, running_service
-from production_helpers import (Nginx, big_invoice, cli_json, dolibarr_post, dolibarr_send, production_env,
-                                require_tool, running_nginx, service_logs)
+from dolibarr_webhooks.settings import parse_duration
+from dolibarr_webhooks.testing import local_http_server, running_service, wait_for
+from production_helpers import (GUNICORN_CONF, NGINX_SITE, Load, Nginx, big_invoice, cli_json, dolibarr_post,
+                                dolibarr_send, missing_from_store, production_env, require_tool, running_nginx,
+                                service_logs)
 
 pytestmark = pytest.mark.slow
 
@@ -252,6 +259,83 @@ def test_request_ids_from_a_client_are_replaced_by_nginx(stack):
                              headers={"X-Request-Id": "client-chosen"})
     assert response.status_code == 200
     assert response.headers["X-Request-Id"] != "client-chosen" and len(response.headers["X-Request-Id"]) == 32
+
+
+def _connections_to(port: int) -> set[int]:
+    """The local ports of this machine's TCP connections to ``port``, in any state but
+    listening (a closed one stays in TIME_WAIT for a minute): nginx's side of its
+    connections to gunicorn."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                local, remote, state = line.split()[1:4]
+                if int(remote.rsplit(":", 1)[1], 16) == port and state != "0A":
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+def test_nginx_keeps_its_connections_to_gunicorn(stack):
+    """Dolibarr's curl posts each event on a new connection; nginx passes them on over the
+    connection it keeps to gunicorn instead of opening one per request (which cost gunicorn
+    a fifth of its CPU a request: bench/behind_nginx.py)."""
+    service, nginx = stack
+    before = _connections_to(service.port)
+    for _ in range(10):
+        with nginx.session() as session:  # a new connection to nginx each time
+            assert dolibarr_post(session, webhook(nginx, service), sample_body("BILL_PAYED")).status_code == 200
+    opened = _connections_to(service.port) - before
+    assert len(opened) <= 1, f"nginx opened {len(opened)} connections to gunicorn for 10 requests"
+
+
+def _upstream_idle_timeout() -> float:
+    upstream = re.search(r"^upstream dolibarr_webhooks \{(.*?)^\}", NGINX_SITE.read_text(), re.MULTILINE | re.DOTALL)
+    return parse_duration(re.search(r"^\s*keepalive_timeout (\w+);", upstream.group(1), re.MULTILINE).group(1))
+
+
+def test_nginx_closes_an_idle_connection_to_gunicorn_before_gunicorn_does():
+    """Were gunicorn to close a kept connection just as nginx sends a POST on it, nginx would
+    answer 502 and never send it again: a Dolibarr user's action fails. So nginx lets an idle
+    one go first: before gunicorn's keepalive, and before a stopping worker closes its idle
+    ones (gunicorn 24 and later keep them that long, answering with "Connection: close")."""
+    nginx_idle = _upstream_idle_timeout()
+    gunicorn_idle = int(re.search(r"^keepalive = (\d+)$", GUNICORN_CONF.read_text(), re.MULTILINE).group(1))
+    assert 0 < nginx_idle <= gunicorn_idle / 2
+    assert int(version("gunicorn").split(".")[0]) >= 24
+    from gunicorn.workers import gthread
+
+    assert nginx_idle <= getattr(gthread, "STOP_KEEPALIVE_LINGER", gunicorn_idle) / 2
+
+
+def _worker_pids(master: int) -> set[int]:
+    return {int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
+
+
+def test_a_reload_under_load_through_nginx_fails_no_request(tmp_path):
+    """``systemctl reload`` (HUP: new workers, then the old ones stop) twice while Dolibarr
+    posts through nginx, which keeps its connections to the old workers: every request is
+    answered 2xx and stored, none gets nginx's 502."""
+    with running_service(env=production_env(DOLIBARR_WEBHOOKS_TRUSTED_PROXIES="1"), workers=2,
+                         worker=False) as service, running_nginx(tmp_path, service.port) as nginx:
+        master = service.processes["web"].pid
+        # 8 clients at 5 posts a second each: under the site's flood limit (50 a second).
+        load = Load(webhook(nginx, service), clients=8, session=nginx.session, pause=0.2)
+        try:
+            for _ in range(2):
+                time.sleep(1.5)
+                old = _worker_pids(master)
+                os.kill(master, signal.SIGHUP)
+                wait_for(lambda: len(_worker_pids(master)) == 2 and not _worker_pids(master) & old, 30,
+                         message=lambda: f"the old workers were not replaced\n{service.logs()}")
+            answered = len(load.acknowledged)
+            wait_for(lambda: len(load.acknowledged) > answered + 20, 10, message="no answers after the reloads")
+        finally:
+            load.stop()
+        assert not load.failures, f"{len(load.failures)} requests failed across the reloads: {load.failures[:10]}"
+        missing = missing_from_store(service, load.acknowledged)
+        assert not missing, f"{len(missing)} acknowledged events are not in the store: {missing[:5]}"
+        print(f"\ntwo reloads under load through nginx: {len(load.acknowledged)} acknowledged and stored, none failed; "
+              f"slowest answer {load.slowest:.2f}s")
 
 
 def test_nginx_stops_a_flood_with_a_json_429(stack):
