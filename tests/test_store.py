@@ -27,7 +27,7 @@ from sqlalchemy import func, select, text, update
 
 from dolibarr_webhooks.ids import new_event_id
 from dolibarr_webhooks.pipeline.parse import event_from_body
-from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, gauges, normalise_url, queue, sqlite_fast
+from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, compiled, gauges, normalise_url, queue
 from dolibarr_webhooks.store.schema import FAILED, deliveries
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, wait_for
 from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, read_records, running_worker,
@@ -766,7 +766,7 @@ def test_sqlite_claims_and_idle_looks_skip_finished_deliveries(database_url):
     finally:
         sa_event.remove(store_.engine, "before_cursor_execute", record)
     assert len(looked) == 1  # the look; the claim runs on the driver's cursor (Store._execute): as it does
-    sql, names, own = sqlite_fast.compiled_once(store_.engine.dialect, queue._CLAIM, None)
+    sql, names, own = compiled.compiled_once(store_.engine.dialect, queue._CLAIM, None)
     claim_parameters = dict(own, plugin="log", now=time.time(), limit=2)
     looked.append((sql, tuple(claim_parameters[name] for name in names)))
     with store_.engine.connect() as conn:

@@ -305,7 +305,7 @@ def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_pa
     delivery)."""
     from sqlalchemy import event as sa_event
 
-    from dolibarr_webhooks.store import queue, sqlite_fast
+    from dolibarr_webhooks.store import compiled, queue
 
     app = make_app(handler_config(tmp_path, recorder=True), WORKER_CONCURRENCY=2, BLOCK_PLUGINS="log")
     for n in range(6):
@@ -332,7 +332,7 @@ def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_pa
     assert any(clause is queue._HAS_DUE for clause in selects)
     assert all(clause is queue._HAS_DUE for clause in selects), {str(clause) for clause in selects}
     assert not through_sqlalchemy, through_sqlalchemy
-    assert (id(queue._CLAIM), None, store.engine.dialect.name) in sqlite_fast._compiled
+    assert (id(queue._CLAIM), None, store.engine.dialect.name) in compiled._compiled
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -1,7 +1,7 @@
 """The PostgreSQL worker's claims and outcomes on the driver's cursor, inside the store's
 transaction: SQLAlchemy's ``Connection.execute`` cost the worker more CPU than building the
 parameters and reading the rows (0.80 against 0.63 ms a delivery, issue #15), as it did on
-SQLite (``sqlite_fast``, whose compiled statements these share). A driver error is raised as
+SQLite (``sqlite_fast``; both run the statements of ``compiled``). A driver error is raised as
 SQLAlchemy raises it (``OperationalError``, ``IntegrityError``...), so that
 ``failures.classify_error`` tells an outage from bad data. A connection the driver lost is
 not lent again: the transaction's end finds it broken and the pool drops it.
@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
-from .sqlite_fast import compiled_once
+from .compiled import compiled_once
 
 if TYPE_CHECKING:  # psycopg is imported with a PostgreSQL store only, as SQLAlchemy imports its driver
     import psycopg

@@ -4,8 +4,8 @@ the driver's cursor, their transactions on driver connections kept by the store 
 Going through ``Connection.execute`` costs more CPU than the statements themselves, and a
 pool checkout, SQLAlchemy's transaction and its ``begin`` listener cost about as much again
 (the figures are in bench/README.rst, issue #15).
-Each statement is compiled once by SQLAlchemy for the connection's dialect, so the SQL and
-its parameters stay those of the Core statements in ``store``; the writers' turn, the busy
+Each statement is compiled once by SQLAlchemy for the connection's dialect (``compiled``), so
+the SQL and its parameters stay those of the Core statements in ``store``; the writers' turn, the busy
 timeout and the group commit stay the store's. A driver error is raised as SQLAlchemy
 raises it (``IntegrityError``, ``OperationalError``...), so ``store.classify_error`` tells a
 data error from an outage as before, and a file opened read-only marks the engine stale as
@@ -23,9 +23,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
+from .compiled import compiled_once
 from .engine import mark_if_stale, set_busy_timeout
-
-_compiled: dict[tuple[int, tuple[str, ...] | None, str], tuple[str, tuple[str, ...], dict[str, Any]]] = {}
 
 
 class Driver:
@@ -107,19 +106,6 @@ class Drivers:
             mine = self._pid == os.getpid()
         for driver in idle if mine else ():
             driver.close()
-
-
-def compiled_once(dialect, statement: ClauseElement, keys: Sequence[str] | None):
-    """(SQL, parameter names in order, values of the statement's own parameters: LIMIT...),
-    compiled at the first call for this statement, ``keys`` and dialect. The names are ()
-    for a dialect that takes the parameters by name (PostgreSQL's ``%(name)s``)."""
-    cache_key = (id(statement), tuple(keys) if keys is not None else None, dialect.name)
-    found = _compiled.get(cache_key)
-    if found is None:
-        compiled = statement.compile(dialect=dialect, column_keys=list(keys) if keys is not None else None)
-        own = {name: bind.value for name, bind in compiled.binds.items() if bind.value is not None}
-        found = _compiled[cache_key] = (compiled.string, tuple(compiled.positiontup or ()), own)
-    return found
 
 
 def execute(conn: Connection | Driver, statement: ClauseElement, params: dict[str, Any],
