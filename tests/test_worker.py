@@ -373,9 +373,11 @@ def test_sigterm_finishes_a_running_handler_within_grace_or_releases_it(make_app
     first = post(app, body(object_id=1))["id"]
     wait_for(lambda: sleeper_started(sleeper_file, first), timeout=15, message="handler started")
     started = time.monotonic()
-    assert processes.stop("worker", signal.SIGTERM) == 0
-    assert time.monotonic() - started < 5
-    assert by_plugin(app, first)["sleeper"]["status"] == "delivered"
+    assert processes.stop("worker", signal.SIGTERM) == 0, processes.logs()
+    stopped_after = time.monotonic() - started
+    # (It failed once in hundreds of runs, in a long batch: the logs say which step was slow.)
+    assert stopped_after < 5, f"the worker stopped {stopped_after:.2f} s after SIGTERM\n{processes.logs()}"
+    assert by_plugin(app, first)["sleeper"]["status"] == "delivered", processes.logs()
 
     # Longer than the grace period: the delivery is handed back, not left running.
     processes.env.update(DOLIBARR_WEBHOOKS_SLEEPER_SECONDS="60", DOLIBARR_WEBHOOKS_SHUTDOWN_GRACE="0.5s")
@@ -383,10 +385,11 @@ def test_sigterm_finishes_a_running_handler_within_grace_or_releases_it(make_app
     second = post(app, body(object_id=2))["id"]
     wait_for(lambda: sleeper_started(sleeper_file, second), timeout=15, message="handler started")
     started = time.monotonic()
-    assert processes.stop("worker", signal.SIGTERM) == 0
-    assert time.monotonic() - started < 0.5 + 3
+    assert processes.stop("worker", signal.SIGTERM) == 0, processes.logs()
+    stopped_after = time.monotonic() - started
+    assert stopped_after < 0.5 + 3, f"the worker stopped {stopped_after:.2f} s after SIGTERM\n{processes.logs()}"
     released = by_plugin(app, second)["sleeper"]
-    assert released["status"] == "pending" and released["attempts"] == 0
+    assert released["status"] == "pending" and released["attempts"] == 0, (released, processes.logs())
     assert outcomes(released) == ["released"]
     assert stats(app)["deliveries"]["running"] == 0
 
