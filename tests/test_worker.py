@@ -371,7 +371,8 @@ def test_sigterm_finishes_a_running_handler_within_grace_or_releases_it(make_app
     # Within the grace period: the handler finishes, then the worker exits.
     processes.start_worker()
     first = post(app, body(object_id=1))["id"]
-    wait_for(lambda: sleeper_started(sleeper_file, first), timeout=15, message="handler started")
+    wait_for(lambda: sleeper_started(sleeper_file, first), timeout=15,
+             message=lambda: f"handler not started\n{processes.logs()}")
     started = time.monotonic()
     assert processes.stop("worker", signal.SIGTERM) == 0, processes.logs()
     stopped_after = time.monotonic() - started
@@ -383,7 +384,8 @@ def test_sigterm_finishes_a_running_handler_within_grace_or_releases_it(make_app
     processes.env.update(DOLIBARR_WEBHOOKS_SLEEPER_SECONDS="60", DOLIBARR_WEBHOOKS_SHUTDOWN_GRACE="0.5s")
     processes.start_worker()
     second = post(app, body(object_id=2))["id"]
-    wait_for(lambda: sleeper_started(sleeper_file, second), timeout=15, message="handler started")
+    wait_for(lambda: sleeper_started(sleeper_file, second), timeout=15,
+             message=lambda: f"handler not started\n{processes.logs()}")
     started = time.monotonic()
     assert processes.stop("worker", signal.SIGTERM) == 0, processes.logs()
     stopped_after = time.monotonic() - started
