@@ -121,11 +121,19 @@ def test_hostile_requests_never_get_a_5xx_nor_kill_a_worker(stack, through):
         # nginx's flood limit (50 per second, bursts of 200) may answer any of them first.
         if not (through == "nginx" and answer.status == 429):
             by_name.setdefault(request.name, set()).add(answer.status)
-    assert by_name["valid event"] == {200} and by_name["chunked, valid"] == {200}
-    assert by_name["chunked over the limit"] == {413}, "too large, whatever the framing"
-    assert by_name["double slash"] == {404}, "no redirect that repeats the secret"
-    assert by_name["lone surrogate"] <= {200} and by_name["deep nesting closed"] <= {202}
-    assert by_name["chunked, bad size"] == {400} and by_name["chunked, unauthenticated and bad"] == {400}
+
+    def answered(name: str, expected: set) -> set:
+        # Through nginx, with thousands sent (DOLIBARR_WEBHOOKS_HOSTILE_BODIES), the flood limit
+        # may have answered every request of a name: nothing else to check for it then.
+        assert name in by_name or through == "nginx", f"no answer to {name!r}"
+        return by_name.get(name, expected)
+
+    assert answered("valid event", {200}) == {200} and answered("chunked, valid", {200}) == {200}
+    assert answered("chunked over the limit", {413}) == {413}, "too large, whatever the framing"
+    assert answered("double slash", {404}) == {404}, "no redirect that repeats the secret"
+    assert answered("lone surrogate", {200}) <= {200} and answered("deep nesting closed", {202}) <= {202}
+    assert answered("chunked, bad size", {400}) == {400}
+    assert answered("chunked, unauthenticated and bad", {400}) == {400}
     # What got a 2xx is stored, and only that.
     accepted = sum(1 for _, answer in answers if answer.status is not None and 200 <= answer.status < 300)
     assert stored_count(service) - before == accepted
