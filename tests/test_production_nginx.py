@@ -278,7 +278,7 @@ def _connections_to(port: int) -> set[int]:
 def test_nginx_keeps_its_connections_to_gunicorn(stack):
     """Dolibarr's curl posts each event on a new connection; nginx passes them on over the
     connection it keeps to gunicorn instead of opening one per request (which cost gunicorn
-    a fifth of its CPU a request: bench/behind_nginx.py)."""
+    a quarter more CPU a request: bench/behind_nginx.py)."""
     service, nginx = stack
     before = _connections_to(service.port)
     for _ in range(10):

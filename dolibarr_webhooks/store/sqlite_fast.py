@@ -4,12 +4,12 @@ the driver's cursor, their transactions on driver connections kept by the store 
 Going through ``Connection.execute`` costs more CPU than the statements themselves, and a
 pool checkout, SQLAlchemy's transaction and its ``begin`` listener cost about as much again
 (the figures are in bench/README.rst, issue #15).
-Each statement is compiled once by SQLAlchemy for the connection's dialect (``compiled``), so
-the SQL and its parameters stay those of the Core statements in ``store``; the writers' turn, the busy
-timeout and the group commit stay the store's. A driver error is raised as SQLAlchemy
-raises it (``IntegrityError``, ``OperationalError``...), so ``store.classify_error`` tells a
-data error from an outage as before, and a file opened read-only marks the engine stale as
-SQLAlchemy's ``handle_error`` listener does.
+Each statement is compiled once by SQLAlchemy for the connection's dialect (``compiled``),
+so the SQL and its parameters stay those of the Core statements in ``store``; the writers'
+turn, the busy timeout and the group commit stay the store's. A driver error is raised as
+SQLAlchemy raises it (``IntegrityError``, ``OperationalError``...), so
+``store.classify_error`` tells a data error from an outage as before, and a file opened
+read-only marks the engine stale as SQLAlchemy's ``handle_error`` listener does.
 """
 
 from __future__ import annotations
