@@ -9,6 +9,7 @@ neither is ever skipped.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -171,6 +172,22 @@ def test_a_failure_whose_text_holds_a_nul_is_recorded(migrated_store):
     assert store_.finish(again, DELIVERED, None, None, "test")
 
 
+@contextlib.contextmanager
+def worker_with_a_claim(database_url: str, events: int):
+    """A store with ``events`` events for plugin ``log``, and a worker's store holding the
+    claim of the first."""
+    admin = Store(database_url)
+    admin.migrate()
+    for number in range(1, events + 1):
+        admin.ingest(event_from_body(body(object_id=number)), ["log"])
+    worker_store = Store.for_worker(database_url)
+    try:
+        yield worker_store, worker_store.claim({"log": 1}, "test", lease=30)[0]
+    finally:
+        worker_store.dispose()
+        admin.dispose()
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_worker_statement_that_meets_a_lost_connection_fails_once(database_url):
     """The worker's claims and outcomes run on the driver's cursor (store.postgres_fast): a
@@ -181,19 +198,72 @@ def test_a_worker_statement_that_meets_a_lost_connection_fails_once(database_url
 
     from dolibarr_webhooks.store import DELIVERED
 
-    admin = Store(database_url)
-    admin.migrate()
-    for number in (1, 2):
-        admin.ingest(event_from_body(body(object_id=number)), ["log"])
-    worker_store = Store.for_worker(database_url)
-    claim = worker_store.claim({"log": 1}, "test", lease=30)[0]
-    with maintenance(database_url) as conn:
-        cut_connections(conn, database_url.rsplit("/", 1)[1])
-    with pytest.raises(OperationalError):
-        worker_store.finish(claim, DELIVERED, None, None, "test")
-    assert [c.event.object_id for c in worker_store.claim({"log": 1}, "test", lease=30)] == ["2"]
-    worker_store.dispose()
-    admin.dispose()
+    with worker_with_a_claim(database_url, 2) as (worker_store, claim):
+        with maintenance(database_url) as conn:
+            cut_connections(conn, database_url.rsplit("/", 1)[1])
+        with pytest.raises(OperationalError):
+            worker_store.finish(claim, DELIVERED, None, None, "test")
+        second = worker_store.claim({"log": 1}, "test", lease=30)
+        assert [c.event.object_id for c in second] == ["2"]
+        # The same in a lane's pipelined outcome and claim (postgres_fast.pipeline).
+        with maintenance(database_url) as conn:
+            cut_connections(conn, database_url.rsplit("/", 1)[1])
+        with pytest.raises(OperationalError):
+            worker_store.finish_and_claim(second[0], DELIVERED, None, None, "test", lease=30)
+        assert worker_store.finish(second[0], DELIVERED, None, None, "test")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_lane_outcome_and_its_next_claim_take_four_round_trips(database_url, tmp_path):
+    """``finish_and_claim`` on PostgreSQL, in psycopg's pipeline mode: BEGIN (psycopg waits
+    for it), the outcome and the next claim in one round trip, the attempt and the lease in
+    another, then the COMMIT: four, where each statement waiting for its answer made six.
+    Counted from libpq's trace of the connection: every Query or Sync the client sends."""
+    from psycopg.pq import Trace
+    from sqlalchemy import event as sa_event
+
+    from dolibarr_webhooks.store import DELIVERED
+
+    trace_path = tmp_path / "libpq.trace"
+    traced = []
+
+    def trace(dbapi_connection, _record, _proxy):
+        dbapi_connection.pgconn.trace(trace_file.fileno())
+        dbapi_connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+        traced.append(dbapi_connection)
+
+    with worker_with_a_claim(database_url, 2) as (worker_store, claim), open(trace_path, "w") as trace_file:
+        sa_event.listen(worker_store.engine, "checkout", trace)
+        try:
+            held, following = worker_store.finish_and_claim(claim, DELIVERED, None, None, "test", lease=30)
+        finally:
+            sa_event.remove(worker_store.engine, "checkout", trace)
+            for connection in traced:
+                connection.pgconn.untrace()
+        shown = worker_store.show(claim.event.id)
+    sent = [line.split("\t") for line in trace_path.read_text().splitlines() if line.startswith("F\t")]
+    waits = [fields[2] for fields in sent if fields[2] in ("Query", "Sync")]
+    assert held and following is not None and following.event.object_id == "2"
+    assert len(waits) <= 4, f"{len(waits)} round trips: {waits}"
+    assert shown["deliveries"][0]["status"] == DELIVERED and shown["deliveries"][0]["attempts"] == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_error_in_a_lanes_pipelined_statements_is_raised_as_sqlalchemy_raises_it(database_url):
+    """A statement of the pipeline that the server refuses (here the attempt's worker name,
+    longer than its column) fails the whole transaction with SQLAlchemy's DataError, which
+    ``classify_error`` reads as bad data, not an outage: nothing of it is kept."""
+    from sqlalchemy.exc import DataError
+
+    from dolibarr_webhooks.store import DELIVERED, RUNNING
+    from dolibarr_webhooks.store.failures import DATA, classify_error
+
+    with worker_with_a_claim(database_url, 1) as (worker_store, claim):
+        with pytest.raises(DataError) as refused:
+            worker_store.finish_and_claim(claim, DELIVERED, None, None, "w" * 200, lease=30)
+        assert classify_error(refused.value) == DATA
+        assert worker_store.show(claim.event.id)["deliveries"][0]["status"] == RUNNING
+        assert worker_store.finish(claim, DELIVERED, None, None, "test")
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -4,12 +4,14 @@ parameters and reading the rows (0.80 against 0.63 ms a delivery, issue #15), as
 SQLite (``sqlite_fast``; both run the statements of ``compiled``). A driver error is raised as
 SQLAlchemy raises it (``OperationalError``, ``IntegrityError``...), so that
 ``failures.classify_error`` tells an outage from bad data. A connection the driver lost is
-not lent again: the transaction's end finds it broken and the pool drops it.
+not lent again: the transaction's end finds it broken and the pool drops it. ``pipeline``
+sends statements that need nothing from each other's answers in one round trip.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import contextlib
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError
@@ -38,3 +40,18 @@ def execute(conn: Connection, statement: ClauseElement, params: dict[str, Any] |
     except driver_error as exc:
         raise DBAPIError.instance(sql, None, exc, driver_error, hide_parameters=True, dialect=conn.dialect) from exc
     return cursor
+
+
+@contextlib.contextmanager
+def pipeline(conn: Connection) -> Iterator[Callable[[], None]]:
+    """psycopg's pipeline mode on the transaction's connection: the statements executed in the
+    block are sent without waiting for each answer. It gives ``sync()``, which sends what is
+    queued and reads every answer (one round trip); the block's end does the same. A driver
+    error met then, the statement's own or the connection's, is raised as SQLAlchemy raises it."""
+    driver_error = conn.dialect.dbapi.Error
+    try:
+        with conn.connection.driver_connection.pipeline() as pipe:
+            yield pipe.sync
+    except driver_error as exc:
+        raise DBAPIError.instance("(the worker's pipelined statements)", None, exc, driver_error,
+                                  hide_parameters=True, dialect=conn.dialect) from exc

@@ -466,7 +466,13 @@ class Store(Inspection):
 
     def _claim(self, conn, plugin: str, limit: int, worker: str, lease: float, now: float) -> list[Claim]:
         """Lease up to ``limit`` deliveries of ``plugin`` due at ``now``, in the caller's transaction."""
-        rows = self._execute(conn, _CLAIM, {"plugin": plugin, "now": now, "limit": limit}).fetchall()
+        return self._lease(conn, plugin, self._due(conn, plugin, limit, now).fetchall(), worker, lease)
+
+    def _due(self, conn, plugin: str, limit: int, now: float):
+        """The claim's read (its rows locked on PostgreSQL), sent: ``_lease`` leases its rows."""
+        return self._execute(conn, _CLAIM, {"plugin": plugin, "now": now, "limit": limit})
+
+    def _lease(self, conn, plugin: str, rows: list, worker: str, lease: float) -> list[Claim]:
         if not rows:
             return []
         # The lease counts from here: getting the rows may have waited for a lock (SQLite's
@@ -511,13 +517,32 @@ class Store(Inspection):
         """``finish``, then, in the same transaction, the claim of the next due delivery of the
         same plugin (None when none is due): a lane kept busy by a backlog pays one write
         transaction a delivery instead of two (its outcome, then the claim for the lane it freed)."""
-        with self._worker_write() as conn:
-            held = self._finish(conn, claim, status, error, next_attempt_at, worker)
-            following = self._claim(conn, claim.plugin, 1, worker, lease, time.time())
+        # On PostgreSQL the outcome and the claim go in one round trip, then the attempt and
+        # the lease in another: with BEGIN and COMMIT, four, where each statement waiting for
+        # its answer made six. Each pair needs nothing from the other's answers.
+        with self._worker_write() as conn, self._pipelined(conn) as sync:
+            sent = self._outcome(conn, claim, status, error, next_attempt_at)
+            due = self._due(conn, claim.plugin, 1, time.time())
+            sync()
+            rows = due.fetchall()
+            held = self._attempt(conn, claim, sent, worker)
+            following = self._lease(conn, claim.plugin, rows, worker, lease)
         return held, (following[0] if following else None)
+
+    def _pipelined(self, conn):
+        """Around statements of the worker's transaction: PostgreSQL's pipeline mode
+        (``postgres_fast.pipeline``); nothing on SQLite, where a statement is no round trip."""
+        return postgres_fast.pipeline(conn) if self.is_postgres else contextlib.nullcontext(lambda: None)
 
     def _finish(self, conn, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
                 worker: str, outcome: str | None = None, count_attempt: bool = True) -> bool:
+        return self._attempt(conn, claim, self._outcome(conn, claim, status, error, next_attempt_at, count_attempt),
+                             worker, outcome)
+
+    def _outcome(self, conn, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
+                 count_attempt: bool = True) -> tuple:
+        """The delivery's new state, sent, if its lease is still the claim's: ``_attempt``
+        records the attempt once its answer says whether it was."""
         now = time.time()  # after any wait for SQLite's write lock
         error = _storable(error)  # a plugin's message may hold a NUL (a remote's binary answer, quoted)
         values: dict[str, Any] = dict(status=status, last_error=error, lease_token=None, lease_expires_at=None,
@@ -528,11 +553,18 @@ class Store(Inspection):
             values["next_attempt_at"] = next_attempt_at
         if status == DELIVERED:
             values["delivered_at"] = now
-        held = self._execute(conn, _FINISH_HELD, dict(values, held_id=claim.delivery_id, held_token=claim.token),
-                             tuple(values)).rowcount == 1
+        sent = self._execute(conn, _FINISH_HELD, dict(values, held_id=claim.delivery_id, held_token=claim.token),
+                             tuple(values))
+        return sent, status, error, now
+
+    def _attempt(self, conn, claim: Claim, outcome: tuple, worker: str, named: str | None = None) -> bool:
+        """The attempt of an ``_outcome``, recorded: "late" when the lease was lost meanwhile
+        (``named``: the attempt's outcome when not the delivery's new state). Whether it held."""
+        sent, status, error, now = outcome
+        held = sent.rowcount == 1
         attempt = dict(delivery_id=claim.delivery_id, number=claim.attempts + 1, worker=worker,
                        started_at=claim.started_at, finished_at=now,
-                       outcome=(outcome or status) if held else "late", error=error,
+                       outcome=(named or status) if held else "late", error=error,
                        duration_ms=round((now - claim.started_at) * 1000, 3))
         self._execute(conn, _INSERT_ATTEMPT, attempt, tuple(attempt))
         return held
