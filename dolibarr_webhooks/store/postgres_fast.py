@@ -29,16 +29,12 @@ def execute(conn: Connection, statement: ClauseElement, params: dict[str, Any] |
     or once for each of a list of them (psycopg pipelines those: one round trip); ``keys``:
     the columns an INSERT or an UPDATE sets."""
     sql, _names, own = compiled_once(conn.dialect, statement, keys)
-    driver_error = conn.dialect.dbapi.Error  # psycopg's
-    driver = conn.connection.driver_connection
-    cursor = driver.cursor()
-    try:
+    cursor = conn.connection.driver_connection.cursor()
+    with _raised_as_sqlalchemy(conn, sql):
         if isinstance(params, list):
             cursor.executemany(sql, [dict(own, **row) for row in params])
         else:
             cursor.execute(sql, dict(own, **params))
-    except driver_error as exc:
-        raise DBAPIError.instance(sql, None, exc, driver_error, hide_parameters=True, dialect=conn.dialect) from exc
     return cursor
 
 
@@ -48,10 +44,16 @@ def pipeline(conn: Connection) -> Iterator[Callable[[], None]]:
     block are sent without waiting for each answer. It gives ``sync()``, which sends what is
     queued and reads every answer (one round trip); the block's end does the same. A driver
     error met then, the statement's own or the connection's, is raised as SQLAlchemy raises it."""
-    driver_error = conn.dialect.dbapi.Error
+    with _raised_as_sqlalchemy(conn, "(the worker's pipelined statements)"), \
+            conn.connection.driver_connection.pipeline() as pipe:
+        yield pipe.sync
+
+
+@contextlib.contextmanager
+def _raised_as_sqlalchemy(conn: Connection, sql: str) -> Iterator[None]:
+    """psycopg's errors in the block raised as SQLAlchemy's (``DBAPIError.instance``)."""
+    driver_error = conn.dialect.dbapi.Error  # psycopg's
     try:
-        with conn.connection.driver_connection.pipeline() as pipe:
-            yield pipe.sync
+        yield
     except driver_error as exc:
-        raise DBAPIError.instance("(the worker's pipelined statements)", None, exc, driver_error,
-                                  hide_parameters=True, dialect=conn.dialect) from exc
+        raise DBAPIError.instance(sql, None, exc, driver_error, hide_parameters=True, dialect=conn.dialect) from exc
