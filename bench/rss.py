@@ -28,15 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from hostile_helpers import Hostile, _request, hostile_requests, send  # noqa: E402
-from production_helpers import big_invoice, production_env  # noqa: E402
+from production_helpers import big_invoice, production_env, worker_pids  # noqa: E402
 
 from dolibarr_webhooks.samples import sample_body  # noqa: E402
 from dolibarr_webhooks.testing import running_service  # noqa: E402
-
-
-def workers_of(master: int) -> list[int]:
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return [int(pid) for pid in children]
 
 
 def rss_mb(pid: int) -> float:
@@ -47,7 +42,7 @@ def rss_mb(pid: int) -> float:
 
 
 def snapshot(service) -> list[float]:
-    return sorted(rss_mb(pid) for pid in workers_of(service.processes["web"].pid))
+    return sorted(rss_mb(pid) for pid in worker_pids(service.processes["web"].pid))
 
 
 def ordinary(url: str, rng: random.Random) -> Hostile:

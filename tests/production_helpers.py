@@ -87,6 +87,23 @@ def production_env(**extra: str) -> dict[str, str]:
     return env
 
 
+# -- processes and sockets, from /proc -----------------------------------------------------------
+def worker_pids(master: int) -> list[int]:
+    """The pids of a gunicorn master's children: its workers."""
+    return [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+
+
+def tcp_sockets() -> Iterator[tuple[int, int, str, str]]:
+    """This machine's TCP sockets, as ``ss -tn`` reads them: (local port, remote port, state,
+    inode), the state as the kernel writes it ("01" established, "0A" listening)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                yield (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16), fields[3],
+                       fields[9])
+
+
 # -- TLS and nginx ----------------------------------------------------------------------------
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     openssl = require_tool("openssl", "openssl")

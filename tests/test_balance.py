@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dolibarr_webhooks.testing import running_service, wait_for
 from dolibarr_webhooks.web.balance import MARGIN, MAX_STEP_BACK, ConnectionShare
-from production_helpers import THREAD_WORKER, post_kept_alive
+from production_helpers import THREAD_WORKER, post_kept_alive, tcp_sockets, worker_pids
 
 FORK = multiprocessing.get_context("fork")
 
@@ -94,11 +94,7 @@ PROCESSES, CONNECTIONS, BURSTS = 4, 16, 3
 
 def _established_by_process(pids: list[int], port: int) -> list[int]:
     """Connections to ``port`` each process holds, from /proc (``ss -tnp`` reads the same)."""
-    inodes = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == "01":  # ESTABLISHED
-            inodes.add(fields[9])
+    inodes = {inode for local, _remote, state, inode in tcp_sockets() if local == port and state == "01"}
     counts = []
     for pid in pids:
         held = 0
@@ -115,8 +111,7 @@ def _established_by_process(pids: list[int], port: int) -> list[int]:
 
 def _web_processes(service) -> list[int] | None:
     """The pids of the gunicorn master's children, once all PROCESSES are started."""
-    master = service.processes["web"].pid
-    pids = [int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    pids = worker_pids(service.processes["web"].pid)
     return pids if len(pids) == PROCESSES else None
 
 

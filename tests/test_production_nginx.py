@@ -16,7 +16,6 @@ import signal
 import time
 from http.server import BaseHTTPRequestHandler
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 import requests
@@ -26,7 +25,7 @@ from dolibarr_webhooks.settings import parse_duration
 from dolibarr_webhooks.testing import local_http_server, running_service, wait_for
 from production_helpers import (GUNICORN_CONF, NGINX_SITE, Load, Nginx, big_invoice, cli_json, dolibarr_post,
                                 dolibarr_send, missing_from_store, production_env, require_tool, running_nginx,
-                                service_logs)
+                                service_logs, tcp_sockets, worker_pids)
 
 pytestmark = pytest.mark.slow
 
@@ -265,14 +264,7 @@ def _connections_to(port: int) -> set[int]:
     """The local ports of this machine's TCP connections to ``port``, in any state but
     listening (a closed one stays in TIME_WAIT for a minute): nginx's side of its
     connections to gunicorn."""
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as lines:
-            for line in list(lines)[1:]:
-                local, remote, state = line.split()[1:4]
-                if int(remote.rsplit(":", 1)[1], 16) == port and state != "0A":
-                    ports.add(int(local.rsplit(":", 1)[1], 16))
-    return ports
+    return {local for local, remote, state, _inode in tcp_sockets() if remote == port and state != "0A"}
 
 
 def test_nginx_keeps_its_connections_to_gunicorn(stack):
@@ -307,10 +299,6 @@ def test_nginx_closes_an_idle_connection_to_gunicorn_before_gunicorn_does():
     assert nginx_idle <= getattr(gthread, "STOP_KEEPALIVE_LINGER", gunicorn_idle) / 2
 
 
-def _worker_pids(master: int) -> set[int]:
-    return {int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
-
-
 def test_a_reload_under_load_through_nginx_fails_no_request(tmp_path):
     """``systemctl reload`` (HUP: new workers, then the old ones stop) twice while Dolibarr
     posts through nginx, which keeps its connections to the old workers: every request is
@@ -323,9 +311,9 @@ def test_a_reload_under_load_through_nginx_fails_no_request(tmp_path):
         try:
             for _ in range(2):
                 time.sleep(1.5)
-                old = _worker_pids(master)
+                old = set(worker_pids(master))
                 os.kill(master, signal.SIGHUP)
-                wait_for(lambda: len(_worker_pids(master)) == 2 and not _worker_pids(master) & old, 30,
+                wait_for(lambda: len(worker_pids(master)) == 2 and not old & set(worker_pids(master)), 30,
                          message=lambda: f"the old workers were not replaced\n{service.logs()}")
             answered = len(load.acknowledged)
             wait_for(lambda: len(load.acknowledged) > answered + 20, 10, message="no answers after the reloads")
