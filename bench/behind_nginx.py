@@ -35,28 +35,21 @@ FLOOD_LIMIT = re.compile(r"\n[ \t]*limit_req zone=[^;\n]*;")
 
 
 def site(keepalive: bool):
-    """``render_nginx_site`` without the flood limit, and without the upstream's keep-alive
-    unless ``keepalive``."""
-    render = production_helpers.render_nginx_site
-
-    def rendered(*args, **kwargs) -> str:
-        text = FLOOD_LIMIT.sub("", render(*args, **kwargs))
+    """The rendered contrib site without the flood limit, and without the upstream's
+    keep-alive unless ``keepalive``."""
+    def edited(text: str) -> str:
+        text = FLOOD_LIMIT.sub("", text)
         if keepalive:
             if not UPSTREAM_KEEPALIVE.search(text):
                 sys.exit("the contrib site keeps no connection to gunicorn alive: nothing to compare")
             return text
         return UPSTREAM_KEEPALIVE.sub("", text)
-    return rendered
+    return edited
 
 
 @contextlib.contextmanager
 def nginx_in_front(folder: Path, upstream_port: int, keepalive: bool):
-    shipped = production_helpers.render_nginx_site
-    production_helpers.render_nginx_site = site(keepalive)
-    try:
-        nginx = production_helpers.Nginx(folder, upstream_port)  # renders its site here
-    finally:
-        production_helpers.render_nginx_site = shipped
+    nginx = production_helpers.Nginx(folder, upstream_port, edit=site(keepalive))
     result = nginx.test_config()
     if result.returncode != 0:
         sys.exit(f"nginx refuses the site: {result.stderr}")

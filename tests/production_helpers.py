@@ -159,7 +159,8 @@ http {{
 
 
 class Nginx:
-    def __init__(self, folder: Path, upstream_port: int) -> None:
+    def __init__(self, folder: Path, upstream_port: int, edit: Callable[[str], str] | None = None) -> None:
+        """``edit``: a change to the rendered site (the benchmarks take its flood limit out)."""
         self.binary = require_tool("nginx", "nginx-light")
         self.folder = folder
         for sub in ("logs", "temp", "acme"):
@@ -167,8 +168,8 @@ class Nginx:
         self.cert, self.key = self_signed_certificate(folder)
         self.https_port, self.http_port = free_port(), free_port()
         site = folder / "dolibarr-webhooks.conf"
-        site.write_text(render_nginx_site(folder, upstream_port, self.https_port, self.http_port, self.cert,
-                                          self.key))
+        text = render_nginx_site(folder, upstream_port, self.https_port, self.http_port, self.cert, self.key)
+        site.write_text(edit(text) if edit else text)
         self.conf = folder / "nginx.conf"
         self.conf.write_text(nginx_main_conf(folder, site))
         self.https = f"https://127.0.0.1:{self.https_port}"
