@@ -30,6 +30,8 @@ sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
 import production_helpers  # noqa: E402
 
 PRODUCTION_CONFIG = BENCH_DIR.parent / "contrib" / "gunicorn.conf.py"
+UPSTREAM = re.compile(r"^upstream dolibarr_webhooks \{.*?^\}", re.MULTILINE | re.DOTALL)
+# In the upstream block only: the server block's keepalive_timeout is the clients' own.
 UPSTREAM_KEEPALIVE = re.compile(r"\n[ \t]*keepalive(_timeout)? [^;\n]*;")
 FLOOD_LIMIT = re.compile(r"\n[ \t]*limit_req zone=[^;\n]*;")
 
@@ -39,11 +41,12 @@ def site(keepalive: bool):
     keep-alive unless ``keepalive``."""
     def edited(text: str) -> str:
         text = FLOOD_LIMIT.sub("", text)
+        upstream = UPSTREAM.search(text)
+        if not upstream or not UPSTREAM_KEEPALIVE.search(upstream.group()):
+            sys.exit("the contrib site keeps no connection to gunicorn alive: nothing to compare")
         if keepalive:
-            if not UPSTREAM_KEEPALIVE.search(text):
-                sys.exit("the contrib site keeps no connection to gunicorn alive: nothing to compare")
             return text
-        return UPSTREAM_KEEPALIVE.sub("", text)
+        return text[:upstream.start()] + UPSTREAM_KEEPALIVE.sub("", upstream.group()) + text[upstream.end():]
     return edited
 
 
