@@ -214,11 +214,12 @@ def test_a_worker_statement_that_meets_a_lost_connection_fails_once(database_url
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_lane_outcome_and_its_next_claim_take_four_round_trips(database_url, tmp_path):
-    """``finish_and_claim`` on PostgreSQL, in psycopg's pipeline mode: BEGIN (psycopg waits
-    for it), the outcome and the next claim in one round trip, the attempt and the lease in
-    another, then the COMMIT: four, where each statement waiting for its answer made six.
-    Counted from libpq's trace of the connection: every Query or Sync the client sends."""
+def test_a_lane_outcome_and_its_next_claim_take_two_round_trips(database_url, tmp_path):
+    """``finish_and_claim`` on PostgreSQL, in psycopg's pipeline mode: BEGIN, the outcome and
+    the next claim in one round trip, the attempt, the lease and COMMIT in another: two, where
+    each statement waiting for its answer made six (and psycopg's own BEGIN, waited for, made
+    four). Counted from libpq's trace of the connection: every Query or Sync the client sends.
+    The connection goes back to the pool out of autocommit."""
     from psycopg.pq import Trace
     from sqlalchemy import event as sa_event
 
@@ -240,19 +241,32 @@ def test_a_lane_outcome_and_its_next_claim_take_four_round_trips(database_url, t
             sa_event.remove(worker_store.engine, "checkout", trace)
             for connection in traced:
                 connection.pgconn.untrace()
+        assert_pooled_connection_in_transactions(worker_store)
         shown = worker_store.show(claim.event.id)
     sent = [line.split("\t") for line in trace_path.read_text().splitlines() if line.startswith("F\t")]
     waits = [fields[2] for fields in sent if fields[2] in ("Query", "Sync")]
     assert held and following is not None and following.event.object_id == "2"
-    assert len(waits) <= 4, f"{len(waits)} round trips: {waits}"
+    assert len(waits) <= 2, f"{len(waits)} round trips: {waits}"
     assert shown["deliveries"][0]["status"] == DELIVERED and shown["deliveries"][0]["attempts"] == 1
+
+
+def assert_pooled_connection_in_transactions(store_) -> None:
+    """The store's one pooled connection runs its statements in transactions: the pipeline's
+    autocommit (postgres_fast.pipeline) did not stay on it."""
+    assert store_.engine.pool.checkedin() == 1
+    connection = store_.engine.raw_connection()
+    try:
+        assert connection.driver_connection.autocommit is False
+    finally:
+        connection.close()
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_an_error_in_a_lanes_pipelined_statements_is_raised_as_sqlalchemy_raises_it(database_url):
     """A statement of the pipeline that the server refuses (here the attempt's worker name,
     longer than its column) fails the whole transaction with SQLAlchemy's DataError, which
-    ``classify_error`` reads as bad data, not an outage: nothing of it is kept."""
+    ``classify_error`` reads as bad data, not an outage: nothing of it is kept, and the
+    connection goes back to the pool out of autocommit."""
     from sqlalchemy.exc import DataError
 
     from dolibarr_webhooks.store import DELIVERED, RUNNING
@@ -262,6 +276,7 @@ def test_an_error_in_a_lanes_pipelined_statements_is_raised_as_sqlalchemy_raises
         with pytest.raises(DataError) as refused:
             worker_store.finish_and_claim(claim, DELIVERED, None, None, "w" * 200, lease=30)
         assert classify_error(refused.value) == DATA
+        assert_pooled_connection_in_transactions(worker_store)
         assert worker_store.show(claim.event.id)["deliveries"][0]["status"] == RUNNING
         assert worker_store.finish(claim, DELIVERED, None, None, "test")
 

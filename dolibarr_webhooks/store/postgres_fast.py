@@ -5,7 +5,7 @@ SQLite (``sqlite_fast``; both run the statements of ``compiled``). A driver erro
 SQLAlchemy raises it (``OperationalError``, ``IntegrityError``...), so that
 ``failures.classify_error`` tells an outage from bad data. A connection the driver lost is
 not lent again: the transaction's end finds it broken and the pool drops it. ``pipeline``
-sends statements that need nothing from each other's answers in one round trip.
+sends a transaction's statements that need nothing from each other's answers in one round trip.
 """
 
 from __future__ import annotations
@@ -40,13 +40,43 @@ def execute(conn: Connection, statement: ClauseElement, params: dict[str, Any] |
 
 @contextlib.contextmanager
 def pipeline(conn: Connection) -> Iterator[Callable[[], None]]:
-    """psycopg's pipeline mode on the transaction's connection: the statements executed in the
-    block are sent without waiting for each answer. It gives ``sync()``, which sends what is
-    queued and reads every answer (one round trip); the block's end does the same. A driver
-    error met then, the statement's own or the connection's, is raised as SQLAlchemy raises it."""
-    with _raised_as_sqlalchemy(conn, "(the worker's pipelined statements)"), \
-            conn.connection.driver_connection.pipeline() as pipe:
-        yield pipe.sync
+    """The whole of the transaction's statements in psycopg's pipeline mode, its BEGIN and COMMIT
+    included: sent without waiting for each answer. It gives ``sync()``, which sends what is
+    queued and reads every answer (one round trip); the block's end sends the COMMIT with the
+    rest. The transaction must not have run a statement yet. A driver error met, the
+    statement's own or the connection's, is raised as SQLAlchemy raises it, the transaction
+    rolled back; SQLAlchemy's commit or rollback then finds nothing left to do.
+
+    psycopg sends its own BEGIN before a transaction's first statement and waits for it, a
+    round trip of its own: the connection is in autocommit for the block, which sends BEGIN
+    itself, as SQLAlchemy's ``do_ping`` does for its ``SELECT 1``."""
+    driver = conn.connection.driver_connection
+    driver.autocommit = True  # psycopg's transaction has not begun: SQLAlchemy's begin() sends nothing
+    with _raised_as_sqlalchemy(conn, "(the worker's pipelined statements)"):
+        try:
+            with driver.pipeline() as pipe:
+                driver.execute(b"BEGIN")
+                yield pipe.sync
+                driver.execute(b"COMMIT")
+        finally:
+            _out_of_autocommit(driver)
+
+
+def _out_of_autocommit(driver: psycopg.Connection) -> None:
+    """Back to psycopg's own transactions, a failed one rolled back first; never back to the
+    pool in autocommit, where the store's next transaction would commit statement by statement.
+    On a lost connection nothing can be sent: the transaction's end finds it broken, and the
+    pool drops it."""
+    import psycopg
+    from psycopg.pq import TransactionStatus
+
+    try:
+        if driver.info.transaction_status != TransactionStatus.IDLE:
+            driver.rollback()
+        driver.autocommit = False
+    except psycopg.Error:
+        if not driver.broken and not driver.closed:
+            raise
 
 
 @contextlib.contextmanager

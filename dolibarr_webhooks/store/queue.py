@@ -517,9 +517,9 @@ class Store(Inspection):
         """``finish``, then, in the same transaction, the claim of the next due delivery of the
         same plugin (None when none is due): a lane kept busy by a backlog pays one write
         transaction a delivery instead of two (its outcome, then the claim for the lane it freed)."""
-        # On PostgreSQL the outcome and the claim go in one round trip, then the attempt and
-        # the lease in another: with BEGIN and COMMIT, four, where each statement waiting for
-        # its answer made six. Each pair needs nothing from the other's answers.
+        # On PostgreSQL BEGIN, the outcome and the claim go in one round trip, then the attempt,
+        # the lease and COMMIT in another: two, where each statement waiting for its answer
+        # made six. Each group needs nothing from the answers of its own statements.
         with self._worker_write() as conn, self._pipelined(conn) as sync:
             sent = self._outcome(conn, claim, status, error, next_attempt_at)
             due = self._due(conn, claim.plugin, 1, time.time())
@@ -530,8 +530,9 @@ class Store(Inspection):
         return held, (following[0] if following else None)
 
     def _pipelined(self, conn):
-        """Around statements of the worker's transaction: PostgreSQL's pipeline mode
-        (``postgres_fast.pipeline``); nothing on SQLite, where a statement is no round trip."""
+        """Around the statements of a worker's transaction, from its first: PostgreSQL's
+        pipeline mode (``postgres_fast.pipeline``), BEGIN and COMMIT included; nothing on
+        SQLite, where a statement is no round trip."""
         return postgres_fast.pipeline(conn) if self.is_postgres else contextlib.nullcontext(lambda: None)
 
     def _finish(self, conn, claim: Claim, status: str, error: str | None, next_attempt_at: float | None,
