@@ -2,6 +2,7 @@
 action in Dolibarr validates hundreds of invoices), then one worker process delivering them.
 
     python bench/drain.py [--database sqlite|postgresql|both] [--events 3000] [--concurrency 2,16]
+                          [--network-delay MS]
 
 For each store and each ``WORKER_CONCURRENCY``: ``--events`` BILL_VALIDATE events stored
 through the receiver's own ingest (plugin ``log``, which writes one line per event), no
@@ -10,28 +11,53 @@ waits until every delivery is delivered. Printed: the seconds from the worker's 
 first delivery (its start-up), deliveries per second from then to the last, the worker
 process's CPU per delivery (start-up included), and on PostgreSQL the database server's.
 Nothing else runs meanwhile: under a receiver's load the worker shares the CPU with it.
+``--network-delay``: the worker reaches PostgreSQL through ``delay_proxy.py``, which holds
+every chunk that many milliseconds each way, as a database on another host would.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import Server, database, log, postgres_cpu, receiver, service_env, table, tree_cpu
+from _common import BENCH_DIR, Server, database, log, postgres_cpu, receiver, service_env, table, tree_cpu
+from delay_proxy import round_trip_ms
 
-from dolibarr_webhooks.testing import free_port
+from dolibarr_webhooks.testing import free_port, wait_for_port
 
 
-def drain(url: str, count: int, concurrency: int, workdir: Path) -> dict[str, float]:
+@contextlib.contextmanager
+def delayed(url: str, delay_ms: float):
+    """``url`` reached through ``delay_proxy.py`` (the same URL without a delay)."""
+    if not delay_ms:
+        yield url
+        return
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    port = free_port()
+    proxy = subprocess.Popen([sys.executable, str(BENCH_DIR / "delay_proxy.py"), "--listen", f"127.0.0.1:{port}",
+                              "--to", f"{parsed.host}:{parsed.port or 5432}", "--delay", str(delay_ms)])
+    try:
+        wait_for_port(port)
+        yield parsed.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
+def drain(url: str, count: int, concurrency: int, workdir: Path, worker_url: str | None = None) -> dict[str, float]:
     service, events = receiver(url)
     for event in events(20_000_000, count):
         service.ingest(event)
     store = service.store
-    env = service_env(url, workdir, PLUGINS="log", WORKER_CONCURRENCY=str(concurrency))
+    env = service_env(worker_url or url, workdir, PLUGINS="log", WORKER_CONCURRENCY=str(concurrency))
     server = Server(Path(sys.executable), workdir, env, free_port())
     try:
         database_cpu = None if url.startswith("sqlite") else postgres_cpu()  # the server's own, on PostgreSQL
@@ -66,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=3000)
     parser.add_argument("--concurrency", default="2,16",
                         help="WORKER_CONCURRENCY values, comma-separated (2: the default setting)")
+    parser.add_argument("--network-delay", type=float, default=0.0,
+                        help="PostgreSQL: milliseconds each way between the worker and the server")
     args = parser.parse_args(argv)
     kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     os.environ.setdefault("DOLIBARR_WEBHOOKS_LOG_LEVEL", "WARNING")  # this process's own lines
@@ -75,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
             for concurrency in (int(c) for c in args.concurrency.split(",")):
                 workdir = Path(tmp) / f"{kind}-{concurrency}"
                 workdir.mkdir()
-                with database(kind) as url:
+                delay = args.network_delay if kind == "postgresql" else 0.0
+                with database(kind) as url, delayed(url, delay) as worker_url:
                     url = url or f"sqlite:///{workdir / 'webhooks.sqlite3'}"
                     log(f"{kind}: {args.events} events stored, then a worker of concurrency {concurrency}")
-                    result = drain(url, args.events, concurrency, workdir)
+                    if delay:
+                        log(f"the worker's round trip to PostgreSQL: {round_trip_ms(worker_url):.2f} ms "
+                            f"(direct {round_trip_ms(url):.2f} ms)")
+                    result = drain(url, args.events, concurrency, workdir, worker_url if delay else None)
                 rows.append([kind, concurrency, f"{result['start']:.2f}", f"{result['rate']:.0f}",
                              f"{result['cpu_ms']:.2f}",
                              "-" if result["database_cpu_ms"] is None else f"{result['database_cpu_ms']:.2f}"])
