@@ -151,7 +151,30 @@ def maintenance(database_url: str):
 
 
 def cut_connections(conn, name: str) -> None:
-    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    """The server ends every session of database ``name``, and is waited for until each is gone
+    (its client's socket then says so)."""
+    conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
+@contextlib.contextmanager
+def lost_once_lent(store_: Store, database_url: str):
+    """The next connection ``store_``'s pool lends is ended by the server right after: its
+    first statement meets a lost connection, which no look at the checkout could have seen."""
+    from sqlalchemy import event as sa_event
+
+    pending = [True]
+
+    def cut(dbapi_conn, _record, _proxy):
+        if pending.pop() if pending else False:
+            with maintenance(database_url) as conn:
+                conn.execute("SELECT pg_terminate_backend(%s, 5000)", (dbapi_conn.info.backend_pid,))
+
+    sa_event.listen(store_.engine, "checkout", cut)
+    try:
+        yield
+    finally:
+        sa_event.remove(store_.engine, "checkout", cut)
+        assert not pending, "no connection was lent"
 
 
 def test_a_failure_whose_text_holds_a_nul_is_recorded(migrated_store):
@@ -191,7 +214,7 @@ def worker_with_a_claim(database_url: str, events: int):
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_worker_statement_that_meets_a_lost_connection_fails_once(database_url):
     """The worker's claims and outcomes run on the driver's cursor (store.postgres_fast): a
-    connection the server closed meanwhile (a restart, a failover) fails the statement as an
+    connection the server closes once lent (a restart, a failover) fails the statement as an
     OperationalError, as SQLAlchemy's execution did, and is not lent again: the next call,
     at once, gets a new connection."""
     from sqlalchemy.exc import OperationalError
@@ -199,16 +222,12 @@ def test_a_worker_statement_that_meets_a_lost_connection_fails_once(database_url
     from dolibarr_webhooks.store import DELIVERED
 
     with worker_with_a_claim(database_url, 2) as (worker_store, claim):
-        with maintenance(database_url) as conn:
-            cut_connections(conn, database_url.rsplit("/", 1)[1])
-        with pytest.raises(OperationalError):
+        with lost_once_lent(worker_store, database_url), pytest.raises(OperationalError):
             worker_store.finish(claim, DELIVERED, None, None, "test")
         second = worker_store.claim({"log": 1}, "test", lease=30)
         assert [c.event.object_id for c in second] == ["2"]
         # The same in a lane's pipelined outcome and claim (postgres_fast.pipeline).
-        with maintenance(database_url) as conn:
-            cut_connections(conn, database_url.rsplit("/", 1)[1])
-        with pytest.raises(OperationalError):
+        with lost_once_lent(worker_store, database_url), pytest.raises(OperationalError):
             worker_store.finish_and_claim(second[0], DELIVERED, None, None, "test", lease=30)
         assert worker_store.finish(second[0], DELIVERED, None, None, "test")
 
@@ -312,14 +331,14 @@ def test_postgresql_read_only_or_dropped_answers_503(make_app, tmp_path, databas
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_worker_store_pings_only_connections_idle_past_a_second(database_url):
+def test_a_worker_store_replaces_a_connection_the_server_closed_without_a_round_trip(database_url):
     """The pool's pre-ping was a round trip at every checkout: one in five of a delivery's round
     trips for the worker, whose claim and outcome are a transaction each (issue #15). A
-    worker's store (``Store.for_worker``) pings a connection idle more than ``PING_AFTER``
-    only; the service's store keeps the pre-ping, so /ready never meets a connection lost a
-    moment ago (test_postgresql_read_only_or_dropped_answers_503)."""
-    from dolibarr_webhooks.store.engine import PING_AFTER
-
+    worker's store (``Store.for_worker``) looks at the socket of the connection it lends
+    instead (``engine.closed_by_server``): one the server closed is replaced before a
+    statement meets it, without a ping. The service's store keeps the pre-ping, so /ready
+    never meets a connection lost a moment ago
+    (test_postgresql_read_only_or_dropped_answers_503)."""
     name = database_url.rsplit("/", 1)[1]
     service_store, worker_store = Store(database_url), Store.for_worker(database_url)
     pings = []
@@ -328,21 +347,57 @@ def test_a_worker_store_pings_only_connections_idle_past_a_second(database_url):
     try:
         for _ in range(5):
             assert worker_store.ping() and service_store.ping()
-        assert pings == []  # used within the second: no round trip before each use
         with maintenance(database_url) as conn:
             cut_connections(conn, name)
-            # Right after the cut: the service's store checks at checkout and replaces the
-            # connection; the worker's meets the lost one once, then connects anew.
-            assert service_store.ping()
-            assert not worker_store.ping()
-            assert worker_store.ping()
-            cut_connections(conn, name)
-        time.sleep(PING_AFTER + 0.2)
-        assert worker_store.ping() and pings == [1]  # idle past the second: checked, and replaced
+        assert worker_store.ping() and service_store.ping()  # each replaced before its statement
+        time.sleep(1.2)  # a quiet second: no ping either
+        assert worker_store.ping()
+        assert pings == []
     finally:
         worker_store.engine.dialect.do_ping = original_ping
         service_store.dispose()
         worker_store.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_ingest_replaces_a_connection_the_server_closed_without_a_round_trip(database_url, tmp_path):
+    """The ingest's connection (``PostgresCommitter``'s own) was checked with a ``SELECT 1``
+    before the first request of every quiet second: with PostgreSQL on another host, a round
+    trip of a Dolibarr user's wait, at almost every event of a quiet shop. It is checked by a
+    look at its socket now: one the server closed is replaced before a request meets it, and
+    every request sends its call and nothing else (counted in libpq's trace: every Query or
+    Sync the client sends, on either connection)."""
+    from psycopg.pq import Trace
+    from sqlalchemy import event as sa_event
+
+    name = database_url.rsplit("/", 1)[1]
+    store_ = Store(database_url)
+    store_.migrate()
+    traced = []
+
+    def trace(dbapi_connection, _record, _proxy):
+        dbapi_connection.pgconn.trace(trace_file.fileno())
+        dbapi_connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+        traced.append(dbapi_connection)
+
+    trace_path = tmp_path / "libpq.trace"
+    with open(trace_path, "w") as trace_file:
+        sa_event.listen(store_.request_engine, "checkout", trace)
+        try:
+            assert store_.ingest(event_from_body(body(object_id=1)), ["log"]).status == "accepted"
+            with maintenance(database_url) as conn:
+                cut_connections(conn, name)
+            assert store_.ingest(event_from_body(body(object_id=2)), ["log"]).status == "accepted"
+            time.sleep(1.2)
+            assert store_.ingest(event_from_body(body(object_id=3)), ["log"]).status == "accepted"
+        finally:
+            for connection in traced:
+                if not connection.closed:
+                    connection.pgconn.untrace()
+            store_.dispose()
+    sent = [line.split("\t") for line in trace_path.read_text().splitlines() if line.startswith("F\t")]
+    waits = [fields[2] for fields in sent if fields[2] in ("Query", "Sync")]
+    assert len(traced) == 2 and len(waits) == 3, f"{len(traced)} connections, {len(waits)} round trips: {waits}"
 
 
 # -- claims --------------------------------------------------------------------------------------

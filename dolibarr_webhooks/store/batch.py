@@ -50,7 +50,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from .checkpoint import LogCheckpoints
-from .engine import PING_AFTER
+from .engine import closed_by_server
 from .failures import TIMEOUT, DeadlinePassed, classify_error
 from .group_commit import SharedSync
 from .sqlite_fast import Drivers
@@ -380,7 +380,6 @@ class PostgresCommitter(Committer):
         self._driver_error = psycopg.Error
         self._pooled = None  # the connection this process's leaders use (_connection)
         self._pid: int | None = None
-        self._used_at = 0.0
 
     def _transaction(self, requests: list[_Request], deadline: float | None) -> list[_Request]:
         if len(requests) == 1:
@@ -419,8 +418,6 @@ class PostgresCommitter(Committer):
         except BaseException:
             self._drop()  # a transaction may be left open: never used again
             raise
-        finally:
-            self._used_at = time.monotonic()
         for request, cursor in zip(requests, cursors):
             request.result = request.work[1](cursor.fetchone()[0])
         return []
@@ -437,8 +434,6 @@ class PostgresCommitter(Committer):
             except self._driver_error as exc:
                 self._lost(driver)
                 raise self._wrapped(exc) from exc
-            finally:
-                self._used_at = time.monotonic()
             request.result = finish(found)
         except Exception as exc:
             request.error = exc
@@ -446,28 +441,22 @@ class PostgresCommitter(Committer):
     def _connection(self):
         """The committer's own connection of the request engine (autocommit, the deadline's
         timeouts), opened on first use in each process: one leader at a time uses it, so no
-        pool checkout per batch. Checked with a round trip only after ``PING_AFTER`` idle
-        (what the pool's pre-ping did at every checkout, a round trip per request): a
-        connection the server closed meanwhile (a restart, a failover) is replaced before
-        a request meets it."""
+        pool checkout per batch. A connection the server closed meanwhile (a restart, a
+        failover) is replaced before a request meets it, found by a look at its socket
+        (``closed_by_server``), not by the pool's pre-ping and its round trip."""
         if self._pooled is not None and self._pid != os.getpid():
             self._pooled = None  # the parent's, after a fork: closing it would end the parent's session
         if self._pooled is not None:
             driver = self._pooled.driver_connection
-            if driver.broken or driver.closed:
+            if driver.broken or driver.closed or closed_by_server(driver):
                 self._drop()
-            elif time.monotonic() - self._used_at > PING_AFTER:
-                try:
-                    driver.execute("SELECT 1")
-                except self._driver_error:
-                    self._drop()
         if self._pooled is None:
             try:
                 self._pooled, self._pid = self.engine.raw_connection(), os.getpid()
             except self._driver_error as exc:  # the pool does not wrap a failed connect as a query's errors are
                 raise self._wrapped(exc) from exc
             self._pooled.driver_connection.autocommit = True  # as the request engine's connections are
-        return self._pooled.driver_connection  # its use sets _used_at, when it ends
+        return self._pooled.driver_connection
 
     def _drop(self) -> None:
         pooled, self._pooled = self._pooled, None

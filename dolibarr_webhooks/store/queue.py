@@ -203,10 +203,10 @@ class Store(Inspection):
         """A delivery worker's own store, for its claims and outcomes, which cost it a write
         transaction each: on SQLite committed without an fsync (``synchronous=NORMAL``; one
         lost in a power cut only runs a delivery again, as after a lost lease), on PostgreSQL
-        on connections checked with a round trip only after ``PING_AFTER`` idle, where the
-        pool's pre-ping was one in five of the round trips of each delivery (issue #15). The
-        service's store keeps both: /ready and the dashboard must not meet a connection lost
-        a moment ago."""
+        on connections checked by a look at their socket (``engine.closed_by_server``), where
+        the pool's pre-ping was one in five of the round trips of each delivery (issue #15).
+        The service's store keeps both: /ready and the dashboard must not meet a connection
+        lost a moment ago, even one whose server has not said so yet."""
         return cls(url, "NORMAL", request_deadline, ping_every_checkout=False)
 
     @contextlib.contextmanager
