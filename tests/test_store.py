@@ -232,19 +232,16 @@ def test_a_worker_statement_that_meets_a_lost_connection_fails_once(database_url
         assert worker_store.finish(second[0], DELIVERED, None, None, "test")
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_lane_outcome_and_its_next_claim_take_two_round_trips(database_url, tmp_path):
-    """``finish_and_claim`` on PostgreSQL, in psycopg's pipeline mode: BEGIN, the outcome and
-    the next claim in one round trip, the attempt, the lease and COMMIT in another: two, where
-    each statement waiting for its answer made six (and psycopg's own BEGIN, waited for, made
-    four). Counted from libpq's trace of the connection: every Query or Sync the client sends.
-    The connection goes back to the pool out of autocommit."""
+@contextlib.contextmanager
+def round_trips(engine, trace_path: Path):
+    """What the client sends on the connections ``engine`` lends in the block, from libpq's
+    trace: ``.waits``, every Query or Sync message (a round trip each), filled once the block
+    ends, and ``.connections``, how many connections were lent."""
+    from types import SimpleNamespace
+
     from psycopg.pq import Trace
-    from sqlalchemy import event as sa_event
 
-    from dolibarr_webhooks.store import DELIVERED
-
-    trace_path = tmp_path / "libpq.trace"
+    counted = SimpleNamespace(waits=[], connections=0)
     traced = []
 
     def trace(dbapi_connection, _record, _proxy):
@@ -252,21 +249,58 @@ def test_a_lane_outcome_and_its_next_claim_take_two_round_trips(database_url, tm
         dbapi_connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
         traced.append(dbapi_connection)
 
-    with worker_with_a_claim(database_url, 2) as (worker_store, claim), open(trace_path, "w") as trace_file:
-        sa_event.listen(worker_store.engine, "checkout", trace)
+    with open(trace_path, "w") as trace_file:
+        sa_event.listen(engine, "checkout", trace)
         try:
-            held, following = worker_store.finish_and_claim(claim, DELIVERED, None, None, "test", lease=30)
+            yield counted
         finally:
-            sa_event.remove(worker_store.engine, "checkout", trace)
+            sa_event.remove(engine, "checkout", trace)
             for connection in traced:
-                connection.pgconn.untrace()
+                if not connection.closed:
+                    connection.pgconn.untrace()
+    sent = [line.split("\t") for line in trace_path.read_text().splitlines() if line.startswith("F\t")]
+    counted.waits.extend(fields[2] for fields in sent if fields[2] in ("Query", "Sync"))
+    counted.connections = len(traced)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_lane_outcome_and_its_next_claim_take_two_round_trips(database_url, tmp_path):
+    """``finish_and_claim`` on PostgreSQL, in psycopg's pipeline mode: BEGIN, the outcome and
+    the next claim in one round trip, the attempt, the lease and COMMIT in another: two, where
+    each statement waiting for its answer made six (and psycopg's own BEGIN, waited for, made
+    four). The connection goes back to the pool out of autocommit."""
+    from dolibarr_webhooks.store import DELIVERED
+
+    with worker_with_a_claim(database_url, 2) as (worker_store, claim):
+        with round_trips(worker_store.engine, tmp_path / "libpq.trace") as sent:
+            held, following = worker_store.finish_and_claim(claim, DELIVERED, None, None, "test", lease=30)
         assert_pooled_connection_in_transactions(worker_store)
         shown = worker_store.show(claim.event.id)
-    sent = [line.split("\t") for line in trace_path.read_text().splitlines() if line.startswith("F\t")]
-    waits = [fields[2] for fields in sent if fields[2] in ("Query", "Sync")]
     assert held and following is not None and following.event.object_id == "2"
-    assert len(waits) <= 2, f"{len(waits)} round trips: {waits}"
+    assert len(sent.waits) <= 2, f"{len(sent.waits)} round trips: {sent.waits}"
     assert shown["deliveries"][0]["status"] == DELIVERED and shown["deliveries"][0]["attempts"] == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_claim_for_several_plugins_takes_two_round_trips(database_url, tmp_path):
+    """A worker's claim reads what is due for each plugin, then leases it: BEGIN and every
+    plugin's read in one round trip, the leases and COMMIT in another, where each statement
+    waiting for its answer made two a plugin and two more (eight for three plugins)."""
+    admin = Store(database_url)
+    admin.migrate()
+    plugins = ["email", "slack", "sync"]
+    for number in (1, 2):
+        admin.ingest(event_from_body(body(object_id=number)), plugins)
+    worker_store = Store.for_worker(database_url)
+    try:
+        with round_trips(worker_store.engine, tmp_path / "libpq.trace") as sent:
+            claims = worker_store.claim({"email": 2, "slack": 1, "sync": 0}, "test", lease=30)
+        assert_pooled_connection_in_transactions(worker_store)
+    finally:
+        worker_store.dispose()
+        admin.dispose()
+    assert sorted((c.plugin, c.event.object_id) for c in claims) == [("email", "1"), ("email", "2"), ("slack", "1")]
+    assert len(sent.waits) <= 2, f"{len(sent.waits)} round trips: {sent.waits}"
 
 
 def assert_pooled_connection_in_transactions(store_) -> None:
@@ -365,39 +399,21 @@ def test_the_ingest_replaces_a_connection_the_server_closed_without_a_round_trip
     before the first request of every quiet second: with PostgreSQL on another host, a round
     trip of a Dolibarr user's wait, at almost every event of a quiet shop. It is checked by a
     look at its socket now: one the server closed is replaced before a request meets it, and
-    every request sends its call and nothing else (counted in libpq's trace: every Query or
-    Sync the client sends, on either connection)."""
-    from psycopg.pq import Trace
-    from sqlalchemy import event as sa_event
-
+    every request sends its call and nothing else, on either connection."""
     name = database_url.rsplit("/", 1)[1]
     store_ = Store(database_url)
     store_.migrate()
-    traced = []
-
-    def trace(dbapi_connection, _record, _proxy):
-        dbapi_connection.pgconn.trace(trace_file.fileno())
-        dbapi_connection.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
-        traced.append(dbapi_connection)
-
-    trace_path = tmp_path / "libpq.trace"
-    with open(trace_path, "w") as trace_file:
-        sa_event.listen(store_.request_engine, "checkout", trace)
-        try:
+    try:
+        with round_trips(store_.request_engine, tmp_path / "libpq.trace") as sent:
             assert store_.ingest(event_from_body(body(object_id=1)), ["log"]).status == "accepted"
             with maintenance(database_url) as conn:
                 cut_connections(conn, name)
             assert store_.ingest(event_from_body(body(object_id=2)), ["log"]).status == "accepted"
             time.sleep(1.2)
             assert store_.ingest(event_from_body(body(object_id=3)), ["log"]).status == "accepted"
-        finally:
-            for connection in traced:
-                if not connection.closed:
-                    connection.pgconn.untrace()
-            store_.dispose()
-    sent = [line.split("\t") for line in trace_path.read_text().splitlines() if line.startswith("F\t")]
-    waits = [fields[2] for fields in sent if fields[2] in ("Query", "Sync")]
-    assert len(traced) == 2 and len(waits) == 3, f"{len(traced)} connections, {len(waits)} round trips: {waits}"
+    finally:
+        store_.dispose()
+    assert sent.connections == 2 and len(sent.waits) == 3, f"{sent.connections} connections, {sent.waits}"
 
 
 # -- claims --------------------------------------------------------------------------------------

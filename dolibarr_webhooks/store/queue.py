@@ -456,17 +456,18 @@ class Store(Inspection):
     # -- the worker's side -----------------------------------------------------
     def claim(self, lanes: dict[str, int], worker: str, lease: float) -> list[Claim]:
         """Take up to ``lanes[plugin]`` due deliveries of each plugin; none runs twice at once."""
+        wanted = {plugin: limit for plugin, limit in lanes.items() if limit > 0}
+        if not wanted:
+            return []
         now = time.time()
-        claims: list[Claim] = []
-        with self._worker_write() as conn:
-            for plugin, limit in lanes.items():
-                if limit > 0:
-                    claims.extend(self._claim(conn, plugin, limit, worker, lease, now))
-        return claims
-
-    def _claim(self, conn, plugin: str, limit: int, worker: str, lease: float, now: float) -> list[Claim]:
-        """Lease up to ``limit`` deliveries of ``plugin`` due at ``now``, in the caller's transaction."""
-        return self._lease(conn, plugin, self._due(conn, plugin, limit, now).fetchall(), worker, lease)
+        # On PostgreSQL BEGIN and every plugin's read go in one round trip, the leases and
+        # COMMIT in another, however many plugins: each read waiting for its answer, then each
+        # lease, made two a plugin and two more.
+        with self._worker_write() as conn, self._pipelined(conn) as sync:
+            sent = [(plugin, self._due(conn, plugin, limit, now)) for plugin, limit in wanted.items()]
+            sync()
+            found = [(plugin, due.fetchall()) for plugin, due in sent]
+            return [claim for plugin, rows in found for claim in self._lease(conn, plugin, rows, worker, lease)]
 
     def _due(self, conn, plugin: str, limit: int, now: float):
         """The claim's read (its rows locked on PostgreSQL), sent: ``_lease`` leases its rows."""
