@@ -303,6 +303,27 @@ def test_a_claim_for_several_plugins_takes_two_round_trips(database_url, tmp_pat
     assert len(sent.waits) <= 2, f"{len(sent.waits)} round trips: {sent.waits}"
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_read_takes_one_round_trip(database_url, tmp_path):
+    """The worker's look for due deliveries, and every read of the store, is its statement
+    alone: in a transaction psycopg sent BEGIN and waited for it, and the pool a ROLLBACK
+    when the connection came back (three round trips). The connection goes back to the pool
+    out of autocommit."""
+    admin = Store(database_url)
+    admin.migrate()
+    admin.ingest(event_from_body(body(object_id=1)), ["log"])
+    worker_store = Store.for_worker(database_url)
+    try:
+        with round_trips(worker_store.engine, tmp_path / "libpq.trace") as sent:
+            assert worker_store.has_due(["log"])
+        assert_pooled_connection_in_transactions(worker_store)
+        assert worker_store.claim({"log": 1}, "test", lease=30)  # a write is still a transaction
+    finally:
+        worker_store.dispose()
+        admin.dispose()
+    assert len(sent.waits) == 1, f"{len(sent.waits)} round trips: {sent.waits}"
+
+
 def assert_pooled_connection_in_transactions(store_) -> None:
     """The store's one pooled connection runs its statements in transactions: the pipeline's
     autocommit (postgres_fast.pipeline) did not stay on it."""

@@ -264,7 +264,14 @@ class Store(Inspection):
 
     # -- schema -----------------------------------------------------------------
     def _readonly(self):
+        """A connection for reads. On PostgreSQL in autocommit: in a transaction psycopg sends
+        BEGIN and waits for it before the first statement, and the pool a ROLLBACK when the
+        connection comes back, two round trips more for each read, the worker's look for due
+        deliveries among them. Under READ COMMITTED each statement sees its own snapshot
+        either way."""
         self._reopen_if_stale()
+        if self.is_postgres:
+            return self.engine.connect().execution_options(readonly=True, isolation_level="AUTOCOMMIT")
         return self.engine.connect().execution_options(readonly=True)
 
     def schema_version(self) -> int:
