@@ -165,7 +165,8 @@ def lost_once_lent(store_: Store, database_url: str):
     pending = [True]
 
     def cut(dbapi_conn, _record, _proxy):
-        if pending.pop() if pending else False:
+        if pending:
+            pending.clear()
             with maintenance(database_url) as conn:
                 conn.execute("SELECT pg_terminate_backend(%s, 5000)", (dbapi_conn.info.backend_pid,))
 
