@@ -12,8 +12,10 @@ direction is one queue, written by one thread.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import queue
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -61,6 +63,29 @@ def serve(listen: tuple[str, int], to: tuple[str, int], delay_ms: float) -> None
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=_pump, args=(client, upstream, delay), daemon=True).start()
         threading.Thread(target=_pump, args=(upstream, client, delay), daemon=True).start()
+
+
+@contextlib.contextmanager
+def delayed(url: str | None, delay_ms: float):
+    """A PostgreSQL ``url`` reached through this proxy, started for the block (``url`` itself
+    without a delay, or without a URL: an SQLite store makes its own)."""
+    if not delay_ms or not url:
+        yield url
+        return
+    from sqlalchemy.engine import make_url
+
+    from dolibarr_webhooks.testing import free_port, wait_for_port
+
+    parsed = make_url(url)
+    port = free_port()
+    proxy = subprocess.Popen([sys.executable, __file__, "--listen", f"127.0.0.1:{port}",
+                              "--to", f"{parsed.host}:{parsed.port or 5432}", "--delay", str(delay_ms)])
+    try:
+        wait_for_port(port)
+        yield parsed.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
+    finally:
+        proxy.kill()
+        proxy.wait()
 
 
 def round_trip_ms(url: str, count: int = 200) -> float:

@@ -18,38 +18,16 @@ every chunk that many milliseconds each way, as a database on another host would
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import BENCH_DIR, Server, database, log, postgres_cpu, receiver, service_env, table, tree_cpu
-from delay_proxy import round_trip_ms
+from _common import Server, database, log, postgres_cpu, receiver, service_env, table, tree_cpu
+from delay_proxy import delayed, round_trip_ms
 
-from dolibarr_webhooks.testing import free_port, wait_for_port
-
-
-@contextlib.contextmanager
-def delayed(url: str, delay_ms: float):
-    """``url`` reached through ``delay_proxy.py`` (the same URL without a delay)."""
-    if not delay_ms:
-        yield url
-        return
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    port = free_port()
-    proxy = subprocess.Popen([sys.executable, str(BENCH_DIR / "delay_proxy.py"), "--listen", f"127.0.0.1:{port}",
-                              "--to", f"{parsed.host}:{parsed.port or 5432}", "--delay", str(delay_ms)])
-    try:
-        wait_for_port(port)
-        yield parsed.set(host="127.0.0.1", port=port).render_as_string(hide_password=False)
-    finally:
-        proxy.kill()
-        proxy.wait()
+from dolibarr_webhooks.testing import free_port
 
 
 def drain(url: str, count: int, concurrency: int, workdir: Path, worker_url: str | None = None) -> dict[str, float]:

@@ -4,7 +4,7 @@ stores nothing.
 
     python bench/ingest.py [--database sqlite|postgresql|both] [--concurrency 1,16,64]
                            [--duration 4] [--rounds 3] [--production] [--with-worker]
-                           [--baseline GIT_REVISION] [--floor]
+                           [--baseline GIT_REVISION] [--floor] [--network-delay MS]
 
 All targets run at once (loopback): under real gunicorn, ``bench/noop_app.py``, the least
 durable Flask receiver of ``bench/floor_app.py`` and ``dolibarr_webhooks:create_app()`` on
@@ -21,7 +21,10 @@ adds the floors of ``bench/floor_app.py``: append each body to a file and fdatas
 parse and scrub it with the product's own code and store nothing; both. They bound any
 design of the receiver. ``--with-worker`` runs each durable target's delivery worker process
 too; during a point the other targets' workers are stopped, so that none drains its backlog
-on the measured target's time.
+on the measured target's time. ``--network-delay``: every PostgreSQL target, the floor
+included, reaches the server through ``delay_proxy.py``, which holds every chunk that many
+milliseconds each way, as a database on another host would (the proxy's own CPU is the
+machine's too).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pathlib import Path
 from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, WrkResult, core_at, database, log,
                      node_express_version, node_server, node_unavailable, noop_server, product_server,
                      sqlite_counters, table)
+from delay_proxy import delayed
 
 # Issue #15's targets: at concurrency 16, at least 0.8 of the least durable Flask receiver
 # of the same store (floor-sqlite-insert, floor-postgres-insert) and p99 under 25 ms; at
@@ -94,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--floor", action="store_true",
                         help="also run the floors of bench/floor_app.py: append and fdatasync the body; parse and "
                              "scrub it, storing nothing; both")
+    parser.add_argument("--network-delay", type=float, default=0.0,
+                        help="PostgreSQL targets: milliseconds each way between them and the server")
     return parser.parse_args(argv)
 
 
@@ -120,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f", settings {settings}" if settings else "")
           + (f", delivery worker running{f' with {worker_settings}' if worker_settings else ''}"
              if args.with_worker else "")
-          + (f", @{args.baseline} = the core package at that revision" if args.baseline else ""), flush=True)
+          + (f", @{args.baseline} = the core package at that revision" if args.baseline else "")
+          + (f", PostgreSQL {args.network_delay:g} ms away each way" if args.network_delay else ""), flush=True)
 
     with tempfile.TemporaryDirectory(prefix="dw-bench-wrk-") as tmp, contextlib.ExitStack() as stack:
         wrk = Wrk(Path(tmp), new_connections=args.new_connections)
@@ -135,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             targets["floor-sqlite-insert"] = stack.enter_context(
                 noop_server(gunicorn, "floor_app:app", "sqlite-insert"))
         if "postgresql" in kinds:
-            floor_url = stack.enter_context(database("postgresql"))
+            floor_url = stack.enter_context(delayed(stack.enter_context(database("postgresql")), args.network_delay))
             targets["floor-postgres-insert"] = stack.enter_context(
                 noop_server(gunicorn, "floor_app:app", "postgres-insert",
                             extra_env={"BENCH_POSTGRES_URL": floor_url.replace("+psycopg", "")}))
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             cores.insert(0, (f"@{args.baseline}", core_at(args.baseline, Path(tmp) / "baseline")))
         for kind in kinds:
             for label, core in cores:
-                url = stack.enter_context(database(kind))
+                url = stack.enter_context(delayed(stack.enter_context(database(kind)), args.network_delay))
                 targets[f"durable-{kind}{label}"] = stack.enter_context(
                     product_server(gunicorn, database_url=url, worker=args.with_worker,
                                    worker_settings=worker_settings, core=core, **settings))

@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from _common import GunicornSettings, core_at, database, log, product_server, table, unique_body
-from drain import delayed
+from delay_proxy import delayed
 
 from dolibarr_webhooks.samples import sample_body
 

@@ -19,8 +19,7 @@ import sys
 import time
 
 from _common import log, postgres_database, receiver, table
-from delay_proxy import round_trip_ms
-from drain import delayed
+from delay_proxy import delayed, round_trip_ms
 
 from dolibarr_webhooks.store import DEAD, Store
 
