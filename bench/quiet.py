@@ -2,7 +2,7 @@
 a new connection, as Dolibarr posts; what a Dolibarr user waits for on most days.
 
     python bench/quiet.py [--database postgresql|sqlite] [--network-delay MS] [--baseline REV]
-                          [--events 20] [--pause 1.1]
+                          [--noop] [--events 20] [--pause 1.1]
 
 ``ingest.py`` posts back to back, so every connection of the service is busy and nothing the
 service does after a quiet second shows there. Here ``dolibarr-webhooks`` runs under serve's
@@ -10,7 +10,9 @@ settings (its processes and threads, the worker left out), and the client posts 
 ``BILL_VALIDATE`` sample, each with its own object id, each after a pause of ``--pause``
 seconds, timing each answer from the connection's opening to the answer's last byte. With
 ``--baseline`` the core of that revision runs too, on its own store, and the posts take
-turns between the two. ``--network-delay``: PostgreSQL is reached through ``delay_proxy.py``, which holds every
+turns between the two; with ``--noop`` ``noop_app.py`` does too, under the same settings.
+Then, on each, 200 posts back to back, still each on a new connection: what the quiet
+seconds cost. ``--network-delay``: PostgreSQL is reached through ``delay_proxy.py``, which holds every
 chunk that many milliseconds each way, as a database on another host would.
 """
 
@@ -26,10 +28,13 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from _common import GunicornSettings, core_at, database, log, product_server, table, unique_body
+from _common import GunicornSettings, core_at, database, log, noop_server, product_server, table, unique_body
 from delay_proxy import delayed
 
 from dolibarr_webhooks.samples import sample_body
+
+
+BACK_TO_BACK = 200
 
 
 def post(url: str, body: bytes) -> float:
@@ -54,17 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--network-delay", type=float, default=0.0,
                         help="PostgreSQL: milliseconds each way between the service and the server")
     parser.add_argument("--baseline", metavar="GIT_REVISION")
+    parser.add_argument("--noop", action="store_true", help="also bench/noop_app.py, under the same settings")
     parser.add_argument("--events", type=int, default=20, help="posts to each service")
     parser.add_argument("--pause", type=float, default=1.1, help="seconds before each post")
     args = parser.parse_args(argv)
     gunicorn = GunicornSettings.serve()
     body = sample_body("BILL_VALIDATE")
     times: dict[str, list[float]] = {}
+    back_to_back: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="dw-bench-quiet-") as tmp, contextlib.ExitStack() as stack:
         cores = {"working tree": None}
         if args.baseline:
             cores = {f"@{args.baseline}": core_at(args.baseline, Path(tmp) / "baseline"), **cores}
         servers = {}
+        if args.noop:
+            servers["no-op"] = stack.enter_context(noop_server(gunicorn))
+            times["no-op"] = []
         for label, core in cores.items():
             url = stack.enter_context(database(args.database))
             if url and args.network_delay:
@@ -82,13 +92,16 @@ def main(argv: list[str] | None = None) -> int:
             for label in labels[round_ % len(labels):] + labels[:round_ % len(labels)]:
                 time.sleep(args.pause)
                 times[label].append(post(servers[label].webhook_url, unique_body(body, number := number + 1)))
+        for label, server in servers.items():
+            back_to_back[label] = [post(server.webhook_url, unique_body(body, number := number + 1))
+                                   for _ in range(BACK_TO_BACK)]
     delay = f", PostgreSQL {args.network_delay} ms away each way" if args.network_delay else ""
     print(f"# quiet: {args.database}{delay}, gunicorn {gunicorn.describe()}, one post at a time, "
           f"{args.pause} s apart, each on a new connection")
     print()
-    rows = [[label, len(values), f"{statistics.median(values):.2f}", f"{min(values):.2f}", f"{max(values):.2f}"]
-            for label, values in times.items()]
-    print(table(rows, ["core", "posts", "p50 ms", "min ms", "max ms"]))
+    rows = [[label, len(values), f"{statistics.median(values):.2f}", f"{min(values):.2f}", f"{max(values):.2f}",
+             f"{statistics.median(back_to_back[label]):.2f}"] for label, values in times.items()]
+    print(table(rows, ["target", "posts", "p50 ms", "min ms", "max ms", "back to back p50 ms"]))
     return 0
 
 
