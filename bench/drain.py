@@ -31,6 +31,7 @@ from dolibarr_webhooks.testing import free_port
 
 
 def drain(url: str, count: int, concurrency: int, workdir: Path, worker_url: str | None = None) -> dict[str, float]:
+    """``worker_url``: the worker's way to the same store (through ``delay_proxy.py``)."""
     service, events = receiver(url)
     for event in events(20_000_000, count):
         service.ingest(event)
@@ -81,14 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             for concurrency in (int(c) for c in args.concurrency.split(",")):
                 workdir = Path(tmp) / f"{kind}-{concurrency}"
                 workdir.mkdir()
-                delay = args.network_delay if kind == "postgresql" else 0.0
-                with database(kind) as url, delayed(url, delay) as worker_url:
+                with database(kind) as url, delayed(url, args.network_delay) as worker_url:
                     url = url or f"sqlite:///{workdir / 'webhooks.sqlite3'}"
                     log(f"{kind}: {args.events} events stored, then a worker of concurrency {concurrency}")
-                    if delay:
+                    if worker_url and worker_url != url:
                         log(f"the worker's round trip to PostgreSQL: {round_trip_ms(worker_url):.2f} ms "
                             f"(direct {round_trip_ms(url):.2f} ms)")
-                    result = drain(url, args.events, concurrency, workdir, worker_url if delay else None)
+                    result = drain(url, args.events, concurrency, workdir, worker_url)
                 rows.append([kind, concurrency, f"{result['start']:.2f}", f"{result['rate']:.0f}",
                              f"{result['cpu_ms']:.2f}",
                              "-" if result["database_cpu_ms"] is None else f"{result['database_cpu_ms']:.2f}"])

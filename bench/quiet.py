@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             servers["no-op"] = stack.enter_context(noop_server(gunicorn))
             times["no-op"] = []
         for label, core in cores.items():
-            url = stack.enter_context(database(args.database))
-            if url and args.network_delay:
-                url = stack.enter_context(delayed(url, args.network_delay))
+            url = stack.enter_context(delayed(stack.enter_context(database(args.database)), args.network_delay))
             servers[label] = stack.enter_context(product_server(gunicorn, database_url=url, core=core))
             times[label] = []
         log(f"servers up: {', '.join(servers)}; {args.events} posts each, {args.pause} s apart")
