@@ -160,8 +160,6 @@ def cut_connections(conn, name: str) -> None:
 def lost_once_lent(store_: Store, database_url: str):
     """The next connection ``store_``'s pool lends is ended by the server right after: its
     first statement meets a lost connection, which no look at the checkout could have seen."""
-    from sqlalchemy import event as sa_event
-
     pending = [True]
 
     def cut(dbapi_conn, _record, _proxy):
@@ -197,19 +195,26 @@ def test_a_failure_whose_text_holds_a_nul_is_recorded(migrated_store):
 
 
 @contextlib.contextmanager
-def worker_with_a_claim(database_url: str, events: int):
-    """A store with ``events`` events for plugin ``log``, and a worker's store holding the
-    claim of the first."""
+def worker_store_over(database_url: str, events: int, plugins: tuple[str, ...] = ("log",)):
+    """A store with ``events`` events, each with a delivery for every one of ``plugins``, and
+    a worker's store on it (``Store.for_worker``)."""
     admin = Store(database_url)
     admin.migrate()
     for number in range(1, events + 1):
-        admin.ingest(event_from_body(body(object_id=number)), ["log"])
+        admin.ingest(event_from_body(body(object_id=number)), list(plugins))
     worker_store = Store.for_worker(database_url)
     try:
-        yield worker_store, worker_store.claim({"log": 1}, "test", lease=30)[0]
+        yield worker_store
     finally:
         worker_store.dispose()
         admin.dispose()
+
+
+@contextlib.contextmanager
+def worker_with_a_claim(database_url: str, events: int):
+    """``worker_store_over`` for plugin ``log``, its worker's store holding the claim of the first."""
+    with worker_store_over(database_url, events) as worker_store:
+        yield worker_store, worker_store.claim({"log": 1}, "test", lease=30)[0]
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -287,19 +292,10 @@ def test_a_claim_for_several_plugins_takes_two_round_trips(database_url, tmp_pat
     """A worker's claim reads what is due for each plugin, then leases it: BEGIN and every
     plugin's read in one round trip, the leases and COMMIT in another, where each statement
     waiting for its answer made two a plugin and two more (eight for three plugins)."""
-    admin = Store(database_url)
-    admin.migrate()
-    plugins = ["email", "slack", "sync"]
-    for number in (1, 2):
-        admin.ingest(event_from_body(body(object_id=number)), plugins)
-    worker_store = Store.for_worker(database_url)
-    try:
+    with worker_store_over(database_url, 2, ("email", "slack", "sync")) as worker_store:
         with round_trips(worker_store.engine, tmp_path / "libpq.trace") as sent:
             claims = worker_store.claim({"email": 2, "slack": 1, "sync": 0}, "test", lease=30)
         assert_pooled_connection_in_transactions(worker_store)
-    finally:
-        worker_store.dispose()
-        admin.dispose()
     assert sorted((c.plugin, c.event.object_id) for c in claims) == [("email", "1"), ("email", "2"), ("slack", "1")]
     assert len(sent.waits) <= 2, f"{len(sent.waits)} round trips: {sent.waits}"
 
@@ -310,18 +306,11 @@ def test_a_read_takes_one_round_trip(database_url, tmp_path):
     alone: in a transaction psycopg sent BEGIN and waited for it, and the pool a ROLLBACK
     when the connection came back (three round trips). The connection goes back to the pool
     out of autocommit."""
-    admin = Store(database_url)
-    admin.migrate()
-    admin.ingest(event_from_body(body(object_id=1)), ["log"])
-    worker_store = Store.for_worker(database_url)
-    try:
+    with worker_store_over(database_url, 1) as worker_store:
         with round_trips(worker_store.engine, tmp_path / "libpq.trace") as sent:
             assert worker_store.has_due(["log"])
         assert_pooled_connection_in_transactions(worker_store)
         assert worker_store.claim({"log": 1}, "test", lease=30)  # a write is still a transaction
-    finally:
-        worker_store.dispose()
-        admin.dispose()
     assert len(sent.waits) == 1, f"{len(sent.waits)} round trips: {sent.waits}"
 
 
