@@ -65,7 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     gunicorn = GunicornSettings.serve()
     body = sample_body("BILL_VALIDATE")
-    times: dict[str, list[float]] = {}
     back_to_back: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="dw-bench-quiet-") as tmp, contextlib.ExitStack() as stack:
         cores = {"working tree": None}
@@ -74,11 +73,10 @@ def main(argv: list[str] | None = None) -> int:
         servers = {}
         if args.noop:
             servers["no-op"] = stack.enter_context(noop_server(gunicorn))
-            times["no-op"] = []
         for label, core in cores.items():
             url = stack.enter_context(delayed(stack.enter_context(database(args.database)), args.network_delay))
             servers[label] = stack.enter_context(product_server(gunicorn, database_url=url, core=core))
-            times[label] = []
+        times: dict[str, list[float]] = {label: [] for label in servers}
         log(f"servers up: {', '.join(servers)}; {args.events} posts each, {args.pause} s apart")
         number = 40_000_000
         for label, server in servers.items():  # a first answer opens connections: not counted
