@@ -36,23 +36,43 @@ ENV_PREFIX = "DOLIBARR_WEBHOOKS_"
 
 # -- files shared between processes --------------------------------------------------------
 def append_record(path: str | os.PathLike, record: dict[str, Any]) -> None:
-    # One write() of one line to an O_APPEND descriptor: lines from several processes never interleave.
-    line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+    # One write() of one line to an O_APPEND descriptor: lines from several processes never
+    # interleave.
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
+        os.write(fd, record_line(record).encode())
     finally:
         os.close(fd)
 
 
+def record_line(record: dict[str, Any]) -> str:
+    """A record's line in a handler's file. A process killed while writing may leave part of
+    its line (the kernel copies page by page and stops at a fatal signal): the newline before
+    each line starts the next record on a line of its own, after such a part."""
+    return "\n" + json.dumps(record, separators=(",", ":")) + "\n"
+
+
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Every complete line of a handler's file (a process killed mid-write leaves no partial line
-    that matters: a line without its newline is ignored)."""
+    """Every complete record of a handler's file (``records_in``)."""
     try:
         text = Path(path).read_text()
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in text.split("\n")[:-1] if line]
+    return records_in(text)
+
+
+def records_in(text: str) -> list[dict[str, Any]]:
+    """The complete records of a handler's file. What a process killed mid-write left of its
+    line (``record_line``), the last line without its newline or a line that does not end its
+    JSON, is the record of a run cut short: not kept."""
+    return [record for line in text.split("\n")[:-1] if line and (record := _complete(line)) is not None]
+
+
+def _complete(line: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None  # the part a killed process wrote
 
 
 def _events(config: dict[str, Any]) -> list[str] | None:
@@ -158,9 +178,9 @@ class Failer:
         with open(path, "a+") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             fh.seek(0)
-            attempt = 1 + sum(1 for line in fh if json.loads(line)["event"] == event.id)
-            fh.write(json.dumps({"plugin": self.name, "event": event.id, "attempt": attempt, "pid": os.getpid(),
-                                 "time": time.time()}) + "\n")
+            attempt = 1 + sum(1 for record in records_in(fh.read()) if record["event"] == event.id)
+            fh.write(record_line({"plugin": self.name, "event": event.id, "attempt": attempt, "pid": os.getpid(),
+                                  "time": time.time()}))
             fh.flush()
         return attempt
 
@@ -187,9 +207,9 @@ class Sleeper:
             with open(path, "a+") as fh:  # locked while the runs of this event are counted
                 fcntl.flock(fh, fcntl.LOCK_EX)
                 fh.seek(0)
-                run = 1 + sum(1 for line in fh if (r := json.loads(line))["event"] == event.id and r["at"] == "start")
-                fh.write(json.dumps({"plugin": self.name, "event": event.id, "at": "start", "run": run,
-                                     "pid": os.getpid(), "time": time.time()}) + "\n")
+                run = 1 + sum(1 for r in records_in(fh.read()) if r["event"] == event.id and r["at"] == "start")
+                fh.write(record_line({"plugin": self.name, "event": event.id, "at": "start", "run": run,
+                                      "pid": os.getpid(), "time": time.time()}))
         deadline = time.monotonic() + float(settings["seconds"])
         gate = Path(f"{path}.release.{event.id}.{run}") if path else None
         while time.monotonic() < deadline and not (gate and gate.exists()):
