@@ -6,12 +6,11 @@ to the login."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
 import pytest
-from dolibarr_webhooks_testplugin import body
+from dolibarr_webhooks_testplugin import body, read_records
 
 from dolibarr_webhooks.testing import running_service, wait_for
 
@@ -82,7 +81,7 @@ def test_find_an_invoice_replay_its_dead_delivery_and_see_it_delivered(browser, 
         page.wait_for_function(
             "document.querySelector('section[data-plugin=failer] .status').textContent.trim() === 'delivered'",
             timeout=30_000)
-        attempts = [json.loads(line) for line in (tmp_path / "failer.jsonl").read_text().splitlines()]
+        attempts = read_records(tmp_path / "failer.jsonl")
         assert [a["attempt"] for a in attempts if a["event"] in page.url] == [1, 2, 3]
 
         page.click("text=Log out")
