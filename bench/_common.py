@@ -69,15 +69,17 @@ def table(rows: list[list[Any]], headers: list[str]) -> str:
 
 
 # -- CPU accounting --------------------------------------------------------------------------
-def _proc_stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds) of one process, or None if it is gone."""
+def _proc_stat(pid: int, reaped: bool = False) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds) of one process, or None if it is gone; ``reaped``: with the
+    CPU of its children that have exited and been waited for."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
             data = fh.read()
     except OSError:
         return None
     fields = data[data.rindex(")") + 2:].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLK_TCK
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped else 0)
+    return int(fields[1]), ticks / CLK_TCK
 
 
 def tree_cpu(root: int) -> float:
@@ -99,9 +101,10 @@ def tree_cpu(root: int) -> float:
 
 
 def postgres_cpu() -> float:
-    """CPU seconds used so far by the living processes of a PostgreSQL server on this machine
-    (its backends included): what the database did for a client, taken as a difference. A
-    backend that exits meanwhile takes its share with it."""
+    """CPU seconds used so far by the processes of a PostgreSQL server on this machine, its
+    backends included: what the database did for a client, taken as a difference. A backend
+    that has exited is counted in its postmaster's children's time (a worker's pool closes the
+    connections it has beyond its size: at 16 lanes, backends came and went during a drain)."""
     total = 0.0
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -111,7 +114,7 @@ def postgres_cpu() -> float:
                         continue
             except OSError:
                 continue
-            found = _proc_stat(int(name))
+            found = _proc_stat(int(name), reaped=True)
             total += found[1] if found else 0.0
     return total
 
