@@ -60,6 +60,16 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def median_ms(call, repeat: int) -> float:
+    """Median wall milliseconds of ``repeat`` calls of ``call``."""
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
 def table(rows: list[list[Any]], headers: list[str]) -> str:
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(x) for x in col) for col in zip(headers, *cells)]

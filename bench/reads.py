@@ -14,23 +14,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
-from _common import log, postgres_database, receiver, table
+from _common import log, median_ms, postgres_database, receiver, table
 from delay_proxy import delayed, round_trip_ms
 
 from dolibarr_webhooks.store import DEAD, Store
-
-
-def timed(call, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_store = Store.for_worker(reads_url)
         try:
             log(f"{args.events} events stored; a round trip takes {round_trip_ms(reads_url):.2f} ms")
-            rows = [[name, f"{timed(call, args.repeat):.3f}"] for name, call in (
+            rows = [[name, f"{median_ms(call, args.repeat):.3f}"] for name, call in (
                 ("has_due", lambda: worker_store.has_due(["log"])),
                 ("stats", worker_store.stats),
                 ("dead list", lambda: worker_store.list_deliveries(status=DEAD)),
