@@ -40,6 +40,7 @@ from pathlib import Path
 from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, WrkResult, core_at, database, log,
                      node_express_version, node_server, node_unavailable, noop_server, product_server,
                      sqlite_counters, table)
+from cold_fsync import measure as sync_after_pauses
 from delay_proxy import delayed
 
 # Issue #15's targets: at concurrency 16, at least 0.8 of the least durable Flask receiver
@@ -187,9 +188,20 @@ def main(argv: list[str] | None = None) -> int:
                 stored = server.stats()["events"]
                 integrity.append(f"{name}: {stored} events stored for {sent[name]} acknowledged "
                                  f"({'ok' if stored >= sent[name] else 'MISSING EVENTS'})")
+        disk = _disk_line(Path(tmp)) if "sqlite" in kinds and 1 in concurrencies else []
 
-    print_report(results, targets, concurrencies, integrity + _group_commit_lines(shared))
+    print_report(results, targets, concurrencies, integrity + _group_commit_lines(shared) + disk)
     return 0
+
+
+def _disk_line(folder: Path) -> list[str]:
+    """What an fsync costs on the disk under the SQLite stores, back to back and after the
+    quiet an answer at c=1 leaves it (its request's work, with no I/O, comes before its
+    sync): the part of the c=1 answer that is the disk's (``cold_fsync.py`` shows more)."""
+    rows = sync_after_pauses(str(folder / "disk.sqlite3"), [(0.0, 100), (0.001, 100)])
+    (_, _, _, _, back_to_back), (_, _, quiet, _, after_quiet) = rows
+    return [f"the disk under the SQLite stores: fdatasync {back_to_back} ms back to back, {after_quiet} ms "
+            f"after {quiet} ms without I/O (medians of 100; bench/cold_fsync.py)"]
 
 
 @contextlib.contextmanager
