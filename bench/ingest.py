@@ -16,10 +16,12 @@ posting the real BILL_VALIDATE body (about 15 KB, a unique object id per request
 a duplicate); the whole sequence is repeated ``--rounds`` times. Prints requests/s, p50 and
 p99 of the answers, the ratios durable / no-op and durable / node-express, the share of the
 machine taken by the load generator, the server and everything else, and the server's CPU
-time per request; then checks that every acknowledged event is in the store. ``--floor``
-adds the floors of ``bench/floor_app.py``: append each body to a file and fdatasync it;
-parse and scrub it with the product's own code and store nothing; both. They bound any
-design of the receiver. ``--with-worker`` runs each durable target's delivery worker process
+time per request; then checks that every acknowledged event is in the store and, on SQLite
+at c=1, prints what an fsync costs on the disk under the stores back to back and after the
+quiet an answer leaves it (``cold_fsync.py``). ``--floor`` adds the floors of
+``bench/floor_app.py``: append each body to a file and fdatasync it; parse and scrub it
+with the product's own code and store nothing; both. They bound any design of the
+receiver. ``--with-worker`` runs each durable target's delivery worker process
 too; during a point the other targets' workers are stopped, so that none drains its backlog
 on the measured target's time. ``--network-delay``: every PostgreSQL target, the floor
 included, reaches the server through ``delay_proxy.py``, which holds every chunk that many
