@@ -267,6 +267,49 @@ class Wrk:
         )
 
 
+def interleaved(servers: list[tuple[str, Server]], concurrencies: list[int], rounds: int, duration: int,
+                workdir: Path) -> dict[tuple[str, int], list[WrkResult]]:
+    """Two or more servers posted to in turn at each concurrency, over ``rounds`` rounds: on a
+    machine whose speed moves more between rounds than between two points taken a few seconds
+    apart, the figure to read is the ratio of each round (``interleaved_report``)."""
+    wrk = Wrk(workdir)
+    for _label, server in servers:
+        wrk.run(server.webhook_url, max(concurrencies), 1)  # warm-up
+    results: dict[tuple[str, int], list[WrkResult]] = {}
+    for round_ in range(1, rounds + 1):
+        for connections in concurrencies:
+            for label, server in servers:
+                result = wrk.run(server.webhook_url, connections, duration, server_pid=server.web_pid)
+                results.setdefault((label, connections), []).append(result)
+                log(f"round {round_} c={connections} {label}: {result.rps:.0f} req/s, "
+                    f"{result.server_cpu_ms:.2f} ms cpu/req, p50 {result.p50_ms:.2f} ms")
+    return results
+
+
+def interleaved_report(results: dict[tuple[str, int], list[WrkResult]], labels: list[str],
+                       concurrencies: list[int], column: str) -> str:
+    """``interleaved``'s medians (``column``: what the labels name), then each server against
+    the first: the medians of the per-round ratios of req/s (with their spread), CPU per
+    request and p50."""
+    rows = [[label, connections, f"{median([r.rps for r in found]):.0f}",
+             f"{median([r.server_cpu_ms for r in found]):.2f}", f"{median([r.p50_ms for r in found]):.2f}",
+             f"{median([r.p99_ms for r in found]):.1f}"]
+            for connections in concurrencies for label in labels
+            for found in [results[(label, connections)]]]
+    lines = [table(rows, [column, "conc", "req/s", "cpu ms/req", "p50 ms", "p99 ms"]), ""]
+    for connections in concurrencies:
+        first = results[(labels[0], connections)]
+        for label in labels[1:]:
+            pairs = list(zip(first, results[(label, connections)]))
+            rps = [b.rps / a.rps for a, b in pairs]
+            cpu = median([b.server_cpu_ms / a.server_cpu_ms for a, b in pairs])
+            p50 = median([b.p50_ms / a.p50_ms for a, b in pairs])
+            lines.append(f"{label} / {labels[0]} at c={connections}: req/s x{median(rps):.2f} (min {min(rps):.2f}, "
+                         f"max {max(rps):.2f}), cpu per request x{cpu:.2f}, p50 x{p50:.2f} "
+                         f"(medians of the per-round ratios)")
+    return "\n".join(lines)
+
+
 # -- a paced client ----------------------------------------------------------------------------
 def post_once(port: int, path: str, body: bytes) -> tuple[int, bytes]:
     """One POST on a new connection, as Dolibarr posts: (status, response body)."""
@@ -590,12 +633,45 @@ def plugin_venv(root: Path, name: str, source: str) -> Path:
                            str(package)], timeout=300, capture_output=True, text=True)
     if done.returncode:
         raise RuntimeError(f"pip install of the {name} plugin failed:\n{done.stdout}\n{done.stderr}")
-    # The console scripts of the core and of gunicorn live in the base environment; give the
-    # venv its own, as pip writes them, so that they run the venv's python.
+    return _own_console_scripts(python)
+
+
+_LOOP = ("import sys, time\n"
+         "best = None\n"
+         "for _ in range(3):\n"
+         "    start = time.perf_counter(); x = 0\n"
+         "    for i in range(10_000_000): x += i\n"
+         "    took = time.perf_counter() - start; best = took if best is None else min(best, took)\n"
+         "print('Python %s at %s: 10M additions in %.2f s' % (sys.version.split()[0], sys.base_prefix, best))")
+
+
+def interpreter(python: Path | str = sys.executable) -> str:
+    """The interpreter's version, where it lives, and how fast it runs a loop of Python: how it
+    was built moves every figure of a receiver written in it (``interpreters.py``)."""
+    return subprocess.run([str(python), "-c", _LOOP], capture_output=True, text=True, check=True,
+                          timeout=300).stdout.strip()
+
+
+def interpreter_venv(root: Path, interpreter: str) -> Path:
+    """A virtual environment of ``interpreter``, another build of the running Python's version,
+    that sees the running environment's packages (``overlay_venv``): the same product and
+    dependencies, down to their compiled parts, under another interpreter. Returns its python."""
+    found = subprocess.run([interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                           capture_output=True, text=True, timeout=60)
+    wanted = "%d.%d" % sys.version_info[:2]
+    if found.returncode or found.stdout.strip() != wanted:
+        sys.exit(f"{interpreter} is not a Python {wanted}: the packages installed here are built for {wanted}")
+    env_dir = root / f"venv-{uuid.uuid4().hex[:8]}"
+    return _own_console_scripts(overlay_venv(env_dir, interpreter))
+
+
+def _own_console_scripts(python: Path) -> Path:
+    """The console scripts of the core and of gunicorn live in the base environment; give the
+    venv of ``python`` its own, as pip writes them, so that they run that python."""
     for script, target in (("gunicorn", "gunicorn.app.wsgiapp:run"),
                            ("dolibarr-webhooks", "dolibarr_webhooks.cli:main")):
         mod, func = target.split(":")
-        path = env_dir / "bin" / script
+        path = python.parent / script
         path.write_text(CONSOLE_SCRIPT.format(python=python, module=mod, func=func))
         path.chmod(0o755)
     return python

@@ -39,7 +39,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, WrkResult, core_at, database, log,
+from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, WrkResult, core_at, database, interpreter, log,
                      node_express_version, node_server, node_unavailable, noop_server, product_server,
                      sqlite_counters, table)
 from cold_fsync import measure as sync_after_pauses
@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
              if args.with_worker else "")
           + (f", @{args.baseline} = the core package at that revision" if args.baseline else "")
           + (f", PostgreSQL {args.network_delay:g} ms away each way" if args.network_delay else ""), flush=True)
+    print(f"# {interpreter()}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="dw-bench-wrk-") as tmp, contextlib.ExitStack() as stack:
         wrk = Wrk(Path(tmp), new_connections=args.new_connections)

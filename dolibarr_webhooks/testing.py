@@ -196,16 +196,22 @@ def plugin_package(root: str | os.PathLike, name: str, source: str, version: str
     return package
 
 
-def overlay_venv(path: str | os.PathLike) -> Path:
+def overlay_venv(path: str | os.PathLike, interpreter: str | None = None) -> Path:
     """A new virtual environment at ``path`` that also sees every package of the running one
     (the core under test, its dependencies, pip, editable installs included); what is
     pip-installed into it lands in its own site-packages and comes first. Returns its python.
+    ``interpreter``: another build of the running Python's version (the packages' compiled
+    parts are built for that version), for the same packages under another interpreter.
 
     ``--system-site-packages`` would not do: run from inside a virtual environment (as
     ``.ci/run`` does), it links the base interpreter's packages, not this environment's.
     """
     path = Path(path)
-    venv.EnvBuilder(with_pip=False, clear=True).create(path)
+    if interpreter is None:
+        venv.EnvBuilder(with_pip=False, clear=True).create(path)
+    else:
+        subprocess.run([interpreter, "-m", "venv", "--without-pip", "--clear", str(path)], check=True,
+                       capture_output=True)
     python = path / "bin" / "python"
     own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                          capture_output=True, text=True, check=True).stdout.strip()

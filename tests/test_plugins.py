@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,21 @@ def plugin_env(tmp_path_factory):
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps",
                         "--disable-pip-version-check", str(package)], check=True, timeout=300)
     return python
+
+
+def test_an_overlay_venv_of_another_interpreter_sees_this_environments_packages(tmp_path):
+    """bench/interpreters.py runs the same packages under another build of this Python."""
+    import dolibarr_webhooks
+
+    base = getattr(sys, "_base_executable", sys.executable)  # the interpreter under this venv
+    python = overlay_venv(tmp_path / "venv", interpreter=base)
+    found = subprocess.run([str(python), "-c", "import sys, dolibarr_webhooks, flask; "
+                            "print(sys.prefix); print(dolibarr_webhooks.__file__)"],
+                           capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    prefix, core = found.stdout.splitlines()
+    assert Path(prefix) == tmp_path / "venv"
+    assert Path(core) == Path(dolibarr_webhooks.__file__)
 
 
 def cli(python: Path, *args: str, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess:

@@ -1,0 +1,60 @@
+"""Which Python: the durable receiver under two builds of the same Python version, side by side.
+
+    python bench/interpreters.py --python /usr/bin/python3.11 [--database sqlite|postgresql]
+                                 [--concurrency 1,16] [--rounds 6] [--duration 3]
+
+The receiver's answer is mostly the interpreter's work (issue #15: 60 % of a web process's CPU
+in ``libpython`` under ``perf``), so how that interpreter was built shows in every figure.
+CPython built with ``--enable-optimizations --with-lto``, as Debian, Ubuntu, Fedora, the
+python.org installers and the Docker images build it, runs Python code about a quarter faster
+than a build without (pyenv's default, ``--enable-shared`` and no profile-guided optimisation).
+
+Two servers of the same core and the same packages run at once under ``serve``'s settings, each
+on its own store: one under the running interpreter, one under ``--python`` (a virtual
+environment of it that sees this one's packages, ``interpreter_venv``). ``wrk`` posts to one,
+then the other, over interleaved rounds; read the medians of the per-round ratios. Each
+interpreter is named with what a pure-Python loop of 10 million additions takes under it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import (GunicornSettings, database, interleaved, interleaved_report, interpreter, interpreter_venv,
+                     product_server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--python", required=True,
+                        help="the other interpreter, of this one's Python version (e.g. /usr/bin/python3.11)")
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--concurrency", default="1,16", help="connections, comma-separated")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--duration", type=int, default=3)
+    args = parser.parse_args(argv)
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    with tempfile.TemporaryDirectory(prefix="dw-bench-python-") as tmp, contextlib.ExitStack() as stack:
+        pythons = {"running": Path(sys.executable), "--python": interpreter_venv(Path(tmp), args.python)}
+        names = {label: interpreter(python) for label, python in pythons.items()}
+        servers = []
+        for label, python in pythons.items():
+            url = stack.enter_context(database(args.database))
+            servers.append((label, stack.enter_context(product_server(GunicornSettings.serve(), database_url=url,
+                                                                      python=python))))
+        results = interleaved(servers, concurrencies, args.rounds, args.duration, Path(tmp))
+    print(f"# interpreters: the durable receiver ({args.database}) under serve's settings, "
+          f"{args.rounds} rounds of {args.duration} s, interleaved; medians")
+    for label, name in names.items():
+        print(f"# {label}: {name}")
+    print()
+    print(interleaved_report(results, list(pythons), concurrencies, "interpreter"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
