@@ -5,9 +5,9 @@
 
 The receiver's answer is mostly the interpreter's work (issue #15: 60 % of a web process's CPU
 in ``libpython`` under ``perf``), so how that interpreter was built shows in every figure.
-CPython built with ``--enable-optimizations --with-lto``, as Debian, Ubuntu, Fedora, the
-python.org installers and the Docker images build it, runs Python code about a quarter faster
-than a build without (pyenv's default, ``--enable-shared`` and no profile-guided optimisation).
+CPython built with profile-guided and link-time optimisation, as Debian's and Ubuntu's
+packages and the official Docker images are, runs a loop of Python in a quarter less time
+than a build without (pyenv's default: ``--enable-shared`` and nothing else).
 
 Two servers of the same core and the same packages run at once under ``serve``'s settings, each
 on its own store: one under the running interpreter, one under ``--python`` (a virtual
