@@ -474,8 +474,10 @@ def web_processes(cpus: int | None = None) -> int:
     other threads' parsing (up to the interpreter's switch interval, 5 ms). On SQLite it holds
     the file's writers' turn all the while, and every process waits for that turn. With two
     processes per core one runs Python while another commits: on 2 cores at concurrency 16,
-    SQLite answered 1.03 to 1.35x the requests a second of one process per CPU; PostgreSQL,
-    whose processes share no turn, 0.95 to 1.04x (bench/processes.py, issue #15)."""
+    SQLite answered 1.03 to 1.35x the requests a second of one process per CPU (1.03x on a
+    machine whose disk does not slow after a pause); PostgreSQL, whose processes share no
+    turn, 0.95 to 1.04x, and 0.97x with 1.1 times the CPU a request and a p99 of 35 ms against
+    26 (bench/processes.py, issue #15): contrib/README.rst suggests one per CPU there."""
     return max(2, min(2 * (cpus or os.cpu_count() or 1), 8))
 
 
