@@ -1,6 +1,6 @@
 #!/bin/sh
 # Every benchmark with modest durations: about 8 minutes on 2 cores, each script under 3
-# (BENCH_EXPERIMENTS=1 adds about 12).
+# (BENCH_EXPERIMENTS=1 adds about 14).
 # Needs wrk (apt-get install -y wrk) and, for the PostgreSQL points, a PostgreSQL on
 # 127.0.0.1:5432 where user postgres may create databases (DOLIBARR_WEBHOOKS_BENCH_POSTGRES
 # gives another admin URL). BENCH_EXPERIMENTS=1 also measures this checkout against an older
@@ -41,4 +41,8 @@ if [ "${BENCH_EXPERIMENTS:-0}" = 1 ]; then
     echo
     echo "== experiments: SQLite synchronous NORMAL (against FULL, shipped, in the first run)"
     "$PYTHON" ingest.py --concurrency 1,16 --setting SQLITE_SYNCHRONOUS=normal
+    echo
+    echo "== experiments: the receiver under the distribution's Python (another build of this version)"
+    "$PYTHON" interpreters.py --python "${BENCH_OTHER_PYTHON:-/usr/bin/python3}" --rounds 4 \
+        || echo "(skipped: ${BENCH_OTHER_PYTHON:-/usr/bin/python3} is not another build of this Python)"
 fi
