@@ -652,17 +652,17 @@ def interpreter(python: Path | str = sys.executable) -> str:
                           timeout=300).stdout.strip()
 
 
-def interpreter_venv(root: Path, interpreter: str) -> Path:
-    """A virtual environment of ``interpreter``, another build of the running Python's version,
-    that sees the running environment's packages (``overlay_venv``): the same product and
-    dependencies, down to their compiled parts, under another interpreter. Returns its python."""
-    found = subprocess.run([interpreter, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+def interpreter_venv(root: Path, other: str) -> Path:
+    """A virtual environment of the interpreter ``other``, another build of the running Python's
+    version, that sees the running environment's packages (``overlay_venv``): the same product
+    and dependencies, down to their compiled parts, under another interpreter. Returns its python."""
+    found = subprocess.run([other, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                            capture_output=True, text=True, timeout=60)
     wanted = "%d.%d" % sys.version_info[:2]
     if found.returncode or found.stdout.strip() != wanted:
-        sys.exit(f"{interpreter} is not a Python {wanted}: the packages installed here are built for {wanted}")
+        sys.exit(f"{other} is not a Python {wanted}: the packages installed here are built for {wanted}")
     env_dir = root / f"venv-{uuid.uuid4().hex[:8]}"
-    return _own_console_scripts(overlay_venv(env_dir, interpreter))
+    return _own_console_scripts(overlay_venv(env_dir, interpreter=other))
 
 
 def _own_console_scripts(python: Path) -> Path:
