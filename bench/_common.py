@@ -268,17 +268,21 @@ class Wrk:
 
 
 def interleaved(servers: list[tuple[str, Server]], concurrencies: list[int], rounds: int, duration: int,
-                workdir: Path) -> dict[tuple[str, int], list[WrkResult]]:
+                wrk: Wrk, warmup: int = 0) -> dict[tuple[str, int], list[WrkResult]]:
     """Two or more servers posted to in turn at each concurrency, over ``rounds`` rounds: on a
     machine whose speed moves more between rounds than between two points taken a few seconds
-    apart, the figure to read is the ratio of each round (``interleaved_report``)."""
-    wrk = Wrk(workdir)
-    for _label, server in servers:
-        wrk.run(server.webhook_url, max(concurrencies), 1)  # warm-up
+    apart, the figure to read is the ratio of each round (``interleaved_report``).
+    ``warmup``: seconds posted to a server before each of its points; 0: one second to each at
+    the highest concurrency, before the first round only."""
+    if not warmup:
+        for _label, server in servers:
+            wrk.run(server.webhook_url, max(concurrencies), 1)
     results: dict[tuple[str, int], list[WrkResult]] = {}
     for round_ in range(1, rounds + 1):
         for connections in concurrencies:
             for label, server in servers:
+                if warmup:
+                    wrk.run(server.webhook_url, connections, warmup)
                 result = wrk.run(server.webhook_url, connections, duration, server_pid=server.web_pid)
                 results.setdefault((label, connections), []).append(result)
                 log(f"round {round_} c={connections} {label}: {result.rps:.0f} req/s, "
@@ -290,20 +294,22 @@ def interleaved_report(results: dict[tuple[str, int], list[WrkResult]], labels: 
                        concurrencies: list[int], column: str) -> str:
     """``interleaved``'s medians (``column``: what the labels name), then each server against
     the first: the medians of the per-round ratios of req/s (with their spread), CPU per
-    request and p50."""
-    rows = [[label, connections, f"{median([r.rps for r in found]):.0f}",
-             f"{median([r.server_cpu_ms for r in found]):.2f}", f"{median([r.p50_ms for r in found]):.2f}",
-             f"{median([r.p99_ms for r in found]):.1f}"]
-            for connections in concurrencies for label in labels
-            for found in [results[(label, connections)]]]
-    lines = [table(rows, [column, "conc", "req/s", "cpu ms/req", "p50 ms", "p99 ms"]), ""]
+    request and p50 (a round with nothing to divide by left out)."""
+    rows = []
+    for connections in concurrencies:
+        for label in labels:
+            runs = results[(label, connections)]
+            rows.append([label, connections, f"{median([r.rps for r in runs]):.0f}",
+                         f"{median([r.server_cpu_ms for r in runs]):.3f}", f"{median([r.p50_ms for r in runs]):.2f}",
+                         f"{median([r.p99_ms for r in runs]):.1f}"])
+    lines = [table(rows, [column, "conc", "req/s", "server cpu ms/req", "p50 ms", "p99 ms"]), ""]
     for connections in concurrencies:
         first = results[(labels[0], connections)]
         for label in labels[1:]:
-            pairs = list(zip(first, results[(label, connections)]))
-            rps = [b.rps / a.rps for a, b in pairs]
-            cpu = median([b.server_cpu_ms / a.server_cpu_ms for a, b in pairs])
-            p50 = median([b.p50_ms / a.p50_ms for a, b in pairs])
+            pairs = list(zip(results[(label, connections)], first))
+            rps = [b.rps / a.rps for b, a in pairs if a.rps]
+            cpu = median([b.server_cpu_ms / a.server_cpu_ms for b, a in pairs if a.server_cpu_ms])
+            p50 = median([b.p50_ms / a.p50_ms for b, a in pairs if a.p50_ms])
             lines.append(f"{label} / {labels[0]} at c={connections}: req/s x{median(rps):.2f} (min {min(rps):.2f}, "
                          f"max {max(rps):.2f}), cpu per request x{cpu:.2f}, p50 x{p50:.2f} "
                          f"(medians of the per-round ratios)")

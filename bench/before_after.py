@@ -33,8 +33,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, core_at, database, log, median, plugin_venv,
-                     product_server, table)
+from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, core_at, database, interleaved, interleaved_report,
+                     log, plugin_venv, product_server, table)
 
 import latency
 
@@ -155,16 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             url = stack.enter_context(database(args.database))
             servers[label] = stack.enter_context(product_server(gunicorn, database_url=url, core=core))
         log(f"servers up: {', '.join(servers)}")
-        results: dict[tuple[str, int], list] = collections.defaultdict(list)
-        for round_ in range(args.rounds):
-            for connections in concurrencies:
-                for label, server in servers.items():
-                    if args.warmup:
-                        wrk.run(server.webhook_url, connections, args.warmup)
-                    result = wrk.run(server.webhook_url, connections, args.duration, server_pid=server.web_pid)
-                    results[(label, connections)].append(result)
-                    log(f"round {round_ + 1} c={connections} {label}: {result.rps:.0f} req/s, "
-                        f"{result.server_cpu_ms:.2f} ms cpu/req, p50 {result.p50_ms:.2f} ms")
+        results = interleaved(list(servers.items()), concurrencies, args.rounds, args.duration, wrk, args.warmup)
         profiles = {}
         profiled_at = args.profile_concurrency or concurrencies[-1]
         if args.profile:
@@ -186,25 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                 series[label] = latency.measure(args.database, python, args.events, 10, (0.02, 0.12), body,
                                                 workdir, core=core)
 
-    rows = []
-    labels = list(cores)
-    for connections in concurrencies:
-        for label in labels:
-            runs = results[(label, connections)]
-            rows.append([label, connections, f"{median([r.server_cpu_ms for r in runs]):.3f}",
-                         f"{median([r.p50_ms for r in runs]):.2f}", f"{median([r.p99_ms for r in runs]):.1f}",
-                         f"{median([r.rps for r in runs]):.0f}"])
     print()
-    print(table(rows, ["core", "conc", "server cpu ms/req", "p50 ms", "p99 ms", "req/s"]))
-    print()
-    before, after = labels
-    for connections in concurrencies:
-        pairs = list(zip(results[(after, connections)], results[(before, connections)]))
-        cpu = median([a.server_cpu_ms / b.server_cpu_ms for a, b in pairs if b.server_cpu_ms])
-        rps = median([a.rps / b.rps for a, b in pairs if b.rps])
-        p50 = median([a.p50_ms / b.p50_ms for a, b in pairs if b.p50_ms])
-        print(f"working tree / @{args.baseline} at c={connections}: cpu per request x{cpu:.2f}, "
-              f"p50 x{p50:.2f}, req/s x{rps:.2f} (medians of the per-round ratios)")
+    print(interleaved_report(results, list(cores), concurrencies, "core"))
     if series:
         print()
         rows = [[label, name, *summary.row()] for label, named in series.items() for name, summary in named.items()

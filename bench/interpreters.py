@@ -24,8 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import (GunicornSettings, database, interleaved, interleaved_report, interpreter, interpreter_venv,
-                     product_server)
+from _common import (GunicornSettings, Wrk, database, interleaved, interleaved_report, interpreter,
+                     interpreter_venv, product_server)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             url = stack.enter_context(database(args.database))
             servers.append((label, stack.enter_context(product_server(GunicornSettings.serve(), database_url=url,
                                                                       python=python))))
-        results = interleaved(servers, concurrencies, args.rounds, args.duration, Path(tmp))
+        results = interleaved(servers, concurrencies, args.rounds, args.duration, Wrk(Path(tmp)))
     print(f"# interpreters: the durable receiver ({args.database}) under serve's settings, "
           f"{args.rounds} rounds of {args.duration} s, interleaved; medians")
     for label, name in names.items():

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import GunicornSettings, database, interleaved, interleaved_report, product_server
+from _common import GunicornSettings, Wrk, database, interleaved, interleaved_report, product_server
 
 
 def settings(spec: str) -> GunicornSettings:
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         for spec in specs:
             url = stack.enter_context(database(args.database))
             servers.append((spec, stack.enter_context(product_server(settings(spec), database_url=url))))
-        results = interleaved(servers, concurrencies, args.rounds, args.duration, Path(tmp))
+        results = interleaved(servers, concurrencies, args.rounds, args.duration, Wrk(Path(tmp)))
     print(f"# {args.database}, {args.rounds} rounds of {args.duration} s, interleaved; medians")
     print()
     print(interleaved_report(results, specs, concurrencies, "processes x threads"))
