@@ -606,6 +606,20 @@ def sqlite_counters(server: RunningService):
     return (lambda: read_counters(path)) if path else None
 
 
+def in_process_product(url: str, **settings: str):
+    """The product as shipped, in this process, for Flask's test client: ``(app, client,
+    webhook path)``; plugin ``log``, the access log on (INFO, as in production) but written
+    to /dev/null, not the terminal."""
+    import logging
+
+    from dolibarr_webhooks import create_app
+
+    app = create_app({"SECRET": WEBHOOKS_TEST_SECRET, "DATABASE_URL": url, "PLUGINS": "log", **settings})
+    for handler in logging.getLogger("dolibarr_webhooks").handlers:
+        handler.stream = open(os.devnull, "w")
+    return app, app.test_client(), f"/webhook/{WEBHOOKS_TEST_SECRET}"
+
+
 @contextlib.contextmanager
 def database(kind: str) -> Iterator[str | None]:
     """``None`` (each server makes its own SQLite file) or a throw-away PostgreSQL URL."""

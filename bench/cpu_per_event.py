@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import BENCH_DIR, WEBHOOKS_TEST_SECRET, core_at, database, log, path_first, table, unique_body
+from _common import (BENCH_DIR, WEBHOOKS_TEST_SECRET, core_at, database, in_process_product, log, path_first, table,
+                     unique_body)
 
 VARIANTS = {  # name -> whether it is the product (None: the no-op app)
     "no-op": None,
@@ -33,8 +34,6 @@ VARIANTS = {  # name -> whether it is the product (None: the no-op app)
 
 def child(kind: str, product: str | None, url: str, events: int, warmup: int, sync: str) -> dict:
     """Runs in the child interpreter: measure one variant."""
-    import logging
-
     from dolibarr_webhooks.samples import sample_body
 
     body = sample_body("BILL_VALIDATE")
@@ -42,16 +41,9 @@ def child(kind: str, product: str | None, url: str, events: int, warmup: int, sy
     if product is None:
         sys.path.insert(0, str(BENCH_DIR))
         from noop_app import app
+        client, path = app.test_client(), f"/webhook/{WEBHOOKS_TEST_SECRET}"
     else:
-        from dolibarr_webhooks import create_app
-
-        app = create_app({"SECRET": WEBHOOKS_TEST_SECRET, "DATABASE_URL": url, "SQLITE_SYNCHRONOUS": sync,
-                          "PLUGINS": "log"})
-        # The access log stays on (INFO), as in production; it goes to a file, not the terminal.
-        for handler in logging.getLogger("dolibarr_webhooks").handlers:
-            handler.stream = open(os.devnull, "w")
-    client = app.test_client()
-    path = f"/webhook/{WEBHOOKS_TEST_SECRET}"
+        _, client, path = in_process_product(url, SQLITE_SYNCHRONOUS=sync)
     for raw in bodies[:warmup]:
         client.post(path, data=raw)
     cpu0, wall0 = time.process_time(), time.perf_counter()

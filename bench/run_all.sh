@@ -33,6 +33,9 @@ if [ "${BENCH_EXPERIMENTS:-0}" = 1 ]; then
     echo "== experiments: CPU per request, one process (no HTTP server, no load generator)"
     "$PYTHON" cpu_per_event.py --baseline "${BENCH_BASELINE:-adc5c9a}"
     echo
+    echo "== experiments: what one answer is made of, phase by phase (one process, one request at a time)"
+    "$PYTHON" phases.py
+    echo
     echo "== experiments: this checkout against the core at ${BENCH_BASELINE:-adc5c9a}"
     "$PYTHON" ingest.py --baseline "${BENCH_BASELINE:-adc5c9a}"
     echo
