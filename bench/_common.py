@@ -608,15 +608,12 @@ def sqlite_counters(server: RunningService):
 
 def in_process_product(url: str, **settings: str):
     """The product as shipped, in this process, for Flask's test client: ``(app, client,
-    webhook path)``; plugin ``log``, the access log on (INFO, as in production) but written
-    to /dev/null, not the terminal."""
-    import logging
-
+    webhook path)``; plugin ``log``, the access log on (INFO, as in production). Its lines go
+    to this process's stderr, as they go to journald under systemd (the log's handler writes
+    to whatever ``sys.stderr`` is): the scripts run this in a child whose stderr they read."""
     from dolibarr_webhooks import create_app
 
     app = create_app({"SECRET": WEBHOOKS_TEST_SECRET, "DATABASE_URL": url, "PLUGINS": "log", **settings})
-    for handler in logging.getLogger("dolibarr_webhooks").handlers:
-        handler.stream = open(os.devnull, "w")
     return app, app.test_client(), f"/webhook/{WEBHOOKS_TEST_SECRET}"
 
 

@@ -5,8 +5,8 @@
 One request at a time (as at concurrency 1), an answer is its phases one after the other;
 ``ingest.py`` gives the total a client sees, this script its parts. The product as shipped
 runs behind Flask's test client (``cpu_per_event.py``'s set-up: no HTTP server, the access
-line written to /dev/null), each phase timed by ``time.perf_counter()`` around the product's
-own functions, wrapped on the running objects:
+line written to a pipe its parent reads), each phase timed by ``time.perf_counter()`` around
+the product's own functions, wrapped on the running objects:
 
 - **before the store**: from the app's call to ``Store.ingest``: authentication, the body,
   parsing, the scrub, the event;
