@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="repeat every point this many times, interleaved; figures are medians (default 3)")
     parser.add_argument("--production", action="store_true",
                         help="every target under contrib/gunicorn.conf.py, the production settings (two "
-                             "processes of 16 threads per CPU, 2 to 8; gunicorn access log, multi-process metrics)")
+                             "processes of 16 threads per CPU, 2 to 8; multi-process metrics; gunicorn's access log "
+                             "only at a log level where the application writes none)")
     parser.add_argument("--serve", action="store_true",
                         help="every target under what 'dolibarr-webhooks serve' runs since it resists slow "
                              "clients: dolibarr_webhooks.web.gunicorn.ThreadWorker processes (2 per CPU, 2 to 8), "

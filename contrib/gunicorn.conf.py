@@ -131,15 +131,20 @@ logger_class = "dolibarr_webhooks.web.gunicorn.RedactingLogger"
 errorlog = "-"
 loglevel = str(_service.get("LOG_LEVEL") or "info").lower()
 
-# GUNICORN_ACCESSLOG: "-" (stdout, default), a file, or empty for none. The application
-# also logs one richer line per webhook (outcome, trigger code, event id) on
-# dolibarr_webhooks.access; with nginx's own log, turning this one off is reasonable: it
-# costs about 0.1 ms of CPU a request, 7 % of the requests a second at 16 connections
-# (bench/README.rst). It stays on by default: with DOLIBARR_WEBHOOKS_LOG_LEVEL=warning it
-# is the only access line in the journal.
+# GUNICORN_ACCESSLOG: "-" (stdout), a file, or empty for none. Unset: one access line per
+# request in the journal, whatever the level. At the default level (info, or debug) the
+# application writes it (dolibarr_webhooks.access: the outcome, trigger code, event id, source
+# and request id), and gunicorn's own would repeat it for about 0.1 ms of CPU a request, 7 %
+# of the requests a second at 16 connections (bench/README.rst); at warning and above the
+# application writes none, and gunicorn's is the one. Set it to keep gunicorn's line beside
+# the application's (it also counts the bytes sent and the probes, /health included).
 # The format never uses %(u)s, %({authorization}i)s or the raw query: even if it did,
 # RedactingLogger masks them. rid= is the X-Request-Id shared with nginx and the app.
-accesslog = os.environ.get("GUNICORN_ACCESSLOG", "-") or None
+_application_logs_access = loglevel in ("debug", "info")
+if "GUNICORN_ACCESSLOG" in os.environ:
+    accesslog = os.environ["GUNICORN_ACCESSLOG"] or None
+else:
+    accesslog = None if _application_logs_access else "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 
 # gunicorn 25.1+ opens a control socket in $HOME or $XDG_RUNTIME_DIR; the service has no

@@ -136,10 +136,25 @@ def test_gunicorn_conf_defaults_fit_dolibarr(tmp_path):
     assert conf["forwarded_allow_ips"] == "['127.0.0.1', '::1']"
     assert conf["logger_class"] == "dolibarr_webhooks.web.gunicorn.RedactingLogger"
     assert conf["preload_app"] == "False"
-    assert conf["accesslog"] == "-"
+    assert conf["accesslog"] == "None", "at the default level the application writes the access line"
     assert "%(u)s" not in conf["access_log_format"] and "authorization" not in conf["access_log_format"].lower()
     assert conf["child_exit"] == "<child_exit()>" and conf["on_starting"] == "<on_starting()>"
     assert (tmp_path / "metrics").is_dir()
+
+
+def test_gunicorn_writes_the_access_line_only_where_the_application_does_not(tmp_path):
+    """One access line per request in the journal: the application's at info and debug,
+    gunicorn's at warning and above (the application's access logger writes at info);
+    GUNICORN_ACCESSLOG, set, wins either way."""
+    by_level = {level: _gunicorn_settings(tmp_path, DOLIBARR_WEBHOOKS_LOG_LEVEL=level)["accesslog"]
+                for level in ("debug", "info", "warning", "error")}
+    assert by_level == {"debug": "None", "info": "None", "warning": "-", "error": "-"}
+    assert _gunicorn_settings(tmp_path, LOG_LEVEL="warning")["accesslog"] == "-", "the legacy variable too"
+    assert _gunicorn_settings(tmp_path, GUNICORN_ACCESSLOG="-")["accesslog"] == "-"
+    a_file = "/var/log/x/access.log"
+    assert _gunicorn_settings(tmp_path, GUNICORN_ACCESSLOG=a_file)["accesslog"] == a_file
+    none_at_warning = _gunicorn_settings(tmp_path, GUNICORN_ACCESSLOG="", DOLIBARR_WEBHOOKS_LOG_LEVEL="warning")
+    assert none_at_warning["accesslog"] == "None"
 
 
 def test_web_processes_are_two_per_cpu_from_2_to_8():
