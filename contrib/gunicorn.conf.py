@@ -35,6 +35,7 @@ _metrics_dir, _metrics_dir_is_ours = prepare_multiproc_dir()
 # workers importing them at once on a small machine answer their first requests a second
 # or more later). The app itself is still built in each worker (preload_app below).
 import dolibarr_webhooks.web.app  # noqa: E402,F401
+from dolibarr_webhooks.web.access_log import writes_access_lines  # noqa: E402
 
 
 def _settings():
@@ -140,11 +141,10 @@ loglevel = str(_service.get("LOG_LEVEL") or "info").lower()
 # the application's (it also counts the bytes sent and the probes, /health included).
 # The format never uses %(u)s, %({authorization}i)s or the raw query: even if it did,
 # RedactingLogger masks them. rid= is the X-Request-Id shared with nginx and the app.
-_application_logs_access = loglevel in ("debug", "info")
 if "GUNICORN_ACCESSLOG" in os.environ:
     accesslog = os.environ["GUNICORN_ACCESSLOG"] or None
 else:
-    accesslog = None if _application_logs_access else "-"
+    accesslog = None if writes_access_lines(loglevel) else "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}o)s'
 
 # gunicorn 25.1+ opens a control socket in $HOME or $XDG_RUNTIME_DIR; the service has no

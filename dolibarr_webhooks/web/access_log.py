@@ -21,6 +21,13 @@ REQUEST_ID_HEADER = "X-Request-Id"
 _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _NOT_LOGGED = frozenset({"/health", "/metrics", "/ready"})  # probes: a line each would drown the rest
 _ACCESS_KEYS = ("outcome", "trigger_code", "event_id", "source")  # what the request's handling noted on g
+ACCESS_LEVEL = logging.INFO  # a level above it (DOLIBARR_WEBHOOKS_LOG_LEVEL) hides the access lines
+
+
+def writes_access_lines(level: str) -> bool:
+    """Whether the application writes its access lines at this log level (``warning``, ``INFO``...):
+    contrib/gunicorn.conf.py turns gunicorn's own on only where it does not."""
+    return logging.getLevelName(level.upper()) <= ACCESS_LEVEL
 
 
 def _write_access_line(rid: str | None, started: float | None, method: str, full_path: str, status: int,
@@ -32,7 +39,7 @@ def _write_access_line(rid: str | None, started: float | None, method: str, full
     target = redact(full_path.rstrip("?"))
     parts = [f"{method} {target} {status}"]
     parts.extend(str(value) for value in (outcome, trigger_code, event_id, source) if value)
-    access_logger.info("%s %.1fms from %s", " ".join(parts), duration, client, extra={
+    access_logger.log(ACCESS_LEVEL, "%s %.1fms from %s", " ".join(parts), duration, client, extra={
         "request_id": rid, "status": status, "outcome": outcome, "trigger_code": trigger_code,
         "event_id": event_id, "source": source, "client": client, "duration_ms": round(duration, 2),
         "method": method, "path": target,
