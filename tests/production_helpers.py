@@ -357,9 +357,10 @@ def post_kept_alive(connection: http.client.HTTPConnection, object_id: int) -> d
 
 
 class PlainApp:
-    """A WSGI application of a test's own under a real gunicorn: its first answer to ``GET /``,
-    and once gunicorn has stopped, what it printed."""
+    """A WSGI application of a test's own under a real gunicorn: its address, its first answer
+    to ``GET /``, and once gunicorn has stopped, what it printed."""
 
+    url: str
     answer: requests.Response
     output: str = ""
 
@@ -377,8 +378,9 @@ def plain_app_under_gunicorn(folder: Path, source: str, *args: str, **env: str) 
                                 "plain_app:app"], env=environ, cwd=folder,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     served = PlainApp()
+    served.url = f"http://127.0.0.1:{port}/"
     try:
-        served.answer = wait_for(lambda: _answer_or_none(f"http://127.0.0.1:{port}/"), timeout=20, interval=0.2,
+        served.answer = wait_for(lambda: _answer_or_none(served.url), timeout=20, interval=0.2,
                                  message=lambda: f"gunicorn exited {process.poll()}" if process.poll() is not None
                                  else "no answer")
         yield served

@@ -267,8 +267,43 @@ class _JsonErrors:
             self.log.debug("Failed to send error message.")
 
 
+class SettledConfig:
+    """A web process's gunicorn configuration, each setting read once. gunicorn reads its
+    settings at every request (the parser's limits, the header and proxy policies, the
+    hooks: about thirty a request), each through ``Config.__getattr__`` and ``Setting.get``:
+    18 to 29 us a request (issue #15). A web process's settings do not
+    change once it runs (a reload starts new processes), so each value, property or method
+    is kept at its first read; a change through ``set`` forgets them all, since properties
+    such as ``is_ssl`` derive from other settings."""
+
+    def __init__(self, cfg) -> None:
+        self.__dict__["_cfg"] = cfg
+
+    def __getattr__(self, name: str):
+        value = self.__dict__[name] = getattr(self._cfg, name)
+        return value
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._cfg, name, value)
+        self._forget()
+
+    def set(self, name: str, value) -> None:
+        self._cfg.set(name, value)
+        self._forget()
+
+    def _forget(self) -> None:
+        cfg = self._cfg
+        self.__dict__.clear()
+        self.__dict__["_cfg"] = cfg
+
+
 class _FreezesStartup:
-    """Freezes once the web process has loaded its application (gunicorn's ``load_wsgi``)."""
+    """Freezes once the web process has loaded its application (gunicorn's ``load_wsgi``),
+    and reads its configuration once (``SettledConfig``)."""
+
+    def init_process(self) -> None:
+        self.cfg = SettledConfig(self.cfg)
+        super().init_process()
 
     def load_wsgi(self) -> None:
         super().load_wsgi()
