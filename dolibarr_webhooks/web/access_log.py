@@ -39,11 +39,17 @@ def _write_access_line(rid: str | None, started: float | None, method: str, full
     target = redact(full_path.rstrip("?"))
     parts = [f"{method} {target} {status}"]
     parts.extend(str(value) for value in (outcome, trigger_code, event_id, source) if value)
-    access_logger.log(ACCESS_LEVEL, "%s %.1fms from %s", " ".join(parts), duration, client, extra={
-        "request_id": rid, "status": status, "outcome": outcome, "trigger_code": trigger_code,
-        "event_id": event_id, "source": source, "client": client, "duration_ms": round(duration, 2),
-        "method": method, "path": target,
-    })
+    if not access_logger.isEnabledFor(ACCESS_LEVEL):
+        return
+    # Logger.log would look for its caller's file and line on the stack: the line names
+    # none, and the search was a tenth of the line's cost.
+    access_logger.handle(access_logger.makeRecord(
+        access_logger.name, ACCESS_LEVEL, __file__, 0, "%s %.1fms from %s",
+        (" ".join(parts), duration, client), None, extra={
+            "request_id": rid, "status": status, "outcome": outcome, "trigger_code": trigger_code,
+            "event_id": event_id, "source": source, "client": client, "duration_ms": round(duration, 2),
+            "method": method, "path": target,
+        }))
 
 
 class ClosingTestClient(FlaskClient):
