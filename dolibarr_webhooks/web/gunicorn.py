@@ -271,10 +271,10 @@ class SettledConfig:
     """A web process's gunicorn configuration, each setting read once. gunicorn reads its
     settings at every request (the parser's limits, the header and proxy policies, the
     hooks: about thirty a request), each through ``Config.__getattr__`` and ``Setting.get``:
-    18 to 29 us a request (issue #15). A web process's settings do not
-    change once it runs (a reload starts new processes), so each value, property or method
-    is kept at its first read; a change through ``set`` forgets them all, since properties
-    such as ``is_ssl`` derive from other settings."""
+    18 to 29 us a request (issue #15). A web process's settings do not change once it runs
+    (a reload starts new processes), so each value, property or method is kept at its first
+    read; a change through ``set`` forgets them all, since properties such as ``is_ssl``
+    derive from other settings."""
 
     def __init__(self, cfg) -> None:
         self.__dict__["_cfg"] = cfg
