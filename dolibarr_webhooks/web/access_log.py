@@ -34,13 +34,13 @@ def _write_access_line(rid: str | None, started: float | None, method: str, full
                        outcome: str | None, trigger_code: str | None, event_id: str | None, source: str | None,
                        client: str | None) -> None:
     """One request's access line; ``started``: its ``time.perf_counter()`` at the first hook."""
+    if not access_logger.isEnabledFor(ACCESS_LEVEL):
+        return  # above the level (warning...): nothing to redact or format
     now = time.perf_counter()
     duration = (now - (started or now)) * 1000
     target = redact(full_path.rstrip("?"))
     parts = [f"{method} {target} {status}"]
     parts.extend(str(value) for value in (outcome, trigger_code, event_id, source) if value)
-    if not access_logger.isEnabledFor(ACCESS_LEVEL):
-        return
     # Logger.log would look for its caller's file and line on the stack: the line names
     # none, and the search was a tenth of the line's cost.
     access_logger.handle(access_logger.makeRecord(
