@@ -2,9 +2,9 @@
 
     gunicorn -c contrib/gunicorn.conf.py 'dolibarr_webhooks:create_app()'
 
-For gunicorn BEHIND nginx (contrib/nginx/dolibarr-webhooks.conf), on loopback: its sync
-workers serve one connection each, and nginx hands them whole requests. Do not expose it
-to Dolibarr directly; 'dolibarr-webhooks serve' is the setup for that.
+For gunicorn BEHIND nginx (contrib/nginx/dolibarr-webhooks.conf), on loopback: nginx
+hands its threads whole requests, so a slow client never holds one. Do not expose it to
+Dolibarr directly; 'dolibarr-webhooks serve' is the setup for that.
 
 Every value below can be changed with the environment variable named next to it (the
 systemd unit reads them from /etc/dolibarr-webhooks/dolibarr-webhooks.env); options given
