@@ -4,7 +4,7 @@ stores nothing.
 
     python bench/ingest.py [--database sqlite|postgresql|both] [--concurrency 1,16,64]
                            [--duration 4] [--rounds 3] [--production] [--with-worker]
-                           [--baseline GIT_REVISION] [--floor] [--network-delay MS]
+                           [--baseline GIT_REVISION] [--floor] [--network-delay MS] [--no-flush]
 
 All targets run at once (loopback): under real gunicorn, ``bench/noop_app.py``, the least
 durable Flask receiver of ``bench/floor_app.py`` and ``dolibarr_webhooks:create_app()`` on
@@ -13,7 +13,9 @@ of the widely copied guide (``bench/node_receiver``: one Node process, stdout to
 skipped, saying why, where node or npm is missing).
 At each concurrency the points are taken one after the other, warm-up first, with ``wrk``
 posting the real BILL_VALIDATE body (about 15 KB, a unique object id per request so none is
-a duplicate); the whole sequence is repeated ``--rounds`` times. Prints requests/s, p50 and
+a duplicate); the whole sequence is repeated ``--rounds`` times. Before each point, what the
+points before it wrote is written out (``CHECKPOINT`` on PostgreSQL, then ``sync``), so that
+no point's tail pays for another's writes (``--no-flush``: not). Prints requests/s, p50 and
 p99 of the answers, the ratios durable / no-op and durable / node-express, the share of the
 machine taken by the load generator, the server and everything else, and the server's CPU
 time per request; then checks that every acknowledged event is in the store and, on SQLite
@@ -35,13 +37,14 @@ import argparse
 import contextlib
 import os
 import signal
+import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, WrkResult, core_at, database, interpreter, log,
-                     node_express_version, node_server, node_unavailable, noop_server, product_server,
-                     sqlite_counters, table)
+from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, WrkResult, core_at, database, flush_writes,
+                     interpreter, log, node_express_version, node_server, node_unavailable, noop_server,
+                     product_server, sqlite_counters, table)
 from cold_fsync import measure as sync_after_pauses
 from delay_proxy import delayed
 
@@ -94,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="setting of the delivery worker process only (with --with-worker)")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                         help="product setting without the DOLIBARR_WEBHOOKS_ prefix, e.g. SQLITE_SYNCHRONOUS=normal")
+    parser.add_argument("--no-flush", action="store_true",
+                        help="start each point without first writing out what the points before it left "
+                             "(the kernel's dirty pages, PostgreSQL's buffers)")
     parser.add_argument("--baseline", metavar="GIT_REVISION",
                         help="also run each durable target with the core package of this revision (git archive)")
     parser.add_argument("--new-connections", action="store_true",
@@ -167,9 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         # SQLite's group commit: its transactions and fsyncs during each point (SharedSync's counters).
         shared: dict[tuple[str, int], list[tuple[int, int, int]]] = {}
         counters = {name: sqlite_counters(server) for name, server in targets.items() if name.startswith("durable")}
+        flushed: list[float] = []
         for round_ in range(args.rounds):
             for connections in concurrencies:
                 for name, server in targets.items():
+                    if not args.no_flush:
+                        flushed.append(flush_writes("postgresql" in kinds))
                     with _workers_paused(target for other, target in targets.items() if other != name):
                         if args.warmup:
                             sent[name] += wrk.run(server.webhook_url, connections, args.warmup).requests
@@ -194,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                                  f"({'ok' if stored >= sent[name] else 'MISSING EVENTS'})")
         disk = _disk_line(Path(tmp)) if "sqlite" in kinds and 1 in concurrencies else []
 
-    print_report(results, targets, concurrencies, integrity + _group_commit_lines(shared) + disk)
+    flush = ([f"before each point, what the points before it wrote was written out: {statistics.median(flushed):.2f} s "
+              f"at the median, {max(flushed):.2f} s at most (--no-flush: not)"] if flushed else [])
+    print_report(results, targets, concurrencies, integrity + _group_commit_lines(shared) + disk + flush)
     return 0
 
 
