@@ -231,7 +231,7 @@ def test_json_logs_carry_request_ids_and_no_secret(tmp_path):
     assert any(line["logger"] == "dolibarr_webhooks.events" for line in lines), "the worker's lines, in JSON too"
 
 
-def test_text_logs_follow_log_level_and_hide_secrets(tmp_path):
+def test_text_logs_follow_log_level_and_hide_secrets():
     _answers, text, secret = _logs_of_requests_every_way(DOLIBARR_WEBHOOKS_LOG_LEVEL="WARNING")
     assert secret not in text
     assert " INFO " not in text and "[INFO]" not in text, "LOG_LEVEL=WARNING: no info lines from the app or gunicorn"
@@ -241,7 +241,7 @@ def test_text_logs_follow_log_level_and_hide_secrets(tmp_path):
     assert '"POST /webhook?token=*** HTTP/1.1" 200' in text
 
 
-def test_one_access_line_per_request_at_the_default_level(tmp_path):
+def test_one_access_line_per_request_at_the_default_level():
     """contrib's defaults: the application's line for each request, gunicorn's none (it would
     repeat it, for 7 % of the requests a second at 16 connections, issue #15)."""
     _answers, text, secret = _logs_of_requests_every_way()

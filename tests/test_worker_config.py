@@ -46,9 +46,12 @@ def _lookups_over_requests(url: str, requests_made: int) -> int:
     """Lookups of gunicorn's settings while ``requests_made`` requests of one kept-alive
     connection were read and answered, after a first one."""
     with requests.Session() as session:
-        first = session.post(url, data=b'{"triggercode": "BILL_VALIDATE"}', timeout=10).json()["lookups"]
+        def lookups() -> int:
+            return session.post(url, data=b'{"triggercode": "BILL_VALIDATE"}', timeout=10).json()["lookups"]
+
+        first = lookups()
         for _ in range(requests_made):
-            last = session.post(url, data=b'{"triggercode": "BILL_VALIDATE"}', timeout=10).json()["lookups"]
+            last = lookups()
     return last - first
 
 
