@@ -566,7 +566,7 @@ def postgres_database() -> Iterator[str]:
 def flush_writes(postgres: bool) -> float:
     """Write out what earlier points left in memory (the kernel's dirty pages, and PostgreSQL's
     dirty buffers with ``CHECKPOINT`` when ``postgres``), so that the next point's tail is its
-    own: a floor INSERTing 15 KB bodies leaves a hundred megabytes that the kernel and the
+    own: a floor INSERTing 15 KB bodies leaves 50 MB and more that the kernel and the
     checkpointer would otherwise write during whichever point comes next. Returns the seconds
     it took."""
     started = time.monotonic()
