@@ -548,19 +548,23 @@ def core_at(revision: str, dest: Path) -> Path:
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
+def postgres_admin(statement: str) -> None:
+    """Run one statement on the local PostgreSQL as its administrator, in autocommit."""
+    import psycopg
+
+    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(statement)
+
+
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
     """A throw-away database on the local PostgreSQL, dropped afterwards."""
-    import psycopg
-
     name = "dw_bench_" + uuid.uuid4().hex[:10]
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+    postgres_admin(f'CREATE DATABASE "{name}"')
     try:
         yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     finally:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def flush_writes(postgres: bool) -> float:
@@ -571,10 +575,7 @@ def flush_writes(postgres: bool) -> float:
     it took."""
     started = time.monotonic()
     if postgres:
-        import psycopg
-
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
-            conn.execute("CHECKPOINT")
+        postgres_admin("CHECKPOINT")
     os.sync()
     return time.monotonic() - started
 
