@@ -291,6 +291,12 @@ def env_name(key: str) -> str:
     return ENV_PREFIX + key
 
 
+def env_file_path(environ: Mapping[str, str] | None = None) -> str:
+    """The .env file the settings read when none is named: ``DOLIBARR_WEBHOOKS_ENV_FILE`` (what
+    the commands' ``--env-file`` sets), else ``.env`` in the working directory."""
+    return (os.environ if environ is None else environ).get(env_name("ENV_FILE"), ".env")
+
+
 def load_settings(test_config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
                   env_file: str | os.PathLike | None = None) -> Settings:
     """Read every source of settings, check them, and build the sources."""
@@ -311,7 +317,7 @@ def load_settings(test_config: Mapping[str, Any] | None = None, environ: Mapping
             origin[key] = where_
 
     if env_file is None:
-        env_file = environ.get(env_name("ENV_FILE"), ".env")
+        env_file = env_file_path(environ)
     if env_file and Path(env_file).is_file():
         take(_prefixed(dotenv_values(env_file)), f"{env_file}")
     take(_prefixed(environ), "environment")

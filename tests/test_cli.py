@@ -17,6 +17,7 @@ from dolibarr_webhooks.cli.targets import is_local_url, reachable_address
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 from dolibarr_webhooks.testing import free_port, running_service, wait_for, wait_for_port
+from dolibarr_webhooks.version import __version__
 from dolibarr_webhooks.web.gunicorn import web_processes
 
 SCRIPT = Path(sys.executable).parent / "dolibarr-webhooks"
@@ -195,6 +196,44 @@ def test_serve_on_every_interface_says_so_and_prints_a_reachable_url(tmp_path):
     assert "Warning: plugin slack: DOLIBARR_WEBHOOKS_SLACK_WEBHOOK_URL uses plain http" in output
 
 
+def test_version_names_the_service_first():
+    result = subprocess.run([str(SCRIPT), "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[0] == f"dolibarr-webhooks {__version__}"
+    assert re.search(r"^Python 3\.\d+\.\d+$", result.stdout, re.M) and re.search(r"^Flask \d", result.stdout, re.M)
+
+
+def test_env_file_option_is_read_by_every_command_and_serve_saves_its_secret_there(tmp_path):
+    """``--env-file`` (DOLIBARR_WEBHOOKS_ENV_FILE) names the settings' file for any command;
+    serve reads it and saves a generated secret into it, not into ./.env."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_"))}
+    (tmp_path / "conf").mkdir()
+    service_env = tmp_path / "conf" / "service.env"
+    service_env.write_text(f"DOLIBARR_WEBHOOKS_DATABASE_URL=sqlite:///{tmp_path / 'data.sqlite3'}\n")
+    migrated = subprocess.run([str(SCRIPT), "--env-file", "conf/service.env", "migrate"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert migrated.returncode == 0, migrated.stderr
+    stats = subprocess.run([str(SCRIPT), "-e", "conf/service.env", "stats", "--json"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert stats.returncode == 0 and json.loads(stats.stdout)["events"] == 0, stats.stderr
+    assert not (tmp_path / "dolibarr-webhooks.sqlite3").exists()  # the default store was never opened
+
+    port = free_port()
+    env.update(PYTHONUNBUFFERED="1", DOLIBARR_WEBHOOKS_ENV_FILE="conf/service.env")
+    process = subprocess.Popen([str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    try:
+        wait_for_port(port, process=process)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output = process.communicate(timeout=30)[0]
+    assert "Generated a secret and saved it to conf/service.env." in output
+    assert f"Database: sqlite:///{tmp_path / 'data.sqlite3'}" in output
+    assert re.search(r"^DOLIBARR_WEBHOOKS_SECRET=\S{32,}$", service_env.read_text(), re.M)
+    assert not (tmp_path / ".env").exists()
+
+
 @pytest.mark.parametrize("args", [["--help"], ["events"], ["plugins"], ["check"], ["send", "--help"]])
 def test_commands_that_only_read_leave_no_file(tmp_path, args):
     """Run in whatever folder, they create no store, no lock file, and log no error."""
@@ -207,6 +246,9 @@ def test_commands_that_only_read_leave_no_file(tmp_path, args):
         commands = re.findall(r"^  (\S+)  ", result.stdout.split("Commands:")[1], re.M)
         assert "events" in commands and "serve" in commands
         assert "webhooks" not in commands and "limiter" not in commands
+        # The service's own options, not Flask's (--app chooses another application, --debug a debugger).
+        options = re.findall(r"^  (-\S+)", result.stdout.split("Commands:")[0], re.M)
+        assert options == ["-e,", "--version", "--help"], result.stdout
 
 
 def test_reading_commands_name_a_missing_store(tmp_path):

@@ -8,14 +8,17 @@ Dolibarr).
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
+import platform
 import sys
 
 import click
 from flask import Flask
 from flask.cli import FlaskGroup
 
-from ..settings import ConfigError, process_settings
+from ..settings import ConfigError, env_name, process_settings
+from ..version import __version__
 from . import check, inspect, ops, serve  # noqa: F401  (each registers its commands on the group)
 from .group import webhooks
 
@@ -51,9 +54,39 @@ def _create_cli_app() -> Flask:
     return create_app({"ANNOUNCE": False}, settings=settings.replace(AUTO_MIGRATE=False) if missing else settings)
 
 
+def _use_env_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        os.environ[env_name("ENV_FILE")] = value  # read by every reading of the settings (env_file_path)
+
+
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    click.echo(f"dolibarr-webhooks {__version__}\nPython {platform.python_version()}\n"
+               f"Flask {importlib.metadata.version('flask')}")
+    ctx.exit()
+
+
+# The product's own options, in place of Flask's: its --app and --debug choose another
+# application and a debugger, and its --env-file loads a file into the environment with
+# python-dotenv, beside the one the settings read; its --version names Flask's version only.
+_OPTIONS = (
+    click.Option(["-e", "--env-file"], type=click.Path(dir_okay=False), expose_value=False, is_eager=True,
+                 allow_from_autoenv=False, callback=_use_env_file,
+                 help="Read the settings' .env from this file instead of ./.env (as DOLIBARR_WEBHOOKS_ENV_FILE)."),
+    click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True, allow_from_autoenv=False,
+                 callback=_print_version, help="Show the version and exit."),
+)
+
+
 class _Commands(FlaskGroup):
     """Only the ``webhooks`` commands, listed without building the app: Flask's group would
     load it (and create the store) to list the app's other command groups, itself included."""
+
+    def __init__(self, **extra) -> None:
+        super().__init__(add_default_commands=False, add_version_option=False, load_dotenv=False,
+                         set_debug_flag=False, **extra)
+        self.params = list(_OPTIONS)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return click.Group.list_commands(self, ctx)
@@ -64,9 +97,8 @@ class _Commands(FlaskGroup):
 
 def main() -> None:
     """``dolibarr-webhooks``: the ``webhooks`` commands, bound to the app."""
-    # load_dotenv off: the settings read .env themselves and know which value came from it.
-    group = _Commands(create_app=_create_cli_app, add_default_commands=False, add_version_option=True,
-                      load_dotenv=False,
+    # No python-dotenv loading: the settings read .env themselves and know which value came from it.
+    group = _Commands(create_app=_create_cli_app,
                       help="Receive, inspect and replay Dolibarr webhooks (see 'flask --app dolibarr_webhooks').")
     for name, command in webhooks.commands.items():
         group.add_command(command, name)

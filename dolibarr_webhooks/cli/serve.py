@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import click
 
-from ..settings import ConfigError, generate_secret, keep, process_settings
+from ..settings import ConfigError, env_file_path, generate_secret, keep, process_settings
 from .group import webhooks
 from .targets import ALL_INTERFACES, LOCAL_URL_WARNING, is_local_url, target_url
 
@@ -18,9 +18,12 @@ from .targets import ALL_INTERFACES, LOCAL_URL_WARNING, is_local_url, target_url
 @click.option("--port", type=int, default=None, help="Port (default DOLIBARR_WEBHOOKS_PORT, WEBHOOK_PORT or 8080).")
 @click.option("--workers", type=int, default=None,
               help="gunicorn worker processes (default: 2 per CPU, at least 2, at most 8).")
-@click.option("--env-file", default=".env", show_default=True, help="Where a generated secret is saved.")
-def serve_command(host: str | None, port: int | None, workers: int | None, env_file: str) -> None:
+@click.option("--env-file", default=None,
+              help="The .env file to read, and where a generated secret is saved (default: "
+                   "DOLIBARR_WEBHOOKS_ENV_FILE or .env).")
+def serve_command(host: str | None, port: int | None, workers: int | None, env_file: str | None) -> None:
     """Run the service with its embedded defaults (SQLite, worker inside), for a first try."""
+    env_file = env_file or env_file_path() or ".env"
     # Read once, here: gunicorn's workers are forked from this process and build their app from
     # these settings (with the options below), never from the environment again.
     try:
