@@ -45,7 +45,7 @@ def test_stats_json_shape(scenario):
     assert stats["plugins"]["recorder"]["delivered"] == stats["plugins"]["log"]["delivered"] == 3
     assert stats["oldest_pending_age"] is None and stats["duplicate_runs"] == 0 and stats["late_results"] == 0
     text = command(app, "stats")
-    assert "events: 3" in text and "dead 2" in text
+    assert "events: 3" in text and "dead 2" in text and "oldest pending: none" in text
 
 
 def test_deliveries_filters(scenario):

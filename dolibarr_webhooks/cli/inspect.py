@@ -46,9 +46,10 @@ def plugins_command(as_json: bool) -> None:
 def stats_command(as_json: bool) -> None:
     """Events, deliveries by status and by plugin, oldest pending age."""
     stats = service().store.stats()
+    age = stats["oldest_pending_age"]
     lines = [f"events: {stats['events']} (duplicates {stats['duplicates']}, quarantined {stats['quarantined']})",
              "deliveries: " + ", ".join(f"{k} {v}" for k, v in stats["deliveries"].items()),
-             f"oldest pending: {stats['oldest_pending_age'] if stats['oldest_pending_age'] is not None else '-'} s",
+             f"oldest pending: {'none' if age is None else f'{age} s'}",
              f"duplicate runs: {stats['duplicate_runs']}"]
     lines += table([[p] + [str(c[s]) for s in DELIVERY_STATES] for p, c in sorted(stats["plugins"].items())],
                    ["Plugin", *DELIVERY_STATES])
