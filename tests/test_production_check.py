@@ -246,6 +246,11 @@ def test_check_says_where_each_setting_came_from(migrated):
     assert code == 0, report
     said = findings(report, OK, "settings")[0]["message"]
     assert said == "read from .env (2 settings), the environment (1 setting); the rest are defaults"
+    # A file named by --env-file is where the settings came from, not a setting of the environment.
+    (migrated / ".env").rename(migrated / "service.env")
+    result = run(migrated, "--env-file", "service.env", "check", "--json")
+    said = findings(json.loads(result.stdout), OK, "settings")[0]["message"]
+    assert said == "read from service.env (2 settings), the environment (1 setting); the rest are defaults"
 
 
 def test_check_describes_who_delivers_the_events(migrated):

@@ -315,7 +315,8 @@ def _check_operations(settings: Settings, report: Report) -> None:
 
 def _origins(settings: Settings) -> str:
     """Where the settings came from, as load_settings read them."""
-    counts = Counter(settings.origins.values())
+    # The file's own name (--env-file, DOLIBARR_WEBHOOKS_ENV_FILE) is where they came from, not one of them.
+    counts = Counter(where for key, where in settings.origins.items() if key != "ENV_FILE")
     if not counts:
         return "all defaults: no .env file and no DOLIBARR_WEBHOOKS_* variable"
     named = {"environment": "the environment", "legacy environment": "the environment (the Node guide's names)"}

@@ -22,7 +22,8 @@ from .group import emit, json_option, service, since_time, webhooks
 @webhooks.command("send")
 @click.argument("code")
 @click.option("--payload", type=click.Path(exists=True, dir_okay=False), help="Body to send (default: a sample).")
-@click.option("--url", help="Target URL (default: this service on localhost, with its secret).")
+@click.option("--url", help="The URL given to Dolibarr, secret included (default: this service on localhost, "
+                            "at DOLIBARR_WEBHOOKS_PORT, with its secret).")
 def send_command(code: str, payload: str | None, url: str | None) -> None:
     """Post a sample event to a running service, as Dolibarr would."""
     import urllib.error
