@@ -77,6 +77,16 @@ def test_send_posts_a_sample_as_dolibarr_would():
         assert custom.returncode == 1 and "-> 401" in custom.stdout and "failure" in custom.stdout
 
 
+def test_send_to_a_port_where_nothing_listens_says_what_to_check(tmp_path):
+    env = {**os.environ, "DOLIBARR_WEBHOOKS_SECRET": SECRET}
+    port = free_port()
+    result = subprocess.run([str(SCRIPT), "send", "BILL_PAYED", "--port", str(port)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and f"cannot reach http://127.0.0.1:{port}/webhook/***" in result.stderr
+    assert f"is 'dolibarr-webhooks serve' running on port {port}?" in result.stderr
+    assert SECRET not in result.stderr
+
+
 def test_serve_reads_its_settings_once_for_gunicorn_and_the_app(tmp_path):
     """LOG_FORMAT=json in serve's env file reaches gunicorn's own lines as well as the app's, and
     the workers get the generated secret and the embedded worker from serve's one reading, not

@@ -23,8 +23,11 @@ from .group import emit, json_option, service, since_time, webhooks
 @click.argument("code")
 @click.option("--payload", type=click.Path(exists=True, dir_okay=False), help="Body to send (default: a sample).")
 @click.option("--url", help="The URL given to Dolibarr, secret included (default: this service on localhost, "
-                            "at DOLIBARR_WEBHOOKS_PORT, with its secret).")
-def send_command(code: str, payload: str | None, url: str | None) -> None:
+                            "with its secret).")
+@click.option("--port", type=int, default=None,
+              help="This service's port on localhost, as given to serve (default DOLIBARR_WEBHOOKS_PORT, "
+                   "WEBHOOK_PORT or 8080).")
+def send_command(code: str, payload: str | None, url: str | None, port: int | None) -> None:
     """Post a sample event to a running service, as Dolibarr would."""
     import urllib.error
     import urllib.request
@@ -37,10 +40,13 @@ def send_command(code: str, payload: str | None, url: str | None) -> None:
         except KeyError:
             body = json.dumps({"triggercode": code.upper(), "object": {"id": 1, "ref": "SAMPLE"}}).encode()
             click.echo(f"no sample body for {code} (samples: {', '.join(sample_codes())}); sending a minimal one")
+    hint = ""
     if url is None:
         settings = service().settings
         secrets = settings.secrets
-        url = f"http://127.0.0.1:{settings['PORT']}/webhook" + (f"/{secrets[0]}" if secrets else "")
+        port = port or settings["PORT"]
+        url = f"http://127.0.0.1:{port}/webhook" + (f"/{secrets[0]}" if secrets else "")
+        hint = f" (is 'dolibarr-webhooks serve' running on port {port}? If it was given --port, give send the same)"
     request = urllib.request.Request(url, data=body, method="POST", headers={
         "User-Agent": "Dolibarr geturl function", "Accept": "*/*", "Content-Type": "application/json"})
     try:
@@ -49,7 +55,7 @@ def send_command(code: str, payload: str | None, url: str | None) -> None:
     except urllib.error.HTTPError as exc:
         status, text = exc.code, exc.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError) as exc:
-        raise click.ClickException(f"cannot reach {redact(url)}: {exc}") from None
+        raise click.ClickException(f"cannot reach {redact(url)}: {exc}{hint}") from None
     click.echo(f"POST {redact(url)} -> {status}\n{text.strip()}")
     if not 200 <= status < 300:
         click.echo("Dolibarr would count this as a failure (and roll back the user's action).")
