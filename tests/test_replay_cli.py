@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dolibarr_webhooks.cli.group import shortened
 from dolibarr_webhooks.store import DELIVERY_STATES
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET
 from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, handler_env,
@@ -65,6 +66,11 @@ def test_deliveries_filters(scenario):
     assert "is neither a duration" in command(app, "deliveries", "--since", "last week", exit_code=2)
     text = command(app, "deliveries", "--status", "dead")
     assert "BILL_PAYED" in text and "failer" in text and "COMPANY_CREATE" not in text
+    # The error as the table shows it: whole up to 100 characters (an endpoint's URL and its
+    # answer fit), then cut with a mark; 'show' has it whole.
+    error = dead[0]["last_error"]
+    assert (error in text) if len(error) <= 100 else (error[:97] + "..." in text)
+    assert shortened("x" * 101, 100) == "x" * 97 + "..." and shortened("x" * 100, 100) == "x" * 100
 
 
 def test_show(scenario):

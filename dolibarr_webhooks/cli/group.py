@@ -38,6 +38,12 @@ def table(rows: list[list[str]], headers: list[str]) -> list[str]:
     return [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
 
 
+def shortened(text: str | None, width: int) -> str:
+    """``text`` in at most ``width`` characters, a cut marked with "..." (``show`` has it whole)."""
+    text = text or ""
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
 def when(value: float | None) -> str:
     if value is None:
         return "-"

@@ -9,7 +9,7 @@ from ..describe import summary
 from ..events import FAMILIES, Event, canonical_code
 from ..listing import event_rows, number_runs, plugin_rows
 from ..store import DELIVERY_STATES, FAILED
-from .group import emit, json_option, plural, service, since_time, table, webhooks, when
+from .group import emit, json_option, plural, service, shortened, since_time, table, webhooks, when
 
 
 @webhooks.command("events")
@@ -70,7 +70,7 @@ def deliveries_command(status, plugin, code, since, limit, as_json) -> None:
     emit(rows, as_json, table(
         [[r["event_id"], r["trigger_code"], r["label"] or r["ref"] or "-", r["plugin"], r["status"],
           str(r["attempts"]), when(r["next_attempt_at"]) if r["status"] in ("pending", FAILED) else "-",
-          (r["last_error"] or "")[:60]] for r in rows],
+          shortened(r["last_error"], 100)] for r in rows],
         ["Event", "Code", "Object", "Plugin", "Status", "Attempts", "Next", "Last error"]))
 
 
