@@ -214,7 +214,7 @@ def test_event_page_payload_attempts_and_replay(logged_in, app, tmp_path):
     token = csrf_token(logged_in, "/admin/")
     response = logged_in.post(f"/admin/events/{event_id}/replay", data={"plugin": "failer", "csrf_token": token})
     assert response.status_code == 302
-    assert "1 deliveries scheduled again" in logged_in.get(response.headers["Location"]).text
+    assert "1 delivery scheduled again" in logged_in.get(response.headers["Location"]).text
     after = by_plugin(app, event_id)
     assert after["failer"]["status"] == "pending" and after["failer"]["attempts"] == 0
     assert after["recorder"]["status"] == "delivered"

@@ -76,7 +76,7 @@ def test_find_an_invoice_replay_its_dead_delivery_and_see_it_delivered(browser, 
         page.reload()
 
         page.click("section[data-plugin=failer] button")
-        assert "1 deliveries scheduled again" in page.inner_text("main")
+        assert "1 delivery scheduled again" in page.inner_text("main")
         # Nobody reloads: the page's own refresh shows the worker's delivery.
         page.wait_for_function(
             "document.querySelector('section[data-plugin=failer] .status').textContent.trim() === 'delivered'",

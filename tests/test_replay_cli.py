@@ -89,7 +89,7 @@ def test_show(scenario):
 
 def test_show_after_a_replay_numbers_attempts_per_run(scenario, deliver):
     app, ids = scenario
-    assert command(app, "replay", ids["BILL_PAYED"], "--plugin", "recorder", "--json") == {"replayed": 1}
+    assert command(app, "replay", ids["BILL_PAYED"], "--plugin", "recorder").strip() == "1 delivery scheduled again"
     deliver(app, idle=0.5)
     text = command(app, "show", ids["BILL_PAYED"])
     assert "recorder: delivered, 1 attempt in run 2 (2 attempts in all)" in text
@@ -119,6 +119,7 @@ def test_replay_forms(scenario, deliver, tmp_path):
     records = read_records(tmp_path / "recorder.jsonl")
     assert sorted(r["event"] for r in records) == sorted([*ids.values(), ids["COMPANY_CREATE"]])
     assert command(app, "replay", "evt_missing", "--json") == {"replayed": 0}
+    assert command(app, "replay", "evt_missing").strip() == "0 deliveries scheduled again"
 
 
 def test_replay_creates_the_delivery_of_a_plugin_added_later(scenario, make_app, tmp_path, deliver):

@@ -16,7 +16,7 @@ from ..samples import sample_body, sample_codes
 from ..settings import parse_duration
 from ..startup import freeze_startup_objects
 from ..store import DEAD, FAILED
-from .group import emit, json_option, service, since_time, webhooks
+from .group import emit, json_option, plural, service, since_time, webhooks
 
 
 @webhooks.command("send")
@@ -87,7 +87,7 @@ def scrub_command(as_json: bool) -> None:
     """Mask credentials in events stored before the current scrub rule (and label them)."""
     svc = service()
     done = svc.store.rescrub(svc.scrubber, *expected_rules(svc.sources))
-    emit(done, as_json, f"{done['read']} events scrubbed again under the current rule, "
+    emit(done, as_json, f"{plural(done['read'], 'event')} scrubbed again under the current rule, "
          f"{done['changed']} of them changed")
 
 
@@ -104,7 +104,7 @@ def replay_command(event_id, dead, failed, since, plugin, as_json) -> None:
         raise click.UsageError("give an EVENT_ID, --dead, --failed or --since")
     statuses = [s for s, on in ((DEAD, dead), (FAILED, failed)) if on]
     count = service().store.replay(event_id=event_id, statuses=statuses, since=since_time(since), plugin=plugin)
-    emit({"replayed": count}, as_json, f"{count} deliveries scheduled again")
+    emit({"replayed": count}, as_json, f"{count} {'delivery' if count == 1 else 'deliveries'} scheduled again")
 
 
 @webhooks.command("purge")
@@ -118,7 +118,7 @@ def purge_command(older_than: str, include_unfinished: bool, as_json: bool) -> N
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     count = service().store.purge(age, include_unfinished=include_unfinished)
-    emit({"purged": count}, as_json, f"{count} events purged")
+    emit({"purged": count}, as_json, f"{plural(count, 'event')} purged")
 
 
 @webhooks.command("reprocess")

@@ -75,6 +75,7 @@ FRENCH: dict[str, str] = {
     "attempts": "tentatives",
     "Dead": "Abandonnées",
     "No attempt yet.": "Aucune tentative pour l'instant.",
+    "delivery scheduled again": "livraison reprogrammée",
     "deliveries scheduled again": "livraisons reprogrammées",
     "No event with this id.": "Aucun événement avec cet identifiant.",
     "Plugin": "Extension",

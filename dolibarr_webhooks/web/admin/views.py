@@ -201,9 +201,12 @@ def event(event_id: str):
 def replay_event(event_id: str):
     plugin = request.form.get("plugin") or None
     # The same call as `dolibarr-webhooks replay EVENT_ID [--plugin P]`.
-    count = service().store.replay(event_id=event_id, plugin=plugin)
-    flash(f"{count} {_('deliveries scheduled again')}", "ok")
+    _flash_replayed(service().store.replay(event_id=event_id, plugin=plugin))
     return redirect(url_for("admin.event", event_id=event_id))
+
+
+def _flash_replayed(count: int) -> None:
+    flash(f"{count} {_('delivery scheduled again' if count == 1 else 'deliveries scheduled again')}", "ok")
 
 
 # -- failures ---------------------------------------------------------------------------------------
@@ -227,8 +230,7 @@ def replay_failures():
     shown = request.form.get("status", "") if request.form.get("status", "") in FAILURE_VIEWS else ""
     plugin = request.form.get("plugin") or None
     # The same call as `dolibarr-webhooks replay --dead --failed [--plugin P]`.
-    count = service().store.replay(statuses=FAILURE_VIEWS[shown], plugin=plugin)
-    flash(f"{count} {_('deliveries scheduled again')}", "ok")
+    _flash_replayed(service().store.replay(statuses=FAILURE_VIEWS[shown], plugin=plugin))
     return redirect(url_for("admin.failures", status=shown or None, plugin=plugin))
 
 
