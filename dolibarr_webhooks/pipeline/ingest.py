@@ -25,6 +25,15 @@ from .parse import MissingTriggerCode, ParseError, body_sha256, event_from_body
 logger = logging.getLogger(__name__)
 
 
+def quarantine_advice(raw: bytes, event_id: str) -> str:
+    """What to do about a quarantined body, for the log and the answer. An empty one is what
+    Dolibarr posts when it cannot encode the object as JSON: there is nothing to parse again."""
+    if not raw.strip():
+        return ("Dolibarr posts an empty body when it cannot encode the object as JSON (text that is not valid "
+                "UTF-8): nothing to re-process; look at the object in Dolibarr")
+    return f"the body is kept: fix, then run 'dolibarr-webhooks reprocess {event_id}'"
+
+
 @dataclass
 class Service:
     settings: Settings
@@ -76,8 +85,7 @@ class Service:
             raise
         self.metrics.event("", "quarantined")
         logger.warning("quarantined an authenticated body from source %s that cannot become an event (%s, %d bytes): "
-                       "event %s; fix, then run 'dolibarr-webhooks reprocess %s'",
-                       source.name, error, len(raw), event_id, event_id)
+                       "event %s; %s", source.name, error, len(raw), event_id, quarantine_advice(raw, event_id))
         return event_id
 
     def reprocess(self, event_id: str | None = None) -> list[tuple[str, str]]:

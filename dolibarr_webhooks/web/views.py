@@ -9,7 +9,7 @@ from flask import Blueprint, Flask, g, jsonify, request
 
 from ..deadline import REQUEST_START_HEADER, request_deadline as deadline_at
 from ..listing import event_rows, plugin_rows
-from ..pipeline.ingest import Service
+from ..pipeline.ingest import Service, quarantine_advice
 from ..pipeline.parse import MissingTriggerCode, ParseError
 from ..pipeline.verify import AuthError, address_allowed
 from ..samples import sample_body
@@ -106,7 +106,7 @@ def _quarantine(raw: bytes, source: Source, reason: str, deadline: float):
     record_outcome(202, "quarantined")
     g.event_id = event_id
     return jsonify({"status": "quarantined", "id": event_id,
-                    "warning": f"{reason}; the body is kept for re-processing"}), 202
+                    "warning": f"{reason}; {quarantine_advice(raw, event_id)}"}), 202
 
 
 def _accept(raw: bytes, source: Source, test: bool):
