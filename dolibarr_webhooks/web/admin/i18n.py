@@ -93,6 +93,8 @@ FRENCH: dict[str, str] = {
     "Size": "Taille",
     "bytes": "octets",
     "Reprocess": "Retraiter",
+    "Nothing to re-process: Dolibarr could not encode the object as JSON.":
+        "Rien à retraiter : Dolibarr n'a pas pu encoder l'objet en JSON.",
     "Reprocess all": "Tout retraiter",
     "Nothing in quarantine.": "Rien en quarantaine.",
     "Version": "Version",
