@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .settings import Settings
+from .settings import Settings, env_name
 
 OK, INFO, WARNING, ERROR = "ok", "info", "warning", "error"
 LEVELS = (OK, INFO, WARNING, ERROR)
@@ -54,8 +54,10 @@ def describe_plugin(report: Report, info) -> None:
         handles = f"handles {events}" if "handle_event" in info.hooks else "handles no event"
         report.add(OK, "plugins", f"{what} {info.name}{version} is loaded and configured: {handles}")
     else:
+        # A plugin installed and not used warns at every check: say how to leave it out.
+        leave_out = "" if info.builtin else f" (not used? {env_name('BLOCK_PLUGINS')}={info.name} leaves it out)"
         report.add(INFO if info.builtin else WARNING, "plugins",
-                   f"{what} {info.name}{version} is installed but disabled: {info.reason}")
+                   f"{what} {info.name}{version} is installed but disabled: {info.reason}{leave_out}")
     for warning in info.warnings:
         report.add(WARNING, "plugins", f"{what} {info.name}: {warning}")
 

@@ -166,7 +166,12 @@ def test_a_disabled_plugin_says_why(migrated):
     email = [p for p in report["plugins"] if p["name"] == "email"][0]
     assert email["status"] == "disabled" and "DOLIBARR_WEBHOOKS_EMAIL_HOST is not set" in email["reason"]
     assert any(f["message"].startswith("plugin email ") and "DOLIBARR_WEBHOOKS_EMAIL_HOST" in f["message"]
+               and f["message"].endswith("(not used? DOLIBARR_WEBHOOKS_BLOCK_PLUGINS=email leaves it out)")
                for f in findings(report, WARNING, "plugins"))
+    # As it says: the plugin left out, check no longer warns of it.
+    _code, report = check(migrated, DOLIBARR_WEBHOOKS_SECRET=SECRET, DOLIBARR_WEBHOOKS_PUBLIC_URL=PUBLIC,
+                          DOLIBARR_WEBHOOKS_BLOCK_PLUGINS="email")
+    assert not any("plugin email" in f["message"] for f in report["findings"])
 
 
 @pytest.mark.parametrize("public_url", ["http://192.168.1.20:8080", "https://localhost", "http://127.0.0.1:8080"])
