@@ -267,6 +267,17 @@ class Wrk:
         )
 
 
+def interleaved_options(parser, concurrency: str, rounds: int, duration: int) -> None:
+    """The options of a script that compares servers in interleaved rounds (``interleaved``):
+    the store, the connections, the rounds and the seconds of each point, with its defaults.
+    The parsed ``concurrency`` is a list of ints."""
+    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--concurrency", default=concurrency, type=lambda text: [int(c) for c in text.split(",")],
+                        help=f"connections, comma-separated (default {concurrency})")
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--duration", type=int, default=duration, help="seconds measured per point")
+
+
 def interleaved(servers: list[tuple[str, Server]], concurrencies: list[int], rounds: int, duration: int,
                 wrk: Wrk, warmup: int = 0) -> dict[tuple[str, int], list[WrkResult]]:
     """Two or more servers posted to in turn at each concurrency, over ``rounds`` rounds: on a

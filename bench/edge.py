@@ -21,18 +21,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import (GunicornSettings, Wrk, database, interleaved, interleaved_report, noop_server,
-                     product_server)
+from _common import (GunicornSettings, Wrk, database, interleaved, interleaved_options, interleaved_report,
+                     noop_server, product_server)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--concurrency", default="1,16", help="connections, comma-separated")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--duration", type=int, default=4)
+    interleaved_options(parser, concurrency="1,16", rounds=5, duration=4)
     args = parser.parse_args(argv)
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
     gunicorn = GunicornSettings.serve()
     with tempfile.TemporaryDirectory(prefix="dw-bench-edge-") as tmp, contextlib.ExitStack() as stack:
         product = stack.enter_context(product_server(gunicorn, database_url=stack.enter_context(
@@ -42,11 +38,11 @@ def main(argv: list[str] | None = None) -> int:
             "DOLIBARR_WEBHOOKS_DATABASE_URL": url, "DOLIBARR_WEBHOOKS_PLUGINS": "log"}))
         pipeline.cli("migrate")
         servers = [("product", product), ("pipeline", pipeline)]
-        results = interleaved(servers, concurrencies, args.rounds, args.duration, Wrk(Path(tmp)), warmup=1)
+        results = interleaved(servers, args.concurrency, args.rounds, args.duration, Wrk(Path(tmp)), warmup=1)
     print(f"# edge: the durable receiver ({args.database}) and its pipeline without Flask, under serve's "
           f"settings ({gunicorn.describe()}), {args.rounds} rounds of {args.duration} s, interleaved; medians")
     print()
-    print(interleaved_report(results, [label for label, _ in servers], concurrencies, "receiver"))
+    print(interleaved_report(results, [label for label, _ in servers], args.concurrency, "receiver"))
     errors = {f"{label} c={c}": sum(sum(r.errors.values()) for r in runs) for (label, c), runs in results.items()}
     if any(errors.values()):
         print(f"\nerrors (any answer other than 2xx, or a socket error): {errors}")

@@ -24,20 +24,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import (GunicornSettings, Wrk, database, interleaved, interleaved_report, interpreter,
-                     interpreter_venv, product_server)
+from _common import (GunicornSettings, Wrk, database, interleaved, interleaved_options, interleaved_report,
+                     interpreter, interpreter_venv, product_server)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", required=True,
                         help="the other interpreter, of this one's Python version (e.g. /usr/bin/python3.11)")
-    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
-    parser.add_argument("--concurrency", default="1,16", help="connections, comma-separated")
-    parser.add_argument("--rounds", type=int, default=6)
-    parser.add_argument("--duration", type=int, default=3)
+    interleaved_options(parser, concurrency="1,16", rounds=6, duration=3)
     args = parser.parse_args(argv)
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory(prefix="dw-bench-python-") as tmp, contextlib.ExitStack() as stack:
         pythons = {"running": Path(sys.executable), "--python": interpreter_venv(Path(tmp), args.python)}
         names = {label: interpreter(python) for label, python in pythons.items()}
@@ -46,13 +42,13 @@ def main(argv: list[str] | None = None) -> int:
             url = stack.enter_context(database(args.database))
             servers.append((label, stack.enter_context(product_server(GunicornSettings.serve(), database_url=url,
                                                                       python=python))))
-        results = interleaved(servers, concurrencies, args.rounds, args.duration, Wrk(Path(tmp)))
+        results = interleaved(servers, args.concurrency, args.rounds, args.duration, Wrk(Path(tmp)))
     print(f"# interpreters: the durable receiver ({args.database}) under serve's settings, "
           f"{args.rounds} rounds of {args.duration} s, interleaved; medians")
     for label, name in names.items():
         print(f"# {label}: {name}")
     print()
-    print(interleaved_report(results, list(pythons), concurrencies, "interpreter"))
+    print(interleaved_report(results, list(pythons), args.concurrency, "interpreter"))
     return 0
 
 

@@ -21,7 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import GunicornSettings, Wrk, database, interleaved, interleaved_report, product_server
+from _common import (GunicornSettings, Wrk, database, interleaved, interleaved_options, interleaved_report,
+                     product_server)
 
 
 def settings(spec: str) -> GunicornSettings:
@@ -31,23 +32,19 @@ def settings(spec: str) -> GunicornSettings:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--database", choices=("sqlite", "postgresql"), default="sqlite")
     parser.add_argument("--settings", default="2x16,4x16", help="A,B: PROCESSESxTHREADS each")
-    parser.add_argument("--concurrency", default="16", help="connections, comma-separated")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--duration", type=int, default=3)
+    interleaved_options(parser, concurrency="16", rounds=10, duration=3)
     args = parser.parse_args(argv)
     specs = args.settings.split(",")
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory(prefix="dw-bench-proc-") as tmp, contextlib.ExitStack() as stack:
         servers = []
         for spec in specs:
             url = stack.enter_context(database(args.database))
             servers.append((spec, stack.enter_context(product_server(settings(spec), database_url=url))))
-        results = interleaved(servers, concurrencies, args.rounds, args.duration, Wrk(Path(tmp)))
+        results = interleaved(servers, args.concurrency, args.rounds, args.duration, Wrk(Path(tmp)))
     print(f"# {args.database}, {args.rounds} rounds of {args.duration} s, interleaved; medians")
     print()
-    print(interleaved_report(results, specs, concurrencies, "processes x threads"))
+    print(interleaved_report(results, specs, args.concurrency, "processes x threads"))
     return 0
 
 
