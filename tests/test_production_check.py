@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from dolibarr_webhooks.cli.check import ERROR, OK, WARNING, secret_strength
+from dolibarr_webhooks.settings import SETTINGS
 from dolibarr_webhooks.store import SCHEMA_VERSION
 from dolibarr_webhooks.store import Store
 
@@ -256,6 +258,19 @@ def test_check_says_where_each_setting_came_from(migrated):
     result = run(migrated, "--env-file", "service.env", "check", "--json")
     said = findings(json.loads(result.stdout), OK, "settings")[0]["message"]
     assert said == "read from service.env (2 settings), the environment (1 setting); the rest are defaults"
+
+
+def test_check_names_each_setting_as_it_is_set(migrated):
+    """A finding that names a setting names the variable to set: 'set METRICS_TOKEN' would be
+    set as typed, and ignored."""
+    _code, report = check(migrated, DOLIBARR_WEBHOOKS_INSECURE_NO_AUTH="1", DOLIBARR_WEBHOOKS_AUTO_MIGRATE="0",
+                          DOLIBARR_WEBHOOKS_ALLOWED_IPS="10.0.0.0/8",
+                          DOLIBARR_WEBHOOKS_PUBLIC_URL="http://hooks.example",
+                          DOLIBARR_WEBHOOKS_DATABASE_URL=f"sqlite:///{migrated}/not-yet.sqlite3")
+    bare = re.compile(r"(?<![A-Z_])(" + "|".join(sorted(SETTINGS, key=len, reverse=True)) + r")(?![A-Z_])")
+    messages = [f["message"] for f in report["findings"]]
+    assert len(messages) > 8 and any("DOLIBARR_WEBHOOKS_TRUSTED_PROXIES=1" in m for m in messages), messages
+    assert [m for m in messages if bare.search(m)] == []
 
 
 def test_check_describes_who_delivers_the_events(migrated):

@@ -87,7 +87,8 @@ def _check_secrets(settings: Settings, report: Report) -> None:
     sources = settings.sources
     if not any(source.secrets for source in sources.values()):
         if settings["INSECURE_NO_AUTH"]:
-            report.add(ERROR, "secrets", "INSECURE_NO_AUTH is on and no secret is set: anyone who can reach the "
+            report.add(ERROR, "secrets", f"{env_name('INSECURE_NO_AUTH')} is on and no secret is set: anyone who "
+                                         "can reach the "
                                          "service can post events. For local trials only.",
                        env_name("INSECURE_NO_AUTH"))
         else:
@@ -96,7 +97,7 @@ def _check_secrets(settings: Settings, report: Report) -> None:
                        env_name("SECRET"))
         return
     if settings["INSECURE_NO_AUTH"]:
-        report.add(INFO, "secrets", "INSECURE_NO_AUTH is on but has no effect: secrets are set",
+        report.add(INFO, "secrets", f"{env_name('INSECURE_NO_AUTH')} is on but has no effect: secrets are set",
                    env_name("INSECURE_NO_AUTH"))
     for source in sources.values():
         setting = env_name("SECRET") if source.name == settings["SOURCE"] else f"[sources.{source.name}]"
@@ -132,7 +133,7 @@ def _check_store(settings: Settings, report: Report) -> None:
                 level = INFO if settings["AUTO_MIGRATE"] else ERROR
                 report.add(level, "store", f"SQLite file {path} does not exist yet: it is created and migrated at "
                                            f"first start" if settings["AUTO_MIGRATE"] else
-                           f"SQLite file {path} does not exist and AUTO_MIGRATE is off: {migrate_hint}",
+                           f"SQLite file {path} does not exist and {env_name('AUTO_MIGRATE')} is off: {migrate_hint}",
                            env_name("DATABASE_URL"))
             return
         report.add(INFO, "store", "SQLite keeps everything on this host: one host only; use PostgreSQL to run the "
@@ -238,7 +239,8 @@ def _check_targets(settings: Settings, report: Report) -> None:
                                       f"address on its network and the port; set it to the address Dolibarr reaches "
                                       f"(https://webhooks.example.com behind nginx)", env_name("PUBLIC_URL"))
     elif settings["PUBLIC_URL"].startswith("http://"):
-        report.add(WARNING, "target", "PUBLIC_URL is plain http: the secret in the URL crosses the network in "
+        report.add(WARNING, "target", f"{env_name('PUBLIC_URL')} is plain http: the secret in the URL crosses the "
+                                      "network in "
                                       "clear; put the service behind TLS (contrib/nginx)", env_name("PUBLIC_URL"))
     for source in settings.sources.values():
         if not source.secrets:
@@ -254,7 +256,8 @@ def _check_targets(settings: Settings, report: Report) -> None:
 def _check_ratelimit(settings: Settings, report: Report) -> None:
     rule = settings["RATELIMIT"]
     if not rule:
-        report.add(INFO, "rate limit", "no rate limit (RATELIMIT is empty); nginx's limit_req may stand in front")
+        report.add(INFO, "rate limit", f"no rate limit ({env_name('RATELIMIT')} is empty); nginx's limit_req may "
+                                       "stand in front")
         return
     from limits import parse_many
 
@@ -292,18 +295,20 @@ def _check_ratelimit(settings: Settings, report: Report) -> None:
 
 def _check_operations(settings: Settings, report: Report) -> None:
     if settings["ALLOWED_IPS"] and not settings["TRUSTED_PROXIES"]:
-        report.add(INFO, "network", "ALLOWED_IPS is set and TRUSTED_PROXIES is 0: behind nginx every request "
-                                    "comes from nginx's address; set TRUSTED_PROXIES=1 there",
+        report.add(INFO, "network", f"{env_name('ALLOWED_IPS')} is set and {env_name('TRUSTED_PROXIES')} is 0: "
+                                    f"behind nginx every request comes from nginx's address; set "
+                                    f"{env_name('TRUSTED_PROXIES')}=1 there",
                    env_name("TRUSTED_PROXIES"))
     if settings["METRICS"] and not settings["METRICS_TOKEN"]:
         report.add(INFO, "metrics", "GET /metrics is open: restrict it at the proxy (contrib/nginx does) or set "
-                                    "METRICS_TOKEN", env_name("METRICS_TOKEN"))
+                                    f"{env_name('METRICS_TOKEN')}", env_name("METRICS_TOKEN"))
     if settings["EMBEDDED_WORKER"]:
-        report.add(INFO, "worker", "each web process also delivers events (EMBEDDED_WORKER is on): no separate "
-                                   "worker is needed", env_name("EMBEDDED_WORKER"))
+        report.add(INFO, "worker", f"each web process also delivers events ({env_name('EMBEDDED_WORKER')} is on): "
+                                   "no separate worker is needed", env_name("EMBEDDED_WORKER"))
     else:
         report.add(INFO, "worker", "'dolibarr-webhooks serve' delivers events itself; under gunicorn "
-                                   "(contrib/gunicorn.conf.py, EMBEDDED_WORKER off) 'dolibarr-webhooks worker' "
+                                   f"(contrib/gunicorn.conf.py, {env_name('EMBEDDED_WORKER')} off) "
+                                   "'dolibarr-webhooks worker' "
                                    "does: keep it running (contrib/systemd/dolibarr-webhooks-worker.service)")
     known = [name.upper().replace("-", "_") + "_" for name in _plugin_names()]
     for key in sorted(settings.plugin_raw):
