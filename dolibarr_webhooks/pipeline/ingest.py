@@ -20,7 +20,7 @@ from ..settings import Settings, Source
 from ..store import DATA, TIMEOUT, UNAVAILABLE, IngestResult, Store, StoreError, sqlite_path
 from ..version import __version__
 from .deliver import Worker
-from .parse import MissingTriggerCode, ParseError, body_sha256, event_from_body
+from .parse import MissingTriggerCode, ParseError, body_sha256, event_from_body, is_empty_body
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def quarantine_advice(raw: bytes, event_id: str) -> str:
     """What to do about a quarantined body, for the log and the answer. An empty one is what
     Dolibarr posts when it cannot encode the object as JSON: there is nothing to parse again."""
-    if not raw.strip():
+    if is_empty_body(raw):
         return ("Dolibarr posts an empty body when it cannot encode the object as JSON (text that is not valid "
                 "UTF-8): nothing to re-process; look at the object in Dolibarr")
     return f"the body is kept: fix, then run 'dolibarr-webhooks reprocess {event_id}'"

@@ -33,12 +33,17 @@ def body_sha256(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()
 
 
+def is_empty_body(raw: bytes) -> bool:
+    """Dolibarr posts an empty body when json_encode fails (invalid UTF-8 in the object): there is
+    nothing to parse, then or ever."""
+    return not raw.strip()
+
+
 def parse_body(raw: bytes, scrub_keys: Iterable[str] = ()) -> tuple[str, dict[str, Any]]:
     """Return ``(trigger code as sent, object)`` from a raw request body, the object scrubbed
     at every depth: Dolibarr's database handler removed, credentials (and ``scrub_keys``)
     masked, by the rule of ``credentials``."""
-    if not raw.strip():
-        # Dolibarr posts an empty body when json_encode fails (invalid UTF-8 in the object).
+    if is_empty_body(raw):
         raise ParseError("empty body")
     try:
         data = fastjson.loads(raw, clean=Scrubber.for_keys(tuple(scrub_keys)).clean)

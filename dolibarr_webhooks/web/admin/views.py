@@ -18,7 +18,9 @@ from ...events import canonical_code
 from ...describe import summary
 from ...events import Event
 from ...logs import SecretScrubber
+from ...listing import scheduled_again
 from ...logs import redact
+from ...pipeline.parse import is_empty_body
 from ...store import DEAD, DELIVERY_STATES, FAILED
 from . import csrf, i18n
 from .blueprint import bp
@@ -206,7 +208,7 @@ def replay_event(event_id: str):
 
 
 def _flash_replayed(count: int) -> None:
-    flash(f"{count} {_('delivery scheduled again' if count == 1 else 'deliveries scheduled again')}", "ok")
+    flash(f"{count} {_(scheduled_again(count))}", "ok")
 
 
 # -- failures ---------------------------------------------------------------------------------------
@@ -241,7 +243,7 @@ def quarantine():
     for row in service().store.quarantined():
         raw = row.pop("raw_body") or b""
         # Kept masked at ingest (Scrubber.scrub_raw); masked again for the settings' secrets.
-        rows.append({**row, "size": len(raw), "error": masked(row["error"]),
+        rows.append({**row, "size": len(raw), "empty": is_empty_body(raw), "error": masked(row["error"]),
                      "excerpt": masked(raw[:400].decode("utf-8", "replace"))})
     rows.reverse()  # newest first
     return page("admin/quarantine.html", "admin/_quarantine.html", rows=rows)
