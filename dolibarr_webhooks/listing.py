@@ -62,3 +62,9 @@ def number_runs(attempts: list[dict[str, Any]]) -> int:
         previous = attempt["number"]
         attempt["run"] = run
     return run
+
+
+def scheduled_again(count: int) -> str:
+    """What a replay says after its count, in English (the dashboard translates it):
+    ``dolibarr-webhooks replay`` and the dashboard's replay buttons."""
+    return "delivery scheduled again" if count == 1 else "deliveries scheduled again"

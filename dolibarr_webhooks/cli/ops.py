@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from ..credentials import expected_rules
+from ..listing import scheduled_again
 from ..logs import redact
 from ..samples import sample_body, sample_codes
 from ..settings import parse_duration
@@ -104,7 +105,7 @@ def replay_command(event_id, dead, failed, since, plugin, as_json) -> None:
         raise click.UsageError("give an EVENT_ID, --dead, --failed or --since")
     statuses = [s for s, on in ((DEAD, dead), (FAILED, failed)) if on]
     count = service().store.replay(event_id=event_id, statuses=statuses, since=since_time(since), plugin=plugin)
-    emit({"replayed": count}, as_json, f"{count} {'delivery' if count == 1 else 'deliveries'} scheduled again")
+    emit({"replayed": count}, as_json, f"{count} {scheduled_again(count)}")
 
 
 @webhooks.command("purge")
