@@ -88,8 +88,7 @@ def _check_secrets(settings: Settings, report: Report) -> None:
     if not any(source.secrets for source in sources.values()):
         if settings["INSECURE_NO_AUTH"]:
             report.add(ERROR, "secrets", f"{env_name('INSECURE_NO_AUTH')} is on and no secret is set: anyone who "
-                                         "can reach the "
-                                         "service can post events. For local trials only.",
+                                         "can reach the service can post events. For local trials only.",
                        env_name("INSECURE_NO_AUTH"))
         else:
             report.add(ERROR, "secrets", f"no secret is set: every event is refused with 401. Set "
@@ -240,8 +239,8 @@ def _check_targets(settings: Settings, report: Report) -> None:
                                       f"(https://webhooks.example.com behind nginx)", env_name("PUBLIC_URL"))
     elif settings["PUBLIC_URL"].startswith("http://"):
         report.add(WARNING, "target", f"{env_name('PUBLIC_URL')} is plain http: the secret in the URL crosses the "
-                                      "network in "
-                                      "clear; put the service behind TLS (contrib/nginx)", env_name("PUBLIC_URL"))
+                                      "network in clear; put the service behind TLS (contrib/nginx)",
+                   env_name("PUBLIC_URL"))
     for source in settings.sources.values():
         if not source.secrets:
             continue
@@ -308,8 +307,8 @@ def _check_operations(settings: Settings, report: Report) -> None:
     else:
         report.add(INFO, "worker", "'dolibarr-webhooks serve' delivers events itself; under gunicorn "
                                    f"(contrib/gunicorn.conf.py, {env_name('EMBEDDED_WORKER')} off) "
-                                   "'dolibarr-webhooks worker' "
-                                   "does: keep it running (contrib/systemd/dolibarr-webhooks-worker.service)")
+                                   "'dolibarr-webhooks worker' does: keep it running "
+                                   "(contrib/systemd/dolibarr-webhooks-worker.service)")
     known = [name.upper().replace("-", "_") + "_" for name in _plugin_names()]
     for key in sorted(settings.plugin_raw):
         if key == "ENV_FILE" or any(key.startswith(prefix) for prefix in known):
