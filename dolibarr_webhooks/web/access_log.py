@@ -30,9 +30,15 @@ def writes_access_lines(level: str) -> bool:
     return logging.getLevelName(level.upper()) <= ACCESS_LEVEL
 
 
-def _write_access_line(rid: str | None, started: float | None, method: str, full_path: str, status: int,
-                       outcome: str | None, trigger_code: str | None, event_id: str | None, source: str | None,
-                       client: str | None) -> None:
+def request_id_for(incoming: str | None) -> str:
+    """A request's id: the one nginx sends (its $request_id, so that both logs share it), or a
+    new one when there is none or it looks odd."""
+    return incoming if incoming and _VALID_REQUEST_ID.fullmatch(incoming) else random_hex()
+
+
+def write_access_line(rid: str | None, started: float | None, method: str, full_path: str, status: int,
+                      outcome: str | None, trigger_code: str | None, event_id: str | None, source: str | None,
+                      client: str | None) -> None:
     """One request's access line; ``started``: its ``time.perf_counter()`` at the first hook."""
     if not access_logger.isEnabledFor(ACCESS_LEVEL):
         return  # above the level (warning...): nothing to redact or format
@@ -71,10 +77,7 @@ def init_app(app: Flask, settings: Settings) -> None:
     def _begin() -> None:
         ctx = g._get_current_object()
         ctx.request_started = time.perf_counter()
-        incoming = request.headers.get(REQUEST_ID_HEADER, "")
-        # nginx sends its $request_id, so both logs share one id; anything odd is replaced.
-        rid = incoming if _VALID_REQUEST_ID.fullmatch(incoming) else random_hex()
-        ctx.request_id = rid
+        rid = ctx.request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))
         ctx.request_id_token = request_id.set(rid)
 
     @app.after_request
@@ -89,7 +92,7 @@ def init_app(app: Flask, settings: Settings) -> None:
         # byte (gunicorn, werkzeug's server). Formatting and writing the line were a tenth of a
         # request's Python time, on the client's wait until then (issue #15).
         response.call_on_close(functools.partial(
-            _write_access_line, rid, ctx.get("request_started"), req.method, req.full_path, response.status_code,
+            write_access_line, rid, ctx.get("request_started"), req.method, req.full_path, response.status_code,
             *(ctx.get(key) for key in _ACCESS_KEYS), ctx.get("client") or req.remote_addr))
         return response
 

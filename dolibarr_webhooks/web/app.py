@@ -14,6 +14,7 @@ from ..plugins import build_plugins
 from ..settings import Settings, load_settings, process_settings
 from ..store import Store
 from . import access_log, admin, errors, health, ratelimit, views
+from .direct import DirectWebhook
 from .request import EXTENSION
 
 logger = logging.getLogger("dolibarr_webhooks")
@@ -52,6 +53,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     health.init_app(app)
     ratelimit.init_app(app)
     admin.init_app(app)
+    if not settings["RATELIMIT"]:  # Flask-Limiter counts in Flask's hooks: with a limit, every request is Flask's
+        app.wsgi_app = DirectWebhook(app.wsgi_app, svc, app.config)
     if announce:
         _announce(app, svc)
     return app

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, current_app, g, jsonify, request
+from flask import Flask, current_app, g, request
 from werkzeug.exceptions import HTTPException, InternalServerError
+
+from .answers import INTERNAL_ERROR, JSON_TYPE, error_body, json_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +31,8 @@ def record_outcome(status: int, reason: str) -> None:
 
 
 def json_error(status: int, error: str, message: str, **extra):
-    body = {"error": error, "message": message, "status": status, **extra}
-    response = jsonify(body)
-    response.status_code = status
-    return response
+    return current_app.response_class(json_bytes(error_body(status, error, message, **extra)), status,
+                                      mimetype=JSON_TYPE)
 
 
 def _http_error(exc: HTTPException):
@@ -58,7 +58,7 @@ def _unexpected(exc: Exception):
     if isinstance(exc, HTTPException):
         return _http_error(exc)
     logger.exception("unexpected error on %s %s", request.method, request.endpoint)
-    return json_error(500, "internal_error", "the service failed; the error is in its log")
+    return json_error(500, *INTERNAL_ERROR)
 
 
 def init_app(app: Flask) -> None:

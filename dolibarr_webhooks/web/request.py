@@ -4,16 +4,13 @@ ask the same questions and get the same answers."""
 
 from __future__ import annotations
 
-import logging
-
 from flask import current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..pipeline.ingest import Service
 from ..pipeline.verify import Credentials, authenticate, client_address
 from ..settings import Source
-
-logger = logging.getLogger(__name__)
+from .answers import Refused, unreadable_body
 
 EXTENSION = "dolibarr_webhooks"
 
@@ -50,12 +47,6 @@ def request_source(token: str | None, body: bytes) -> Source:
     return source
 
 
-class Refused(Exception):
-    def __init__(self, status: int, error: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.error, self.message = status, error, message
-
-
 def request_body() -> bytes:
     """The raw body, read once per request (the rate limiter's key may need it before the
     view), never form-parsed whatever the Content-Type; ``Refused`` (400, 413) when it
@@ -77,9 +68,7 @@ def request_body() -> bytes:
             ctx.body_error = Refused(413, "request_entity_too_large", "request body is larger than the configured "
                                                                       "limit (DOLIBARR_WEBHOOKS_MAX_BODY_SIZE)")
         except Exception as exc:  # the server's reader: its exception types are its own
-            logger.info("could not read the request body: %s: %s", type(exc).__name__, exc)
-            ctx.body_error = Refused(400, "bad_request", "the request body could not be read whole "
-                                                         "(malformed chunked encoding, cut short or too slow)")
+            ctx.body_error = unreadable_body(exc)
     if ctx.body_error is not None:
         raise ctx.body_error
     return ctx.body
