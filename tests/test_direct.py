@@ -142,3 +142,9 @@ def test_a_body_cut_short_is_400(webhooks_client, caplog):
     response = webhooks_client.post(URL, data=body[:100], environ_overrides={"CONTENT_LENGTH": str(len(body))})
     assert response.status_code == 400 and response.json["error"] == "bad_request"
     assert "could not read the request body" in caplog.text
+
+
+@pytest.mark.parametrize("length", ["1e3", "\u00b2", " 12", "-1"])
+def test_an_odd_content_length_is_flask_s(webhooks_client, flask_handled, length):
+    response = webhooks_client.post(URL, data=_body(1), environ_overrides={"CONTENT_LENGTH": length})
+    assert flask_handled == [URL] and response.status_code < 500

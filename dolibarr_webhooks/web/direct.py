@@ -76,7 +76,7 @@ class DirectWebhook:
             return None
         length = environ.get("CONTENT_LENGTH", "")
         limit = self.config["MAX_CONTENT_LENGTH"]
-        if not length.isdigit() or (limit is not None and int(length) > limit):
+        if not (length.isascii() and length.isdigit()) or (limit is not None and int(length) > limit):
             return None
         return token, int(length)
 
