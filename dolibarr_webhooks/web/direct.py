@@ -84,6 +84,7 @@ class DirectWebhook:
         plain = self._secret_and_length(environ)
         if plain is None:
             return self.app(environ, start_response)
+        token, length = plain
         started = time.perf_counter()
         rid = request_id_for(environ.get(_REQUEST_ID_KEY))
         rid_token = request_id.set(rid)
@@ -93,8 +94,7 @@ class DirectWebhook:
         source_name = None
         try:
             try:
-                raw = self._body(environ, plain[1])
-                token = plain[0]
+                raw = self._body(environ, length)
                 source = authenticated_source(svc, client, lambda: authenticate(
                     svc.sources.values(), Credentials.from_headers(EnvironHeaders(environ), path_token=token), raw))
             except Refused as exc:

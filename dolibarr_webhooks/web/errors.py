@@ -58,6 +58,7 @@ def _unexpected(exc: Exception):
     if isinstance(exc, HTTPException):
         return _http_error(exc)
     logger.exception("unexpected error on %s %s", request.method, request.endpoint)
+    record_outcome(500, INTERNAL_ERROR[0])
     return json_error(500, *INTERNAL_ERROR)
 
 
