@@ -7,6 +7,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from ..deadline import REQUEST_START_HEADER
 from ..listing import event_rows, plugin_rows
+from ..pipeline.parse import is_empty_body
 from ..samples import sample_body
 from ..settings import Source
 from .answers import JSON_TYPE, Answer, Refused, accept, authenticated_source, deadline_for, json_bytes
@@ -75,7 +76,7 @@ def test_event(token: str | None = None):
         source = _authenticated_source(token, raw)
     except Refused as exc:
         return respond(exc.answer())
-    return _accept(raw if raw.strip() else sample_body("TEST_TRIGGER_CODE"), source, test=True)
+    return _accept(sample_body("TEST_TRIGGER_CODE") if is_empty_body(raw) else raw, source, test=True)
 
 
 def init_app(app: Flask) -> None:
