@@ -206,7 +206,7 @@ class _ReadDeadline:
         sock = self._sock
         if sock.gettimeout() == 0.0:  # non-blocking: gunicorn polls, nothing waits
             return sock.recv(size, *flags)
-        flag = socket.MSG_DONTWAIT | (flags[0] if flags else 0)
+        flag = _DONTWAIT | (flags[0] if flags else 0)
         while True:
             remaining = self._deadline - time.monotonic()
             if remaining <= 0:
@@ -258,6 +258,8 @@ class _ReadDeadline:
         return getattr(self._sock, name)
 
 
+# socket.MSG_DONTWAIT is an enum.IntFlag, whose | runs in Python at every read.
+_DONTWAIT = int(socket.MSG_DONTWAIT)
 # A body up to this size leaves in the head's send (copied after it); a larger one after it.
 _JOINED_BODY = 64 * 1024
 
