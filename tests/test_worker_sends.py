@@ -4,7 +4,8 @@ packets and two wake-ups of the client for a webhook's 100-byte answer (issue #1
 
 A real gunicorn serves a small application of the test's own; a client on a real TCP
 connection counts the packets that carried data to it (the kernel's ``tcpi_data_segs_in``).
-gunicorn's own gthread worker is the control: two packets, and the same bytes.
+gunicorn's own gthread worker is the control: two packets, and the same bytes for every kind
+of answer (a body, none, chunks, a file gunicorn sends with ``sendfile``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,14 @@ import pytest
 from production_helpers import plain_app_under_gunicorn
 
 APP = '''
+import os
+
+
 def app(environ, start_response):
     path = environ["PATH_INFO"]
+    if path == "/file":  # gunicorn sends it with sendfile, after the head
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(os.path.getsize(__file__)))])
+        return environ["wsgi.file_wrapper"](open(__file__, "rb"))
     if path == "/empty":
         start_response("204 No Content", [])
         return []
@@ -84,7 +91,7 @@ def _without_connection(answer: bytes) -> bytes:
 
 
 REQUESTS = [("POST", "/small"), ("GET", "/small"), ("HEAD", "/small"), ("GET", "/empty"), ("GET", "/chunks"),
-            ("GET", "/small")]
+            ("GET", "/file"), ("GET", "/small")]
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +117,4 @@ def test_an_answer_leaves_in_one_packet(tmp_path, worker_class, control):
             assert packets == 1, request  # a bodiless answer leaves too, at its request's end
     assert answers[0][0].startswith(b"HTTP/1.1 200 OK\r\n") and answers[0][0].endswith(b'"evt_0123456789abcdef"}\n')
     assert answers[4][0].endswith(b"5\r\nthird\r\n0\r\n\r\n")  # the chunks, framed, after the head
+    assert answers[5][0].endswith(APP.encode())  # the file, after the head
