@@ -29,6 +29,9 @@ def app(environ, start_response):
     if path == "/file":  # gunicorn sends it with sendfile, after the head
         start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(os.path.getsize(__file__)))])
         return environ["wsgi.file_wrapper"](open(__file__, "rb"))
+    if path == "/text":  # not bytes: gunicorn fails after the head, and closes the connection
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "4")])
+        return ["text"]
     if path == "/empty":
         start_response("204 No Content", [])
         return []
@@ -118,3 +121,10 @@ def test_an_answer_leaves_in_one_packet(tmp_path, worker_class, control):
     assert answers[0][0].startswith(b"HTTP/1.1 200 OK\r\n") and answers[0][0].endswith(b'"evt_0123456789abcdef"}\n')
     assert answers[4][0].endswith(b"5\r\nthird\r\n0\r\n\r\n")  # the chunks, framed, after the head
     assert answers[5][0].endswith(APP.encode())  # the file, after the head
+
+
+@pytest.mark.parametrize("worker_class", [*OURS, "gthread"])
+def test_an_answer_that_breaks_off_sends_its_head_before_the_close(tmp_path, worker_class):
+    with plain_app_under_gunicorn(tmp_path, APP, "-k", worker_class) as served:
+        (answer, _), = _answers(served.url, [("GET", "/text")])
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"Content-Length: 4\r\n\r\n")

@@ -249,6 +249,18 @@ class _ReadDeadline:
         self._flush()
         return self._sock.sendfile(*args, **kwargs)
 
+    # gunicorn closes a connection whose answer broke off after its head (an application that
+    # yields text, not bytes): the head leaves first, as it would have without waiting.
+    def shutdown(self, how: int) -> None:
+        with contextlib.suppress(OSError):
+            self._flush()
+        self._sock.shutdown(how)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._flush()
+        self._sock.close()
+
     def _flush(self) -> None:
         held, self._held = self._held, b""
         if held:
