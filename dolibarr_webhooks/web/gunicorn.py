@@ -231,9 +231,13 @@ class _ReadDeadline:
         self._holding = True
         try:
             yield
-        finally:
+        except BaseException:  # gunicorn's own exception goes on, whatever the client became
             self._holding = False
-            self._flush()
+            with contextlib.suppress(OSError):
+                self._flush()
+            raise
+        self._holding = False
+        self._flush()
 
     def sendall(self, data: bytes) -> None:
         if self._holding and not self._held:
