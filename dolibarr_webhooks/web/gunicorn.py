@@ -183,7 +183,7 @@ class _ReadDeadline:
 
     Writes: gunicorn sends an answer's head on its own, then its body: two sends, two
     packets and two wake-ups of the client for a webhook's 100-byte answer. Within
-    ``answering`` the head waits for the first bytes of the body and leaves with them."""
+    ``handling`` the head waits for the first bytes of the body and leaves with them."""
 
     def __init__(self, sock) -> None:
         self._sock = sock
@@ -198,9 +198,6 @@ class _ReadDeadline:
     def restart(self) -> None:
         """A new request: its head is due."""
         self._deadline = time.monotonic() + HEAD_DEADLINE
-
-    def head_received(self) -> None:
-        self._deadline = time.monotonic() + BODY_DEADLINE
 
     def recv(self, size: int, *flags):
         sock = self._sock
@@ -224,17 +221,18 @@ class _ReadDeadline:
                 raise RequestTimeout()
 
     @contextlib.contextmanager
-    def answering(self):
-        """One request's answer: its head is held until its body's first bytes, and whatever
-        is still held leaves at the end (an answer without a body). Outside, every send goes
-        out at once: gunicorn's own error pages are written after the request failed."""
+    def handling(self):
+        """One request, from its head received: its body is due by BODY_DEADLINE; its answer's
+        head is held until the body's first bytes, and whatever is still held leaves at the
+        end (an answer without a body). Outside, every send goes out at once: gunicorn's own
+        error pages are written after the request failed."""
+        self._deadline = time.monotonic() + BODY_DEADLINE
         self._holding = True
         try:
             yield
         except BaseException:  # gunicorn's own exception goes on, whatever the client became
             self._holding = False
-            with contextlib.suppress(OSError):
-                self._flush()
+            self._let_go()
             raise
         self._holding = False
         self._flush()
@@ -256,13 +254,11 @@ class _ReadDeadline:
     # gunicorn closes a connection whose answer broke off after its head (an application that
     # yields text, not bytes): the head leaves first, as it would have without waiting.
     def shutdown(self, how: int) -> None:
-        with contextlib.suppress(OSError):
-            self._flush()
+        self._let_go()
         self._sock.shutdown(how)
 
     def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self._flush()
+        self._let_go()
         self._sock.close()
 
     def _flush(self) -> None:
@@ -270,8 +266,19 @@ class _ReadDeadline:
         if held:
             self._sock.sendall(held)
 
+    def _let_go(self) -> None:
+        """What is held, sent if the client still takes it: the connection is given up."""
+        with contextlib.suppress(OSError):
+            self._flush()
+
     def __getattr__(self, name: str):
         return getattr(self._sock, name)
+
+
+def _handling(sock):
+    """A request of both worker classes, from its head received (``_ReadDeadline.handling``);
+    over TLS, gunicorn's socket as it is."""
+    return sock.handling() if isinstance(sock, _ReadDeadline) else contextlib.nullcontext()
 
 
 # socket.MSG_DONTWAIT is an enum.IntFlag, whose | runs in Python at every read.
@@ -392,10 +399,7 @@ class SyncWorker(_FreezesStartup, _JsonErrors, _SyncWorker):
         super().handle(listener, client if self.cfg.is_ssl else _ReadDeadline(client), addr)
 
     def handle_request(self, listener, req, client, addr):
-        if not isinstance(client, _ReadDeadline):
-            return super().handle_request(listener, req, client, addr)
-        client.head_received()
-        with client.answering():
+        with _handling(client):
             return super().handle_request(listener, req, client, addr)
 
 
@@ -429,10 +433,7 @@ class ThreadWorker(_FreezesStartup, _JsonErrors, _ThreadWorker):
         return self.alive and not self.cfg.is_ssl and getattr(self, "nr_conns", math.inf) <= self.cfg.threads
 
     def handle_request(self, req, conn):
-        if not isinstance(conn.sock, _ReadDeadline):
-            return super().handle_request(req, conn)
-        conn.sock.head_received()
-        with conn.sock.answering():
+        with _handling(conn.sock):
             return super().handle_request(req, conn)
 
     # A new connection goes to the process with fewest (web/balance.py), with a gthread that
