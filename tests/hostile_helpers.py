@@ -165,7 +165,7 @@ def send(port: int, request: Hostile, context: ssl.SSLContext | None = None, tim
                 if not data:
                     break
                 received += data
-                if _complete(received):
+                if answer_complete(received):
                     break
     finally:
         sock.close()
@@ -182,14 +182,23 @@ def _final(received: bytes) -> bytes:
     return received
 
 
-def _complete(received: bytes) -> bool:
+def answer_complete(received: bytes, method: str = "POST") -> bool:
+    """Whether ``received`` holds a whole final answer: its head, then the body its
+    ``Content-Length`` or chunked framing says; none after ``HEAD``, a 204 or a 304. Without
+    either, only the server's close ends it."""
     head, sep, body = _final(received).partition(b"\r\n\r\n")
     if not sep:
         return False
-    for line in head.split(b"\r\n")[1:]:
+    lines = head.split(b"\r\n")
+    if method == "HEAD" or lines[0].split(b" ")[1:2] in ([b"204"], [b"304"]):
+        return True
+    for line in lines[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(body) >= int(value.strip())
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == b"content-length":
+            return len(body) >= int(value)
+        if name == b"transfer-encoding" and value == b"chunked":
+            return body.endswith(b"0\r\n\r\n")
     return False
 
 

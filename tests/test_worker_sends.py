@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from hostile_helpers import answer_complete
 from production_helpers import plain_app_under_gunicorn
 
 APP = '''
@@ -73,20 +74,12 @@ def _answers(url: str, requests: list[tuple[str, str]], kept_alive: bool = True)
 
 def _read_answer(sock: socket.socket, method: str, until_closed: bool) -> bytes:
     data = b""
-    while True:
-        if not until_closed and b"\r\n\r\n" in data:
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = re.search(rb"Content-Length: (\d+)", head)
-            if method == "HEAD" or b" 204 " in head.split(b"\r\n")[0]:
-                return data
-            if length and len(body) >= int(length.group(1)):
-                return data
-            if b"chunked" in head and body.endswith(b"0\r\n\r\n"):
-                return data
+    while until_closed or not answer_complete(data, method):
         chunk = sock.recv(65536)
         if not chunk:
             return data
         data += chunk
+    return data
 
 
 def _without_connection(answer: bytes) -> bytes:
