@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -396,6 +396,16 @@ class GunicornSettings:
         if self.threads > 1 or self.worker_class in ("gthread", "dolibarr_webhooks.web.gunicorn.ThreadWorker"):
             args += ["--threads", str(self.threads)]
         return args + [app]
+
+    @classmethod
+    def from_spec(cls, spec: str) -> GunicornSettings:
+        """``PROCESSESxTHREADS`` under serve's worker class, or ``sync:PROCESSES`` (our
+        ``SyncWorker``: one request at a time, no thread between the accept and the answer)."""
+        kind, _, processes = spec.lower().rpartition(":")
+        if kind == "sync":
+            return cls(int(processes), "dolibarr_webhooks.web.gunicorn.SyncWorker", 1)
+        count, threads = (int(n) for n in spec.lower().split("x"))
+        return replace(cls.serve(count), threads=threads)
 
     def describe(self) -> str:
         if self.config:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -25,14 +24,10 @@ from _common import (GunicornSettings, Wrk, database, interleaved, interleaved_o
                      product_server)
 
 
-def settings(spec: str) -> GunicornSettings:
-    processes, threads = (int(n) for n in spec.lower().split("x"))
-    return dataclasses.replace(GunicornSettings.serve(processes), threads=threads)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--settings", default="2x16,4x16", help="A,B: PROCESSESxTHREADS each")
+    parser.add_argument("--settings", default="2x16,4x16",
+                        help="A,B: PROCESSESxTHREADS each (serve's worker class), or sync:PROCESSES")
     interleaved_options(parser, concurrency="16", rounds=10, duration=3)
     args = parser.parse_args(argv)
     specs = args.settings.split(",")
@@ -40,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         servers = []
         for spec in specs:
             url = stack.enter_context(database(args.database))
-            servers.append((spec, stack.enter_context(product_server(settings(spec), database_url=url))))
+            gunicorn = GunicornSettings.from_spec(spec)
+            servers.append((spec, stack.enter_context(product_server(gunicorn, database_url=url))))
         results = interleaved(servers, args.concurrency, args.rounds, args.duration, Wrk(Path(tmp)))
     print(f"# {args.database}, {args.rounds} rounds of {args.duration} s, interleaved; medians")
     print()

@@ -2,7 +2,7 @@
 a new connection, as Dolibarr posts; what a Dolibarr user waits for on most days.
 
     python bench/quiet.py [--database postgresql|sqlite] [--network-delay MS] [--baseline REV]
-                          [--noop] [--events 20] [--pause 1.1]
+                          [--noop] [--events 20] [--pause 1.1] [--settings 1x16,4x16,sync:4]
 
 ``ingest.py`` posts back to back, so every connection of the service is busy and nothing the
 service does after a quiet second shows there. Here ``dolibarr-webhooks`` runs under serve's
@@ -13,7 +13,11 @@ seconds, timing each answer from the connection's opening to the answer's last b
 turns between the two; with ``--noop`` ``noop_app.py`` does too, under the same settings.
 Then, on each, 200 posts back to back, still each on a new connection: what the quiet
 seconds cost. ``--network-delay``: PostgreSQL is reached through ``delay_proxy.py``, which holds every
-chunk that many milliseconds each way, as a database on another host would.
+chunk that many milliseconds each way, as a database on another host would. ``--settings``:
+each target runs under each of these gunicorn settings instead of serve's, side by side
+(``PROCESSESxTHREADS`` under serve's worker class, ``sync:PROCESSES`` under ``SyncWorker``):
+what the number of processes, and the hand-over from the accepting thread, cost a post on a
+new connection.
 """
 
 from __future__ import annotations
@@ -62,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noop", action="store_true", help="also bench/noop_app.py, under the same settings")
     parser.add_argument("--events", type=int, default=20, help="posts to each service")
     parser.add_argument("--pause", type=float, default=1.1, help="seconds before each post")
+    parser.add_argument("--settings", metavar="SPEC,SPEC",
+                        help="gunicorn settings to run side by side instead of serve's: PROCESSESxTHREADS under "
+                             "serve's worker class, or sync:PROCESSES")
     args = parser.parse_args(argv)
-    gunicorn = GunicornSettings.serve()
+    specs = args.settings.split(",") if args.settings else [None]
     body = sample_body("BILL_VALIDATE")
     back_to_back: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="dw-bench-quiet-") as tmp, contextlib.ExitStack() as stack:
@@ -71,11 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.baseline:
             cores = {f"@{args.baseline}": core_at(args.baseline, Path(tmp) / "baseline"), **cores}
         servers = {}
-        if args.noop:
-            servers["no-op"] = stack.enter_context(noop_server(gunicorn))
-        for label, core in cores.items():
-            url = stack.enter_context(delayed(stack.enter_context(database(args.database)), args.network_delay))
-            servers[label] = stack.enter_context(product_server(gunicorn, database_url=url, core=core))
+        for spec in specs:
+            gunicorn = GunicornSettings.from_spec(spec) if spec else GunicornSettings.serve()
+            suffix = f" {spec}" if spec else ""
+            if args.noop:
+                servers["no-op" + suffix] = stack.enter_context(noop_server(gunicorn))
+            for label, core in cores.items():
+                url = stack.enter_context(delayed(stack.enter_context(database(args.database)), args.network_delay))
+                servers[label + suffix] = stack.enter_context(product_server(gunicorn, database_url=url, core=core))
         times: dict[str, list[float]] = {label: [] for label in servers}
         log(f"servers up: {', '.join(servers)}; {args.events} posts each, {args.pause} s apart")
         number = 40_000_000
@@ -92,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             back_to_back[label] = [post(server.webhook_url, unique_body(body, number := number + 1))
                                    for _ in range(BACK_TO_BACK)]
     delay = f", PostgreSQL {args.network_delay} ms away each way" if args.network_delay else ""
-    print(f"# quiet: {args.database}{delay}, gunicorn {gunicorn.describe()}, one post at a time, "
+    under = f"settings {args.settings}" if args.settings else f"gunicorn {GunicornSettings.serve().describe()}"
+    print(f"# quiet: {args.database}{delay}, {under}, one post at a time, "
           f"{args.pause} s apart, each on a new connection")
     print()
     rows = [[label, len(values), f"{statistics.median(values):.2f}", f"{min(values):.2f}", f"{max(values):.2f}",
