@@ -4,7 +4,7 @@
                               [--concurrency 1,16] [--rounds 10] [--duration 3]
 
 Two servers of the same core run at once, each on its own store, under ``serve``'s worker
-class: ``PROCESSESxTHREADS`` each. ``wrk`` posts to one, then the other, for a few seconds,
+class: ``PROCESSESxTHREADS`` each (or ``sync:PROCESSES``, our ``SyncWorker``). ``wrk`` posts to one, then the other, for a few seconds,
 over many rounds; the figure to read is the median of the per-round ratios B / A of req/s
 (with their spread), since the machine's speed moves more between rounds than between two
 points taken a few seconds apart. Made for ``web_processes`` (issue #15): the committing
