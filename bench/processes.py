@@ -4,12 +4,13 @@
                               [--concurrency 1,16] [--rounds 10] [--duration 3]
 
 Two servers of the same core run at once, each on its own store, under ``serve``'s worker
-class: ``PROCESSESxTHREADS`` each (or ``sync:PROCESSES``, our ``SyncWorker``). ``wrk`` posts to one, then the other, for a few seconds,
-over many rounds; the figure to read is the median of the per-round ratios B / A of req/s
-(with their spread), since the machine's speed moves more between rounds than between two
-points taken a few seconds apart. Made for ``web_processes`` (issue #15): the committing
-thread of a process waits for its GIL behind the other threads, while holding the writers'
-turn, so the number of processes per CPU changes how long the turn is held.
+class: ``PROCESSESxTHREADS`` each (or ``sync:PROCESSES``, our ``SyncWorker``). ``wrk`` posts
+to one, then the other, for a few seconds, over many rounds; the figure to read is the median
+of the per-round ratios B / A of req/s (with their spread), since the machine's speed moves
+more between rounds than between two points taken a few seconds apart. Made for
+``web_processes`` (issue #15): the committing thread of a process waits for its GIL behind
+the other threads, while holding the writers' turn, so the number of processes per CPU
+changes how long the turn is held.
 """
 
 from __future__ import annotations
