@@ -305,7 +305,7 @@ def next_request_within(conn, milliseconds: int) -> bool:
     if unreader is not None and unreader.buf.getvalue():  # usually empty: nothing is copied
         return True
     poller = getattr(conn, "next_request_poll", None)
-    if poller is None:  # one per connection: registering is a system call
+    if poller is None:  # one per connection: made and registered once, not for each request
         poller = conn.next_request_poll = select.poll()
         poller.register(conn.sock.fileno(), select.POLLIN)
     return bool(poller.poll(milliseconds))
