@@ -943,6 +943,80 @@ def test_sqlite_claims_and_idle_looks_skip_finished_deliveries(database_url):
     store_.dispose()
 
 
+def _prepared_again(path: str, sql: str) -> int:
+    """How many times SQLite prepared ``sql`` again when it ran twice, its parameters bound
+    anew each time, as Python's sqlite3 binds them at each execution: SQLite's own count
+    (``sqlite3_stmt_status``, SQLITE_STMTSTATUS_REPREPARE), which Python's module does not
+    expose. Through ``ctypes``, on the SQLite that module is linked to; in a transaction
+    rolled back. Every parameter is bound to NULL: which value does not matter, the binding
+    does (a statement whose plan depends on a parameter's value expires when it is bound)."""
+    import _sqlite3
+    import ctypes
+
+    lib = ctypes.CDLL(_sqlite3.__file__)  # its symbols and those of the SQLite it is linked to
+    pointer = ctypes.c_void_p
+    for name, argtypes in (("sqlite3_open_v2", [ctypes.c_char_p, ctypes.POINTER(pointer), ctypes.c_int, pointer]),
+                           ("sqlite3_prepare_v2", [pointer, ctypes.c_char_p, ctypes.c_int, ctypes.POINTER(pointer),
+                                                   pointer]),
+                           ("sqlite3_exec", [pointer, ctypes.c_char_p, pointer, pointer, pointer]),
+                           ("sqlite3_bind_parameter_count", [pointer]), ("sqlite3_bind_null", [pointer, ctypes.c_int]),
+                           ("sqlite3_step", [pointer]), ("sqlite3_reset", [pointer]),
+                           ("sqlite3_stmt_status", [pointer, ctypes.c_int, ctypes.c_int]),
+                           ("sqlite3_finalize", [pointer]), ("sqlite3_close_v2", [pointer])):
+        getattr(lib, name).argtypes = argtypes
+    sqlite_ok, sqlite_row, open_readwrite, status_reprepare = 0, 100, 2, 5
+    db, stmt = pointer(), pointer()
+    assert lib.sqlite3_open_v2(path.encode(), ctypes.byref(db), open_readwrite, None) == sqlite_ok
+    try:
+        assert lib.sqlite3_prepare_v2(db, sql.encode(), -1, ctypes.byref(stmt), None) == sqlite_ok, sql
+        assert lib.sqlite3_exec(db, b"BEGIN", None, None, None) == sqlite_ok
+        for _ in range(2):
+            for number in range(1, lib.sqlite3_bind_parameter_count(stmt) + 1):
+                lib.sqlite3_bind_null(stmt, number)
+            while lib.sqlite3_step(stmt) == sqlite_row:
+                pass
+            lib.sqlite3_reset(stmt)  # an INSERT of NULLs fails its constraints: only its preparation counts
+        return lib.sqlite3_stmt_status(stmt, status_reprepare, 0)
+    finally:
+        lib.sqlite3_finalize(stmt)
+        lib.sqlite3_exec(db, b"ROLLBACK", None, None, None)
+        lib.sqlite3_close_v2(db)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_prepares_the_ingest_and_the_workers_statements_once(database_url):
+    """SQLite plans a statement again at each run when it bound a parameter compared with a
+    column that a partial index's condition names (``status = ?`` against ix_events_quarantined's
+    ``status = 'quarantined'``): the plan depends on the value, so every new binding expires it.
+    The duplicate search did, and paid its planning again at every ingest (issue #15). Every
+    statement of the ingest and of the worker's rounds is prepared once: each found by running
+    it, through the store (on the driver's cursor or through SQLAlchemy)."""
+    store_ = Store(database_url)
+    store_.migrate()
+    statements: set[str] = set()
+
+    def record(_conn, _cursor, statement, _parameters, _context, _executemany):
+        statements.add(statement)
+
+    sa_event.listen(store_.engine, "before_cursor_execute", record)
+    try:
+        for object_id in (1, 1, 2):  # the second a duplicate
+            store_.ingest(event_from_body(body(object_id=object_id)), ["log"], dedup_window=3600)
+        assert store_.has_due(["log"])
+        failing, delivered = store_.claim({"log": 5}, "test", lease=30)
+        assert store_.finish(failing, FAILED, "boom", time.time() + 60, "test")
+        assert store_.next_retry_at(["log"]) is not None
+        assert store_.finish_and_claim(delivered, "delivered", None, None, "test", lease=30)[0]
+    finally:
+        sa_event.remove(store_.engine, "before_cursor_execute", record)
+    statements.update(sql for (_, _, dialect), (sql, _, _) in compiled._compiled.items() if dialect == "sqlite")
+    path = store_.engine.url.database
+    store_.dispose()
+    assert any(sql.startswith("SELECT events.id") for sql in statements), statements  # the duplicate search ran
+    planned_again = {sql: count for sql in statements if (count := _prepared_again(path, sql))}
+    assert planned_again == {}
+
+
 # -- retention ---------------------------------------------------------------------------------
 def test_a_large_purge_goes_chunk_by_chunk_and_deletes_exactly_what_it_should(migrated_store):
     """``purge`` deletes a chunk of events per transaction (the requests get SQLite's writers'
