@@ -1,6 +1,7 @@
 """What one answer is made of: the phases of the request path, timed in one process.
 
     python bench/phases.py [--database sqlite|postgresql|both] [--events 2000] [--warmup 300]
+                           [--pause SECONDS]
 
 One request at a time (as at concurrency 1), an answer is its phases one after the other;
 ``ingest.py`` gives the total a client sees, this script its parts. The product as shipped
@@ -21,8 +22,10 @@ the product's own functions, wrapped on the running objects:
   here with the test client's own reading of the answer).
 
 On SQLite it also times each statement of the ingest's transaction. Medians over
-``--events`` requests after ``--warmup``. A wrapper costs about a microsecond; read the
-shares, and check a change with ``before_after.py``.
+``--events`` requests after ``--warmup``. ``--pause``: the measured requests come that many
+seconds apart, as a quiet shop's Dolibarr posts (``quiet.py`` gives their whole answer). A
+wrapper costs about a microsecond; read the shares, and check a change with
+``before_after.py``.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def _timed(call, marks: dict[str, float], before: str, after: str | None):
     return wrapper
 
 
-def child(kind: str, url: str, events: int, warmup: int) -> dict:
+def child(kind: str, url: str, events: int, warmup: int, pause: float = 0.0) -> dict:
     """Runs in a fresh interpreter: the phases' medians (us) and the statements' (SQLite)."""
     from dolibarr_webhooks.samples import sample_body
     from dolibarr_webhooks.store import sqlite_fast
@@ -94,6 +97,8 @@ def child(kind: str, url: str, events: int, warmup: int) -> dict:
     cpu = 0.0
     for i in range(warmup + events):
         raw = unique_body(body, 10_000_000 + i)
+        if pause and i >= warmup:
+            time.sleep(pause)
         marks.clear()
         started = time.process_time()
         response = client.post(path, data=raw)
@@ -117,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--warmup", type=int, default=300)
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="seconds of quiet before each measured request (default none)")
     parser.add_argument("--child", nargs=2, metavar=("KIND", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(*args.child, args.events, args.warmup)))
+        print(json.dumps(child(*args.child, args.events, args.warmup, args.pause)))
         return 0
 
     kinds = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
@@ -130,14 +137,15 @@ def main(argv: list[str] | None = None) -> int:
                 url = stack.enter_context(database(kind)) or f"sqlite:///{Path(tmp) / 'phases.sqlite3'}"
                 log(f"{kind}: {args.warmup} + {args.events} requests")
                 done = subprocess.run([sys.executable, __file__, "--child", kind, url, "--events", str(args.events),
-                                       "--warmup", str(args.warmup)], capture_output=True, text=True,
-                                      timeout=900, cwd=tmp)
+                                       "--warmup", str(args.warmup), "--pause", str(args.pause)],
+                                      capture_output=True, text=True, timeout=900 + args.events * args.pause, cwd=tmp)
                 if done.returncode:
                     raise RuntimeError(done.stderr[-3000:])
                 result = json.loads(done.stdout.strip().splitlines()[-1])
             whole = result["phases"].get("the app, in all") or 1
             print(f"\n# {kind}: the phases of one BILL_VALIDATE request (15.6 KB), one at a time, medians of "
-                  f"{args.events}; CPU {result['cpu']:.0f} us a request")
+                  f"{args.events}{f', {args.pause:g} s apart' if args.pause else ''}; "
+                  f"CPU {result['cpu']:.0f} us a request")
             print(table([[label, f"{us:.0f}", f"{us / whole:.0%}"] for label, us in result["phases"].items()],
                         ["phase", "us", "of the app"]))
             if result["statements"]:
