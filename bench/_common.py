@@ -515,6 +515,24 @@ def noop_server(gunicorn: GunicornSettings, app: str = "noop_app:app", route: st
             server.close()
 
 
+@contextlib.contextmanager
+def least_durable_server(gunicorn: GunicornSettings, kind: str, network_delay: float = 0.0) -> Iterator[Server]:
+    """Issue #15's least durable Flask receiver of store ``kind`` (``bench/floor_app.py``:
+    ``json.loads``, then the raw body INSERTed, autocommit) under the same gunicorn settings;
+    on PostgreSQL into a throw-away database of its own, reached through ``delay_proxy.py``
+    with ``network_delay``."""
+    if kind == "sqlite":
+        with noop_server(gunicorn, "floor_app:app", "sqlite-insert") as server:
+            yield server
+        return
+    from delay_proxy import delayed
+
+    with database("postgresql") as url, delayed(url, network_delay) as reached, noop_server(
+            gunicorn, "floor_app:app", "postgres-insert",
+            extra_env={"BENCH_POSTGRES_URL": reached.replace("+psycopg", "")}) as server:
+        yield server
+
+
 NODE_RECEIVER = BENCH_DIR / "node_receiver"
 
 

@@ -43,8 +43,8 @@ import tempfile
 from pathlib import Path
 
 from _common import (NCPU, PRODUCTION_CONFIG, GunicornSettings, Wrk, WrkResult, core_at, database, flush_writes,
-                     interpreter, log, node_express_version, node_server, node_unavailable, noop_server,
-                     product_server, sqlite_counters, table)
+                     interpreter, least_durable_server, log, node_express_version, node_server, node_unavailable,
+                     noop_server, product_server, sqlite_counters, table)
 from cold_fsync import measure as sync_after_pauses
 from delay_proxy import delayed
 
@@ -149,14 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             for route in ("append", "append-grouped", "scrub", "scrub-append"):
                 targets[f"floor-{route}"] = stack.enter_context(noop_server(gunicorn, "floor_app:app", route))
         # The least durable receiver of each store measured: what issue #15's ratio is against.
-        if "sqlite" in kinds:
-            targets["floor-sqlite-insert"] = stack.enter_context(
-                noop_server(gunicorn, "floor_app:app", "sqlite-insert"))
-        if "postgresql" in kinds:
-            floor_url = stack.enter_context(delayed(stack.enter_context(database("postgresql")), args.network_delay))
-            targets["floor-postgres-insert"] = stack.enter_context(
-                noop_server(gunicorn, "floor_app:app", "postgres-insert",
-                            extra_env={"BENCH_POSTGRES_URL": floor_url.replace("+psycopg", "")}))
+        for kind in kinds:
+            targets[LEAST_DURABLE[kind]] = stack.enter_context(least_durable_server(gunicorn, kind, args.network_delay))
         cores = [("", None)]
         if args.baseline:
             cores.insert(0, (f"@{args.baseline}", core_at(args.baseline, Path(tmp) / "baseline")))

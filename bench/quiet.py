@@ -2,7 +2,8 @@
 a new connection, as Dolibarr posts; what a Dolibarr user waits for on most days.
 
     python bench/quiet.py [--database postgresql|sqlite] [--network-delay MS] [--baseline REV]
-                          [--noop] [--events 20] [--pause 1.1] [--settings 1x16,4x16,sync:4]
+                          [--noop] [--floor] [--events 20] [--pause 1.1]
+                          [--settings 1x16,4x16,sync:4]
 
 ``ingest.py`` posts back to back, so every connection of the service is busy and nothing the
 service does after a quiet second shows there. Here ``dolibarr-webhooks`` runs under serve's
@@ -10,7 +11,9 @@ settings (its processes and threads, the worker left out), and the client posts 
 ``BILL_VALIDATE`` sample, each with its own object id, each after a pause of ``--pause``
 seconds, timing each answer from the connection's opening to the answer's last byte. With
 ``--baseline`` the core of that revision runs too, on its own store, and the posts take
-turns between the two; with ``--noop`` ``noop_app.py`` does too, under the same settings.
+turns between the two; with ``--noop`` ``noop_app.py`` does too, under the same settings,
+and with ``--floor`` the least durable receiver of the store (``floor_app.py``, as
+``ingest.py`` runs it).
 Then, on each, 200 posts back to back, still each on a new connection: what the quiet
 seconds cost. ``--network-delay``: PostgreSQL is reached through ``delay_proxy.py``, which holds every
 chunk that many milliseconds each way, as a database on another host would. ``--settings``:
@@ -32,7 +35,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from _common import GunicornSettings, core_at, database, log, noop_server, product_server, table, unique_body
+from _common import (GunicornSettings, core_at, database, least_durable_server, log, noop_server, product_server, table,
+                     unique_body)
 from delay_proxy import delayed
 
 from dolibarr_webhooks.samples import sample_body
@@ -64,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="PostgreSQL: milliseconds each way between the service and the server")
     parser.add_argument("--baseline", metavar="GIT_REVISION")
     parser.add_argument("--noop", action="store_true", help="also bench/noop_app.py, under the same settings")
+    parser.add_argument("--floor", action="store_true",
+                        help="also the store's least durable receiver (bench/floor_app.py), under the same settings")
     parser.add_argument("--events", type=int, default=20, help="posts to each service")
     parser.add_argument("--pause", type=float, default=1.1, help="seconds before each post")
     parser.add_argument("--settings", metavar="SPEC,SPEC",
@@ -83,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             suffix = f" {spec}" if spec else ""
             if args.noop:
                 servers["no-op" + suffix] = stack.enter_context(noop_server(gunicorn))
+            if args.floor:
+                servers["floor-insert" + suffix] = stack.enter_context(
+                    least_durable_server(gunicorn, args.database, args.network_delay))
             for label, core in cores.items():
                 url = stack.enter_context(delayed(stack.enter_context(database(args.database)), args.network_delay))
                 servers[label + suffix] = stack.enter_context(product_server(gunicorn, database_url=url, core=core))
