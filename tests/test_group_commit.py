@@ -119,6 +119,45 @@ def test_a_failed_fsync_fails_each_commit_it_covered_and_not_later_ones(sqlite_f
     store.dispose()
 
 
+def test_a_sync_closed_while_its_writers_commit_and_wait_fails_none_of_them(sqlite_file):
+    """A store is disposed of at shutdown, its worker's lanes perhaps still recording an
+    outcome (after ``SHUTDOWN_GRACE``): closing the shared counters under a writer that is
+    numbering its commit or waiting for its fsync must not fail it (it maps them again), and
+    every commit is still covered by an fsync that began after it."""
+    from dolibarr_webhooks.store.group_commit import SharedSync
+
+    open(sqlite_file, "wb").close()  # no log: the fsync is the database file's
+    sync = SharedSync(sqlite_file)
+    errors: list[BaseException] = []
+    writing = threading.Event()
+
+    def writer() -> None:
+        try:
+            for _ in range(400):
+                sync.wait_durable(sync.committed())
+        except BaseException as exc:
+            errors.append(exc)
+
+    def closer() -> None:
+        while writing.is_set():
+            sync.close()
+            time.sleep(0.0001)
+
+    writing.set()
+    writers = [threading.Thread(target=writer) for _ in range(4)]
+    closing = threading.Thread(target=closer)
+    for thread in [*writers, closing]:
+        thread.start()
+    for thread in writers:
+        thread.join(60)
+    writing.clear()
+    closing.join(10)
+    assert errors == []
+    counters = read_counters(sqlite_file)
+    assert counters["commits"] == 1600 and counters["synced"] == 1600, counters
+    sync.close()
+
+
 def test_normal_synchronous_keeps_no_group_commit(sqlite_file):
     store = Store(f"sqlite:///{sqlite_file}", synchronous="normal")
     store.migrate()

@@ -56,6 +56,11 @@ class SharedSync:
         self.log_path = database_path + "-wal"
         self.path = database_path + ".sync"
         self._guard = threading.Lock()  # one syncer per process; flock orders the processes
+        # Held to number a commit and to close: a store disposed of while a writer numbers its
+        # commit (a worker's lane recording an outcome at shutdown) must not unmap the
+        # counters under it. Not ``_guard``, which the syncer holds through the fsync: the
+        # next commit is numbered while the fsync runs.
+        self._mapping = threading.Lock()
         self._map: mmap.mmap | None = None
         self._pid: int | None = None
         self._fd: int | None = None
@@ -82,16 +87,17 @@ class SharedSync:
 
     def committed(self) -> int:
         """Called in the writers' turn, right after a COMMIT: the commit's number."""
-        self._counters()  # once per operation: checking for a fork costs a getpid() call
-        number = self._read(_COMMITS) + 1
-        self._write(_COMMITS, number)
+        with self._mapping:
+            self._counters()  # once per operation: checking for a fork costs a getpid() call
+            number = self._read(_COMMITS) + 1
+            self._write(_COMMITS, number)
         return number
 
     def wait_durable(self, number: int) -> None:
         """Return once an fsync of the log that began after commit ``number`` has succeeded;
         ``SyncFailed`` when the one that covered it failed."""
-        self._counters()
-        with self._guard:
+        with self._guard:  # which close() takes too: the counters stay mapped until we return
+            self._counters()
             if self._covered(number):
                 return
             fcntl.flock(self._fd, fcntl.LOCK_EX)
@@ -132,7 +138,10 @@ class SharedSync:
             os.close(fd)
 
     def close(self) -> None:
-        if self._map is not None and self._pid == os.getpid():
-            self._map.close()
-            os.close(self._fd)
-        self._map = self._fd = self._pid = None
+        """Unmap the counters, once no writer of this process is numbering a commit or syncing
+        (a writer that comes later maps them again)."""
+        with self._guard, self._mapping:
+            if self._map is not None and self._pid == os.getpid():
+                self._map.close()
+                os.close(self._fd)
+            self._map = self._fd = self._pid = None
