@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from dolibarr_webhooks.store.group_commit import SyncFailed, read_counters
+from dolibarr_webhooks.store.group_commit import SharedSync, SyncFailed, read_counters
 from dolibarr_webhooks.store import UNAVAILABLE, Store, StoreError
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, make_event, running_service, wait_for
 from dolibarr_webhooks_testplugin import HeldFileLock
@@ -124,8 +124,6 @@ def test_a_sync_closed_while_its_writers_commit_and_wait_fails_none_of_them(sqli
     outcome (after ``SHUTDOWN_GRACE``): closing the shared counters under a writer that is
     numbering its commit or waiting for its fsync must not fail it (it maps them again), and
     every commit is still covered by an fsync that began after it."""
-    from dolibarr_webhooks.store.group_commit import SharedSync
-
     open(sqlite_file, "wb").close()  # no log: the fsync is the database file's
     sync = SharedSync(sqlite_file)
     errors: list[BaseException] = []
