@@ -6,7 +6,8 @@ what makes it grow.
     python bench/rss.py --steady 100000
 
 ``--steady``: the web workers and the delivery worker process over 100,000 ordinary events
-(wrk, 8 connections), RSS of each after every tenth, and the deliveries still waiting.
+(wrk, 8 connections), RSS of each after every tenth, and the deliveries still waiting; then,
+the posts stopped, the seconds until none waits, and every process's RSS once it is so.
 
 Phase 1: ordinary events (the 15 KB BILL_VALIDATE, unique ids). Phase 2: hostile bodies
 (tests/hostile_helpers.py, without the stalled ones). Phase 3: ordinary events with ``--big``
@@ -22,6 +23,7 @@ import json
 import random
 import statistics
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -32,6 +34,8 @@ from production_helpers import big_invoice, production_env, worker_pids  # noqa:
 
 from dolibarr_webhooks.samples import sample_body  # noqa: E402
 from dolibarr_webhooks.testing import running_service  # noqa: E402
+
+DRAIN_TIMEOUT = 600.0  # seconds the backlog left by --steady's posts is given to drain
 
 
 def rss_mb(pid: int) -> float:
@@ -68,14 +72,36 @@ def steady(events: int, steps: int, extra: dict[str, str]) -> None:
         for step in range(1, steps + 1):
             while sent < events * step // steps:
                 sent += wrk.run(service.webhook_url, 8, 2).requests
-            stats = service.stats()
-            waiting = stats["deliveries"]["pending"] + stats["deliveries"]["running"]
+            waiting = _waiting(service)
             rows.append((sent, snapshot(service), rss_mb(worker_pid), waiting))
             print(f"{sent} events: web {rows[-1][1]}, worker {rows[-1][2]:.1f} MB, {waiting} waiting",
                   file=sys.stderr, flush=True)
+        backlog, drained = rows[-1][3], drain(service, DRAIN_TIMEOUT)
+        rows.append(("drained", snapshot(service), rss_mb(worker_pid), _waiting(service)))
     print(f"{'events':>8} {'web min MB':>10} {'median':>7} {'max MB':>7} {'worker MB':>9} {'waiting':>8}")
     for sent, web, worker, waiting in rows:
-        print(f"{sent:8} {web[0]:10.1f} {statistics.median(web):7.1f} {web[-1]:7.1f} {worker:9.1f} {waiting:8}")
+        print(f"{sent:>8} {web[0]:10.1f} {statistics.median(web):7.1f} {web[-1]:7.1f} {worker:9.1f} {waiting:8}")
+    if drained is None:
+        print(f"the backlog of {backlog} deliveries was not drained in {DRAIN_TIMEOUT:.0f} s")
+    else:
+        print(f"the backlog of {backlog} deliveries drained in {drained:.1f} s after the last post")
+
+
+def _waiting(service) -> int:
+    stats = service.stats()
+    return stats["deliveries"]["pending"] + stats["deliveries"]["running"]
+
+
+def drain(service, timeout: float) -> float | None:
+    """Seconds until no delivery is waiting, once the posts stop (None: still some after
+    ``timeout``). On a slow machine the web's load leaves the worker too little CPU to keep
+    up, and the deliveries wait: they are all made once the posts stop."""
+    started = time.monotonic()
+    while _waiting(service):
+        if time.monotonic() - started > timeout:
+            return None
+        time.sleep(0.5)
+    return time.monotonic() - started
 
 
 def main(argv: list[str] | None = None) -> None:
