@@ -33,7 +33,7 @@ from hostile_helpers import Hostile, _request, hostile_requests, send  # noqa: E
 from production_helpers import big_invoice, production_env, worker_pids  # noqa: E402
 
 from dolibarr_webhooks.samples import sample_body  # noqa: E402
-from dolibarr_webhooks.testing import running_service  # noqa: E402
+from dolibarr_webhooks.testing import running_service, wait_for  # noqa: E402
 
 DRAIN_TIMEOUT = 600.0  # seconds the backlog left by --steady's posts is given to drain
 
@@ -95,12 +95,12 @@ def _waiting(service) -> int:
 def drain(service, timeout: float) -> float | None:
     """Seconds until no delivery is waiting, once the posts stop (None: still some after
     ``timeout``). On a slow machine the web's load leaves the worker too little CPU to keep
-    up, and the deliveries wait: they are all made once the posts stop."""
+    up, and the deliveries wait until the posts stop."""
     started = time.monotonic()
-    while _waiting(service):
-        if time.monotonic() - started > timeout:
-            return None
-        time.sleep(0.5)
+    try:
+        wait_for(lambda: not _waiting(service), timeout, interval=0.5, message="no delivery waiting")
+    except TimeoutError:
+        return None
     return time.monotonic() - started
 
 
