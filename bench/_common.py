@@ -595,13 +595,20 @@ def postgres_admin(statement: str) -> None:
         conn.execute(statement)
 
 
+def database_url(url: str, name: str) -> str:
+    """``url`` naming the database ``name``, its query kept (``?host=/var/run/postgresql``:
+    the server's Unix socket instead of TCP)."""
+    base, query = url.split("?", 1) if "?" in url else (url, "")
+    return base.rsplit("/", 1)[0] + "/" + name + ("?" + query if query else "")
+
+
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
     """A throw-away database on the local PostgreSQL, dropped afterwards."""
     name = "dw_bench_" + uuid.uuid4().hex[:10]
     postgres_admin(f'CREATE DATABASE "{name}"')
     try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+        yield database_url(POSTGRES_ADMIN_URL, name)
     finally:
         postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -622,7 +629,8 @@ def flush_writes(postgres: bool) -> float:
 def settle(store) -> None:
     """After a bulk fill, a store as if it had grown slowly: checkpoints and autovacuum keep up
     with a year of rows, while a bulk fill leaves a gigabyte of WAL (or unanalysed tables) that
-    the first commits after it would pay for."""
+    the first commits after it would pay for, and the pages it and the VACUUM dirtied, which
+    the kernel and PostgreSQL's checkpointer would write during the next point."""
     import sqlite3
 
     if store.is_postgres:
@@ -631,6 +639,7 @@ def settle(store) -> None:
     else:
         with contextlib.closing(sqlite3.connect(store.engine.url.database, timeout=60)) as conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    flush_writes(store.is_postgres)
 
 
 def receiver(url: str):
