@@ -595,20 +595,17 @@ def postgres_admin(statement: str) -> None:
         conn.execute(statement)
 
 
-def database_url(url: str, name: str) -> str:
-    """``url`` naming the database ``name``, its query kept (``?host=/var/run/postgresql``:
-    the server's Unix socket instead of TCP)."""
-    base, query = url.split("?", 1) if "?" in url else (url, "")
-    return base.rsplit("/", 1)[0] + "/" + name + ("?" + query if query else "")
-
-
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
-    """A throw-away database on the local PostgreSQL, dropped afterwards."""
+    """A throw-away database on the local PostgreSQL, dropped afterwards. Its URL is the admin
+    URL's with the database renamed, its query kept (``?host=/var/run/postgresql``: the
+    server's Unix socket instead of TCP)."""
+    from sqlalchemy.engine import make_url
+
     name = "dw_bench_" + uuid.uuid4().hex[:10]
     postgres_admin(f'CREATE DATABASE "{name}"')
     try:
-        yield database_url(POSTGRES_ADMIN_URL, name)
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
     finally:
         postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
