@@ -6,8 +6,7 @@ import os
 import uuid
 
 import pytest
-
-POSTGRES_ADMIN_URL = os.environ.get("DOLIBARR_WEBHOOKS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+from postgres_helpers import POSTGRES_ADMIN_URL, admin_connection, on_database
 
 
 def _postgres_database():
@@ -22,14 +21,11 @@ def _postgres_database():
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required in CI and is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_ADMIN_URL}: {exc}")
-    base = POSTGRES_ADMIN_URL.rsplit("/", 1)[0]
-    return name, f"{base}/{name}"
+    return name, on_database(name)
 
 
 def _drop_postgres_database(name: str) -> None:
-    import psycopg
-
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as conn:
+    with admin_connection() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

@@ -20,6 +20,7 @@ import requests
 from dolibarr_webhooks.store import Store
 from dolibarr_webhooks.testing import running_service, wait_for
 from dolibarr_webhooks_testplugin import body, handler_config, handler_env, overlapping_runs, read_records
+from postgres_helpers import admin_connection, database_name
 
 
 class Posting:
@@ -191,15 +192,13 @@ def test_kill_9_of_web_and_worker_under_load_loses_nothing(database_url, tmp_pat
 def test_worker_survives_its_database_connections_being_cut(database_url, tmp_path):
     """A PostgreSQL restart or failover closes every connection: the worker must reconnect and
     go on delivering, not die (its LISTEN connection included)."""
-    import psycopg
-
     recorder_file = tmp_path / "recorder.jsonl"
     env = handler_env(handler_config(tmp_path, recorder=True))
-    name = database_url.rsplit("/", 1)[1]
+    name = database_name(database_url)
     with running_service(env=env, database_url=database_url, workers=1) as service:
         assert service.post(body(object_id=1)).status_code == 200
         wait_for(lambda: len(read_records(recorder_file)) == 1, timeout=15, message=service.logs)
-        with psycopg.connect(database_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        with admin_connection() as conn:
             conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
         time.sleep(1.5)  # the worker's next look at the database, and at its LISTEN connection
         response = service.post(body(object_id=2))

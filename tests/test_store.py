@@ -29,11 +29,12 @@ from sqlalchemy import func, select, text, update
 
 from dolibarr_webhooks.ids import new_event_id
 from dolibarr_webhooks.pipeline.parse import event_from_body
-from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, compiled, gauges, normalise_url, queue
+from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, compiled, gauges, queue
 from dolibarr_webhooks.store.schema import FAILED, deliveries
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, wait_for
 from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, read_records, running_worker,
                                           writes_blocked)
+from postgres_helpers import admin_connection, database_name
 
 WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
 
@@ -143,14 +144,6 @@ def test_sqlite_disk_full_answers_503_and_keeps_nothing_half_written(make_app, t
         assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
 
 
-def maintenance(database_url: str):
-    """An autocommit psycopg connection to the server's ``postgres`` database, beside the test's."""
-    import psycopg
-
-    url = normalise_url(database_url).replace("postgresql+psycopg://", "postgresql://")
-    return psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True)
-
-
 def cut_connections(conn, name: str) -> None:
     """The server ends every session of database ``name``, and is waited for until each is gone
     (its client's socket then says so)."""
@@ -158,7 +151,7 @@ def cut_connections(conn, name: str) -> None:
 
 
 @contextlib.contextmanager
-def lost_once_lent(store_: Store, database_url: str):
+def lost_once_lent(store_: Store):
     """The next connection ``store_``'s pool lends is ended by the server right after: its
     first statement meets a lost connection, which no look at the checkout could have seen."""
     pending = [True]
@@ -166,7 +159,7 @@ def lost_once_lent(store_: Store, database_url: str):
     def cut(dbapi_conn, _record, _proxy):
         if pending:
             pending.clear()
-            with maintenance(database_url) as conn:
+            with admin_connection() as conn:
                 conn.execute("SELECT pg_terminate_backend(%s, 5000)", (dbapi_conn.info.backend_pid,))
 
     sa_event.listen(store_.engine, "checkout", cut)
@@ -229,12 +222,12 @@ def test_a_worker_statement_that_meets_a_lost_connection_fails_once(database_url
     from dolibarr_webhooks.store import DELIVERED
 
     with worker_with_a_claim(database_url, 2) as (worker_store, claim):
-        with lost_once_lent(worker_store, database_url), pytest.raises(OperationalError):
+        with lost_once_lent(worker_store), pytest.raises(OperationalError):
             worker_store.finish(claim, DELIVERED, None, None, "test")
         second = worker_store.claim({"log": 1}, "test", lease=30)
         assert [c.event.object_id for c in second] == ["2"]
         # The same in a lane's pipelined outcome and claim (postgres_fast.pipeline).
-        with lost_once_lent(worker_store, database_url), pytest.raises(OperationalError):
+        with lost_once_lent(worker_store), pytest.raises(OperationalError):
             worker_store.finish_and_claim(second[0], DELIVERED, None, None, "test", lease=30)
         assert worker_store.finish(second[0], DELIVERED, None, None, "test")
 
@@ -353,8 +346,8 @@ def test_postgresql_read_only_or_dropped_answers_503(make_app, tmp_path, databas
     assert client.post(WEBHOOK, data=body(object_id=1)).status_code == 200
     before = counts(app)
 
-    name = database_url.rsplit("/", 1)[1]
-    with maintenance(database_url) as conn:
+    name = database_name(database_url)
+    with admin_connection() as conn:
         # A failover to a read-only standby looks like this: every new session is read-only.
         conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
         cut_connections(conn, name)
@@ -385,7 +378,7 @@ def test_a_worker_store_replaces_a_connection_the_server_closed_without_a_round_
     statement meets it, without a ping. The service's store keeps the pre-ping, so /ready
     never meets a connection lost a moment ago
     (test_postgresql_read_only_or_dropped_answers_503)."""
-    name = database_url.rsplit("/", 1)[1]
+    name = database_name(database_url)
     service_store, worker_store = Store(database_url), Store.for_worker(database_url)
     pings = []
     original_ping = worker_store.engine.dialect.do_ping
@@ -393,7 +386,7 @@ def test_a_worker_store_replaces_a_connection_the_server_closed_without_a_round_
     try:
         for _ in range(5):
             assert worker_store.ping() and service_store.ping()
-        with maintenance(database_url) as conn:
+        with admin_connection() as conn:
             cut_connections(conn, name)
         assert worker_store.ping() and service_store.ping()  # each replaced before its statement
         time.sleep(1.2)  # a quiet second: no ping either
@@ -412,13 +405,13 @@ def test_the_ingest_replaces_a_connection_the_server_closed_without_a_round_trip
     trip of a Dolibarr user's wait, at almost every event of a quiet shop. It is checked by a
     look at its socket now: one the server closed is replaced before a request meets it, and
     every request sends its call and nothing else, on either connection."""
-    name = database_url.rsplit("/", 1)[1]
+    name = database_name(database_url)
     store_ = Store(database_url)
     store_.migrate()
     try:
         with round_trips(store_.request_engine, tmp_path / "libpq.trace") as sent:
             assert store_.ingest(event_from_body(body(object_id=1)), ["log"]).status == "accepted"
-            with maintenance(database_url) as conn:
+            with admin_connection() as conn:
                 cut_connections(conn, name)
             assert store_.ingest(event_from_body(body(object_id=2)), ["log"]).status == "accepted"
             time.sleep(1.2)

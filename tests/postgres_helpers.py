@@ -1,0 +1,28 @@
+"""The PostgreSQL server the tests run on: its admin URL, and the throw-away databases' URLs
+built from it (host, port, credentials and query kept, a Unix socket's ``?host=`` included)."""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy.engine import make_url
+
+POSTGRES_ADMIN_URL = os.environ.get("DOLIBARR_WEBHOOKS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def on_database(name: str) -> str:
+    """The admin URL with its database renamed ``name``."""
+    return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def database_name(url: str) -> str:
+    """The database a PostgreSQL URL names, whatever its driver or query."""
+    return make_url(url).database
+
+
+def admin_connection():
+    """An autocommit connection to the admin database, beside a test's own: to end its
+    sessions, change its settings or drop it."""
+    import psycopg
+
+    return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True)
