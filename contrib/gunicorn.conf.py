@@ -72,7 +72,7 @@ threads = int(os.environ.get("GUNICORN_THREADS") or SERVE_THREADS)
 
 # Threads, as serve: the requests a process has in hand at once share one transaction and
 # one fsync (store/batch.py), where sync workers committed each request alone: a quarter more
-# requests a second at concurrency 16, on SQLite and on PostgreSQL (bench/README.rst).
+# requests a second at concurrency 16, on SQLite and on PostgreSQL (bench/HISTORY.rst).
 # nginx buffers the whole request body (proxy_request_buffering on) before it opens the
 # connection to gunicorn, so a slow Dolibarr upload never ties a thread up.
 # gunicorn's threaded worker with two changes: its own errors (a request it cannot parse, a
@@ -136,7 +136,7 @@ loglevel = str(_service.get("LOG_LEVEL") or "info").lower()
 # request in the journal, whatever the level. At the default level (info, or debug) the
 # application writes it (dolibarr_webhooks.access: the outcome, trigger code, event id, source
 # and request id), and gunicorn's own would repeat it for about 0.1 ms of CPU a request, 7 %
-# of the requests a second at 16 connections (bench/README.rst); at warning and above the
+# of the requests a second at 16 connections (bench/HISTORY.rst); at warning and above the
 # application writes none, and gunicorn's is the one. Set it to keep gunicorn's line beside
 # the application's (it also counts the bytes sent and the probes, /health included).
 # The format never uses %(u)s, %({authorization}i)s or the raw query: even if it did,

@@ -1,7 +1,7 @@
 """JSON for the bodies and payloads on the hot path: orjson, with the standard library's
 semantics kept for everything orjson declines.
 
-orjson encodes several times faster than ``json`` (bench/README.rst). orjson is strict RFC 8259; ``json`` also accepts
+orjson encodes several times faster than ``json`` (bench/HISTORY.rst). orjson is strict RFC 8259; ``json`` also accepts
 ``NaN``, integers wider than 64 bits, lone surrogates and a UTF-8 BOM. Whatever orjson
 refuses is handed to ``json``, so what parses, what does not and every error message are
 the standard library's, with one bound: nesting deeper than PHP's ``json_encode`` ever

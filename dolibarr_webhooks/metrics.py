@@ -73,7 +73,7 @@ class Metrics:
                                     ["plugin", "hook"], registry=self.registry)
         # The request path's counters, by label values: prometheus_client's ``labels`` builds
         # and checks the values and takes a lock at each call (4 % of a request's Python time,
-        # bench/README.rst, issue #15). Its children are never removed, so they can be kept;
+        # bench/HISTORY.rst, issue #15). Its children are never removed, so they can be kept;
         # there are as many as prometheus_client keeps.
         self._requests = functools.lru_cache(maxsize=None)(self.requests.labels)
         self._events = functools.lru_cache(maxsize=None)(self.events.labels)

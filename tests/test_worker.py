@@ -505,7 +505,7 @@ def test_a_delivery_worker_gathers_the_commits_before_it_looks_and_fsyncs_nothin
     """serve runs a worker in each web process. Every commit woke them all, and those of the
     processes that had not committed looked and raced for the new delivery; the committing
     process's delivered it at once, beside the thread answering the next request: at c=1 the
-    p50 doubled (bench/README.rst, issue #15). A worker woken by its own process's commit looks
+    p50 doubled (bench/HISTORY.rst, issue #15). A worker woken by its own process's commit looks
     after ``after_own``, by another's after ``after_others``, for every commit meanwhile. And its
     claims and outcomes are not fsynced, as the ``worker`` command's never were: one lost in a
     power cut only runs a delivery again."""

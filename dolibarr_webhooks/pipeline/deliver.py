@@ -350,7 +350,7 @@ class Worker:
 # AFTER_OTHERS when another process committed, after AFTER_OWN when its own did. Its own waits
 # longer: the process that answered last is the one that answers next (its thread keeps the
 # connection), so, while another process is idle, that one delivers. Shorter waits meant
-# smaller batches and more CPU for each delivery (bench/README.rst).
+# smaller batches and more CPU for each delivery (bench/HISTORY.rst).
 AFTER_OTHERS = 0.1
 AFTER_OWN = 0.2
 

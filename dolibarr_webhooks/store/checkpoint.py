@@ -5,7 +5,7 @@ SQLite copies the log into the database file (a checkpoint) inside the COMMIT th
 log past 1,000 pages: about 4 MB written and two fsyncs, 7 to 25 ms on the benchmark machine,
 while that writer holds the write lock and every other writer of the file waits. With each
 event taking some 24 pages, that was one request in 40 waiting that long, and everyone
-queued behind it (bench/README.rst, issue #15).
+queued behind it (bench/HISTORY.rst, issue #15).
 
 Here, after each commit of the ingest, the committer reads how many pages of the log are not
 copied yet (``uncopied``: two counters of the log's index, the ``-shm`` file); past

@@ -5,7 +5,7 @@ Each count reads an index over the rows that wait only (``ix_deliveries_status``
 quarantined events through ``ix_events_status``, on SQLite ``ix_events_quarantined``), never
 the delivered ones: a scrape every 15 s used to run
 ``Store.stats()``, which counts every event, delivery and attempt, and grows with the store
-(bench/growth.py; figures in bench/README.rst). Delivered deliveries are counted by
+(bench/growth.py; figures in bench/HISTORY.rst). Delivered deliveries are counted by
 ``dolibarr_webhooks_deliveries_total`` as they happen.
 """
 

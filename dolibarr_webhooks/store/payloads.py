@@ -3,7 +3,7 @@
 A Dolibarr invoice's payload is about 15 KB of JSON: four overflow pages of the file, written
 to the log at every commit and again into the file at every checkpoint, none of them shared
 with another event's. Compressed, it is about 3.7 KB, and one page at most. Measured
-(bench/README.rst, issue #15): a quarter of the disk, and at c=16, where a transaction
+(bench/HISTORY.rst, issue #15): a quarter of the disk, and at c=16, where a transaction
 carries several events and shares their index pages, 0.28 against 0.18 ms of CPU per event
 committed; compressing costs 0.02 ms. PostgreSQL compresses its own payloads (schema
 version 7: lz4 in its TOAST storage), so its column keeps the text.

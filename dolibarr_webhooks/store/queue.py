@@ -31,7 +31,7 @@ from .group_commit import SharedSync
 from .writers import WriterQueue
 
 # The ingest path's statements, built once: SQLAlchemy caches the compiled form of a reused
-# statement, and building one per request was the costliest step of the request (bench/README.rst).
+# statement, and building one per request was the costliest step of the request (bench/HISTORY.rst).
 _INSERT_EVENT = insert(events)
 _INSERT_DELIVERY = insert(deliveries)
 # Through ix_events_quarantined on SQLite (its condition, a literal, in the WHERE).
@@ -62,7 +62,7 @@ _FIND_DUPLICATE = select(events.c.id).where(
 # psycopg than the statement costs the server. The ingest is therefore one call, in
 # autocommit, of a database function: the duplicate lock, the duplicate search, the event,
 # its deliveries and the workers' wake-up, in one round trip instead of four (BEGIN, lock,
-# statement, COMMIT); bench/README.rst has the figures. Its definition is the latest migration
+# statement, COMMIT); bench/HISTORY.rst has the figures. Its definition is the latest migration
 # that creates dolibarr_webhooks_ingest (schema version 2, then 5).
 _INGEST_POSTGRES = text(
     "SELECT dolibarr_webhooks_ingest(:id, :source, :trigger_code, :sent_code, :element, :object_id, :ref, :entity, "

@@ -127,7 +127,7 @@ workers = Table(
 # that concurrent transactions do not queue behind one row's lock until each other's commit;
 # SQLite has one writer at a time and one shard. PostgreSQL does not tally its events as they
 # are written: the upsert at each ingest cost 0.87x the requests a second at 16 connections
-# (issue #15, bench/README.rst), where SQLite pays a page of log per commit, shared by a
+# (issue #15, bench/HISTORY.rst), where SQLite pays a page of log per commit, shared by a
 # batch. Its worker folds them in instead, up to a horizon (version 11, ``HORIZON``).
 tallies = Table(
     "tallies", metadata,

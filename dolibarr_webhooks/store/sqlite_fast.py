@@ -3,7 +3,7 @@ the driver's cursor, their transactions on driver connections kept by the store 
 
 Going through ``Connection.execute`` costs more CPU than the statements themselves, and a
 pool checkout, SQLAlchemy's transaction and its ``begin`` listener cost about as much again
-(the figures are in bench/README.rst, issue #15).
+(the figures are in bench/HISTORY.rst, issue #15).
 Each statement is compiled once by SQLAlchemy for the connection's dialect (``compiled``),
 so the SQL and its parameters stay those of the Core statements in ``store``; the writers'
 turn, the busy timeout and the group commit stay the store's. A driver error is raised as

@@ -17,7 +17,7 @@ class WriterQueue:
 
     SQLite's busy handler sleeps 1, 2, 5, 10... ms between tries, so a writer waiting for a
     lock held 3 ms waits about 8, and under steady load keeps losing to the holder. The
-    kernel wakes a ``flock`` waiter as soon as the lock is released (bench/README.rst has the
+    kernel wakes a ``flock`` waiter as soon as the lock is released (bench/HISTORY.rst has the
     p99 before and after).
 
     ``flock`` has no timeout, and a request must give up at its deadline. When the lock is

@@ -5,7 +5,7 @@ kernel wakes them all: the first to run accepts. Under a burst of connections th
 the process already running, again and again. wrk's 16 kept-alive connections went
 [16], [13, 2, 1], [9, 5, 2] and [7, 5, 4] to four processes in four runs, and the process
 holding 13 served them with one GIL while the others idled: 560 to 1,323 requests a
-second, p99 25 to 539 ms (bench/README.rst, issue #15). gunicorn's own issue #3433.
+second, p99 25 to 539 ms (bench/HISTORY.rst, issue #15). gunicorn's own issue #3433.
 
 Here each process publishes its open connections in a table shared by the processes of
 one gunicorn master (an anonymous shared mapping, made when the master imports this
