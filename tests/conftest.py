@@ -15,7 +15,7 @@ def _postgres_database():
 
     name = "dw_test_" + uuid.uuid4().hex[:12]
     try:
-        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5) as conn:
+        with admin_connection() as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
     except psycopg.OperationalError as exc:
         if os.environ.get("CI"):

@@ -21,8 +21,9 @@ def database_name(url: str) -> str:
 
 
 def admin_connection():
-    """An autocommit connection to the admin database, beside a test's own: to end its
-    sessions, change its settings or drop it."""
+    """An autocommit connection to the admin database, beside a test's own: to create or drop
+    it, end its sessions or change its settings. A server that does not answer fails it within
+    5 s."""
     import psycopg
 
-    return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True)
+    return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
