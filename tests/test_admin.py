@@ -7,7 +7,7 @@ import re
 import time
 
 import pytest
-from dolibarr_webhooks_testplugin import body, by_plugin, command, handler_config, running_worker
+from dolibarr_webhooks_testplugin import body, by_plugin, command, files_open, handler_config, running_worker
 
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, deliver_until_idle, wait_for
 
@@ -161,6 +161,9 @@ def test_a_key_that_cannot_be_kept_is_a_clear_error(make_app, tmp_path):
     (tmp_path / "dolibarr-webhooks-admin.key").mkdir()
     with pytest.raises(ConfigError, match="DOLIBARR_WEBHOOKS_ADMIN_SECRET_KEY"):
         make_app(ADMIN_PASSWORD=PASSWORD, DATABASE_URL=f"sqlite:///{tmp_path / 'store.sqlite3'}")
+    # The failed start-up closed the store it had opened: no file of it is left open for the
+    # garbage collector to find (Python 3.13 warns of such an SQLite connection).
+    assert files_open(tmp_path / "store.sqlite3") == []
     assert make_app(ADMIN_PASSWORD=PASSWORD, ADMIN_SECRET_KEY="x" * 32,
                     DATABASE_URL=f"sqlite:///{tmp_path / 'store.sqlite3'}").secret_key
 

@@ -31,9 +31,9 @@ from dolibarr_webhooks.ids import new_event_id
 from dolibarr_webhooks.pipeline.parse import event_from_body
 from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, compiled, gauges, queue
 from dolibarr_webhooks.store.schema import FAILED, deliveries
-from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, wait_for
-from dolibarr_webhooks_testplugin import (body, by_plugin, command, handler_config, read_records, running_worker,
-                                          writes_blocked)
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, deliver_until_idle, wait_for
+from dolibarr_webhooks_testplugin import (HeldFileLock, body, by_plugin, command, files_open, handler_config,
+                                          read_records, running_worker, writes_blocked)
 from postgres_helpers import admin_connection, database_name
 
 WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
@@ -142,6 +142,32 @@ def test_sqlite_disk_full_answers_503_and_keeps_nothing_half_written(make_app, t
     assert counts(app) == {"events": 2, "deliveries": 4, "attempts": 0}
     with store(app).engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_disposed_of_store_leaves_nothing_of_its_files_open(make_app, tmp_path):
+    """``Store.dispose`` lets go of all the store opened in this process: its connections, the
+    writers' lock and its waiting thread, the shared fsync counters. A command or a test makes
+    a store for a while; Python 3.13 warns of an SQLite connection left to the garbage
+    collector, and a descriptor of the lock file was never closed at all."""
+    app = make_app(handler_config(tmp_path, recorder=True))
+    client = app.test_client()
+    assert client.post(WEBHOOK, data=body(object_id=1)).status_code == 200
+    # A turn that waits for another writer: the writers' waiting thread starts.
+    threads_before = set(threading.enumerate())
+    with HeldFileLock(str(tmp_path / "webhooks.sqlite3.lock")):
+        posted = threading.Thread(target=client.post, args=(WEBHOOK,), kwargs={"data": body(object_id=2)})
+        posted.start()
+        time.sleep(0.2)
+    posted.join(5)
+    deliver_until_idle(app)
+    assert counts(app)["events"] == 2
+    assert files_open(tmp_path / "webhooks.sqlite3.lock") and files_open(tmp_path / "webhooks.sqlite3-wal")
+    store(app).dispose()
+    wait_for(lambda: not set(threading.enumerate()) - threads_before, timeout=5)
+    assert files_open(tmp_path / "webhooks.sqlite3") == []
+    # Still usable: what it needs is opened again.
+    assert client.post(WEBHOOK, data=body(object_id=3)).status_code == 200
 
 
 def cut_connections(conn, name: str) -> None:

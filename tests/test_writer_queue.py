@@ -16,7 +16,7 @@ import pytest
 from dolibarr_webhooks.store import DeadlinePassed
 from dolibarr_webhooks.store.writers import WriterQueue
 from dolibarr_webhooks.testing import wait_for
-from dolibarr_webhooks_testplugin import HeldFileLock
+from dolibarr_webhooks_testplugin import HeldFileLock, files_open
 
 
 def lock_is_free(path: str) -> bool:
@@ -123,3 +123,45 @@ def test_the_waiting_thread_is_started_once_and_serves_every_contended_turn(lock
     assert len(seen) == 1  # one thread, alive across the turns (not one started for each)
     assert all(thread.is_alive() for thread in seen)
     assert lock_is_free(lock_path)
+
+
+def test_close_lets_go_of_the_lock_file_and_ends_the_waiting_thread(lock_path):
+    """What ``Store.dispose`` asks of it: nothing of the queue is left open, and a later
+    turn opens the file again."""
+    queue = WriterQueue(lock_path)
+    before = set(waiting_threads())
+    other = HeldFileLock(lock_path)
+    thread, outcome = in_thread(turn_once(queue, 5))  # contended: the waiting thread starts
+    time.sleep(0.1)
+    other.release()
+    thread.join(5)
+    assert outcome == {"result": "done"}
+    (waiter,) = set(waiting_threads()) - before
+    assert files_open(lock_path) == [lock_path]
+    queue.close()
+    waiter.join(5)
+    assert not waiter.is_alive() and files_open(lock_path) == []
+    thread, outcome = in_thread(turn_once(queue, 5))
+    thread.join(5)
+    assert outcome == {"result": "done"} and lock_is_free(lock_path)
+    queue.close()
+    assert files_open(lock_path) == []
+
+
+def test_close_during_a_wait_given_up_on_leaves_the_descriptor_to_it_until_the_lock_comes(lock_path):
+    """A wait given up on is still in ``flock``: closing its descriptor under it would end it on
+    a file that is no longer there (or on another one's, reused). The thread keeps it until
+    the lock comes, lets the lock go, then closes it and ends."""
+    queue = WriterQueue(lock_path)
+    before = set(waiting_threads())
+    other = HeldFileLock(lock_path)
+    thread, outcome = in_thread(turn_once(queue, 0.2))
+    thread.join(5)
+    assert isinstance(outcome.get("error"), DeadlinePassed)
+    (waiter,) = set(waiting_threads()) - before
+    queue.close()
+    time.sleep(0.1)
+    assert waiter.is_alive() and len(files_open(lock_path)) == 2  # the waiter's descriptor, the other's
+    other.release()
+    waiter.join(5)
+    assert not waiter.is_alive() and files_open(lock_path) == [] and lock_is_free(lock_path)

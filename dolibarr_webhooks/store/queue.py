@@ -602,6 +602,8 @@ class Store(Inspection):
         if self.committer is not None:
             self.committer.close()
         self.engine.dispose()
+        if self._writers is not None:
+            self._writers.close()
         if self._durable:
             self._durable.close()
         if self.request_engine is not None:

@@ -55,6 +55,16 @@ class WriterQueue:
         finally:
             self._thread_lock.release()
 
+    def close(self) -> None:
+        """The store is disposed of: let go of the lock file (a later turn opens it again) and
+        end the waiting thread. A descriptor the thread is still in ``flock`` on, for a request
+        that gave up, is closed by the thread once the lock comes."""
+        with self._thread_lock:  # no turn is being taken
+            if self._fd is not None and self._pid == os.getpid():
+                if self._waiter is None or self._waiter.stop():
+                    os.close(self._fd)
+            self._fd = self._pid = self._waiter = None
+
     def _lock_by(self, deadline: float | None) -> None:
         # While the waiting thread is in flock for a request that gave up, the next request
         # takes that wait over: a second flock on the same descriptor would not queue behind
@@ -116,6 +126,7 @@ class _LockWaiter:
         self._changed = threading.Condition(threading.Lock())
         self._state = self._IDLE
         self._wanted = False  # a request is waiting for the lock now
+        self._stopped = False
         threading.Thread(target=self._run, name="sqlite-writer-turn", daemon=True).start()
 
     def idle(self) -> bool:
@@ -135,10 +146,21 @@ class _LockWaiter:
             self._wanted = False  # the thread lets the lock go when it comes
             return False
 
+    def stop(self) -> bool:
+        """End the thread (no request is waiting: ``WriterQueue.close``). True when it was idle:
+        the caller closes the descriptor; False when it is in ``flock`` for a request that
+        gave up: it lets the lock go and closes the descriptor itself once the lock comes."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+            return self._state == self._IDLE
+
     def _run(self) -> None:
         while True:
             with self._changed:
-                self._changed.wait_for(lambda: self._wanted)
+                self._changed.wait_for(lambda: self._wanted or self._stopped)
+                if self._stopped:
+                    return
                 self._state = self._WAITING
             fcntl.flock(self._fd, fcntl.LOCK_EX)
             with self._changed:
@@ -148,3 +170,6 @@ class _LockWaiter:
                 else:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
                     self._state = self._IDLE
+                    if self._stopped:
+                        os.close(self._fd)
+                        return

@@ -43,16 +43,22 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
 
     plugins = build_plugins(settings, extra=extra_plugins)
     store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"], settings["REQUEST_DEADLINE"])
-    if settings["AUTO_MIGRATE"]:
-        store.migrate()
-    svc = Service(settings=settings, plugins=plugins, store=store, metrics=Metrics())
-    app.extensions[EXTENSION] = svc
+    try:
+        if settings["AUTO_MIGRATE"]:
+            store.migrate()
+        svc = Service(settings=settings, plugins=plugins, store=store, metrics=Metrics())
+        app.extensions[EXTENSION] = svc
 
-    errors.init_app(app)
-    views.init_app(app)
-    health.init_app(app)
-    ratelimit.init_app(app)
-    admin.init_app(app)
+        errors.init_app(app)
+        views.init_app(app)
+        health.init_app(app)
+        ratelimit.init_app(app)
+        admin.init_app(app)
+    except BaseException:
+        # Start-up failed (a ConfigError, a store out of reach): the store's connections are
+        # closed now, not left to the garbage collector (Python 3.13 warns of an SQLite one).
+        store.dispose()
+        raise
     if not settings["RATELIMIT"]:  # Flask-Limiter counts in Flask's hooks: with a limit, every request is Flask's
         app.wsgi_app = DirectWebhook(app.wsgi_app, svc, app.config)
     if announce:

@@ -339,6 +339,18 @@ class HeldFileLock:
         self.release()
 
 
+def files_open(prefix: str | os.PathLike) -> list[str]:
+    """The files this process has open (``/proc/self/fd``) whose path starts with ``prefix``:
+    what a closed or disposed-of store must no longer hold."""
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # closed since the listing (the listing's own, say)
+            target = os.readlink(fd)
+            if target.startswith(str(prefix)):
+                found.append(target)
+    return found
+
+
 @contextlib.contextmanager
 def writes_blocked(database_url: str) -> Iterator[dict[str, float]]:
     """Another connection holds what every write to the deliveries needs (SQLite's write lock;
