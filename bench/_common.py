@@ -9,6 +9,7 @@ figures measured side by side in one run, and the reader compares them.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import json
 import os
 import resource
@@ -732,16 +733,28 @@ def interpreter(python: Path | str = sys.executable) -> str:
 
 
 def interpreter_venv(root: Path, other: str) -> Path:
-    """A virtual environment of the interpreter ``other``, another build of the running Python's
-    version, that sees the running environment's packages (``overlay_venv``): the same product
-    and dependencies, down to their compiled parts, under another interpreter. Returns its python."""
+    """A virtual environment of the interpreter ``other`` for the product's servers; returns its
+    python. Another build of the running Python's version sees the running environment's
+    packages (``overlay_venv``): the same product and dependencies, down to their compiled
+    parts, under another interpreter. Another version (3.13 against 3.11, say) gets the same
+    versions of the same packages, from PyPI for that version (the compiled parts are built
+    for each), and this checkout's core, editable."""
     found = subprocess.run([other, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
                            capture_output=True, text=True, timeout=60)
-    wanted = "%d.%d" % sys.version_info[:2]
-    if found.returncode or found.stdout.strip() != wanted:
-        sys.exit(f"{other} is not a Python {wanted}: the packages installed here are built for {wanted}")
+    if found.returncode:
+        sys.exit(f"{other} does not run: {found.stderr.strip()}")
     env_dir = root / f"venv-{uuid.uuid4().hex[:8]}"
-    return _own_console_scripts(overlay_venv(env_dir, interpreter=other))
+    if found.stdout.strip() == "%d.%d" % sys.version_info[:2]:
+        return _own_console_scripts(overlay_venv(env_dir, interpreter=other))
+    subprocess.run([other, "-m", "venv", "--clear", str(env_dir)], check=True, capture_output=True)
+    python = env_dir / "bin" / "python"
+    constraints = root / "same-versions.txt"
+    constraints.write_text("".join(f"{dist.metadata['Name']}=={dist.version}\n"
+                                   for dist in importlib.metadata.distributions()
+                                   if not dist.metadata["Name"].lower().startswith("dolibarr")))
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "-c", str(constraints), "-e", str(BENCH_DIR.parent)], check=True)
+    return python
 
 
 def _own_console_scripts(python: Path) -> Path:

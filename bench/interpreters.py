@@ -1,4 +1,4 @@
-"""Which Python: the durable receiver under two builds of the same Python version, side by side.
+"""Which Python: the durable receiver under two interpreters, side by side.
 
     python bench/interpreters.py --python /usr/bin/python3.11 [--database sqlite|postgresql]
                                  [--concurrency 1,16] [--rounds 6] [--duration 3]
@@ -7,11 +7,14 @@ The receiver's answer is mostly the interpreter's work (issue #15: 60 % of a web
 in ``libpython`` under ``perf``), so how that interpreter was built shows in every figure.
 CPython built with profile-guided and link-time optimisation, as Debian's and Ubuntu's
 packages and the official Docker images are, runs a loop of Python in a quarter less time
-than a build without (pyenv's default: ``--enable-shared`` and nothing else).
+than a build without (pyenv's default: ``--enable-shared`` and nothing else). Another version
+(``--python ~/.pyenv/versions/3.13.0/bin/python3.13``) answers which of the Pythons a
+deployer's system offers runs it best.
 
 Two servers of the same core and the same packages run at once under ``serve``'s settings, each
 on its own store: one under the running interpreter, one under ``--python`` (a virtual
-environment of it that sees this one's packages, ``interpreter_venv``). ``wrk`` posts to one,
+environment of it, ``interpreter_venv``: for another build of this version it sees this one's
+packages; for another version it gets the same versions from PyPI). ``wrk`` posts to one,
 then the other, over interleaved rounds; read the medians of the per-round ratios. Each
 interpreter is named with what a pure-Python loop of 10 million additions takes under it.
 """
@@ -31,7 +34,8 @@ from _common import (GunicornSettings, Wrk, database, interleaved, interleaved_o
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", required=True,
-                        help="the other interpreter, of this one's Python version (e.g. /usr/bin/python3.11)")
+                        help="the other interpreter (e.g. /usr/bin/python3.11, another build of this version; "
+                             "or another version)")
     interleaved_options(parser, concurrency="1,16", rounds=6, duration=3)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="dw-bench-python-") as tmp, contextlib.ExitStack() as stack:
