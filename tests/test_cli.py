@@ -178,6 +178,34 @@ def test_a_bad_setting_is_one_plain_line_naming_it(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+# A command run in this child's own process: how it exited, then the files it still has open
+# under the folder it ran in.
+IN_PROCESS = """
+import json, sys
+from dolibarr_webhooks.cli import main
+from dolibarr_webhooks_testplugin import files_open
+sys.argv[0] = "dolibarr-webhooks"
+try:
+    main()
+except SystemExit as exc:
+    print(json.dumps({"exit": exc.code, "open": files_open(sys.path[0])}))
+"""
+
+
+def test_a_command_closes_the_store_it_opened_when_it_ends(tmp_path):
+    """Not at the interpreter's exit, where Python 3.13 warns of each SQLite connection; after
+    an error too (``show`` of no event)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_"))}
+    env.update(DOLIBARR_WEBHOOKS_SECRET=SECRET, DOLIBARR_WEBHOOKS_DATABASE_URL=f"sqlite:///{tmp_path / 'cli.sqlite3'}")
+    script = tmp_path / "in_process.py"
+    script.write_text(IN_PROCESS)
+    for command, exit_code in ((["migrate"], 0), (["stats"], 0), (["deliveries", "--status", "dead"], 0),
+                               (["show", "evt_none"], 1)):
+        result = subprocess.run([sys.executable, str(script), *command], capture_output=True, text=True, env=env,
+                                cwd=tmp_path, timeout=60)
+        assert json.loads(result.stdout.splitlines()[-1]) == {"exit": exit_code, "open": []}, (command, result.stderr)
+
+
 def test_serve_on_every_interface_says_so_and_prints_a_reachable_url(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_"))}

@@ -39,19 +39,25 @@ def _create_cli_app() -> Flask:
     from ..store import sqlite_path
     from ..web.app import create_app
 
+    from ..web.request import EXTENSION
+
     ctx = click.get_current_context(silent=True)
     command = ctx.info_name if ctx else None
     settings = process_settings()  # read once for the command and its app
     if command in SERVICE_COMMANDS:
-        return create_app({"ANNOUNCE": command == "worker"}, settings=settings)
-    database = sqlite_path(settings["DATABASE_URL"])
-    missing = database is not None and not os.path.exists(database)
-    if command not in STORELESS_COMMANDS and missing:
-        raise click.ClickException(f"no store at {database} yet: 'dolibarr-webhooks serve' (or 'migrate') "
-                                   f"creates it; run this command where the service runs, or set "
-                                   f"DOLIBARR_WEBHOOKS_DATABASE_URL")
-    # events, plugins, send: nothing to store, so no file to create.
-    return create_app({"ANNOUNCE": False}, settings=settings.replace(AUTO_MIGRATE=False) if missing else settings)
+        app = create_app({"ANNOUNCE": command == "worker"}, settings=settings)
+    else:
+        database = sqlite_path(settings["DATABASE_URL"])
+        missing = database is not None and not os.path.exists(database)
+        if command not in STORELESS_COMMANDS and missing:
+            raise click.ClickException(f"no store at {database} yet: 'dolibarr-webhooks serve' (or 'migrate') "
+                                       f"creates it; run this command where the service runs, or set "
+                                       f"DOLIBARR_WEBHOOKS_DATABASE_URL")
+        # events, plugins, send: nothing to store, so no file to create.
+        app = create_app({"ANNOUNCE": False}, settings=settings.replace(AUTO_MIGRATE=False) if missing else settings)
+    if ctx is not None:  # the store closed when the command ends, not left to the interpreter's exit
+        ctx.call_on_close(app.extensions[EXTENSION].store.dispose)
+    return app
 
 
 def _use_env_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
