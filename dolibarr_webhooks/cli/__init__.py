@@ -38,7 +38,6 @@ def _create_cli_app() -> Flask:
     """The app for one command, built when the command first needs it."""
     from ..store import sqlite_path
     from ..web.app import create_app
-
     from ..web.request import EXTENSION
 
     ctx = click.get_current_context(silent=True)
