@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dolibarr_webhooks.samples import sample_body
-from dolibarr_webhooks.testing import (WEBHOOKS_TEST_SECRET, RunningService, free_port, overlay_venv, plugin_package,
-                                       wait_for_port)
+from dolibarr_webhooks.testing import (WEBHOOKS_TEST_SECRET, RunningService, free_port, fresh_venv, overlay_venv,
+                                       plugin_package, wait_for_port)
 
 BENCH_DIR = Path(__file__).resolve().parent
 POSTGRES_ADMIN_URL = os.environ.get("DOLIBARR_WEBHOOKS_BENCH_POSTGRES",
@@ -746,15 +746,11 @@ def interpreter_venv(root: Path, other: str) -> Path:
     env_dir = root / f"venv-{uuid.uuid4().hex[:8]}"
     if found.stdout.strip() == "%d.%d" % sys.version_info[:2]:
         return _own_console_scripts(overlay_venv(env_dir, interpreter=other))
-    subprocess.run([other, "-m", "venv", "--clear", str(env_dir)], check=True, capture_output=True)
-    python = env_dir / "bin" / "python"
     constraints = root / "same-versions.txt"
     constraints.write_text("".join(f"{dist.metadata['Name']}=={dist.version}\n"
                                    for dist in importlib.metadata.distributions()
                                    if not dist.metadata["Name"].lower().startswith("dolibarr")))
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                    "-c", str(constraints), "-e", str(BENCH_DIR.parent)], check=True)
-    return python
+    return fresh_venv(env_dir, "--constraint", constraints, "--editable", BENCH_DIR.parent, interpreter=other)
 
 
 def _own_console_scripts(python: Path) -> Path:

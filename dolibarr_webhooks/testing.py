@@ -156,11 +156,12 @@ def local_http_server(handler: type) -> Iterator[Any]:
         thread.join(timeout=5)
 
 
-def fresh_venv(path: str | os.PathLike, *packages: str | os.PathLike) -> Path:
-    """A new virtual environment at ``path`` with ``packages`` pip-installed; returns its python."""
+def fresh_venv(path: str | os.PathLike, *packages: str | os.PathLike, interpreter: str | None = None) -> Path:
+    """A new virtual environment at ``path`` with ``packages`` pip-installed (``pip install``'s
+    arguments: options such as ``--constraint FILE`` too); returns its python.
+    ``interpreter``: of another Python than the running one."""
     path = Path(path)
-    venv.EnvBuilder(with_pip=True, clear=True).create(path)
-    python = path / "bin" / "python"
+    python = _new_venv(path, interpreter, with_pip=True)
     if packages:
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
                         *[str(p) for p in packages]], check=True, timeout=900)
@@ -206,13 +207,7 @@ def overlay_venv(path: str | os.PathLike, interpreter: str | None = None) -> Pat
     ``--system-site-packages`` would not do: run from inside a virtual environment (as
     ``.ci/run`` does), it links the base interpreter's packages, not this environment's.
     """
-    path = Path(path)
-    if interpreter is None:
-        venv.EnvBuilder(with_pip=False, clear=True).create(path)
-    else:
-        subprocess.run([interpreter, "-m", "venv", "--without-pip", "--clear", str(path)], check=True,
-                       capture_output=True)
-    python = path / "bin" / "python"
+    python = _new_venv(Path(path), interpreter, with_pip=False)
     own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                          capture_output=True, text=True, check=True).stdout.strip()
     parents = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
@@ -220,6 +215,17 @@ def overlay_venv(path: str | os.PathLike, interpreter: str | None = None) -> Pat
     (Path(own) / "_dolibarr_webhooks_overlay.pth").write_text(
         "".join(f"import site; site.addsitedir({parent!r})\n" for parent in parents))
     return python
+
+
+def _new_venv(path: Path, interpreter: str | None, with_pip: bool) -> Path:
+    """A new virtual environment at ``path``, of the running Python or of ``interpreter``;
+    returns its python."""
+    if interpreter is None:
+        venv.EnvBuilder(with_pip=with_pip, clear=True).create(path)
+    else:
+        subprocess.run([interpreter, "-m", "venv", "--clear", *([] if with_pip else ["--without-pip"]), str(path)],
+                       check=True, capture_output=True)
+    return path / "bin" / "python"
 
 
 class RunningService:
