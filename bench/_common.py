@@ -601,12 +601,12 @@ def postgres_database() -> Iterator[str]:
     """A throw-away database on the local PostgreSQL, dropped afterwards. Its URL is the admin
     URL's with the database renamed, its query kept (``?host=/var/run/postgresql``: the
     server's Unix socket instead of TCP)."""
-    from sqlalchemy.engine import make_url
+    from dolibarr_webhooks.store import with_database
 
     name = "dw_bench_" + uuid.uuid4().hex[:10]
     postgres_admin(f'CREATE DATABASE "{name}"')
     try:
-        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield with_database(POSTGRES_ADMIN_URL, name)
     finally:
         postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

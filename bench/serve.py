@@ -25,6 +25,7 @@ from pathlib import Path
 
 from _common import Server, Wrk, core_at, database, log, median, path_first, service_env, table
 
+from dolibarr_webhooks.store import libpq_url
 from dolibarr_webhooks.testing import free_port, wait_for_port
 
 
@@ -38,7 +39,7 @@ def delivered_count(url: str) -> int:
             return conn.execute(query).fetchone()[0]
     import psycopg
 
-    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+    with psycopg.connect(libpq_url(url)) as conn:
         return conn.execute(query).fetchone()[0]
 
 

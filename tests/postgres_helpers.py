@@ -7,12 +7,14 @@ import os
 
 from sqlalchemy.engine import make_url
 
+from dolibarr_webhooks.store import with_database
+
 POSTGRES_ADMIN_URL = os.environ.get("DOLIBARR_WEBHOOKS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def on_database(name: str) -> str:
     """The admin URL with its database renamed ``name``."""
-    return make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    return with_database(POSTGRES_ADMIN_URL, name)
 
 
 def database_name(url: str) -> str:

@@ -23,7 +23,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import text
 
-from dolibarr_webhooks.store import engine, sqlite_path
+from dolibarr_webhooks.store import engine, libpq_url, sqlite_path
 from dolibarr_webhooks.store import DATA, TIMEOUT, UNAVAILABLE, DeadlinePassed, IngestResult, Store, StoreError
 from dolibarr_webhooks.store.group_commit import read_counters
 from dolibarr_webhooks.testing import make_event, wait_for
@@ -61,7 +61,7 @@ class HeldTable:
     def __init__(self, url: str) -> None:
         import psycopg
 
-        self.conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
+        self.conn = psycopg.connect(libpq_url(url))
         self.conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
 
     def waited_for(self) -> bool:

@@ -21,7 +21,7 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from dolibarr_webhooks.store import Store, events
+from dolibarr_webhooks.store import Store, events, libpq_url
 from dolibarr_webhooks.testing import running_service, wait_for
 from dolibarr_webhooks_testplugin import HeldFileLock, body, writes_blocked
 from production_helpers import dolibarr_post, production_env, require_tool, running_nginx
@@ -49,7 +49,7 @@ def hold_lock(kind: str, database_url: str, seconds: float) -> None:
     if kind == "postgresql":
         import psycopg
 
-        with psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        with psycopg.connect(libpq_url(database_url)) as conn:
             conn.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
             time.sleep(seconds)
             conn.rollback()

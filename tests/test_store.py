@@ -31,7 +31,7 @@ from dolibarr_webhooks.ids import new_event_id
 from dolibarr_webhooks.pipeline.parse import event_from_body
 from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, compiled, gauges, queue
 from dolibarr_webhooks.store.schema import FAILED, deliveries
-from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, deliver_until_idle, wait_for
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, deliver_until_idle, make_event, wait_for
 from dolibarr_webhooks_testplugin import (HeldFileLock, body, by_plugin, command, files_open, handler_config,
                                           read_records, running_worker, writes_blocked)
 from postgres_helpers import admin_connection, database_name
@@ -579,6 +579,28 @@ def test_postgresql_workers_are_woken_by_new_deliveries_only(make_app, tmp_path,
         assert again["status"] == "duplicate" and notifications() == 0
         assert client.post(WEBHOOK, data=body(object_id=2)).get_json()["status"] == "accepted"
         assert notifications() == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("scheme", ["postgres://", "postgresql://", "postgresql+psycopg://"])
+def test_each_form_of_a_postgresql_url_reaches_the_store_and_its_notifications(database_url, scheme):
+    """Heroku's ``postgres://``, libpq's ``postgresql://`` and SQLAlchemy's own form: the
+    engine and the workers' LISTEN connection (psycopg's, outside SQLAlchemy) both reach the
+    database the URL names."""
+    from dolibarr_webhooks.pipeline.wakeup import NotifyListener
+
+    url_store = Store(scheme + database_url.split("://", 1)[1])
+    try:
+        url_store.migrate()
+        listener = NotifyListener(url_store)
+        try:
+            assert not listener.wait(0.2, threading.Event(), 0.1)
+            url_store.ingest(make_event(), ["recorder"])
+            assert listener.wait(5, threading.Event(), 0.1)
+        finally:
+            listener.close()
+    finally:
+        url_store.dispose()
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -14,7 +14,8 @@ from sqlalchemy import text
 
 from dolibarr_webhooks.deadline import queued_for, request_deadline
 from dolibarr_webhooks.samples import sample_body
-from dolibarr_webhooks.store import DATA, TIMEOUT, UNAVAILABLE, DeadlinePassed, Store, classify_error, payloads
+from dolibarr_webhooks.store import (DATA, TIMEOUT, UNAVAILABLE, DeadlinePassed, Store, classify_error, libpq_url,
+                                     payloads)
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET
 from dolibarr_webhooks_testplugin import HeldFileLock, body, handler_config, writes_blocked
 
@@ -186,7 +187,7 @@ def test_a_locked_store_is_answered_by_the_deadline_and_keeps_nothing(make_app, 
     if store(app).is_postgres:
         import psycopg
 
-        holder = psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://"))
+        holder = psycopg.connect(libpq_url(database_url))
         holder.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
         try:
             _assert_refused_in_time(app, client, 1, 2)

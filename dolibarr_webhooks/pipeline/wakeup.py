@@ -8,7 +8,7 @@ import os
 import threading
 import time
 
-from ..store import NOTIFY_CHANNEL, Store, StoreError
+from ..store import NOTIFY_CHANNEL, Store, StoreError, libpq_url
 from .inotify import FolderWatch
 
 
@@ -46,9 +46,8 @@ class NotifyListener(Wakeup):
     def __init__(self, store: Store) -> None:
         import psycopg
 
-        url = store.url.replace("postgresql+psycopg://", "postgresql://")
         try:
-            self.conn = psycopg.connect(url, autocommit=True)
+            self.conn = psycopg.connect(libpq_url(store.url), autocommit=True)
             self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         except psycopg.Error as exc:
             raise StoreError(f"cannot LISTEN: {exc}") from exc

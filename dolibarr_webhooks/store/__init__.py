@@ -11,7 +11,7 @@ claim, finish),
 
 from __future__ import annotations
 
-from .engine import normalise_url, sqlite_path
+from .engine import libpq_url, normalise_url, sqlite_path, with_database
 from .failures import (DATA, STORE_ERROR_KINDS, TIMEOUT, UNAVAILABLE, DeadlinePassed, StoreError, classify_error,
                        error_line)
 from .queue import Claim, IngestResult, Store
@@ -19,7 +19,7 @@ from .schema import (ACCEPTED, DEAD, DELIVERED, DELIVERY_STATES, DUPLICATE, FAIL
                      QUARANTINED, RUNNING, SCHEMA_VERSION, attempts, deliveries, events, schema_problem)
 
 __all__ = ["Store", "Claim", "IngestResult", "StoreError", "DeadlinePassed", "classify_error", "error_line",
-           "normalise_url", "sqlite_path",
+           "libpq_url", "normalise_url", "sqlite_path", "with_database",
            "DATA", "TIMEOUT", "UNAVAILABLE", "STORE_ERROR_KINDS", "SCHEMA_VERSION", "NOTIFY_CHANNEL",
            "PENDING", "RUNNING", "DELIVERED", "FAILED", "DEAD", "DELIVERY_STATES", "ACCEPTED", "DUPLICATE",
            "QUARANTINED", "schema_problem", "events", "deliveries", "attempts"]

@@ -22,6 +22,20 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def libpq_url(url: str) -> str:
+    """A PostgreSQL URL as libpq takes it (``psycopg.connect``, outside SQLAlchemy): without
+    the driver's name that ``normalise_url`` gives it."""
+    return normalise_url(url).replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` naming the database ``name`` instead: host, port, credentials and query kept
+    (a Unix socket's ``?host=`` included)."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
 def sqlite_path(url: str) -> str | None:
     """The absolute path of an SQLite store's file; None for PostgreSQL or an in-memory database."""
     from sqlalchemy.engine import make_url

@@ -365,7 +365,9 @@ def writes_blocked(database_url: str) -> Iterator[dict[str, float]]:
     else:
         import psycopg
 
-        conn = psycopg.connect(database_url.replace("postgresql+psycopg://", "postgresql://"))
+        from dolibarr_webhooks.store import libpq_url
+
+        conn = psycopg.connect(libpq_url(database_url))
         conn.execute("LOCK TABLE deliveries IN EXCLUSIVE MODE")
     try:
         yield released
