@@ -182,9 +182,13 @@ def test_a_bad_setting_is_one_plain_line_naming_it(tmp_path):
 # under the folder it ran in.
 IN_PROCESS = """
 import json, sys
-from dolibarr_webhooks.cli import main
 from dolibarr_webhooks_testplugin import files_open
-sys.argv[0] = "dolibarr-webhooks"
+if sys.argv[1] == "flask":
+    from flask.cli import main
+    sys.argv[:2] = ["flask", "--app", "dolibarr_webhooks", "webhooks"]
+else:
+    from dolibarr_webhooks.cli import main
+    sys.argv[:2] = ["dolibarr-webhooks"]
 try:
     main()
 except SystemExit as exc:
@@ -192,17 +196,19 @@ except SystemExit as exc:
 """
 
 
-def test_a_command_closes_the_store_it_opened_when_it_ends(tmp_path):
+@pytest.mark.parametrize("entry", ["dolibarr-webhooks", "flask"])
+def test_a_command_closes_the_store_it_opened_when_it_ends(tmp_path, entry):
     """Not at the interpreter's exit, where Python 3.13 warns of each SQLite connection; after
-    an error too (``show`` of no event)."""
+    an error too (``show`` of no event). The same under ``flask --app dolibarr_webhooks``,
+    where Flask makes the app."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_"))}
     env.update(DOLIBARR_WEBHOOKS_SECRET=SECRET, DOLIBARR_WEBHOOKS_DATABASE_URL=f"sqlite:///{tmp_path / 'cli.sqlite3'}")
     script = tmp_path / "in_process.py"
     script.write_text(IN_PROCESS)
     for command, exit_code in ((["migrate"], 0), (["stats"], 0), (["deliveries", "--status", "dead"], 0),
                                (["show", "evt_none"], 1)):
-        result = subprocess.run([sys.executable, str(script), *command], capture_output=True, text=True, env=env,
-                                cwd=tmp_path, timeout=60)
+        result = subprocess.run([sys.executable, str(script), entry, *command], capture_output=True, text=True,
+                                env=env, cwd=tmp_path, timeout=60)
         assert json.loads(result.stdout.splitlines()[-1]) == {"exit": exit_code, "open": []}, (command, result.stderr)
 
 

@@ -38,7 +38,6 @@ def _create_cli_app() -> Flask:
     """The app for one command, built when the command first needs it."""
     from ..store import sqlite_path
     from ..web.app import create_app
-    from ..web.request import EXTENSION
 
     ctx = click.get_current_context(silent=True)
     command = ctx.info_name if ctx else None
@@ -54,9 +53,7 @@ def _create_cli_app() -> Flask:
                                        f"DOLIBARR_WEBHOOKS_DATABASE_URL")
         # events, plugins, send: nothing to store, so no file to create.
         app = create_app({"ANNOUNCE": False}, settings=settings.replace(AUTO_MIGRATE=False) if missing else settings)
-    if ctx is not None:  # the store closed when the command ends, not left to the interpreter's exit
-        ctx.call_on_close(app.extensions[EXTENSION].store.dispose)
-    return app
+    return app  # its store is closed when the command ends (group.py)
 
 
 def _use_env_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

@@ -3,6 +3,7 @@ run in, the ``--json`` option and how a listing is printed."""
 
 from __future__ import annotations
 
+import functools
 import json
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -14,7 +15,26 @@ from flask.cli import AppGroup
 from ..pipeline.ingest import Service
 from ..listing import since_time  # noqa: F401 (the commands' --since)
 
-webhooks = AppGroup("webhooks", help="Receive, inspect and replay Dolibarr webhooks.")
+
+class _Webhooks(AppGroup):
+    """Each command run in the app's context closes the app's store when it ends, however the
+    app was made (``dolibarr-webhooks``'s own, Flask's ``--app`` discovery, a test's runner):
+    its connections and files are not left to the interpreter's exit."""
+
+    def command(self, *args: Any, **kwargs: Any):
+        if not kwargs.get("with_appcontext", True):
+            return super().command(*args, **kwargs)
+
+        def decorator(f):
+            @functools.wraps(f)
+            def closing_the_store(*f_args: Any, **f_kwargs: Any) -> Any:
+                click.get_current_context().call_on_close(service().store.dispose)
+                return f(*f_args, **f_kwargs)
+            return super(_Webhooks, self).command(*args, **kwargs)(closing_the_store)
+        return decorator
+
+
+webhooks = _Webhooks("webhooks", help="Receive, inspect and replay Dolibarr webhooks.")
 
 # Every command a script may read has this one option (STYLE.md 9), printed by ``emit``.
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
