@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from .describe import currency, format_amount, object_name, person_name, summary, thirdparty_label, to_decimal
 from .events import CARD_PATHS, FAMILIES, Event, canonical_code, label, matches, noun_and_verb, split_code
 from .exceptions import ConfigError, PermanentFailure, PluginDisabled, RetryLater
+from .fastjson import dumps as json_text
 from .logs import redact as redact_url
 from .logs import scrub as redact_text
 from .pipeline.notices import DEAD, DELIVERED, DIGEST, RECOVERED, Alert, Outcome
@@ -41,7 +42,8 @@ __all__ = [
     # what happened to deliveries
     "Outcome", "Alert", "DELIVERED", "DEAD", "RECOVERED", "DIGEST",
     # payloads, secrets and signatures
-    "scrub", "redact_url", "redact_text", "signing_key", "sign", "signature_headers", "SIGNATURE_HEADERS",
+    "scrub", "json_text", "redact_url", "redact_text", "signing_key", "sign", "signature_headers",
+    "SIGNATURE_HEADERS",
 ]
 
 

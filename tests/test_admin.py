@@ -228,6 +228,21 @@ def test_event_page_payload_attempts_and_replay(logged_in, app, tmp_path):
     assert logged_in.get("/admin/events/evt_nothing").status_code == 404
 
 
+def test_a_forged_lone_surrogate_is_shown_as_its_escape(logged_in, app):
+    """Kept as sent (test_hostile); a page and ``show --json`` are UTF-8, which cannot hold a
+    lone surrogate: they show the escape it came as, where the page answered 500."""
+    response = logged_in.post(f"/webhook/{WEBHOOKS_TEST_SECRET}",
+                              data=b'{"triggercode":"BILL_PAYED","object":{"id":7,"note":"a\\udfffb","\\ud800":[1]}}')
+    event_id = response.json["id"]
+    deliver_until_idle(app)
+    for path in [*PAGES, f"/admin/events/{event_id}"]:
+        assert logged_in.get(path).status_code == 200, path
+    page = logged_in.get(f"/admin/events/{event_id}").text
+    assert "&#34;a\\udfffb&#34;" in page and '<span class="json-key">\\ud800</span>' in page
+    shown = command(app, "show", event_id, "--json")
+    assert shown["payload"]["object"]["note"] == "a\udfffb", "read back as the body had it"
+
+
 def test_no_page_shows_a_secret(logged_in, app):
     post(logged_in)
     logged_in.post(f"/webhook/{WEBHOOKS_TEST_SECRET}", data=b"")  # quarantined

@@ -12,6 +12,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from ..labels import encodable
 from ..pipeline.ingest import Service
 from ..listing import since_time  # noqa: F401 (the commands' --since)
 
@@ -46,8 +47,8 @@ def service() -> Service:
 
 def emit(data: Any, as_json: bool, text: str | Iterable[str]) -> None:
     """``data`` as indented JSON with ``--json``, else ``text`` (a string or its lines)."""
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str, ensure_ascii=False))
+    if as_json:  # a forged lone surrogate kept in a payload printed as the escape it came as
+        click.echo(encodable(json.dumps(data, indent=2, default=str, ensure_ascii=False)))
     else:
         click.echo(text if isinstance(text, str) else "\n".join(text))
 

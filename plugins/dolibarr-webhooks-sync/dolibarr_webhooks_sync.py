@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import logging
 import re
 import time
@@ -29,6 +28,7 @@ from dolibarr_webhooks.pluginkit import (
     SIGNATURE_HEADERS,
     combine_failures,
     handled_by,
+    json_text,
     matches,
     parse_bool,
     redact_text,
@@ -270,7 +270,7 @@ def message_body(event: Event, obj: dict[str, Any], enriched: bool) -> bytes:
     data = event.to_dict()
     data.update(object=obj, card_url=event.card_url, enriched=enriched, state=event.state)
     message = {"type": event.trigger_code, "timestamp": event.received_at.isoformat(), "data": data}
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return json_text(message).encode()
 
 
 # --- HTTP -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from ...store import dashboard as queries
 from ...events import canonical_code
 from ...describe import summary
 from ...events import Event
+from ...labels import encodable
 from ...logs import SecretScrubber
 from ...listing import scheduled_again
 from ...logs import redact
@@ -153,13 +154,15 @@ def _json_tree(value: Any, depth: int = 0) -> Markup:
         items = value.items() if isinstance(value, dict) else enumerate(value)
         inner = Markup("").join(
             Markup('<div class="json-item"><span class="json-key">{}</span>: {}</div>').format(
-                key if isinstance(value, dict) else f"[{key}]", _json_tree(item, depth + 1))
+                encodable(key) if isinstance(value, dict) else f"[{key}]", _json_tree(item, depth + 1))
             for key, item in items)
         brackets = "{}" if isinstance(value, dict) else "[]"
         opened = " open" if depth < 2 and len(value) < 100 else ""
         return Markup('<details class="json"{}><summary>{} {} {}</summary>{}</details>').format(
             Markup(opened), brackets[0], len(value), brackets[1], inner)
-    return Markup('<span class="json-value">{}</span>').format(json.dumps(value, ensure_ascii=False))
+    # A lone surrogate (a forged "\\ud800", kept as sent) as the escape it came as: a page, as
+    # any text sent out, is UTF-8, which cannot hold one.
+    return Markup('<span class="json-value">{}</span>').format(encodable(json.dumps(value, ensure_ascii=False)))
 
 
 def _number_runs(attempts: list[dict[str, Any]]) -> int:

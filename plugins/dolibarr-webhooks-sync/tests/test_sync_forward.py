@@ -43,6 +43,19 @@ def test_forwarded_request_verifies_with_standardwebhooks(receiver, sync_config,
     assert "db" not in json.dumps(data["object"])  # Dolibarr's database handler stays scrubbed
 
 
+def test_a_forged_lone_surrogate_is_forwarded_as_its_escape(receiver, sync_config):
+    """Dolibarr never sends one; the service keeps what a forged body carries, and the plugin
+    sends it on as the escape it came as, not a UnicodeEncodeError retried until dead."""
+    from dolibarr_webhooks.pipeline.parse import event_from_body
+
+    event = event_from_body(b'{"triggercode":"BILL_PAYED","object":{"id":7,"note":"a\\udfffb","\\ud800":[1]}}')
+    sync.handle_event(event=event, settings=sync.read_settings(config=sync_config()))
+    (request,) = receiver.requests
+    assert request.verified, request.error
+    assert b"a\\udfffb" in request.body
+    assert request.payload["data"]["object"] == {"id": 7, "note": "a\udfffb", "\ud800": [1]}
+
+
 def test_wrong_secret_fails_verification(receiver, sync_config, make_event):
     other = "whsec_" + "QUJD" * 8
     with pytest.raises(PermanentFailure, match="401"):
