@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 
 import pytest
+from sqlalchemy import event as sa_event
 from dolibarr_webhooks_testplugin import body, by_plugin, command, files_open, handler_config, running_worker
+from postgres_helpers import admin_connection, on_database
 
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, deliver_until_idle, wait_for
 
@@ -226,6 +229,62 @@ def test_event_page_payload_attempts_and_replay(logged_in, app, tmp_path):
     logged_in.post(f"/admin/events/{event_id}/replay", data={"csrf_token": token})
     assert by_plugin(app, event_id)["recorder"]["status"] == "pending"
     assert logged_in.get("/admin/events/evt_nothing").status_code == 404
+
+
+def test_any_text_in_a_filter_gets_a_page(logged_in, app):
+    """A NUL, which PostgreSQL's text cannot hold, and U+10FFFF, past which no character comes,
+    answered 500; a NUL finds what was stored with one (as ``\\u0000``, the column's form)."""
+    nul = post(logged_in, "BILL_PAYED", ref="FA\x00Z")
+    for query in ("q=%00", "q=fa%00", "q=%F4%8F%BF%BF", "q=x%F4%8F%BF%BF", "q=%ED%9F%BF", "code=a%00",
+                  "source=%00"):
+        assert logged_in.get(f"/admin/events?{query}").status_code == 200, query
+    assert logged_in.get("/admin/failures?plugin=%00").status_code == 200
+    assert nul in logged_in.get("/admin/events?q=fa%00z").text
+
+
+@pytest.fixture
+def icu_database_url(request):
+    """A PostgreSQL database in ICU's en-US collation, where ":" sorts before "9", dropped
+    afterwards."""
+    name = "dw_test_icu_" + uuid.uuid4().hex[:10]
+    with admin_connection() as conn:
+        conn.execute(f"CREATE DATABASE \"{name}\" LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' "
+                     f"TEMPLATE template0")
+    yield on_database(name)
+    with admin_connection() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_search_finds_a_reference_ending_in_9_whatever_the_collation(icu_database_url, make_app, handlers):
+    """The prefix search's range, "fa2612-0009" up to "fa2612-000:", held nothing in such a
+    collation: it is in code point order now, and still answered by the indexes."""
+    app = make_app(handlers, ADMIN_PASSWORD=PASSWORD, DATABASE_URL=icu_database_url)
+    store = app.extensions["dolibarr_webhooks"].store
+    client = app.test_client()
+    assert login(client).status_code == 302
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT 'fa2612-0009' < 'fa2612-000:'").scalar() is False
+    nine = post(client, "BILL_PAYED", ref="FA2612-0009")
+    quartz = post(client, "COMPANY_CREATE", object_id=78, name="Quartz")
+    for term, found in (("FA2612-0009", nine), ("fa2612-000", nine), ("QUARTZ", quartz), ("quartz", quartz)):
+        assert found in client.get(f"/admin/events?q={term}").text, term
+
+    searches: list[tuple[str, dict]] = []
+
+    def keep(conn, cursor, statement, parameters, context, executemany):
+        if 'COLLATE "C"' in statement:
+            searches.append((statement, parameters))
+    sa_event.listen(store.engine, "before_cursor_execute", keep)
+    client.get("/admin/events?q=fa2612-0009")
+    sa_event.remove(store.engine, "before_cursor_execute", keep)
+    (statement, parameters), = searches
+    with store.engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        with driver.transaction(force_rollback=True):
+            driver.execute("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(row[0] for row in driver.execute("EXPLAIN " + statement, parameters))
+    assert "ix_events_ref_search" in plan and "ix_events_label_search" in plan, plan
 
 
 def test_a_forged_lone_surrogate_is_shown_as_its_escape(logged_in, app):

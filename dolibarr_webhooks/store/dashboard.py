@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 
 from . import payloads
-from .queue import Store
+from .queue import Store, storable
 from .schema import DEAD, DELIVERED, FAILED, PENDING, RUNNING, attempts, deliveries, events, workers
 
 PAGE_SIZE = 50
@@ -59,13 +59,34 @@ SCAN_BATCH = 500
 SCAN_BATCHES = 10  # a page reads at most 5,000 events, then offers to go on from there
 
 
-def _prefix(column, term: str):
+def _after_prefix(term: str) -> str | None:
+    """The least text above every text that starts with ``term``, in code point order: its
+    last character's successor, past trailing U+10FFFF (None when nothing is left), and past
+    the surrogates, which no column holds (``labels.encodable``)."""
+    stem = term.rstrip("\U0010ffff")
+    if not stem:
+        return None
+    following = ord(stem[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:
+        following = 0xE000
+    return stem[:-1] + chr(following)
+
+
+def _prefix(column, term: str, postgres: bool):
     """``lower(column)`` starts with ``term`` (already lower-case), as a range that the index on
-    ``lower(column)`` answers, then ``LIKE`` to be exact under any collation."""
-    upper = term[:-1] + chr(ord(term[-1]) + 1)
-    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    ``lower(column)`` answers, then ``LIKE`` to be exact. The range is in code point order: in a
+    database's own collation (ICU's en-US, say) ":" may sort before "9", and the range of
+    "fa-0009", up to "fa-000:", held nothing. PostgreSQL's indexes are in "C" for it (schema version 14);
+    SQLite's are in code point order already."""
     lowered = func.lower(column)
-    return and_(lowered >= term, lowered < upper, lowered.like(escaped + "%", escape="\\"))
+    if postgres:
+        lowered = lowered.collate("C")
+    escaped = term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    bounds = [lowered >= term, lowered.like(escaped + "%", escape="\\")]
+    upper = _after_prefix(term)
+    if upper is not None:
+        bounds.append(lowered < upper)
+    return and_(*bounds)
 
 
 def _older_than(before: tuple[float, str] | None) -> list[Any]:
@@ -75,21 +96,23 @@ def _older_than(before: tuple[float, str] | None) -> list[Any]:
     return [or_(events.c.received_at < at, and_(events.c.received_at == at, events.c.id < event_id))]
 
 
-def _conditions(filters: EventFilter) -> list[Any]:
-    """Every filter but the delivery status (see ``events_page``) and the cursor."""
+def _conditions(filters: EventFilter, postgres: bool) -> list[Any]:
+    """Every filter but the delivery status (see ``events_page``) and the cursor. Text as the
+    columns hold it (``storable``: a NUL, which PostgreSQL's text cannot take, as ``\\u0000``)."""
     where: list[Any] = []
     if filters.code:  # through ix_events_code_search (see schema._SEARCH_INDEXES)
-        where.append(func.lower(events.c.trigger_code) == filters.code.lower())
+        where.append(func.lower(events.c.trigger_code) == storable(filters.code).lower())
     if filters.source:
-        where.append(events.c.source == filters.source)
+        where.append(events.c.source == storable(filters.source))
     if filters.since is not None:
         where.append(events.c.received_at >= filters.since)
     if filters.until is not None:
         where.append(events.c.received_at < filters.until)
-    term = (filters.search or "").strip()
+    term = storable((filters.search or "").strip())
     if term:
         lowered = term.lower()
-        where.append(or_(events.c.id == term, _prefix(events.c.ref, lowered), _prefix(events.c.label, lowered)))
+        where.append(or_(events.c.id == term, _prefix(events.c.ref, lowered, postgres),
+                         _prefix(events.c.label, lowered, postgres)))
     return where
 
 
@@ -144,7 +167,7 @@ def events_page(store: Store, filters: EventFilter,
 
     In two steps: the page's keys first (the indexes answer them; no payload is read for an
     event that is not shown), then the rows of those keys."""
-    where = _conditions(filters)
+    where = _conditions(filters, store.is_postgres)
     states = STATUS_FILTERS.get(filters.status or "")
     with store._readonly() as conn:
         if states:
@@ -184,7 +207,7 @@ def failure_groups(store: Store, plugin: str | None = None,
     and the newest event of each group."""
     where = [deliveries.c.status.in_(list(statuses))]
     if plugin:
-        where.append(deliveries.c.plugin == plugin)
+        where.append(deliveries.c.plugin == storable(plugin))
     query = (select(deliveries.c.plugin, deliveries.c.status, deliveries.c.last_error,
                     func.count().label("count"), func.min(deliveries.c.updated_at).label("first"),
                     func.max(deliveries.c.updated_at).label("last"), func.max(deliveries.c.event_id).label("event_id"))

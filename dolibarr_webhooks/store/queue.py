@@ -137,7 +137,7 @@ _ANY_DUE = [select(deliveries.c.id)
 _HAS_DUE = select(union_all(*(select(part.c.id) for part in _ANY_DUE)).subquery("due").c.id).limit(1)
 
 
-def _storable(value: str | None) -> str | None:
+def storable(value: str | None) -> str | None:
     """Text for a column: PostgreSQL's text cannot hold NUL, so NUL is written as JSON writes
     it, ``\\u0000``. The searchable columns and a failure's text go through this: the payload,
     JSON, already escapes it, and handlers get the event from the payload, exactly as it came."""
@@ -345,12 +345,12 @@ class Store(Inspection):
         plugins = list(plugins)
         dedup = dedup_window > 0 and not event.test
         row = dict(  # built before BEGIN: the write lock is held for the statements only
-            id=event.id, source=event.source, trigger_code=_storable(event.trigger_code),
-            sent_code=_storable(event.sent_code), element=_storable(event.element),
-            object_id=_storable(event.object_id), ref=_storable(event.ref), entity=_storable(event.entity),
-            label=_storable(event.label), scrub_rule=scrub_rule,
+            id=event.id, source=event.source, trigger_code=storable(event.trigger_code),
+            sent_code=storable(event.sent_code), element=storable(event.element),
+            object_id=storable(event.object_id), ref=storable(event.ref), entity=storable(event.entity),
+            label=storable(event.label), scrub_rule=scrub_rule,
             received_at=event.received_at.timestamp(), body_sha256=event.body_sha256, test=event.test,
-            payload=self._stored_payload(event.to_json()), remote_addr=_storable(remote_addr),
+            payload=self._stored_payload(event.to_json()), remote_addr=storable(remote_addr),
         )
         search = dict(since=row["received_at"] - dedup_window, accepted=ACCEPTED)
         try:
@@ -415,7 +415,7 @@ class Store(Inspection):
         re-process after a fix. The raw bytes are kept as they came (a blob holds anything)."""
         statement = insert(events).values(
             id=event_id, source=source, trigger_code="", received_at=received_at, body_sha256=body_sha256,
-            test=False, status=QUARANTINED, raw_body=raw, error=_storable(error), remote_addr=_storable(remote_addr))
+            test=False, status=QUARANTINED, raw_body=raw, error=storable(error), remote_addr=storable(remote_addr))
         try:
             if self.is_postgres:  # one statement in autocommit, within the deadline
                 self._remaining_ms(deadline)
@@ -454,9 +454,9 @@ class Store(Inspection):
         plugins = list(plugins)
         with self._write() as conn:
             changed = conn.execute(update(events).where(events.c.id == event.id, events.c.status == QUARANTINED).values(
-                trigger_code=_storable(event.trigger_code), sent_code=_storable(event.sent_code),
-                element=_storable(event.element), object_id=_storable(event.object_id), ref=_storable(event.ref),
-                entity=_storable(event.entity), test=event.test, label=_storable(event.label), scrub_rule=scrub_rule,
+                trigger_code=storable(event.trigger_code), sent_code=storable(event.sent_code),
+                element=storable(event.element), object_id=storable(event.object_id), ref=storable(event.ref),
+                entity=storable(event.entity), test=event.test, label=storable(event.label), scrub_rule=scrub_rule,
                 status=ACCEPTED, payload=self._stored_payload(event.to_json()), raw_body=None,
                 error="re-processed at %s" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
             )).rowcount
@@ -559,7 +559,7 @@ class Store(Inspection):
         """The delivery's new state, sent, if its lease is still the claim's: ``_attempt``
         records the attempt once its answer says whether it was."""
         now = time.time()  # after any wait for SQLite's write lock
-        error = _storable(error)  # a plugin's message may hold a NUL (a remote's binary answer, quoted)
+        error = storable(error)  # a plugin's message may hold a NUL (a remote's binary answer, quoted)
         values: dict[str, Any] = dict(status=status, last_error=error, lease_token=None, lease_expires_at=None,
                                       locked_by=None, updated_at=now)
         if count_attempt:

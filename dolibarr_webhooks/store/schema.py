@@ -381,6 +381,19 @@ def _claim_in_order(conn: Connection) -> None:
     _create_indexes(conn, "ix_deliveries_due")
 
 
+def _search_in_code_point_order(conn: Connection) -> None:
+    """Schema version 14, PostgreSQL: the dashboard's prefix search on references and labels
+    in code point order (``COLLATE "C"``), whatever the database's collation. Its range (from
+    "fa-0009" up to "fa-000:") held nothing in a collation that sorts ":" before "9" (ICU's
+    en-US), so a search for a reference ending in 9 found no event. SQLite compares code
+    points already."""
+    if conn.dialect.name != "postgresql":
+        return
+    for column in ("ref", "label"):
+        conn.exec_driver_sql(f"DROP INDEX IF EXISTS ix_events_{column}_search")
+        conn.exec_driver_sql(f'CREATE INDEX ix_events_{column}_search ON events ((lower({column}) COLLATE "C"))')
+
+
 # The deliveries tallied: those done with, for good or until a replay. The others are the
 # queue: few, and counted through ix_deliveries_status.
 TALLIED_DELIVERIES = (DELIVERED, DEAD)
@@ -559,6 +572,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (11, "PostgreSQL: events tallied up to a horizon the worker moves", _folded_events),
     (12, "SQLite: only the quarantined events indexed by status", _sqlite_quarantined_only),
     (13, "deliveries: the claim reads the due ones in the index's order", _claim_in_order),
+    (14, "PostgreSQL: the dashboard's search in code point order, whatever the collation",
+     _search_in_code_point_order),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
