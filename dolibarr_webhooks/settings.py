@@ -297,6 +297,20 @@ def env_file_path(environ: Mapping[str, str] | None = None) -> str:
     return (os.environ if environ is None else environ).get(env_name("ENV_FILE"), ".env")
 
 
+# Settings files are UTF-8; a byte order mark, which Windows editors write, is skipped: read as
+# text it made the first line's name "\ufeffDOLIBARR_WEBHOOKS_...", a setting silently ignored.
+_UTF8 = "utf-8-sig"
+
+
+def _unreadable(path: str | os.PathLike, exc: Exception) -> str:
+    """Why a settings file cannot be read, in one line: a file saved in another encoding
+    (Latin-1, UTF-16 from an editor) said as such, not as a traceback."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"cannot read {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+                f"save it as UTF-8")
+    return f"cannot read {path}: {exc}"
+
+
 def load_settings(test_config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
                   env_file: str | os.PathLike | None = None) -> Settings:
     """Read every source of settings, check them, and build the sources."""
@@ -318,18 +332,21 @@ def load_settings(test_config: Mapping[str, Any] | None = None, environ: Mapping
 
     if env_file is None:
         env_file = env_file_path(environ)
-    if env_file and Path(env_file).is_file():
-        take(_prefixed(dotenv_values(env_file)), f"{env_file}")
+    try:
+        if env_file and Path(env_file).is_file():
+            take(_prefixed(dotenv_values(env_file, encoding=_UTF8)), f"{env_file}")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(env_name("ENV_FILE"), _unreadable(env_file, exc)) from None
     take(_prefixed(environ), "environment")
 
     config_path = raw.get("CONFIG") or (test_config or {}).get("CONFIG") or ""
     toml_data: dict[str, Any] = {}
     if config_path:
         try:
-            with open(config_path, "rb") as fh:
-                toml_data = tomllib.load(fh)
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(env_name("CONFIG"), f"cannot read {config_path}: {exc}") from None
+            with open(config_path, encoding=_UTF8) as fh:
+                toml_data = tomllib.loads(fh.read())
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(env_name("CONFIG"), _unreadable(config_path, exc)) from None
         take({k.upper(): v for k, v in toml_data.items() if not isinstance(v, dict)}, str(config_path))
 
     values: dict[str, Any] = {}

@@ -77,6 +77,26 @@ def test_bad_toml_sources(tmp_path):
         load_settings({"CONFIG": str(toml)}, environ={}, env_file="")
 
 
+def test_settings_files_saved_by_other_editors(tmp_path):
+    """A byte order mark (Windows editors write one) is skipped: it made the first line's name
+    "\\ufeffDOLIBARR_WEBHOOKS_...", a setting silently ignored. A file in another encoding
+    (Latin-1, UTF-16) is one clear error naming it, where every command printed a traceback."""
+    env_file, toml = tmp_path / ".env", tmp_path / "c.toml"
+    env_file.write_bytes(b"\xef\xbb\xbfDOLIBARR_WEBHOOKS_PORT=1234\n")
+    toml.write_bytes(b'\xef\xbb\xbfretention = "3d"\n')
+    settings = load_settings({"CONFIG": str(toml)}, environ={}, env_file=env_file)
+    assert settings["PORT"] == 1234 and settings["RETENTION"] == 3 * 86400
+    env_file.write_bytes(b"DOLIBARR_WEBHOOKS_SECRET=caf\xe9" * 4 + b"\n")
+    with pytest.raises(ConfigError, match=r"DOLIBARR_WEBHOOKS_ENV_FILE: cannot read .*\.env: not UTF-8 text "
+                                          r"\(byte 0xe9 at offset 28\); save it as UTF-8"):
+        load_settings(environ={}, env_file=env_file)
+    toml.write_text('name = "café"\n', encoding="utf-16")
+    with pytest.raises(ConfigError, match=r"DOLIBARR_WEBHOOKS_CONFIG: .* not UTF-8 text \(byte 0xff at offset 0\)"):
+        load_settings({"CONFIG": str(toml)}, environ={}, env_file="")
+    with pytest.raises(ConfigError, match="DOLIBARR_WEBHOOKS_ENV_FILE: cannot read x+: .*File name too long"):
+        load_settings(environ={}, env_file="x" * 300)
+
+
 def test_plugin_settings_are_namespaced(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('[plugins.slack]\nrules = [{events = ["BILL_*"], webhook_url = "https://hooks.example/x"}]\n')
