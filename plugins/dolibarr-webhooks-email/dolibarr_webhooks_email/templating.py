@@ -71,6 +71,9 @@ class Templates:
                     self.env.get_template(name)
                 except TemplateSyntaxError as exc:
                     raise ConfigError(setting, f"{name} line {exc.lineno}: {exc.message}") from exc
+                except UnicodeDecodeError as exc:  # Jinja reads templates as UTF-8
+                    raise ConfigError(setting, f"{name}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
+                                               f"offset {exc.start}); save it as UTF-8") from None
 
     def string(self, source: str) -> Template:
         """A template given as a setting (a rule's subject), compiled once."""

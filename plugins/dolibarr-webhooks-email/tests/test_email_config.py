@@ -87,6 +87,11 @@ def test_start_up_checks_template_names_and_subjects(tmp_path):
         plugin.read_settings(config={**BASE, "templates_dir": str(tmp_path)})
     assert info.value.setting == "DOLIBARR_WEBHOOKS_EMAIL_TEMPLATES_DIR"
     assert "en/BILL_PAYED.body.txt" in info.value.message
+    # A template saved in Latin-1: the file and the fix named, not a UnicodeDecodeError.
+    (tmp_path / "en" / "BILL_PAYED.body.txt").write_bytes("Facture payée {{ ref }}\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as info:
+        plugin.read_settings(config={**BASE, "templates_dir": str(tmp_path)})
+    assert info.value.message == "en/BILL_PAYED.body.txt: not UTF-8 text (byte 0xe9 at offset 11); save it as UTF-8"
 
 
 def test_env_values_arrive_json_decoded():
