@@ -242,6 +242,24 @@ def test_any_text_in_a_filter_gets_a_page(logged_in, app):
     assert nul in logged_in.get("/admin/events?q=fa%00z").text
 
 
+def test_forms_no_page_offers_get_an_answer(logged_in, app):
+    """What only a forged request sends: an id holding a NUL (PostgreSQL's text cannot take
+    one: 500), a plugin no form lists (its delivery was created, never to be claimed)."""
+    event_id = post(logged_in, "BILL_PAYED")
+    deliver_until_idle(app)
+    before = by_plugin(app, event_id)
+    assert logged_in.get("/admin/events/evt%00").status_code == 404
+    token = csrf_token(logged_in, "/admin/")
+    for path, form in ((f"/admin/events/{event_id}/replay", {"plugin": "recorderr"}),
+                       ("/admin/failures/replay", {"plugin": "recorderr"}),
+                       ("/admin/events/evt%00/replay", {}), (f"/admin/events/{event_id}/replay", {"plugin": "a\x00"}),
+                       ("/admin/quarantine/reprocess", {"event_id": "evt\x00"})):
+        response = logged_in.post(path, data={"csrf_token": token, **form})
+        assert response.status_code == 302, (path, form, response.status_code)
+    assert "no plugin named &#39;recorderr&#39;" in logged_in.get(f"/admin/events/{event_id}").text
+    assert by_plugin(app, event_id) == before
+
+
 @pytest.fixture
 def icu_database_url(request):
     """A PostgreSQL database in ICU's en-US collation, where ":" sorts before "9", dropped

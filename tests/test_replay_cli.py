@@ -135,6 +135,17 @@ def test_replay_creates_the_delivery_of_a_plugin_added_later(scenario, make_app,
     assert [r["at"] for r in read_records(tmp_path / "sleeper.jsonl")] == ["start", "end"]
 
 
+def test_a_replay_for_a_plugin_that_does_not_exist_is_refused(scenario):
+    """A typo made a delivery no worker would ever claim: pending for ever, its age alerting."""
+    app, ids = scenario
+    before = by_plugin(app, ids["COMPANY_CREATE"])
+    refused = command(app, "replay", ids["COMPANY_CREATE"], "--plugin", "recorderr", exit_code=2)
+    assert "no plugin named 'recorderr'" in refused
+    assert "(the plugins that handle events: failer, log, recorder)" in refused
+    assert "no plugin named 'recorderr'" in command(app, "replay", "--dead", "--plugin", "recorderr", exit_code=2)
+    assert by_plugin(app, ids["COMPANY_CREATE"]) == before
+
+
 def test_purge_command(scenario):
     app, ids = scenario
     assert command(app, "purge", "--older-than", "30d", "--json") == {"purged": 0}

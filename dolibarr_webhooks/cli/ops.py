@@ -104,7 +104,10 @@ def replay_command(event_id, dead, failed, since, plugin, as_json) -> None:
     if not (event_id or dead or failed or since):
         raise click.UsageError("give an EVENT_ID, --dead, --failed or --since")
     statuses = [s for s, on in ((DEAD, dead), (FAILED, failed)) if on]
-    count = service().store.replay(event_id=event_id, statuses=statuses, since=since_time(since), plugin=plugin)
+    try:
+        count = service().replay(event_id=event_id, statuses=statuses, since=since_time(since), plugin=plugin)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--plugin") from None
     emit({"replayed": count}, as_json, f"{count} {scheduled_again(count)}")
 
 

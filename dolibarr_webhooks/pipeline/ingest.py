@@ -9,7 +9,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterable
 
 from ..credentials import Scrubber, scrubber_for
 from ..events import Event
@@ -104,6 +104,16 @@ class Service:
                                                   scrub_rule=self.scrubber(source.name).fingerprint)
             results.append((row["id"], f"accepted as {event.trigger_code}, {count} deliveries"))
         return results
+
+    def replay(self, event_id: str | None = None, statuses: Iterable[str] = (), since: float | None = None,
+               plugin: str | None = None) -> int:
+        """``Store.replay`` (the ``replay`` command, the dashboard's buttons), for a plugin this
+        service has: a delivery made due, or created for an event, under a name no plugin has
+        (a typo) would wait for ever, its age raising the queue's alerts."""
+        if plugin is not None and plugin not in self.plugins.info:
+            handlers = ", ".join(sorted(self.plugins.handlers())) or "none"
+            raise ValueError(f"no plugin named {plugin!r} (the plugins that handle events: {handlers})")
+        return self.store.replay(event_id=event_id, statuses=statuses, since=since, plugin=plugin)
 
     def make_worker(self, name: str | None = None, store: Store | None = None) -> Worker:
         worker = Worker(store=store or self.store, plugins=self.plugins, settings=self.settings,

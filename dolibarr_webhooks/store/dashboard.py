@@ -18,8 +18,8 @@ from typing import Any, Iterable
 from sqlalchemy import and_, delete, func, insert, or_, select, update
 
 from . import payloads
-from .queue import Store, storable
-from .schema import DEAD, DELIVERED, FAILED, PENDING, RUNNING, attempts, deliveries, events, workers
+from .queue import Store
+from .schema import DEAD, DELIVERED, FAILED, PENDING, RUNNING, attempts, deliveries, events, storable, workers
 
 PAGE_SIZE = 50
 # What the events page's status filter means, in delivery states: a delivery being run is

@@ -13,7 +13,7 @@ from ..ids import earliest_event_id, event_id_floor
 from . import payloads
 from .schema import (ACCEPTED, DEAD, DEAD_ONLY, DELIVERED, DELIVERY_STATES, DUPLICATE, FOLD_MARGIN, HORIZON, LATE,
                      PENDING, QUARANTINED, RECLAIMED, RUNNING, TALLIED_DELIVERIES, attempts, deliveries, events,
-                     fold_events, tallies)
+                     fold_events, storable, tallies)
 
 # Each distinct scrub rule in one index look-up (a loose index scan, on both databases).
 _DISTINCT_RULES = text(
@@ -129,6 +129,7 @@ class Inspection:
     def list_deliveries(self, status: str | None = None, plugin: str | None = None, code: str | None = None,
                         since: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Deliveries, newest event first, in the same milliseconds at any size of store."""
+        plugin, code = storable(plugin), storable(code)  # as the columns hold text (a NUL, say)
         listed = deliveries
         if status in _SQLITE_LISTED and not self.is_postgres:
             listed = text(_SQLITE_LISTED[status]).columns(*deliveries.c).subquery("listed")
@@ -153,6 +154,7 @@ class Inspection:
             return [dict(row._mapping) for row in conn.execute(query)]
 
     def show(self, event_id: str) -> dict[str, Any] | None:
+        event_id = storable(event_id)  # an id from a URL may hold anything
         with self._readonly() as conn:
             row = conn.execute(select(events).where(events.c.id == event_id)).first()
             if row is None:
@@ -176,9 +178,9 @@ class Inspection:
         """Every event of one object (its type and Dolibarr id), oldest first."""
         query = (select(events.c.id, events.c.source, events.c.trigger_code, events.c.label, events.c.ref,
                         events.c.status, events.c.duplicate_of, events.c.received_at)
-                 .where(events.c.element == element, events.c.object_id == str(object_id)))
+                 .where(events.c.element == storable(element), events.c.object_id == storable(str(object_id))))
         if source:
-            query = query.where(events.c.source == source)
+            query = query.where(events.c.source == storable(source))
         with self._readonly() as conn:
             return [dict(row._mapping) for row in conn.execute(query.order_by(events.c.received_at).limit(limit))]
 
@@ -265,6 +267,7 @@ class Inspection:
         and the worker starts on the first range while the next is made due."""
         now = time.time()
         statuses = list(statuses)
+        event_id, plugin = storable(event_id), storable(plugin)
 
         def chosen_by(status, plugin_column) -> list[Any]:
             found = [deliveries.c.status != RUNNING]

@@ -24,7 +24,8 @@ from .engine import make_engine, make_request_engine, normalise_url, reopen_if_s
 from .failures import FAILURES, DeadlinePassed, error_line, store_error
 from .inspect import Inspection
 from .schema import (ACCEPTED, DELIVERED, DUPLICATE, FAILED, MIGRATIONS, NOTIFY_CHANNEL, PENDING, QUARANTINED,
-                     QUARANTINED_ONLY, RUNNING, attempts, deliveries, events, metadata, schema_migrations)
+                     QUARANTINED_ONLY, RUNNING, attempts, deliveries, events, metadata, schema_migrations,
+                     storable)
 from .batch import PostgresCommitter, SQLiteCommitter
 from .checkpoint import LogCheckpoints
 from .group_commit import SharedSync
@@ -135,15 +136,6 @@ _ANY_DUE = [select(deliveries.c.id)
             .where(*_due_in(state, deliveries.c.plugin.in_(bindparam("plugins", expanding=True))))
             .limit(1).cte(f"any_{state}") for state in _DUE_WHEN]
 _HAS_DUE = select(union_all(*(select(part.c.id) for part in _ANY_DUE)).subquery("due").c.id).limit(1)
-
-
-def storable(value: str | None) -> str | None:
-    """Text for a column: PostgreSQL's text cannot hold NUL, so NUL is written as JSON writes
-    it, ``\\u0000``. The searchable columns and a failure's text go through this: the payload,
-    JSON, already escapes it, and handlers get the event from the payload, exactly as it came."""
-    if value is not None and "\x00" in value:
-        return value.replace("\x00", "\\u0000")
-    return value
 
 
 @dataclass(frozen=True)
@@ -444,7 +436,7 @@ class Store(Inspection):
         return None
 
     def quarantined(self, event_id: str | None = None) -> list[dict[str, Any]]:
-        query = _QUARANTINED_LIST if not event_id else _QUARANTINED_LIST.where(events.c.id == event_id)
+        query = _QUARANTINED_LIST if not event_id else _QUARANTINED_LIST.where(events.c.id == storable(event_id))
         with self._readonly() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 

@@ -306,6 +306,15 @@ $$
 """)
 
 
+def storable(value: str | None) -> str | None:
+    """Text for a column: PostgreSQL's text cannot hold NUL, so NUL is written as JSON writes
+    it, ``\\u0000``. The searchable columns and a failure's text go through this: the payload,
+    JSON, already escapes it, and handlers get the event from the payload, exactly as it came."""
+    if value is not None and "\x00" in value:
+        return value.replace("\x00", "\\u0000")
+    return value
+
+
 def _initial_schema(conn: Connection) -> None:
     metadata.create_all(conn, tables=[events, deliveries, attempts], checkfirst=True)
 

@@ -204,13 +204,17 @@ def event(event_id: str):
 
 @bp.route("/events/<event_id>/replay", methods=["POST"])
 def replay_event(event_id: str):
-    plugin = request.form.get("plugin") or None
     # The same call as `dolibarr-webhooks replay EVENT_ID [--plugin P]`.
-    _flash_replayed(service().store.replay(event_id=event_id, plugin=plugin))
+    _replay(event_id=event_id, plugin=request.form.get("plugin") or None)
     return redirect(url_for("admin.event", event_id=event_id))
 
 
-def _flash_replayed(count: int) -> None:
+def _replay(**what: Any) -> None:
+    try:
+        count = service().replay(**what)
+    except ValueError as exc:  # a plugin no form offers
+        flash(str(exc), "error")
+        return
     flash(f"{count} {_(scheduled_again(count))}", "ok")
 
 
@@ -235,7 +239,7 @@ def replay_failures():
     shown = request.form.get("status", "") if request.form.get("status", "") in FAILURE_VIEWS else ""
     plugin = request.form.get("plugin") or None
     # The same call as `dolibarr-webhooks replay --dead --failed [--plugin P]`.
-    _flash_replayed(service().store.replay(statuses=FAILURE_VIEWS[shown], plugin=plugin))
+    _replay(statuses=FAILURE_VIEWS[shown], plugin=plugin)
     return redirect(url_for("admin.failures", status=shown or None, plugin=plugin))
 
 
