@@ -17,7 +17,7 @@ from typing import Any, Callable
 from dolibarr_webhooks import Event, PermanentFailure
 from dolibarr_webhooks.pluginkit import plugin_logger
 
-from .api import Client, NotFound
+from .api import Client, NotFound, row_id
 
 log = plugin_logger("dolibarr")
 
@@ -55,7 +55,7 @@ def committed(event: Event, client: Client) -> dict[str, Any] | None:
     """The object as Dolibarr has it now, or None when it is gone (rolled back or deleted)."""
     resource, _, noun = RESOURCES[event.element or ""]
     try:
-        obj = client.call("GET", f"{resource}/{int(event.object_id or '')}")
+        obj = client.call("GET", f"{resource}/{row_id(event.object_id)}")
     except NotFound:
         log.warning("%s %s: %s %s not found in Dolibarr (rolled back or deleted): nothing done", event.trigger_code,
                     event.id, noun, event.object_id)
@@ -119,7 +119,7 @@ def settle(event: Event, delay: float) -> None:
 
 
 def run(event: Event, names: tuple[str, ...], client: Client, settle_delay: float) -> None:
-    if event.element not in RESOURCES or not str(event.object_id or "").isdigit():
+    if event.element not in RESOURCES or row_id(event.object_id) is None:
         log.warning("%s %s: no %s id in the event; actions %s skipped", event.trigger_code, event.id,
                     event.element, ", ".join(names))
         return

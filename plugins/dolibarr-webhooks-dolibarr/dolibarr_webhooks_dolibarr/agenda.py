@@ -15,7 +15,7 @@ from typing import Any
 
 from dolibarr_webhooks.pluginkit import DEAD, Outcome, plugin_logger, summary
 
-from .api import Client
+from .api import Client, row_id
 
 log = plugin_logger("dolibarr")
 
@@ -38,15 +38,15 @@ PLUGIN_WORDS = {
 def target(outcome: Outcome) -> dict[str, Any] | None:
     """Where the agenda event goes: ``elementtype``, ``fk_element`` and, when known, ``socid``."""
     event = outcome.event
-    element, object_id = event.element or "", str(event.object_id or "")
-    if not object_id.isdigit() or not ELEMENT_TYPE.match(element) or element == "action":
+    element, object_id = event.element or "", row_id(event.object_id)
+    if object_id is None or not ELEMENT_TYPE.match(element) or element == "action":
         return None  # no object to attach to; or an agenda event itself (written back, it would echo)
     if event.trigger_code.endswith("_DELETE"):
         return None  # the card is gone
-    linked: dict[str, Any] = {"elementtype": STORED_ELEMENT_TYPES.get(element, element), "fk_element": int(object_id)}
-    socid = object_id if element == "societe" else event.object.get("socid") or event.object.get("fk_soc")
-    if socid is not None and str(socid).isdigit() and int(socid) > 0:
-        linked["socid"] = int(socid)
+    linked: dict[str, Any] = {"elementtype": STORED_ELEMENT_TYPES.get(element, element), "fk_element": object_id}
+    socid = object_id if element == "societe" else row_id(event.object.get("socid") or event.object.get("fk_soc"))
+    if socid is not None:
+        linked["socid"] = socid
     return linked
 
 

@@ -23,6 +23,17 @@ __version__ = "0.1.0"
 USER_AGENT = f"dolibarr-webhooks-dolibarr/{__version__}"
 
 
+def row_id(value: Any) -> int | None:
+    """A Dolibarr row id from the body's loose types (``42`` or ``"42"``), else None: zero,
+    negatives, anything but ASCII digits ("²" is a digit to ``str.isdigit``, not to ``int``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    text = str(value).strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) or None
+
+
 class DolibarrUnavailable(Exception):
     """Dolibarr did not answer, or answered 5xx/408/429: worth retrying on the core's schedule."""
 

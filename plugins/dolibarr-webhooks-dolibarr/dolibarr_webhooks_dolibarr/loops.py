@@ -19,6 +19,8 @@ from __future__ import annotations
 from dolibarr_webhooks import Event
 from dolibarr_webhooks.pluginkit import split_code
 
+from .api import row_id
+
 # The object's fields naming the user of each kind of step, by the first word of the action.
 ACTING_USER_FIELDS = {
     "CREATE": ("user_creation_id", "user_author_id", "fk_user_author", "fk_user_creat", "authorid"),
@@ -33,10 +35,9 @@ def acting_user(event: Event) -> int | None:
     split = split_code(event.trigger_code)
     step = split[1].split("_")[0] if split else event.trigger_code.rsplit("_", 1)[-1]
     for name in ACTING_USER_FIELDS.get(step, ()):
-        value = event.object.get(name)
-        if isinstance(value, (int, str)) and not isinstance(value, bool) and str(value).strip().isdigit():
-            if int(value) > 0:
-                return int(value)
+        user = row_id(event.object.get(name))
+        if user is not None:
+            return user
     return None
 
 

@@ -87,6 +87,14 @@ def test_a_proposal_gone_creates_nothing(dolibarr, settings, event_for, caplog):
     assert "proposal 88 not found in Dolibarr (rolled back or deleted): nothing done" in caplog.text
 
 
+@pytest.mark.parametrize("object_id", ["not-a-number", "²", 0, -3, True])
+def test_an_event_without_a_row_id_is_skipped(dolibarr, settings, event_for, object_id, caplog):
+    """"²" is a digit to str.isdigit, and int("²") raised: a delivery retried until dead."""
+    plugin.handle_event(event=event_for("ORDER_VALIDATE", id=object_id), settings=settings)
+    assert [call for call in dolibarr.calls if call.path != "users/info"] == []
+    assert "no commande id in the event; actions build_pdf skipped" in caplog.text
+
+
 def test_a_validated_order_gets_its_pdf(dolibarr, settings, event_for):
     plugin.handle_event(event=event_for("ORDER_VALIDATE"), settings=settings)
     (build,) = dolibarr.made("PUT", "documents/builddoc")

@@ -107,7 +107,8 @@ def test_the_core_s_log_line_is_not_news_for_the_card(dolibarr, plugin_settings,
 def test_objects_without_a_card_are_left_alone(dolibarr, plugin_settings, event_for, dolibarr_event):
     settings = plugin_settings()
     for event in (event_for("COMPANY_DELETE"), dolibarr_event("TEST_TRIGGER_CODE", test=True),
-                  event_for("BILL_PAYED", id="not-a-number")):
+                  event_for("BILL_PAYED", id="not-a-number"), event_for("BILL_PAYED", id="²"),
+                  event_for("BILL_PAYED", id=0)):
         plugin.delivery_outcome(outcome=Outcome("delivered", "email", event, 1), settings=settings)
     assert dolibarr.calls == []
 
