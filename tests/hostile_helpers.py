@@ -1,6 +1,7 @@
 """Hostile HTTP, byte for byte: what an attacker or a broken client sends, over raw sockets
-(a library would refuse to send most of it). Used by tests/test_hostile.py and the
-figures of bench/hostile.py."""
+(a library would refuse to send most of it); and Dolibarr's real bodies mutated at random,
+which a forger (never Dolibarr) could post with the secret. Used by tests/test_hostile.py
+and the figures of bench/hostile.py."""
 
 from __future__ import annotations
 
@@ -133,6 +134,84 @@ def hostile_requests(secret: str, count: int, seed: int = 10, stalls: int = 6, o
         requests.append(Hostile("chunked over the limit", _request(url, b"", chunked=True)[:-5], chunk_mib=17))
     rng.shuffle(requests)
     return requests
+
+
+# What a mutation puts in a body: text a column, a page or a log line must hold (NUL, lone
+# surrogates, U+10FFFF, markup, quotes), numbers past 64 bits, and the wrong types.
+ODD_TEXT = ["", " ", "\x00", "a\x00b", "\ud800", "x\udfff", "\U0010ffff", "é" * 3, "<script>alert(1)</script>",
+            "'; DROP TABLE events; --", "a" * 3000, "{{7*7}}", "\u202e", "😀", "1e999", "-1", "0", "²", "null",
+            "BILL_VALIDATE", " bill_validate ", "INVOICE_VALIDATE", "\r\nSet-Cookie: x=1", "\\", '"', "../../x"]
+ODD_NUMBERS = [0, -1, 2**63, 2**64, -2**63 - 1, 10**30, 1.5, -0.0, 1e308]
+_KEY_PATHS = [("triggercode",), ("object",), ("object", "id"), ("object", "ref"), ("object", "entity"),
+              ("object", "element"), ("object", "lines"), ("object", "socid"), ("object", "name"),
+              ("object", "label"), ("object", "total_ttc"), ("object", "status"), ("object", "email"),
+              ("object", "array_options"), ("object", "newref"), ("object", "thirdparty")]
+
+
+def _odd_value(rng: random.Random, depth: int = 0):
+    draw = rng.random()
+    if draw < 0.35:
+        return rng.choice(ODD_TEXT)
+    if draw < 0.55:
+        return rng.choice(ODD_NUMBERS)
+    if draw < 0.65:
+        return rng.choice([None, True, False])
+    if draw < 0.8 and depth < 3:
+        return [_odd_value(rng, depth + 1) for _ in range(rng.randrange(4))]
+    if depth < 3:
+        return {rng.choice(ODD_TEXT + ["id", "ref", "db", "lines"]): _odd_value(rng, depth + 1)
+                for _ in range(rng.randrange(4))}
+    return {}
+
+
+def _places(value, path: tuple = ()) -> Iterator[tuple]:
+    yield path
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from _places(child, path + (key,))
+
+
+def mutated_bodies(count: int, seed: int) -> list[bytes]:
+    """``count`` of Dolibarr's sample bodies, each with one to four odd values put in (a known
+    key or anywhere), keys removed, or the whole replaced; some then cut short or with bytes
+    changed. Seeded: a failing body comes back with the same seed."""
+    rng = random.Random(seed)
+    bodies = []
+    for _ in range(count):
+        data = json.loads(sample_body(rng.choice(sample_codes())))
+        for _ in range(rng.randint(1, 4)):
+            draw = rng.random()
+            if draw < 0.45:
+                *parents, key = rng.choice(_KEY_PATHS)
+                node = data
+                for parent in parents:
+                    node = node.setdefault(parent, {}) if isinstance(node, dict) else None
+                if isinstance(node, dict):
+                    node[key] = _odd_value(rng)
+            elif draw < 0.85:
+                path = rng.choice(list(_places(data)))
+                if not path:
+                    continue
+                node = data
+                for step in path[:-1]:
+                    node = node[step]
+                if draw < 0.75:
+                    node[path[-1]] = _odd_value(rng)
+                else:
+                    del node[path[-1]]
+            else:
+                data = _odd_value(rng)
+        raw = json.dumps(data, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+        draw = rng.random()
+        if draw < 0.08:
+            raw = raw[:rng.randrange(len(raw) + 1)]
+        elif draw < 0.16:
+            changed = bytearray(raw)
+            for _ in range(rng.randint(1, 4)):
+                changed[rng.randrange(len(changed))] = rng.randrange(256)
+            raw = bytes(changed)
+        bodies.append(raw)
+    return bodies
 
 
 def _unique(rng: random.Random) -> bytes:

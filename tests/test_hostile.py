@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import ssl
 import sys
 import time
@@ -24,10 +25,12 @@ from dolibarr_webhooks.fastjson import MAX_DEPTH
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import RunningService, free_port, running_service, wait_for_port
-from hostile_helpers import Answer, Hostile, hostile_requests, send, slowloris
+from dolibarr_webhooks_testplugin import command, handler_config
+from hostile_helpers import Answer, Hostile, hostile_requests, mutated_bodies, send, slowloris
 from production_helpers import production_env, require_tool, running_nginx, service_logs
 
 URL = f"/webhook/{SECRET}"
+TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def nested(depth: int) -> bytes:
@@ -71,6 +74,33 @@ def test_deeper_nesting_is_quarantined(webhooks_app, webhooks_client, depth):
     assert response.status_code == 202 and response.json["status"] == "quarantined", response.json
     row = stored(webhooks_app, response.json["id"])
     assert row["status"] == "quarantined" and row["raw_body_size"] == len(nested(depth))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_mutated_dolibarr_bodies_are_answered_kept_shown_and_delivered(make_app, tmp_path, deliver, seed):
+    """Dolibarr's bodies with odd values put in (hostile_helpers.mutated_bodies): each answer
+    is JSON below 500; what got a 2xx is stored, goes through the worker, and shows on the
+    dashboard and in ``show --json``. Such bodies found a 500 on the event page, a
+    traceback from ``show --json`` and a dashboard search that PostgreSQL refused."""
+    app = make_app(handler_config(tmp_path, recorder=True), ADMIN_PASSWORD="fuzz-password-0123", DEDUP_WINDOW="0s")
+    client = app.test_client()
+    kept = {}
+    for body in mutated_bodies(120, seed):
+        response = client.post(URL, data=body)
+        assert response.status_code < 500 and response.is_json, (body[:300], response.data[:300])
+        if response.status_code < 300:
+            kept[response.json["id"]] = body
+    assert len(kept) > 80
+    stats = deliver(app)
+    assert stats["deliveries"]["failed"] == stats["deliveries"]["dead"] == 0, stats
+    token = TOKEN.search(client.get("/admin/login").text).group(1)
+    assert client.post("/admin/login", data={"username": "admin", "password": "fuzz-password-0123",
+                                             "csrf_token": token}).status_code == 302
+    for path in ("/admin/", "/admin/events", "/admin/failures", "/admin/quarantine"):
+        assert client.get(path).status_code == 200, path
+    for event_id, body in kept.items():
+        assert client.get(f"/admin/events/{event_id}").status_code == 200, body[:300]
+        assert command(app, "show", event_id, "--json")["id"] == event_id, body[:300]
 
 
 # -- real gunicorn (contrib/gunicorn.conf.py), directly and behind the contrib nginx -----------
