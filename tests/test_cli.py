@@ -19,6 +19,7 @@ from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 from dolibarr_webhooks.testing import free_port, running_service, wait_for, wait_for_port
 from dolibarr_webhooks.version import __version__
 from dolibarr_webhooks.web.gunicorn import web_processes
+from dolibarr_webhooks_testplugin import command
 
 SCRIPT = Path(sys.executable).parent / "dolibarr-webhooks"
 
@@ -75,6 +76,14 @@ def test_send_posts_a_sample_as_dolibarr_would():
         assert service.secret not in result.stdout  # the URL is printed redacted
         custom = service.cli("send", "X", "--url", service.url + "/webhook/wrong-secret-000000000", check=False)
         assert custom.returncode == 1 and "-> 401" in custom.stdout and "failure" in custom.stdout
+
+
+def test_send_checks_the_url_it_is_given(make_app):
+    """urllib's bare ValueError ('unknown url type') was a traceback."""
+    app = make_app()
+    for url, said in (("1w", "'1w' is not an http(s) URL"), ("", "is empty"), ("ftp://x/y", "not an http(s) URL")):
+        output = command(app, "send", "BILL_PAYED", "--url", url, exit_code=2)
+        assert "Invalid value for --url: " in output and said in output, output
 
 
 def test_send_to_a_port_where_nothing_listens_says_what_to_check(tmp_path):
@@ -205,11 +214,11 @@ def test_a_command_closes_the_store_it_opened_when_it_ends(tmp_path, entry):
     env.update(DOLIBARR_WEBHOOKS_SECRET=SECRET, DOLIBARR_WEBHOOKS_DATABASE_URL=f"sqlite:///{tmp_path / 'cli.sqlite3'}")
     script = tmp_path / "in_process.py"
     script.write_text(IN_PROCESS)
-    for command, exit_code in ((["migrate"], 0), (["stats"], 0), (["deliveries", "--status", "dead"], 0),
-                               (["show", "evt_none"], 1)):
-        result = subprocess.run([sys.executable, str(script), entry, *command], capture_output=True, text=True,
+    for args, exit_code in ((["migrate"], 0), (["stats"], 0), (["deliveries", "--status", "dead"], 0),
+                            (["show", "evt_none"], 1)):
+        result = subprocess.run([sys.executable, str(script), entry, *args], capture_output=True, text=True,
                                 env=env, cwd=tmp_path, timeout=60)
-        assert json.loads(result.stdout.splitlines()[-1]) == {"exit": exit_code, "open": []}, (command, result.stderr)
+        assert json.loads(result.stdout.splitlines()[-1]) == {"exit": exit_code, "open": []}, (args, result.stderr)
 
 
 def test_serve_on_every_interface_says_so_and_prints_a_reachable_url(tmp_path):

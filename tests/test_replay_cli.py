@@ -56,6 +56,8 @@ def test_deliveries_filters(scenario):
         [(ids["BILL_PAYED"], "failer", "BILL_PAYED"), (ids["BILL_VALIDATE"], "failer", "BILL_VALIDATE")])
     assert all(r["attempts"] == 2 and r["last_error"].startswith("RuntimeError: ") for r in dead)
     assert {r["event_id"] for r in command(app, "deliveries", "--plugin", "recorder", "--json")} == set(ids.values())
+    for limit in ("0", "-1"):  # PostgreSQL refused a negative LIMIT; SQLite took it for none
+        assert "Invalid value for '--limit'" in command(app, "deliveries", "--limit", limit, exit_code=2)
     paid = command(app, "deliveries", "--code", "bill_payed", "--json")
     assert sorted(r["plugin"] for r in paid) == ["failer", "log", "recorder"]
     assert {r["event_id"] for r in paid} == {ids["BILL_PAYED"]}

@@ -61,7 +61,7 @@ def stats_command(as_json: bool) -> None:
 @click.option("--plugin")
 @click.option("--code", help="Trigger code.")
 @click.option("--since", help="A duration back from now (2h) or an ISO date.")
-@click.option("--limit", type=int, default=100, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
 @json_option
 def deliveries_command(status, plugin, code, since, limit, as_json) -> None:
     """List deliveries, newest event first."""

@@ -14,7 +14,7 @@ from ..credentials import expected_rules
 from ..listing import scheduled_again
 from ..logs import redact
 from ..samples import sample_body, sample_codes
-from ..settings import parse_duration
+from ..settings import parse_duration, parse_url
 from ..startup import freeze_startup_objects
 from ..store import DEAD, FAILED
 from .group import emit, json_option, plural, service, since_time, webhooks
@@ -42,7 +42,13 @@ def send_command(code: str, payload: str | None, url: str | None, port: int | No
             body = json.dumps({"triggercode": code.upper(), "object": {"id": 1, "ref": "SAMPLE"}}).encode()
             click.echo(f"no sample body for {code} (samples: {', '.join(sample_codes())}); sending a minimal one")
     hint = ""
-    if url is None:
+    if url is not None:
+        try:  # checked by the settings' rule for URLs (urllib raised a bare ValueError), sent as given
+            if not parse_url(url):
+                raise ValueError("is empty")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--url") from None
+    else:
         settings = service().settings
         secrets = settings.secrets
         port = port or settings["PORT"]
