@@ -125,6 +125,28 @@ def post(app, n: int) -> None:
         assert response.status_code == 200, response.json
 
 
+class Quoting:
+    """Fails quoting the object's note, as a plugin may: a forged body's lone surrogate in it."""
+
+    @hookimpl
+    def handle_event(self, event):
+        raise PermanentFailure(f"refused note {event.object.get('note')!s}")
+
+
+def test_a_failure_quoting_a_lone_surrogate_is_recorded_and_told_as_its_escape(app_with, deliver):
+    """The outcome's write failed on it: the lane's thread died, the delivery stayed running."""
+    listener = Listener()
+    app = app_with(quoting=Quoting(), listener=listener)
+    response = app.test_client().post(f"/webhook/{SECRET}",
+                                      data=b'{"triggercode":"BILL_PAYED","object":{"id":7,"note":"x\\ud800y"}}')
+    assert response.status_code == 200
+    stats = deliver(app, idle=0.5)
+    assert stats["deliveries"]["dead"] == 1 and stats["deliveries"]["running"] == 0, stats
+    assert ("dead", "quoting", "PermanentFailure: refused note x\\ud800y") in listener.outcomes
+    (row,) = app.extensions["dolibarr_webhooks"].store.list_deliveries(status="dead")
+    assert row["last_error"] == "PermanentFailure: refused note x\\ud800y"
+
+
 def test_listeners_hear_outcomes_and_bounded_alerts_with_settings_read_once(app_with, deliver):
     listener = Listener()
     app = app_with(broken=Broken(), listener=listener)

@@ -196,20 +196,23 @@ def lost_once_lent(store_: Store):
         assert not pending, "no connection was lent"
 
 
-def test_a_failure_whose_text_holds_a_nul_is_recorded(migrated_store):
-    """A plugin's failure may quote a remote's answer, NUL bytes included. PostgreSQL's text
-    cannot hold one: the outcome's statements failed (DataError), and the delivery stayed
-    running until its lease expired, to fail the same way again, never retried nor dead. The
-    NUL is kept as JSON writes it, as in the searchable columns."""
+def test_a_failure_whose_text_holds_a_nul_or_a_lone_surrogate_is_recorded(migrated_store):
+    """A plugin's failure may quote a remote's answer, NUL bytes included, or a forged body's
+    field, a lone surrogate included. PostgreSQL's text cannot hold a NUL, and neither store
+    can encode a lone surrogate: the outcome's statements failed, the lane's thread died, and
+    the delivery stayed running until its lease expired, to fail the same way again, never
+    retried nor dead. Both are kept as JSON writes them, as in the searchable columns."""
     from dolibarr_webhooks.store import DELIVERED
 
     store_ = migrated_store
     store_.ingest(event_from_body(body(object_id=5)), ["log"])
     claim = store_.claim({"log": 1}, "test", lease=30)[0]
-    assert store_.finish(claim, FAILED, "RuntimeError: the remote answered b'\x00\x01'", time.time() - 1, "test")
+    assert store_.finish(claim, FAILED, "RuntimeError: the remote answered b'\x00\x01' about x\ud800y",
+                         time.time() - 1, "test")
     with store_.engine.connect() as conn:
         row = conn.execute(select(deliveries.c.status, deliveries.c.last_error)).one()
-    assert row.status == FAILED and row.last_error == "RuntimeError: the remote answered b'\\u0000\x01'"
+    assert row.status == FAILED
+    assert row.last_error == "RuntimeError: the remote answered b'\\u0000\x01' about x\\ud800y"
     again = store_.claim({"log": 1}, "test", lease=30)[0]
     assert store_.finish(again, DELIVERED, None, None, "test")
 

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..exceptions import PermanentFailure, RetryLater
+from ..labels import encodable
 from ..logs import request_id
 from .notices import Notices
 from ..plugins import Plugins
@@ -53,10 +54,12 @@ def retry_decision(attempts_done: int, error: BaseException, schedule: list[floa
 
 
 def describe_failure(error: BaseException) -> str:
-    """A handler's failure as kept with its attempt: the exception's whole text, which is the
-    plugin's account of what went wrong (store errors use ``store.error_line``)."""
+    """A handler's failure as kept with its attempt, logged and told to the alerting plugins:
+    the exception's whole text, which is the plugin's account of what went wrong (store errors
+    use ``store.error_line``). Always encodable: a message quoting a forged body's field may
+    hold a lone surrogate."""
     text = str(error) or type(error).__name__
-    return f"{type(error).__name__}: {text}"[:2000]
+    return encodable(f"{type(error).__name__}: {text}"[:2000])
 
 
 @dataclass

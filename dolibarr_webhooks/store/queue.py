@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..events import Event
+from ..labels import encodable
 from . import payloads, postgres_fast, sqlite_fast
 from .engine import make_engine, make_request_engine, normalise_url, reopen_if_stale, sqlite_path
 from .failures import FAILURES, DeadlinePassed, error_line, store_error
@@ -551,7 +552,10 @@ class Store(Inspection):
         """The delivery's new state, sent, if its lease is still the claim's: ``_attempt``
         records the attempt once its answer says whether it was."""
         now = time.time()  # after any wait for SQLite's write lock
-        error = storable(error)  # a plugin's message may hold a NUL (a remote's binary answer, quoted)
+        # A failure's text may hold a NUL (a remote's binary answer, quoted) or a lone surrogate
+        # (a forged body's field, quoted): either failed the write, and the lane's thread died
+        # with the delivery left running (``describe_failure`` escapes the second already).
+        error = storable(encodable(error) if error else error)
         values: dict[str, Any] = dict(status=status, last_error=error, lease_token=None, lease_expires_at=None,
                                       locked_by=None, updated_at=now)
         if count_attempt:
