@@ -308,8 +308,10 @@ $$
 
 def storable(value: str | None) -> str | None:
     """Text for a column: PostgreSQL's text cannot hold NUL, so NUL is written as JSON writes
-    it, ``\\u0000``. The searchable columns and a failure's text go through this: the payload,
-    JSON, already escapes it, and handlers get the event from the payload, exactly as it came."""
+    it, ``\\u0000``. The searchable columns and a failure's text go through this, and so does
+    every id, name or term a lookup compares with them (an id from a URL may hold a NUL). The
+    payload, JSON, escapes it already, and handlers get the event from the payload, exactly
+    as it came."""
     if value is not None and "\x00" in value:
         return value.replace("\x00", "\\u0000")
     return value
