@@ -1,5 +1,7 @@
 """Human words for an event: the one line the log handler prints, and the pieces
-(amounts, names, labels) that notification plugins reuse in their messages."""
+(amounts, names, labels) that notification plugins reuse in their messages. Every piece
+taken from the object is ``labels.encodable``: a forged body's field may hold a lone
+surrogate, which no message, page or log line can."""
 
 from __future__ import annotations
 
@@ -35,12 +37,12 @@ def format_amount(value: Any, currency: str | None = None, language: str = "en")
 
 
 def currency(obj: dict[str, Any]) -> str | None:
-    return obj.get("multicurrency_code") or None
+    return labels.text(obj.get("multicurrency_code"))
 
 
 def person_name(obj: dict[str, Any]) -> str | None:
     """A contact's or member's full name (labels.person_name), else the object's name."""
-    return labels.person_name(obj) or obj.get("name") or None
+    return labels.person_name(obj) or labels.text(obj.get("name"))
 
 
 def object_name(event: Event, language: str = "en") -> str | None:
@@ -53,11 +55,11 @@ def object_name(event: Event, language: str = "en") -> str | None:
 def thirdparty_label(obj: dict[str, Any], language: str = "en") -> str | None:
     """The third party's name when the object carries it (23 nests it), else its id."""
     nested = obj.get("thirdparty")
-    if isinstance(nested, dict) and nested.get("name"):
-        return str(nested["name"])
-    socid = obj.get("socid") or obj.get("fk_soc")
-    if socid not in (None, "", 0, "0"):
-        return ("tiers " if language == "fr" else "third party ") + str(socid)
+    if isinstance(nested, dict) and labels.text(nested.get("name")):
+        return labels.text(nested["name"])
+    socid = labels.text(obj.get("socid") or obj.get("fk_soc"))
+    if socid not in (None, "0"):
+        return ("tiers " if language == "fr" else "third party ") + socid
     return None
 
 
@@ -108,13 +110,14 @@ def summary(event: Event, language: str = "en") -> str:
         if third:
             tail.append(third)
     line = f"{noun} {name} {verb}" if name else f"{noun} {verb}"
+    # The details and the tail quote the object's fields as they came.
     if details:
         line += ": " + ", ".join(details)
     if tail:
         line += " (" + ", ".join(tail) + ")"
     if event.test:
         line += " (test)"
-    return line
+    return labels.encodable(line)
 
 
 __all__ = ["summary", "format_amount", "to_decimal", "currency", "person_name", "thirdparty_label",

@@ -19,6 +19,7 @@ from .describe import currency, format_amount, object_name, person_name, summary
 from .events import CARD_PATHS, FAMILIES, Event, canonical_code, label, matches, noun_and_verb, split_code
 from .exceptions import ConfigError, PermanentFailure, PluginDisabled, RetryLater
 from .fastjson import dumps as json_text
+from .labels import encodable
 from .logs import redact as redact_url
 from .logs import scrub as redact_text
 from .pipeline.notices import DEAD, DELIVERED, DIGEST, RECOVERED, Alert, Outcome
@@ -42,7 +43,7 @@ __all__ = [
     # what happened to deliveries
     "Outcome", "Alert", "DELIVERED", "DEAD", "RECOVERED", "DIGEST",
     # payloads, secrets and signatures
-    "scrub", "json_text", "redact_url", "redact_text", "signing_key", "sign", "signature_headers",
+    "scrub", "json_text", "encodable", "redact_url", "redact_text", "signing_key", "sign", "signature_headers",
     "SIGNATURE_HEADERS",
 ]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dolibarr_webhooks.events import canonical_code, label, matches, split_code
-from dolibarr_webhooks.describe import format_amount, summary
+from dolibarr_webhooks.describe import currency, format_amount, person_name, summary, thirdparty_label
 from dolibarr_webhooks.events import Event
 from dolibarr_webhooks.pipeline.parse import MissingTriggerCode, ParseError, event_from_body, parse_body, scrub
 from dolibarr_webhooks.samples import sample_body, sample_codes
@@ -114,6 +114,19 @@ def test_labels_and_human_lines():
     assert lines["PRODUCT_CREATE"] == "Product HW-SW24 created: Switch 24 ports"
     assert lines["PROJECT_CREATE"].startswith("Project PJ2611-0014 created: ERP roll-out Acme")
     assert lines["TEST_TRIGGER_CODE"] == "TEST_TRIGGER_CODE (test)"
+
+
+def test_human_lines_quote_a_forged_lone_surrogate_as_its_escape():
+    """The words plugins send (summary, the third party, a name, the currency) come from the
+    object as it came: a forged body's lone surrogate made every message of it unsendable."""
+    event = event_from_body(b'{"triggercode":"BILL_VALIDATE","object":{"id":3,"element":"facture","ref":"FA1",'
+                            b'"multicurrency_code":"E\\udfff","multicurrency_total_ttc":"5","socid":"x\\ud800",'
+                            b'"name":"n\\udc00"}}')
+    line = summary(event)
+    assert line == "Invoice FA1 validated: 5.00 E\\udfff incl. tax (third party x\\ud800)"
+    assert thirdparty_label(event.object) == "third party x\\ud800" and currency(event.object) == "E\\udfff"
+    assert person_name(event.object) == "n\\udc00"
+    assert thirdparty_label({"thirdparty": {"name": "T\udfff"}}) == "T\\udfff"
 
 
 def test_card_links():

@@ -11,8 +11,8 @@ from typing import Any, Sequence
 from jinja2 import Template
 
 from dolibarr_webhooks import Event
-from dolibarr_webhooks.pluginkit import (FAMILIES, currency, format_amount, label, noun_and_verb, object_name,
-                                         split_code, summary, thirdparty_label)
+from dolibarr_webhooks.pluginkit import (FAMILIES, currency, encodable, format_amount, label, noun_and_verb,
+                                         object_name, split_code, summary, thirdparty_label)
 
 from .config import Rule, parse_addresses
 from .templating import Templates
@@ -133,11 +133,12 @@ def render_rule(event: Event, rule: Rule, templates: Templates) -> Rendered:
                                   else templates.first(b + ".subject.txt" for b in bases))
     text_template = templates.first(b + ".body.txt" for b in bases)
     html_template = templates.html_beside(text_template)
+    # encodable: a field of a forged body may hold a lone surrogate, which no message can.
     return Rendered(
         # One line; the narrow no-break spaces of French amounts are kept.
-        subject=one_line(subject_template.render(ctx)),
-        text=text_template.render(ctx).strip() + "\n",
-        html=html_template.render(ctx) if html_template is not None else None,
+        subject=encodable(one_line(subject_template.render(ctx))),
+        text=encodable(text_template.render(ctx).strip() + "\n"),
+        html=encodable(html_template.render(ctx)) if html_template is not None else None,
         template=str(text_template.name)[: -len(".body.txt")],
     )
 

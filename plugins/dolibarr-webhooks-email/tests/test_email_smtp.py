@@ -208,3 +208,20 @@ def test_settings_and_templates_are_read_once(tmp_path, smtp_server, email_confi
     plugin.handle_event(event=dolibarr_event("BILL_PAYED", ref="FA-3"), settings=settings)
     assert [r.message["Subject"] for r in smtp_server.received] == ["Paid: FA2611-0042", "Paid: FA-2", "Paid: FA-3"]
     assert all(r.rcpt_tos == ["a@acme.example"] for r in smtp_server.received)
+
+
+def test_a_forged_lone_surrogate_is_sent_as_its_escape(tmp_path, smtp_server, email_config):
+    """A template may quote any field of the object, which a forged body may fill with a lone
+    surrogate: the message could not be encoded, and the delivery failed until dead."""
+    from dolibarr_webhooks.pipeline.parse import event_from_body
+
+    (tmp_path / "en").mkdir()
+    (tmp_path / "en" / "BILL_PAYED.subject.txt").write_text("Paid: {{ object.note }}")
+    (tmp_path / "en" / "BILL_PAYED.body.txt").write_text("Note: {{ object.note }}")
+    (tmp_path / "en" / "BILL_PAYED.body.html").write_text("<p>{{ object.note }}</p>")
+    settings = plugin.read_settings(config=email_config(smtp_server, to="a@acme.example", templates_dir=str(tmp_path)))
+    event = event_from_body(b'{"triggercode":"BILL_PAYED","object":{"id":7,"ref":"FA7","note":"x\\ud800y"}}')
+    plugin.handle_event(event=event, settings=settings)
+    (sent,) = smtp_server.received
+    assert sent.message["Subject"] == "Paid: x\\ud800y"
+    assert "Note: x\\ud800y" in sent.text and "<p>x\\ud800y</p>" in sent.html
