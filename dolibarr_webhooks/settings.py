@@ -115,6 +115,27 @@ def parse_url(value: Any) -> str:
     return text.rstrip("/")
 
 
+# A host name: labels of letters, digits and hyphens, separated by dots.
+_HOST_NAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?$")
+
+
+def parse_host(value: Any) -> str:
+    """An address to listen on: an IP address (an IPv6 one with or without the brackets URLs
+    give it) or a host name; empty is every interface. A port, a list or a space in it was a
+    traceback from ``serve`` and ``check``."""
+    text = str(value or "").strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text:
+        return ""
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        if _HOST_NAME.match(text) and not text.replace(".", "").isdigit():
+            return text
+    raise ValueError(f"{value!r} is not an IP address or a host name (the port is DOLIBARR_WEBHOOKS_PORT)")
+
+
 def parse_database_url(value: Any) -> str:
     text = str(value or "").strip()
     if not text:
@@ -184,7 +205,7 @@ SETTINGS: dict[str, tuple[Any, Callable[[Any], Any], str]] = {
     "LOG_LEVEL": ("INFO", lambda v: parse_choice("debug", "info", "warning", "error", "critical")(v).upper(),
                   "log level (also LOG_LEVEL)"),
     "LOG_FORMAT": ("text", parse_choice("text", "json"), "text lines, or one JSON object per line"),
-    "HOST": ("0.0.0.0", str, "address the serve command listens on"),
+    "HOST": ("0.0.0.0", parse_host, "address the serve command listens on"),
     "PORT": (8080, parse_positive_int, "port the serve command listens on (also WEBHOOK_PORT)"),
     "PUBLIC_URL": ("", parse_url, "URL Dolibarr reaches this service at, for the printed target URL"),
     "RATELIMIT": ("", str, "requests allowed per source and per client address, e.g. '600/minute'; empty: none"),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dolibarr_webhooks import create_app
-from dolibarr_webhooks.settings import ConfigError, load_settings, parse_duration, parse_size, plugin_config
+from dolibarr_webhooks.settings import (ConfigError, load_settings, parse_duration, parse_host, parse_size,
+                                        plugin_config)
 
 SECRET = "s" * 20
 
@@ -56,12 +57,24 @@ def test_rotation_and_sources(tmp_path):
     ("PORT", "eighty", "DOLIBARR_WEBHOOKS_PORT"),
     ("LOG_FORMAT", "xml", "DOLIBARR_WEBHOOKS_LOG_FORMAT"),
     ("RETRY_SCHEDULE", "", "DOLIBARR_WEBHOOKS_RETRY_SCHEDULE"),
+    ("HOST", "127.0.0.1:8080", "DOLIBARR_WEBHOOKS_HOST"),
+    ("HOST", "[1, 2]", "DOLIBARR_WEBHOOKS_HOST"),
 ])
 def test_bad_setting_stops_start_up_naming_it(key, value, named, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError) as info:
         create_app({key: value})
     assert named in str(info.value)
+
+
+def test_listen_addresses_as_people_write_them():
+    """An IPv6 address in the brackets of a URL, spaces around: what serve binds and check
+    prints; '[::1]' and '127.0.0.1:8080' were tracebacks from both."""
+    assert [parse_host(v) for v in ("[::1]", "::1", " 127.0.0.1 ", "localhost", "hooks.example.com", "")] == [
+        "::1", "::1", "127.0.0.1", "localhost", "hooks.example.com", ""]
+    for value in ("127.0.0.1:8080", "my host", "256.1.1.1", "http://x"):
+        with pytest.raises(ValueError, match="not an IP address or a host name"):
+            parse_host(value)
 
 
 def test_bad_toml_sources(tmp_path):

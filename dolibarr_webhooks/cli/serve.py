@@ -8,13 +8,22 @@ from datetime import datetime, timezone
 
 import click
 
-from ..settings import ConfigError, env_file_path, generate_secret, keep, process_settings
+from ..settings import ConfigError, env_file_path, generate_secret, keep, parse_host, process_settings
 from .group import webhooks
 from .targets import ALL_INTERFACES, LOCAL_URL_WARNING, is_local_url, target_url
 
 
+def _host(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """By the rule of DOLIBARR_WEBHOOKS_HOST (``parse_host``)."""
+    try:
+        return None if value is None else parse_host(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @webhooks.command("serve", with_appcontext=False)
-@click.option("--host", default=None, help="Listen address (default DOLIBARR_WEBHOOKS_HOST or 0.0.0.0).")
+@click.option("--host", default=None, callback=_host,
+              help="Listen address (default DOLIBARR_WEBHOOKS_HOST or 0.0.0.0).")
 @click.option("--port", type=int, default=None, help="Port (default DOLIBARR_WEBHOOKS_PORT, WEBHOOK_PORT or 8080).")
 @click.option("--workers", type=int, default=None,
               help="gunicorn worker processes (default: 2 per CPU, at least 2, at most 8).")
