@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from dolibarr_webhooks import PermanentFailure
 from dolibarr_webhooks.pluginkit import DEAD, Outcome, plugin_logger, summary
 
 from .api import Client, row_id
@@ -88,11 +89,13 @@ def write_back(outcome: Outcome, client: Client) -> int | None:
         "properties": "id,note_private", "sortfield": "t.id", "sortorder": "DESC", "limit": 500})
     wanted = marker(outcome)
     for existing in found if isinstance(found, list) else ():
-        if isinstance(existing, dict) and wanted in (existing.get("note_private") or "").splitlines():
+        if isinstance(existing, dict) and wanted in str(existing.get("note_private") or "").splitlines():
             log.info("%s: already on the card as agenda event %s", wanted, existing.get("id"))
-            return int(existing["id"])
+            return row_id(existing.get("id"))
     body = {"type_code": "AC_OTH_AUTO", "code": OWN_CODE, "label": label(outcome), "note_private": note(outcome),
             "datep": int(outcome.at.timestamp()), "percentage": -1, "userownerid": client.api_user(), **linked}
-    created = client.call("POST", "agendaevents", body=body)
+    created = row_id(client.call("POST", "agendaevents", body=body))
+    if created is None:  # Dolibarr answers the new row's id; something else answered
+        raise PermanentFailure(f"{client.where}: POST /agendaevents answered no agenda event id")
     log.info("%s: agenda event %s on %s %s", wanted, created, linked["elementtype"], linked["fk_element"])
-    return int(created)
+    return created

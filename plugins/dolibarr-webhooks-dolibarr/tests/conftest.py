@@ -95,6 +95,9 @@ class FakeDolibarr:
     fail_after_create: int = 0
     agenda_module: bool = True
     forbidden: set[str] = field(default_factory=set)  # "METHOD path-regex" the user has no right for
+    # "METHOD path" -> (status, JSON body) answered once instead of Dolibarr's: what a proxy or
+    # another version might answer
+    odd: dict[str, tuple[int, Any]] = field(default_factory=dict)
     server: Any = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     _links: int = 0
@@ -146,6 +149,9 @@ class FakeDolibarr:
         if call.key != self.key:
             return 401, recorded("50"), {}
         route = f"{call.method} {call.path}"
+        if route in self.odd:
+            status, body = self.odd.pop(route)
+            return status, body, {}
         for pattern, queued in self.faults.items():
             if queued and re.fullmatch(pattern, route):
                 status, headers = queued.pop(0)

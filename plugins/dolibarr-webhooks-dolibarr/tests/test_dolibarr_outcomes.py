@@ -151,6 +151,9 @@ def test_a_person_s_events_are_written_back(dolibarr, plugin_settings, captured_
     (lambda d: setattr(d, "agenda_module", False),
      "answered GET /agendaevents with 403: Forbidden: Insufficient rights"),
     (lambda d: d.fault("POST agendaevents", 400), "answered POST /agendaevents with 400"),
+    # Dolibarr answers the new row's id; a TypeError ended the notice instead.
+    (lambda d: d.odd.update({"POST agendaevents": (200, {"id": "1"})}),
+     "POST /agendaevents answered no agenda event id"),
 ])
 def test_refusals_are_logged_not_retried(dolibarr, plugin_settings, event_for, caplog, setup, logged):
     settings = plugin_settings()
