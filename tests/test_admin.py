@@ -277,8 +277,8 @@ def test_forms_no_page_offers_get_an_answer(logged_in, app):
 
 @pytest.fixture
 def icu_database_url(request):
-    """A PostgreSQL database in ICU's en-US collation, where ":" sorts before "9", dropped
-    afterwards."""
+    """A PostgreSQL database in ICU's en-US collation, where ":" sorts before "9" as in glibc's
+    en_US.UTF-8 (a machine may lack that locale; ICU is in PostgreSQL), dropped afterwards."""
     name = "dw_test_icu_" + uuid.uuid4().hex[:10]
     with admin_connection() as conn:
         conn.execute(f"CREATE DATABASE \"{name}\" LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' "

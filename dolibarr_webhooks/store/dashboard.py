@@ -75,9 +75,10 @@ def _after_prefix(term: str) -> str | None:
 def _prefix(column, term: str, postgres: bool):
     """``lower(column)`` starts with ``term`` (already lower-case), as a range that the index on
     ``lower(column)`` answers, then ``LIKE`` to be exact. The range is in code point order: in a
-    database's own collation (ICU's en-US, say) ":" may sort before "9", and the range of
-    "fa-0009", up to "fa-000:", held nothing. PostgreSQL's indexes are in "C" for it (schema
-    version 14); SQLite's are in code point order already."""
+    database's own collation (glibc's en_US.UTF-8, the usual one of a Debian or Ubuntu
+    cluster, and ICU's en-US) ":" sorts before "9", and the range of "fa-0009", up to
+    "fa-000:", held nothing. PostgreSQL's indexes are in "C" for it (schema version 14);
+    SQLite's are in code point order already."""
     lowered = func.lower(column)
     if postgres:
         lowered = lowered.collate("C")

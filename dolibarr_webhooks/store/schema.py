@@ -395,9 +395,9 @@ def _claim_in_order(conn: Connection) -> None:
 def _search_in_code_point_order(conn: Connection) -> None:
     """Schema version 14, PostgreSQL: the dashboard's prefix search on references and labels
     in code point order (``COLLATE "C"``), whatever the database's collation. Its range (from
-    "fa-0009" up to "fa-000:") held nothing in a collation that sorts ":" before "9" (ICU's
-    en-US), so a search for a reference ending in 9 found no event. SQLite compares code
-    points already."""
+    "fa-0009" up to "fa-000:") held nothing in a collation that sorts ":" before "9" (glibc's
+    en_US.UTF-8, the usual one of a Debian or Ubuntu cluster, and ICU's en-US), so a search
+    for a reference ending in 9 found no event. SQLite compares code points already."""
     if conn.dialect.name != "postgresql":
         return
     for column in ("ref", "label"):
