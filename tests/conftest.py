@@ -9,14 +9,15 @@ import pytest
 from postgres_helpers import POSTGRES_ADMIN_URL, admin_connection, on_database
 
 
-def _postgres_database():
-    """Create a throw-away database; in CI a missing PostgreSQL is a failure, never a skip."""
+def _postgres_database(options: str = ""):
+    """Create a throw-away database (``options``: CREATE DATABASE's); in CI a missing
+    PostgreSQL is a failure, never a skip."""
     import psycopg
 
     name = "dw_test_" + uuid.uuid4().hex[:12]
     try:
         with admin_connection() as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
+            conn.execute(f'CREATE DATABASE "{name}" {options}')
     except psycopg.OperationalError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"PostgreSQL is required in CI and is not reachable at {POSTGRES_ADMIN_URL}: {exc}")
@@ -33,6 +34,15 @@ def _drop_postgres_database(name: str) -> None:
 def postgres_database_url():
     """A throw-away PostgreSQL database, dropped afterwards."""
     name, url = _postgres_database()
+    yield url
+    _drop_postgres_database(name)
+
+
+@pytest.fixture
+def icu_postgres_database_url():
+    """A throw-away database in ICU's en-US collation, where ":" sorts before "9" as in glibc's
+    en_US.UTF-8 (a machine may lack that locale; ICU is in PostgreSQL), dropped afterwards."""
+    name, url = _postgres_database("LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' TEMPLATE template0")
     yield url
     _drop_postgres_database(name)
 

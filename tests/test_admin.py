@@ -6,21 +6,19 @@ from __future__ import annotations
 import random
 import re
 import time
-import uuid
 from urllib.parse import quote
 
 import pytest
 from sqlalchemy import event as sa_event
-from dolibarr_webhooks_testplugin import body, by_plugin, command, files_open, handler_config, running_worker
+from dolibarr_webhooks_testplugin import (CSRF_TOKEN, body, by_plugin, command, csrf_token, dashboard_login, files_open,
+                                          handler_config, running_worker)
 from hostile_helpers import ODD_TEXT
-from postgres_helpers import admin_connection, on_database
 
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, deliver_until_idle, wait_for
 
 PASSWORD = "correct horse battery staple"
 PLUGIN_PASSWORD = "plugin-password-4f9a2c"
 PAGES = ["/admin/", "/admin/events", "/admin/failures", "/admin/quarantine", "/admin/plugins"]
-TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 @pytest.fixture
@@ -46,13 +44,8 @@ def post(client, code: str = "BILL_PAYED", **overrides) -> str:
     return response.json["id"]
 
 
-def csrf_token(client, path: str = "/admin/login") -> str:
-    return TOKEN.search(client.get(path).text).group(1)
-
-
 def login(client, password: str = PASSWORD, **headers):
-    return client.post("/admin/login", data={"username": "admin", "password": password,
-                                             "csrf_token": csrf_token(client)}, headers=headers)
+    return dashboard_login(client, password, **headers)
 
 
 @pytest.fixture
@@ -124,7 +117,7 @@ def test_the_cookie_is_secure_over_https_and_follows_the_sub_path(make_app):
     assert 'action="/hooks/admin/login"' in page.text and "/hooks/admin/static/admin.css" in page.text
     cookie = page.headers["Set-Cookie"]
     assert "Secure" in cookie and "Path=/hooks/admin/" in cookie and "HttpOnly" in cookie
-    token = TOKEN.search(page.text).group(1)
+    token = CSRF_TOKEN.search(page.text).group(1)
     response = client.post("/admin/login", headers={**proxy, "Cookie": cookie.split(";")[0]},
                            data={"username": "admin", "password": PASSWORD, "csrf_token": token})
     assert response.headers["Location"] == "/hooks/admin/"
@@ -275,24 +268,12 @@ def test_forms_no_page_offers_get_an_answer(logged_in, app):
     assert by_plugin(app, event_id) == before
 
 
-@pytest.fixture
-def icu_database_url(request):
-    """A PostgreSQL database in ICU's en-US collation, where ":" sorts before "9" as in glibc's
-    en_US.UTF-8 (a machine may lack that locale; ICU is in PostgreSQL), dropped afterwards."""
-    name = "dw_test_icu_" + uuid.uuid4().hex[:10]
-    with admin_connection() as conn:
-        conn.execute(f"CREATE DATABASE \"{name}\" LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' "
-                     f"TEMPLATE template0")
-    yield on_database(name)
-    with admin_connection() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_the_search_finds_a_reference_ending_in_9_whatever_the_collation(icu_database_url, make_app, handlers):
+def test_the_search_finds_a_reference_ending_in_9_whatever_the_collation(icu_postgres_database_url,
+                                                                         make_app, handlers):
     """The prefix search's range, "fa2612-0009" up to "fa2612-000:", held nothing in such a
     collation: it is in code point order now, and still answered by the indexes."""
-    app = make_app(handlers, ADMIN_PASSWORD=PASSWORD, DATABASE_URL=icu_database_url)
+    app = make_app(handlers, ADMIN_PASSWORD=PASSWORD, DATABASE_URL=icu_postgres_database_url)
     store = app.extensions["dolibarr_webhooks"].store
     client = app.test_client()
     assert login(client).status_code == 302

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import ssl
 import sys
 import time
@@ -25,12 +24,11 @@ from dolibarr_webhooks.fastjson import MAX_DEPTH
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET as SECRET
 from dolibarr_webhooks.samples import sample_body
 from dolibarr_webhooks.testing import RunningService, free_port, running_service, wait_for_port
-from dolibarr_webhooks_testplugin import command, handler_config
+from dolibarr_webhooks_testplugin import command, dashboard_login, handler_config
 from hostile_helpers import Answer, Hostile, hostile_requests, mutated_bodies, send, slowloris
 from production_helpers import production_env, require_tool, running_nginx, service_logs
 
 URL = f"/webhook/{SECRET}"
-TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def nested(depth: int) -> bytes:
@@ -93,9 +91,7 @@ def test_mutated_dolibarr_bodies_are_answered_kept_shown_and_delivered(make_app,
     assert len(kept) > 80
     stats = deliver(app)
     assert stats["deliveries"]["failed"] == stats["deliveries"]["dead"] == 0, stats
-    token = TOKEN.search(client.get("/admin/login").text).group(1)
-    assert client.post("/admin/login", data={"username": "admin", "password": "fuzz-password-0123",
-                                             "csrf_token": token}).status_code == 302
+    assert dashboard_login(client, "fuzz-password-0123").status_code == 302
     for path in ("/admin/", "/admin/events", "/admin/failures", "/admin/quarantine"):
         assert client.get(path).status_code == 200, path
     for event_id, body in kept.items():

@@ -22,6 +22,7 @@ import fcntl
 import gc
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -287,6 +288,21 @@ def app_factory(database_url: str) -> Iterator[Callable[..., Any]]:
     finally:
         for app in apps:
             app.extensions["dolibarr_webhooks"].store.dispose()
+
+
+# The dashboard's forms carry this hidden field.
+CSRF_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_token(client: Any, path: str = "/admin/login") -> str:
+    """The CSRF token of the dashboard page at ``path``, for ``client`` (Flask's test client)."""
+    return CSRF_TOKEN.search(client.get(path).text).group(1)
+
+
+def dashboard_login(client: Any, password: str, **headers: str) -> Any:
+    """Log ``client`` in to the dashboard as ``admin``; the login's answer."""
+    return client.post("/admin/login", data={"username": "admin", "password": password,
+                                             "csrf_token": csrf_token(client)}, headers=headers)
 
 
 def command(app: Any, *args: str, exit_code: int = 0) -> Any:
