@@ -55,8 +55,9 @@ def object_name(event: Event, language: str = "en") -> str | None:
 def thirdparty_label(obj: dict[str, Any], language: str = "en") -> str | None:
     """The third party's name when the object carries it (23 nests it), else its id."""
     nested = obj.get("thirdparty")
-    if isinstance(nested, dict) and labels.text(nested.get("name")):
-        return labels.text(nested["name"])
+    name = labels.text(nested.get("name")) if isinstance(nested, dict) else None
+    if name:
+        return name
     socid = labels.text(obj.get("socid") or obj.get("fk_soc"))
     if socid not in (None, "0"):
         return ("tiers " if language == "fr" else "third party ") + socid
@@ -110,14 +111,13 @@ def summary(event: Event, language: str = "en") -> str:
         if third:
             tail.append(third)
     line = f"{noun} {name} {verb}" if name else f"{noun} {verb}"
-    # The details and the tail quote the object's fields as they came.
     if details:
         line += ": " + ", ".join(details)
     if tail:
         line += " (" + ", ".join(tail) + ")"
     if event.test:
         line += " (test)"
-    return labels.encodable(line)
+    return labels.encodable(line)  # the details and the tail quote the object's fields as they came
 
 
 __all__ = ["summary", "format_amount", "to_decimal", "currency", "person_name", "thirdparty_label",
