@@ -24,7 +24,7 @@ from .logs import redact as redact_url
 from .logs import scrub as redact_text
 from .pipeline.notices import DEAD, DELIVERED, DIGEST, RECOVERED, Alert, Outcome
 from .pipeline.parse import scrub
-from .settings import parse_bool
+from .settings import not_utf8, parse_bool
 from .signing import HEADERS as SIGNATURE_HEADERS
 from .signing import sign, signature_headers, signing_key
 
@@ -35,7 +35,7 @@ __all__ = [
     # choosing events
     "matches", "canonical_code", "handled_by",
     # settings
-    "parse_bool", "ConfigError", "PluginDisabled",
+    "parse_bool", "not_utf8", "ConfigError", "PluginDisabled",
     # steering the worker
     "PermanentFailure", "RetryLater", "retry_after", "combine_failures",
     # saying what happened

@@ -299,17 +299,38 @@ def _decode_env_value(text: str) -> Any:
 def _prefixed(mapping: Mapping[str, str | None]) -> dict[str, str]:
     found = {}
     for key, value in mapping.items():
-        if value is None:
+        if value is None or not (key.startswith(ENV_PREFIX) or key in LEGACY_VARIABLES):
             continue
+        _check_text(key, value)
         if key.startswith(ENV_PREFIX):
             found[key[len(ENV_PREFIX):]] = value
-        elif key in LEGACY_VARIABLES:
+        else:
             found.setdefault("__legacy__" + LEGACY_VARIABLES[key], value)
     return found
 
 
 def env_name(key: str) -> str:
     return ENV_PREFIX + key
+
+
+def not_utf8(exc: UnicodeError) -> str:
+    """A decoding error in one phrase, for the file or value a user must write again in UTF-8."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+    return f"not UTF-8 text (a lone surrogate at offset {exc.start})"
+
+
+def _check_text(variable: str, value: str) -> None:
+    """Refuse an environment variable that is not UTF-8. Python keeps such bytes as lone
+    surrogates ("\\udce9"), which no header, signature, log line or stored text can hold: a
+    secret set so passed ``check`` and answered 500 to every request, and a path so (a file
+    named in Latin-1) made ``check`` a traceback."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8", "surrogateescape").decode()
+    except UnicodeError as exc:
+        raise ConfigError(variable, f"{not_utf8(exc)}; set it as UTF-8 text") from None
 
 
 def env_file_path(environ: Mapping[str, str] | None = None) -> str:
@@ -327,8 +348,7 @@ def _unreadable(path: str | os.PathLike, exc: Exception) -> str:
     """Why a settings file cannot be read, in one line: a file saved in another encoding
     (Latin-1, UTF-16 from an editor) said as such, not as a traceback."""
     if isinstance(exc, UnicodeDecodeError):
-        return (f"cannot read {path}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
-                f"save it as UTF-8")
+        return f"cannot read {path}: {not_utf8(exc)}; save it as UTF-8"
     return f"cannot read {path}: {exc}"
 
 

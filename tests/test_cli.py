@@ -63,6 +63,22 @@ def test_console_script_is_the_flask_group(tmp_path):
     assert ours.returncode == 0 and ours.stdout == flask.stdout and len(json.loads(ours.stdout)) > 150
 
 
+def test_a_secret_set_in_another_encoding_stops_the_commands_naming_it(tmp_path):
+    """The environment's bytes, not UTF-8 (a secret pasted into a Latin-1 terminal): serve
+    started and answered 500 to every request, check said the secret was fine. Both now stop
+    with one line naming the variable."""
+    env = {**os.environ, "DOLIBARR_WEBHOOKS_SECRET": SECRET + "\udce9",  # subprocess writes it as the byte 0xe9
+           "DOLIBARR_WEBHOOKS_DATABASE_URL": f"sqlite:///{tmp_path / 'x.sqlite3'}"}
+    port = free_port()
+    for args in (["check"], ["serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]):
+        result = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, errors="replace", env=env,
+                                cwd=tmp_path, timeout=60)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"DOLIBARR_WEBHOOKS_SECRET: not UTF-8 text (byte 0xe9 at offset {len(SECRET)}); set it as UTF-8 " \
+               "text" in result.stdout + result.stderr
+        assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_local_url_detection():
     assert is_local_url("http://127.0.0.1:8080/webhook/x") and is_local_url("http://192.168.1.5/webhook/x")
     assert is_local_url("http://localhost/webhook/x") and is_local_url("http://[::1]/webhook/x")

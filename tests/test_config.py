@@ -110,6 +110,25 @@ def test_settings_files_saved_by_other_editors(tmp_path):
         load_settings(environ={}, env_file="x" * 300)
 
 
+@pytest.mark.parametrize("variable", ["DOLIBARR_WEBHOOKS_SECRET", "WEBHOOK_SECRET", "DOLIBARR_WEBHOOKS_SYNC_SECRET",
+                                      "DOLIBARR_WEBHOOKS_DATABASE_URL"])
+def test_environment_values_that_are_not_utf8_are_refused_naming_them(variable):
+    """os.environ holds the bytes of a value that is not UTF-8 as lone surrogates. A secret set
+    so passed check and answered 500 to every request; a plugin's made "its settings could not
+    be read: UnicodeEncodeError"; a database path made check a traceback."""
+    value = {"DOLIBARR_WEBHOOKS_DATABASE_URL": "sqlite:////tmp/caf\udce9.db"}.get(variable, SECRET + "\udcff")
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={variable: value}, env_file="")
+    assert info.value.setting == variable
+    offset, byte = next((at, ord(char) - 0xdc00) for at, char in enumerate(value) if char >= "\udc80")
+    assert info.value.message == f"not UTF-8 text (byte 0x{byte:02x} at offset {offset}); set it as UTF-8 text"
+    # UTF-8 beyond ASCII is text like any other.
+    settings = load_settings(environ={"DOLIBARR_WEBHOOKS_SECRET": SECRET + "é", "DOLIBARR_WEBHOOKS_SYNC_SECRET": "ü"},
+                             env_file="")
+    assert settings.sources["default"].secrets == (SECRET + "é",)
+    assert plugin_config(settings, "sync")["secret"] == "ü"
+
+
 def test_plugin_settings_are_namespaced(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('[plugins.slack]\nrules = [{events = ["BILL_*"], webhook_url = "https://hooks.example/x"}]\n')

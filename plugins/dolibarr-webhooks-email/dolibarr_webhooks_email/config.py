@@ -83,6 +83,20 @@ def _text(value: Any, setting: str) -> str | None:
     return str(value).strip() or None
 
 
+def _existing(value: Any, setting: str, kind: str) -> str | None:
+    """A path setting naming a ``file`` or ``directory`` that must exist."""
+    path = _text(value, setting)
+    if not path:
+        return None
+    try:
+        found = Path(path).is_file() if kind == "file" else Path(path).is_dir()
+    except OSError as exc:  # a name longer than the system allows, a loop of links
+        raise ConfigError(setting, f"cannot use {path}: {exc.strerror}") from None
+    if not found:
+        raise ConfigError(setting, f"no such {kind}: {path}")
+    return path
+
+
 def parse_addresses(value: Any, setting: str | None = None) -> tuple[str, ...]:
     """``"a@x, Name <b@y>"`` or a list of them -> the addresses as written (names kept).
 
@@ -233,12 +247,8 @@ def parse_settings(config: dict[str, Any]) -> Settings:
     if password and not username:
         raise ConfigError(env("username"), "required when a password is set")
 
-    ca_file = _text(config.get("ca_file"), env("ca_file"))
-    if ca_file and not Path(ca_file).is_file():
-        raise ConfigError(env("ca_file"), f"no such file: {ca_file}")
-    templates_dir = _text(config.get("templates_dir"), env("templates_dir"))
-    if templates_dir and not Path(templates_dir).is_dir():
-        raise ConfigError(env("templates_dir"), f"no such directory: {templates_dir}")
+    ca_file = _existing(config.get("ca_file"), env("ca_file"), "file")
+    templates_dir = _existing(config.get("templates_dir"), env("templates_dir"), "directory")
 
     sender = _one_address(config.get("from"), env("from"))
     if sender is None and username and "@" in username:

@@ -11,7 +11,7 @@ from jinja2 import (ChoiceLoader, Environment, FileSystemLoader, PackageLoader, 
                     TemplateSyntaxError, pass_context, select_autoescape)
 
 from dolibarr_webhooks import ConfigError
-from dolibarr_webhooks.pluginkit import format_amount, to_decimal
+from dolibarr_webhooks.pluginkit import format_amount, not_utf8, to_decimal
 
 DATE_FORMATS = {"en": "%Y-%m-%d", "fr": "%d/%m/%Y"}
 
@@ -72,8 +72,7 @@ class Templates:
                 except TemplateSyntaxError as exc:
                     raise ConfigError(setting, f"{name} line {exc.lineno}: {exc.message}") from exc
                 except UnicodeDecodeError as exc:  # Jinja reads templates as UTF-8
-                    raise ConfigError(setting, f"{name}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at "
-                                               f"offset {exc.start}); save it as UTF-8") from None
+                    raise ConfigError(setting, f"{name}: {not_utf8(exc)}; save it as UTF-8") from None
 
     def string(self, source: str) -> Template:
         """A template given as a setting (a rule's subject), compiled once."""

@@ -59,6 +59,9 @@ def test_security_and_port(security, port, expected):
     ({"password": "x"}, "DOLIBARR_WEBHOOKS_EMAIL_USERNAME"),
     ({"templates_dir": "/nonexistent/templates"}, "DOLIBARR_WEBHOOKS_EMAIL_TEMPLATES_DIR"),
     ({"ca_file": "/nonexistent/ca.pem"}, "DOLIBARR_WEBHOOKS_EMAIL_CA_FILE"),
+    # A name longer than the system takes: an OSError, once "its settings could not be read".
+    ({"templates_dir": "t" * 300}, "DOLIBARR_WEBHOOKS_EMAIL_TEMPLATES_DIR"),
+    ({"ca_file": "c" * 300}, "DOLIBARR_WEBHOOKS_EMAIL_CA_FILE"),
     ({"recipients": "a@example.com"}, "DOLIBARR_WEBHOOKS_EMAIL_RECIPIENTS"),
     ({"rules": {"to": "x@example.com"}}, "[plugins.email] rules"),
     ({"rules": ["x@example.com"]}, "[plugins.email] rules[0]"),
