@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
 from contextvars import ContextVar
 from datetime import datetime, timezone
@@ -207,14 +208,36 @@ def configure(level: str = "INFO", fmt: str = "text", secrets: Iterable[str] = (
     logger = logging.getLogger("dolibarr_webhooks")
     logger.setLevel(level)
     scrubber = SecretScrubber()
+    logger.addHandler(_our_handler(logger, make_formatter(fmt, scrubber)))
+    logger.propagate = False
+    # The warnings of the libraries the service drives (psycopg, SQLAlchemy's pool, a plugin's
+    # HTTP client) and a thread's uncaught exception in the same lines, scrubbed, JSON when
+    # asked: Python wrote them bare ("error ignored terminating <psycopg.Pipeline ...>", a
+    # traceback), which broke a JSON log. Not where another logging configuration (a
+    # deployer's, pytest's) gave the root logger handlers of its own.
+    root = logging.getLogger()
+    if not any(not getattr(handler, "_dolibarr_webhooks", False) for handler in root.handlers):
+        root.addHandler(_our_handler(root, make_formatter(fmt, scrubber), logging.WARNING))
+        threading.excepthook = _log_thread_failure
+    scrubber.add(secrets)
+    return scrubber
+
+
+def _log_thread_failure(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is not SystemExit:
+        logging.getLogger("dolibarr_webhooks").error(
+            "thread %s stopped", args.thread.name if args.thread else "?",
+            exc_info=(args.exc_type, args.exc_value, args.exc_traceback))  # type: ignore[arg-type]
+
+
+def _our_handler(logger: logging.Logger, formatter: logging.Formatter, level: int = logging.NOTSET) -> logging.Handler:
+    """The service's stderr handler for ``logger``, in place of the one an earlier app put there."""
     for handler in list(logger.handlers):
         if getattr(handler, "_dolibarr_webhooks", False):
             logger.removeHandler(handler)
     handler = StderrHandler()
+    handler.setLevel(level)
     handler._dolibarr_webhooks = True  # type: ignore[attr-defined]
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(make_formatter(fmt, scrubber))
-    logger.addHandler(handler)
-    logger.propagate = False
-    scrubber.add(secrets)
-    return scrubber
+    handler.setFormatter(formatter)
+    return handler
