@@ -1,21 +1,26 @@
 """The store under faults, through real gunicorn (contrib/gunicorn.conf.py) and real nginx
 (the contrib site): a locked store is answered by the request deadline and stores exactly
-the events answered 2xx; an SQLite file made read-only and writable again is written again
-without a restart, and /ready says what a write meets meanwhile."""
+the events answered 2xx; an SQLite file made read-only and writable again, or on a disk
+that fills and then grows, is written again without a restart, and /ready says what a
+write meets meanwhile."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
@@ -24,6 +29,7 @@ from sqlalchemy import select
 from dolibarr_webhooks.store import Store, events, libpq_url
 from dolibarr_webhooks.testing import running_service, wait_for
 from dolibarr_webhooks_testplugin import HeldFileLock, body, writes_blocked
+from postgres_helpers import on_database
 from production_helpers import dolibarr_post, production_env, require_tool, running_nginx
 
 pytestmark = pytest.mark.slow
@@ -256,3 +262,100 @@ def test_a_process_that_never_collects_garbage_writes_again_after_a_read_only_sp
     assert outcome["during"] == [503, 503, 503, 503], outcome
     assert outcome["after"][-5:] == [200] * 5, outcome
     print(f"\nwritten again {outcome['seconds']:.2f} s after the files were writable, {len(outcome['after'])} posts")
+
+
+@contextlib.contextmanager
+def small_disk() -> Iterator[Path]:
+    """A tmpfs, for a disk that fills (``leave``) and grows again; mounted in /tmp, where the
+    PostgreSQL server's user reaches it (pytest's folders are root's alone). Mounting needs
+    root, as CI runs; elsewhere a skip."""
+    folder = Path(tempfile.mkdtemp(prefix="dolibarr-webhooks-disk-"))
+    result = subprocess.run([require_tool("mount", "mount"), "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)],
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode:
+        message = f"cannot mount a tmpfs, which needs root: {result.stderr.strip()}"
+        folder.rmdir()
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield folder
+    finally:
+        subprocess.run([require_tool("umount", "mount"), "--lazy", str(folder)], timeout=30)
+        folder.rmdir()
+
+
+def leave(disk: Path, kib: int) -> None:
+    """Resize the tmpfs at ``disk`` to what it holds now and ``kib`` more."""
+    usage = os.statvfs(disk)
+    used_kib = (usage.f_blocks - usage.f_bfree) * usage.f_frsize // 1024
+    subprocess.run([require_tool("mount", "mount"), "-o", f"remount,size={used_kib + kib}k", str(disk)],
+                   check=True, timeout=30)
+
+
+@contextlib.contextmanager
+def store_on(disk: Path, kind: str) -> Iterator[str]:
+    """The URL of a store whose files are on ``disk``: SQLite's file, or a PostgreSQL database
+    in a tablespace there (its log stays on the server's own disk)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{disk / 'webhooks.sqlite3'}"
+        return
+    from postgres_helpers import admin_connection
+
+    shutil.chown(disk, "postgres")
+    space, name = f"dw_small_{uuid.uuid4().hex[:8]}", f"dw_full_{uuid.uuid4().hex[:8]}"
+    with admin_connection() as conn:
+        conn.execute(f"CREATE TABLESPACE {space} LOCATION '{disk}'")
+        conn.execute(f"CREATE DATABASE {name} TABLESPACE {space}")
+    try:
+        yield on_database(name)
+    finally:
+        with admin_connection() as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"DROP TABLESPACE IF EXISTS {space}")
+
+
+@pytest.mark.parametrize(("kind", "lease"), [("sqlite", None), ("postgresql", None), ("sqlite", 3)])
+def test_a_full_disk_is_answered_503_and_written_again_when_it_grows(kind, lease):
+    """The store's disk fills (1 MiB left, then 15.6 KB invoices), web processes and the worker
+    running, JSON logs: every answer is 200 or 503 ``store_unavailable``, never a 500; every log
+    line is JSON (psycopg's warnings were bare lines); once the disk grows the service writes
+    again without a restart. The events stored are exactly those answered 200, each delivered.
+    A delivery done while the disk was full keeps its outcome and writes it once it can: its
+    lane's thread died on the write, and the delivery stayed running until its lease ended,
+    then ran again. With a lease shorter than the fault (``lease``), the worker says it gives
+    the outcome up, and each delivery given up runs once more."""
+    env = production_env(DOLIBARR_WEBHOOKS_LOG_FORMAT="json")
+    if lease:
+        env.update(DOLIBARR_WEBHOOKS_HANDLER_TIMEOUT="1s", DOLIBARR_WEBHOOKS_LEASE=f"{lease}s")
+    with small_disk() as disk, store_on(disk, kind) as url, running_service(
+            env=env, workers=2, database_url=url) as service:
+        answered: set[str] = set()
+
+        def post() -> int:
+            response = service.post(body("BILL_VALIDATE", object_id=f"full-{time.monotonic_ns()}"))
+            if response.status_code == 200:
+                answered.add(response.json()["id"])
+            else:
+                assert (response.status_code, response.json()["error"]) == (503, "store_unavailable"), response.text
+            return response.status_code
+
+        leave(disk, 1024)
+        statuses = [post() for _ in range(200)]
+        assert statuses[-8:] == [503] * 8, f"{statuses.count(200)} stored, the disk never filled"
+        assert requests.get(f"{service.url}/health", timeout=10).status_code == 200
+        time.sleep((lease or 0) + 2)  # a lease ends while the disk is full
+
+        leave(disk, 16 * 1024)
+        wait_for(lambda: all(post() == 200 for _ in range(10)), timeout=10, interval=0.2,
+                 message=lambda: service.logs(tail=3000))
+        assert stored_ids(url) == answered
+        stats = service.wait_delivered(len(answered))
+        assert service.processes["worker"].poll() is None and service.processes["web"].poll() is None
+        lines = [json.loads(line) for line in service.logs().splitlines() if line and not line.startswith("--- ")]
+        said = {"sqlite": "database or disk is full", "postgresql": "No space left on device"}[kind]
+        assert any(said in line["message"] for line in lines)
+        given_up = [line for line in lines if "was not recorded before its lease ended" in line["message"]]
+        assert stats["duplicate_runs"] == len(given_up)
+        if not lease:
+            assert not given_up

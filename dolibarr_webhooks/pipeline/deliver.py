@@ -141,18 +141,42 @@ class Worker:
                 running.recording = True  # no timeout now, but the lane stays taken until recorded
             else:  # the timeout already recorded this run; it came back late (maybe while its retry runs)
                 self._abandoned[claim.plugin] = max(0, self._abandoned.get(claim.plugin, 1) - 1)
-        following = None
+        held, following = None, None
         try:
-            if mine and not self.stop_event.is_set():
-                held, following = self.store.finish_and_claim(claim, status, error, next_at, self.name,
-                                                              self.settings["LEASE"])
-            else:
-                held = self.store.finish(claim, status, error, next_at, self.name)
+            held, following = self._write_outcome(claim, status, error, next_at, claim_next=mine)
         finally:
             if mine:
                 following = self._take_over(claim, following)
-        self._finished(claim, status, error, held)
+        if held is not None:
+            self._finished(claim, status, error, held)
         return following
+
+    def _write_outcome(self, claim: Claim, status: str, error: str | None, next_at: float | None,
+                       claim_next: bool) -> tuple[bool | None, Claim | None]:
+        """``(held, the lane's next claim)`` once the outcome is written. While the store cannot
+        take it (a full disk, a restart), again every RECONNECT_DELAY until the lease ends: the
+        work is done, and an outcome lost ran the delivery again after its lease. ``(None,
+        None)`` when the lease ended first."""
+        lease_end = claim.started_at + self.settings["LEASE"]
+        waited = False
+        while True:
+            try:
+                if claim_next and not self.stop_event.is_set():
+                    return self.store.finish_and_claim(claim, status, error, next_at, self.name,
+                                                       self.settings["LEASE"])
+                return self.store.finish(claim, status, error, next_at, self.name), None
+            except STORE_ERRORS as exc:
+                if time.time() + RECONNECT_DELAY >= lease_end:
+                    logger.error("%s on event %s: its outcome (%s) was not recorded before its lease ended: the "
+                                 "store is unavailable (%s); it will run again", claim.plugin, claim.event.id,
+                                 status, error_line(exc))
+                    return None, None
+                if not waited:
+                    waited = True
+                    logger.warning("%s on event %s: the store is unavailable (%s); its outcome (%s) is kept and "
+                                   "written again every %gs", claim.plugin, claim.event.id, error_line(exc), status,
+                                   RECONNECT_DELAY)
+            time.sleep(RECONNECT_DELAY)
 
     def _take_over(self, done: Claim, following: Claim | None) -> Claim | None:
         """The lane passes from ``done`` to ``following`` (its timeout counting from now); a

@@ -422,9 +422,12 @@ class Store(Inspection):
 
     def probe_write(self) -> str | None:
         """What a request's write meets now: None when one commits within the request deadline,
-        else the error (for /ready). A real committed write, so that a read-only file, a full
-        disk or a stale read-only connection shows: one row of schema_migrations, rewritten
-        unchanged. It takes the writers' turn like a request (an fsync on SQLite)."""
+        else the error (for /ready). A committed write, so that a read-only file, a stale
+        read-only connection or a held lock shows: one row of schema_migrations, rewritten
+        unchanged. It takes the writers' turn like a request. A full disk does not show here:
+        SQLite writes nothing for an unchanged row, and a page would still fit in the room that
+        the failed events' writes leave in its log; the events' 503s say it (and the
+        ``DolibarrWebhooksEventsRefused`` alert)."""
         try:
             if self.is_postgres:
                 with self.request_engine.connect() as conn:
