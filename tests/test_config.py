@@ -127,6 +127,10 @@ def test_environment_values_that_are_not_utf8_are_refused_naming_them(variable):
                              env_file="")
     assert settings.sources["default"].secrets == (SECRET + "é",)
     assert plugin_config(settings, "sync")["secret"] == "ü"
+    # A surrogate no byte gives (a program's own environment): said as such.
+    with pytest.raises(ConfigError) as info:
+        load_settings(environ={"DOLIBARR_WEBHOOKS_SOURCE": "x\ud800"}, env_file="")
+    assert info.value.message == "not UTF-8 text (a lone surrogate at offset 1); set it as UTF-8 text"
 
 
 def test_plugin_settings_are_namespaced(tmp_path):
