@@ -20,6 +20,7 @@ from dolibarr_webhooks.testing import free_port, running_service, wait_for, wait
 from dolibarr_webhooks.version import __version__
 from dolibarr_webhooks.web.gunicorn import web_processes
 from dolibarr_webhooks_testplugin import command
+from production_helpers import GUNICORN_CONF
 
 SCRIPT = Path(sys.executable).parent / "dolibarr-webhooks"
 
@@ -77,6 +78,30 @@ def test_a_secret_set_in_another_encoding_stops_the_commands_naming_it(tmp_path)
         assert f"DOLIBARR_WEBHOOKS_SECRET: not UTF-8 text (byte 0xe9 at offset {len(SECRET)}); set it as UTF-8 " \
                "text" in result.stdout + result.stderr
         assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_store_out_of_reach_is_one_line_from_every_command_and_from_gunicorn(tmp_path):
+    """A database that cannot be reached (nothing listens on its port): each command that uses
+    the store printed SQLAlchemy's traceback, and each gunicorn process its own. One line now,
+    naming the store (its password masked) and what the driver said; the commands that need no
+    store (events) work."""
+    port = free_port()
+    env = {**os.environ, "DOLIBARR_WEBHOOKS_SECRET": SECRET,
+           "DOLIBARR_WEBHOOKS_DATABASE_URL": f"postgresql://postgres:hunter2hunter2@127.0.0.1:{port}/gone"}
+    said = f"the store at postgresql://postgres:***@127.0.0.1:{port}/gone is unavailable (OperationalError: "
+    for args in (["stats"], ["show", "evt_x"], ["deliveries", "--status", "dead"], ["migrate"], ["replay", "evt_x"]):
+        result = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+        assert result.returncode == 1, (args, result.stdout + result.stderr)
+        assert result.stderr.startswith("Error: " + said), (args, result.stderr)
+        assert "Traceback" not in result.stderr and "hunter2" not in result.stderr, (args, result.stderr)
+    events = subprocess.run([str(SCRIPT), "events"], capture_output=True, env=env, cwd=tmp_path, timeout=60)
+    assert events.returncode == 0, events.stderr
+    gunicorn = subprocess.run([str(SCRIPT.parent / "gunicorn"), "-c", str(GUNICORN_CONF), "--bind",
+                               f"127.0.0.1:{free_port()}", "dolibarr_webhooks:create_app()"],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert gunicorn.returncode != 0
+    assert said in gunicorn.stderr and "App failed to load" in gunicorn.stderr, gunicorn.stderr[-3000:]
+    assert "Exception in worker process" not in gunicorn.stderr, gunicorn.stderr[-3000:]
 
 
 def test_local_url_detection():

@@ -20,7 +20,7 @@ from flask.cli import FlaskGroup
 from ..settings import ConfigError, env_name, process_settings
 from ..version import __version__
 from . import check, inspect, ops, serve  # noqa: F401  (each registers its commands on the group)
-from .group import webhooks
+from .group import said_in_one_line, webhooks
 
 
 def init_app(app: Flask) -> None:
@@ -42,18 +42,20 @@ def _create_cli_app() -> Flask:
     ctx = click.get_current_context(silent=True)
     command = ctx.info_name if ctx else None
     settings = process_settings()  # read once for the command and its app
-    if command in SERVICE_COMMANDS:
-        app = create_app({"ANNOUNCE": command == "worker"}, settings=settings)
-    else:
+    with said_in_one_line(settings["DATABASE_URL"]):
+        if command in SERVICE_COMMANDS:
+            return create_app({"ANNOUNCE": command == "worker"}, settings=settings)
         database = sqlite_path(settings["DATABASE_URL"])
         missing = database is not None and not os.path.exists(database)
-        if command not in STORELESS_COMMANDS and missing:
+        if command in STORELESS_COMMANDS:
+            # events, plugins, send: nothing to store, so no file to create, and no database
+            # to reach (they work while it is down).
+            return create_app({"ANNOUNCE": False}, settings=settings.replace(AUTO_MIGRATE=False))
+        if missing:
             raise click.ClickException(f"no store at {database} yet: 'dolibarr-webhooks serve' (or 'migrate') "
                                        f"creates it; run this command where the service runs, or set "
                                        f"DOLIBARR_WEBHOOKS_DATABASE_URL")
-        # events, plugins, send: nothing to store, so no file to create.
-        app = create_app({"ANNOUNCE": False}, settings=settings.replace(AUTO_MIGRATE=False) if missing else settings)
-    return app  # its store is closed when the command ends (group.py)
+        return create_app({"ANNOUNCE": False}, settings=settings)  # its store is closed when the command ends
 
 
 def _use_env_file(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:

@@ -3,10 +3,11 @@ run in, the ``--json`` option and how a listing is printed."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import click
 from flask import current_app
@@ -14,13 +15,15 @@ from flask.cli import AppGroup
 
 from ..labels import encodable
 from ..pipeline.ingest import Service
+from ..store import STORE_ERRORS, unavailable
 from ..listing import since_time  # noqa: F401 (the commands' --since)
 
 
 class _Webhooks(AppGroup):
     """Each command run in the app's context closes the app's store when it ends, however the
     app was made (``dolibarr-webhooks``'s own, Flask's ``--app`` discovery, a test's runner):
-    its connections and files are not left to the interpreter's exit."""
+    its connections and files are not left to the interpreter's exit. A store it cannot use
+    is one line (``said_in_one_line``)."""
 
     def command(self, *args: Any, **kwargs: Any):
         if not kwargs.get("with_appcontext", True):
@@ -29,10 +32,22 @@ class _Webhooks(AppGroup):
         def decorator(f):
             @functools.wraps(f)
             def closing_the_store(*f_args: Any, **f_kwargs: Any) -> Any:
-                click.get_current_context().call_on_close(service().store.dispose)
-                return f(*f_args, **f_kwargs)
+                store = service().store
+                click.get_current_context().call_on_close(store.dispose)
+                with said_in_one_line(store.url):
+                    return f(*f_args, **f_kwargs)
             return super(_Webhooks, self).command(*args, **kwargs)(closing_the_store)
         return decorator
+
+
+@contextlib.contextmanager
+def said_in_one_line(database_url: str) -> Iterator[None]:
+    """A store that is down, full or out of reach stops the command with one line naming it,
+    not a traceback."""
+    try:
+        yield
+    except STORE_ERRORS as exc:
+        raise click.ClickException(unavailable(database_url, exc)) from None
 
 
 webhooks = _Webhooks("webhooks", help="Receive, inspect and replay Dolibarr webhooks.")

@@ -18,21 +18,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
 
 from ..exceptions import PermanentFailure, RetryLater
 from ..labels import encodable
 from ..logs import request_id
 from .notices import Notices
 from ..plugins import Plugins
-from ..store import DEAD, DELIVERED, FAILED, PENDING, Claim, Store, StoreError, error_line
+from ..store import DEAD, DELIVERED, FAILED, PENDING, STORE_ERRORS, Claim, Store, error_line
 from .wakeup import CommitWatch, NotifyListener, Wakeup
 from ..store.dashboard import HEARTBEAT_INTERVAL, beat, forget
 
 logger = logging.getLogger(__name__)
 
-# What a database restart, failover or outage raises: the worker waits, reconnects, goes on.
-STORE_ERRORS = (SQLAlchemyError, StoreError)
 RECONNECT_DELAY = 1.0
 # The longest an idle worker waits before it looks whether it was asked to stop.
 STOP_CHECK = 1.0

@@ -12,13 +12,14 @@ claim, finish),
 from __future__ import annotations
 
 from .engine import libpq_url, normalise_url, sqlite_path, with_database
-from .failures import (DATA, STORE_ERROR_KINDS, TIMEOUT, UNAVAILABLE, DeadlinePassed, StoreError, classify_error,
-                       error_line)
+from .failures import (DATA, STORE_ERROR_KINDS, STORE_ERRORS, TIMEOUT, UNAVAILABLE, DeadlinePassed, StoreError,
+                       classify_error, error_line, unavailable)
 from .queue import Claim, IngestResult, Store
 from .schema import (ACCEPTED, DEAD, DELIVERED, DELIVERY_STATES, DUPLICATE, FAILED, NOTIFY_CHANNEL, PENDING,
                      QUARANTINED, RUNNING, SCHEMA_VERSION, attempts, deliveries, events, schema_problem)
 
-__all__ = ["Store", "Claim", "IngestResult", "StoreError", "DeadlinePassed", "classify_error", "error_line",
+__all__ = ["Store", "Claim", "IngestResult", "StoreError", "STORE_ERRORS", "DeadlinePassed", "classify_error",
+           "error_line", "unavailable",
            "libpq_url", "normalise_url", "sqlite_path", "with_database",
            "DATA", "TIMEOUT", "UNAVAILABLE", "STORE_ERROR_KINDS", "SCHEMA_VERSION", "NOTIFY_CHANNEL",
            "PENDING", "RUNNING", "DELIVERED", "FAILED", "DEAD", "DELIVERY_STATES", "ACCEPTED", "DUPLICATE",

@@ -49,6 +49,20 @@ def classify_error(exc: BaseException) -> str:
 FAILURES = (SQLAlchemyError, DeadlinePassed, OSError, UnicodeError)
 
 
+# What an operation on the store raises when the store is down, full or out of reach: what the
+# worker waits through and the commands and the dashboard say in one line (``unavailable``).
+STORE_ERRORS = (SQLAlchemyError, StoreError)
+
+
+def unavailable(url: str, exc: BaseException) -> str:
+    """The one line that says a store cannot be used, naming it as a person writes it (no
+    driver name, its password masked)."""
+    from ..logs import redact
+    from .engine import libpq_url
+
+    return f"the store at {redact(libpq_url(url), keep_user=True)} is unavailable ({error_line(exc)})"
+
+
 def store_error(exc: BaseException) -> StoreError:
     return StoreError(error_line(exc), classify_error(exc))
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 
 from gunicorn import util
+from gunicorn.errors import AppImportError
 from gunicorn.glogging import Logger
 from gunicorn.http.errors import NoMoreData
 from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
@@ -26,6 +27,7 @@ from gunicorn.workers.sync import SyncWorker as _SyncWorker
 from ..credentials import SENSITIVE_NAME
 from ..logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
 from ..settings import ConfigError, Settings, process_settings
+from ..store import STORE_ERRORS, unavailable
 from ..startup import freeze_startup_objects
 from .balance import STEP_BACK, ConnectionShare, alive
 
@@ -387,7 +389,15 @@ class _FreezesStartup:
         super().init_process()
 
     def load_wsgi(self) -> None:
-        super().load_wsgi()
+        # A bad setting or a store out of reach is one line (gunicorn prints an AppImportError's
+        # text and stops: "App failed to load"), not a traceback from each process.
+        try:
+            super().load_wsgi()
+        except ConfigError as exc:
+            raise AppImportError(str(exc)) from None
+        except STORE_ERRORS as exc:
+            settings = _settings()
+            raise AppImportError(unavailable(settings["DATABASE_URL"] if settings else "", exc)) from None
         freeze_startup_objects()
 
 
