@@ -125,6 +125,8 @@ FRENCH: dict[str, str] = {
     "Not found": "Introuvable",
     "The dashboard failed; the error is in the service's log.":
         "Le tableau de bord a échoué ; l'erreur est dans le journal du service.",
+    "The store is unavailable; try again in a moment.":
+        "Le stockage est indisponible ; réessayez dans un instant.",
     "test": "test",
     "other": "autres",
     "Store": "Stockage",

@@ -22,7 +22,7 @@ from ...logs import SecretScrubber
 from ...listing import scheduled_again
 from ...logs import redact
 from ...pipeline.parse import is_empty_body
-from ...store import DEAD, DELIVERY_STATES, FAILED
+from ...store import DEAD, DELIVERY_STATES, FAILED, STORE_ERRORS, unavailable
 from . import csrf, i18n
 from .blueprint import bp
 from .charts import events_chart, latency_chart
@@ -293,7 +293,11 @@ def plugins():
 
 # -- errors: the dashboard's own pages, never a stack trace -------------------------------------------
 def _error(exc: Exception):
-    if not isinstance(exc, HTTPException):
+    if isinstance(exc, STORE_ERRORS):  # the store is down or full: said, not a traceback
+        line = unavailable(service().store.url, exc)
+        logger.error("dashboard: %s %s: %s", request.method, request.endpoint, line)
+        code, message = 503, masked(f"{_('The store is unavailable; try again in a moment.')} ({line})")
+    elif not isinstance(exc, HTTPException):
         logger.exception("dashboard: unexpected error on %s %s", request.method, request.endpoint)
         code, message = 500, _("The dashboard failed; the error is in the service's log.")
     elif exc.code == 400 and exc.description == "csrf":
