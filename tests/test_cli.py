@@ -80,6 +80,7 @@ def test_a_secret_set_in_another_encoding_stops_the_commands_naming_it(tmp_path)
         assert "Traceback" not in result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_a_store_out_of_reach_is_one_line_from_every_command_and_from_gunicorn(tmp_path):
     """A database that cannot be reached (nothing listens on its port): each command that uses
     the store printed SQLAlchemy's traceback, and each gunicorn process its own. One line now,
