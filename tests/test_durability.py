@@ -205,3 +205,30 @@ def test_worker_survives_its_database_connections_being_cut(database_url, tmp_pa
         assert response.status_code == 200, response.text
         assert service.processes["worker"].poll() is None, service.logs()
         wait_for(lambda: len(read_records(recorder_file)) == 2, timeout=15, message=service.logs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_worker_says_an_outage_once_and_when_the_store_is_back(database_url, tmp_path):
+    """The database refuses connections for seconds: the worker said so once a second, an
+    error line each time (an hour down was 3,600). Now once, again each minute it lasts, and
+    once more when the store is back; it delivers what came meanwhile."""
+    recorder_file = tmp_path / "recorder.jsonl"
+    env = handler_env(handler_config(tmp_path, recorder=True))
+    name = database_name(database_url)
+    with running_service(env=env, database_url=database_url, workers=1) as service:
+        assert service.post(body(object_id=1)).status_code == 200
+        wait_for(lambda: len(read_records(recorder_file)) == 1, timeout=15, message=service.logs)
+        with admin_connection() as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+        try:
+            time.sleep(4)  # four of the worker's tries
+        finally:
+            with admin_connection() as conn:
+                conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert service.post(body(object_id=2)).status_code == 200
+        wait_for(lambda: len(read_records(recorder_file)) == 2, timeout=15, message=service.logs)
+        log = (service.workdir / "worker.log").read_text()
+        assert log.count("the store is unavailable") == 1, log[-3000:]
+        assert log.count("the store is back after") == 1, log[-3000:]

@@ -30,7 +30,11 @@ from ..store.dashboard import HEARTBEAT_INTERVAL, beat, forget
 
 logger = logging.getLogger(__name__)
 
+# After a store operation failed, the worker tries again this soon.
 RECONNECT_DELAY = 1.0
+# While the store stays out of reach, the worker says so again this often (it tries every
+# RECONNECT_DELAY): a database down for an hour was 3,600 error lines.
+OUTAGE_REMINDER = 60.0
 # The longest an idle worker waits before it looks whether it was asked to stop.
 STOP_CHECK = 1.0
 
@@ -90,6 +94,7 @@ class Worker:
         self._last_purge = self._last_fold = 0.0
         self._last_beat = 0.0
         self._more_due = False  # the last claim got all it asked for: more may be due
+        self._outage: tuple[float, float] | None = None  # the store out of reach: since, last said
         self.started_at = time.time()
         self.store.add_listener(self.committed)
         self.notices = Notices(self.plugins, self.settings, self.metrics)
@@ -217,11 +222,16 @@ class Worker:
     def run_once(self) -> int:
         """Claim what is due and start it; returns how many deliveries were started."""
         lanes = {p: n for p, n in self.lanes().items() if n > 0}
+        if not lanes:
+            return 0
         # has_due keeps an idle worker from taking the write lock; while a backlog drains, a claim
         # that got all it asked for says the next will find work, so the look is skipped.
-        if not lanes or not (self._more_due or self.store.has_due(lanes)):
+        due = self._more_due or self.store.has_due(lanes)
+        claims = self.store.claim(lanes, self.name, self.settings["LEASE"]) if due else []
+        self._store_back()  # it answered
+        if not claims:
+            self._more_due = False
             return 0
-        claims = self.store.claim(lanes, self.name, self.settings["LEASE"])
         self._more_due = len(claims) == sum(lanes.values())
         timeout = self.settings["HANDLER_TIMEOUT"]
         for claim in claims:
@@ -280,8 +290,7 @@ class Worker:
                         continue
                     self._wait(listener)
                 except STORE_ERRORS as exc:
-                    logger.error("worker %s: the store is unavailable (%s); retrying in %gs", self.name,
-                                 error_line(exc), RECONNECT_DELAY)
+                    self._store_down(exc)
                     if self.store.is_postgres and listener is not None:
                         listener.close()
                         listener = None
@@ -290,6 +299,23 @@ class Worker:
             if listener:
                 listener.close()
             self._shutdown()
+
+    def _store_down(self, exc: BaseException) -> None:
+        """Said when the store goes out of reach, then every OUTAGE_REMINDER while it stays so."""
+        now = time.monotonic()
+        if self._outage is None:
+            self._outage = (now, now)
+            logger.error("worker %s: the store is unavailable (%s); trying again every %gs", self.name,
+                         error_line(exc), RECONNECT_DELAY)
+        elif now - self._outage[1] >= OUTAGE_REMINDER:
+            self._outage = (self._outage[0], now)
+            logger.error("worker %s: the store is still unavailable after %.0fs (%s)", self.name,
+                         now - self._outage[0], error_line(exc))
+
+    def _store_back(self) -> None:
+        if self._outage is not None:
+            logger.info("worker %s: the store is back after %.1fs", self.name, time.monotonic() - self._outage[0])
+            self._outage = None
 
     def _wait(self, listener: Wakeup | None) -> None:
         poll = self.settings["POLL_INTERVAL"]
