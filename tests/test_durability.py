@@ -9,10 +9,12 @@ which cuts PostgreSQL's connections and picks that backend by indirect parametri
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
 from collections import Counter
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
@@ -187,24 +189,50 @@ def test_kill_9_of_web_and_worker_under_load_loses_nothing(database_url, tmp_pat
           f"{stats['late_results']} late results, {len(twice)} handled twice, {elapsed:.1f}s")
 
 
+@contextlib.contextmanager
+def delivering(database_url: str, tmp_path) -> Iterator[tuple[Any, Callable[[int], None]]]:
+    """The service with the recorder plugin, its first event delivered; yields it and
+    ``delivered(count)``, which waits until ``count`` events are recorded."""
+    recorder_file = tmp_path / "recorder.jsonl"
+    env = handler_env(handler_config(tmp_path, recorder=True))
+    with running_service(env=env, database_url=database_url, workers=1) as service:
+        def delivered(count: int) -> None:
+            wait_for(lambda: len(read_records(recorder_file)) == count, timeout=15, message=service.logs)
+
+        assert service.post(body(object_id=1)).status_code == 200
+        delivered(1)
+        service.wait_delivered(1)  # its outcome written too, before any fault
+        yield service, delivered
+
+
+def cut_connections(database_url: str, refused_for: float = 0.0) -> None:
+    """Every connection to the database closed, as a restart or a failover does; with
+    ``refused_for``, new ones refused that many seconds, as while it is down."""
+    name = database_name(database_url)
+    with admin_connection() as conn:
+        if refused_for:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    if refused_for:
+        try:
+            time.sleep(refused_for)
+        finally:
+            with admin_connection() as conn:
+                conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_worker_survives_its_database_connections_being_cut(database_url, tmp_path):
     """A PostgreSQL restart or failover closes every connection: the worker must reconnect and
     go on delivering, not die (its LISTEN connection included)."""
-    recorder_file = tmp_path / "recorder.jsonl"
-    env = handler_env(handler_config(tmp_path, recorder=True))
-    name = database_name(database_url)
-    with running_service(env=env, database_url=database_url, workers=1) as service:
-        assert service.post(body(object_id=1)).status_code == 200
-        wait_for(lambda: len(read_records(recorder_file)) == 1, timeout=15, message=service.logs)
-        with admin_connection() as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    with delivering(database_url, tmp_path) as (service, delivered):
+        cut_connections(database_url)
         time.sleep(1.5)  # the worker's next look at the database, and at its LISTEN connection
         response = service.post(body(object_id=2))
         assert response.status_code == 200, response.text
         assert service.processes["worker"].poll() is None, service.logs()
-        wait_for(lambda: len(read_records(recorder_file)) == 2, timeout=15, message=service.logs)
+        delivered(2)
 
 
 @pytest.mark.slow
@@ -213,22 +241,10 @@ def test_a_worker_says_an_outage_once_and_when_the_store_is_back(database_url, t
     """The database refuses connections for seconds: the worker said so once a second, an
     error line each time (an hour down was 3,600). Now once, again each minute it lasts, and
     once more when the store is back; it delivers what came meanwhile."""
-    recorder_file = tmp_path / "recorder.jsonl"
-    env = handler_env(handler_config(tmp_path, recorder=True))
-    name = database_name(database_url)
-    with running_service(env=env, database_url=database_url, workers=1) as service:
-        assert service.post(body(object_id=1)).status_code == 200
-        wait_for(lambda: len(read_records(recorder_file)) == 1, timeout=15, message=service.logs)
-        with admin_connection() as conn:
-            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-        try:
-            time.sleep(4)  # four of the worker's tries
-        finally:
-            with admin_connection() as conn:
-                conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    with delivering(database_url, tmp_path) as (service, delivered):
+        cut_connections(database_url, refused_for=4)  # four of the worker's tries
         assert service.post(body(object_id=2)).status_code == 200
-        wait_for(lambda: len(read_records(recorder_file)) == 2, timeout=15, message=service.logs)
+        delivered(2)
         log = (service.workdir / "worker.log").read_text()
-        assert log.count("the store is unavailable") == 1, log[-3000:]
+        assert log.count("the store is unavailable (") == 1, log[-3000:]
         assert log.count("the store is back after") == 1, log[-3000:]
