@@ -83,9 +83,9 @@ def test_a_secret_set_in_another_encoding_stops_the_commands_naming_it(tmp_path)
 @pytest.mark.slow
 def test_a_store_out_of_reach_is_one_line_from_every_command_and_from_gunicorn(tmp_path):
     """A database that cannot be reached (nothing listens on its port): each command that uses
-    the store printed SQLAlchemy's traceback, and each gunicorn process its own. One line now,
-    naming the store (its password masked) and what the driver said; the commands that need no
-    store (events) work."""
+    the store printed SQLAlchemy's traceback, and each gunicorn process its own, as for a bad
+    setting. One line now, naming the store (its password masked) and what the driver said;
+    the commands that need no store (events) work."""
     port = free_port()
     env = {**os.environ, "DOLIBARR_WEBHOOKS_SECRET": SECRET,
            "DOLIBARR_WEBHOOKS_DATABASE_URL": f"postgresql://postgres:hunter2hunter2@127.0.0.1:{port}/gone"}
@@ -103,6 +103,13 @@ def test_a_store_out_of_reach_is_one_line_from_every_command_and_from_gunicorn(t
     assert gunicorn.returncode != 0
     assert said in gunicorn.stderr and "App failed to load" in gunicorn.stderr, gunicorn.stderr[-3000:]
     assert "Exception in worker process" not in gunicorn.stderr, gunicorn.stderr[-3000:]
+    # A bad setting, the same way.
+    gunicorn = subprocess.run([str(SCRIPT.parent / "gunicorn"), "-c", str(GUNICORN_CONF), "--bind",
+                               f"127.0.0.1:{free_port()}", "dolibarr_webhooks:create_app()"],
+                              capture_output=True, text=True, env={**env, "DOLIBARR_WEBHOOKS_SECRET": "short"},
+                              cwd=tmp_path, timeout=120)
+    assert "DOLIBARR_WEBHOOKS_SECRET: a secret must have at least 16 characters" in gunicorn.stderr
+    assert "App failed to load" in gunicorn.stderr and "Exception in worker process" not in gunicorn.stderr
 
 
 def test_local_url_detection():
