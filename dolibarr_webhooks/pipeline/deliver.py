@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from ..exceptions import PermanentFailure, RetryLater
 from ..labels import encodable
 from ..logs import request_id

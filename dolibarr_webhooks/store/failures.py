@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 
+from ..logs import redact
+from .engine import libpq_url
+
 # What went wrong with a store operation (StoreError.kind): the answer to Dolibarr, the log
 # line and the metric depend on it.
 UNAVAILABLE = "unavailable"  # the store cannot be reached or written: try again later (503)
@@ -57,9 +60,6 @@ STORE_ERRORS = (SQLAlchemyError, StoreError)
 def unavailable(url: str, exc: BaseException) -> str:
     """The one line that says a store cannot be used, naming it as a person writes it (no
     driver name, its password masked)."""
-    from ..logs import redact
-    from .engine import libpq_url
-
     return f"the store at {redact(libpq_url(url), keep_user=True)} is unavailable ({error_line(exc)})"
 
 

@@ -395,9 +395,8 @@ class _FreezesStartup:
             super().load_wsgi()
         except ConfigError as exc:
             raise AppImportError(str(exc)) from None
-        except STORE_ERRORS as exc:
-            settings = _settings()
-            raise AppImportError(unavailable(settings["DATABASE_URL"] if settings else "", exc)) from None
+        except STORE_ERRORS as exc:  # the settings were read: the app was built from them
+            raise AppImportError(unavailable(process_settings()["DATABASE_URL"], exc)) from None
         freeze_startup_objects()
 
 
