@@ -12,10 +12,11 @@ def create_app(test_config=None):
     """The Flask application factory: ``gunicorn 'dolibarr_webhooks:create_app()'``, and
     ``flask --app dolibarr_webhooks webhooks ...``: the web application and its commands.
     Imported when called: ``import dolibarr_webhooks`` (a plugin's) loads no Flask."""
-    from .cli import init_app
+    from .cli import as_a_command_says_it, init_app
     from .web.app import create_app as create_web_app
 
-    app = create_web_app(test_config)
+    with as_a_command_says_it(test_config):
+        app = create_web_app(test_config)
     init_app(app)
     return app
 

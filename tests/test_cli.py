@@ -97,6 +97,17 @@ def test_a_store_out_of_reach_is_one_line_from_every_command_and_from_gunicorn(t
         assert "Traceback" not in result.stderr and "hunter2" not in result.stderr, (args, result.stderr)
     events = subprocess.run([str(SCRIPT), "events"], capture_output=True, env=env, cwd=tmp_path, timeout=60)
     assert events.returncode == 0, events.stderr
+    # Flask's own command line builds the app (and migrates) before it knows the command: the
+    # same line there, and a bad setting is the line dolibarr-webhooks prints, not a traceback.
+    flask = [sys.executable, "-m", "flask", "--app", "dolibarr_webhooks"]
+    for args, environ, status, line in (
+            (["webhooks", "stats"], env, 1, said), (["run", "--port", str(free_port())], env, 1, said),
+            (["webhooks", "stats"], {**env, "DOLIBARR_WEBHOOKS_SECRET": "short"}, 2,
+             "DOLIBARR_WEBHOOKS_SECRET: a secret must have at least 16 characters\n")):
+        result = subprocess.run(flask + args, capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=60)
+        assert result.returncode == status, (args, result.stdout + result.stderr)
+        assert result.stderr.startswith("Error: " + line), (args, result.stderr)
+        assert "Traceback" not in result.stderr and "hunter2" not in result.stderr, (args, result.stderr)
     gunicorn = subprocess.run([str(SCRIPT.parent / "gunicorn"), "-c", str(GUNICORN_CONF), "--bind",
                                f"127.0.0.1:{free_port()}", "dolibarr_webhooks:create_app()"],
                               capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)

@@ -8,16 +8,19 @@ Dolibarr).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
 import sys
+from typing import Any, Iterator, Mapping
 
 import click
 from flask import Flask
-from flask.cli import FlaskGroup
+from flask.cli import FlaskGroup, ScriptInfo
 
 from ..settings import ConfigError, env_name, process_settings
+from ..store import STORE_ERRORS
 from ..version import __version__
 from . import check, inspect, ops, serve  # noqa: F401  (each registers its commands on the group)
 from .group import said_in_one_line, webhooks
@@ -25,6 +28,28 @@ from .group import said_in_one_line, webhooks
 
 def init_app(app: Flask) -> None:
     app.cli.add_command(webhooks)
+
+
+@contextlib.contextmanager
+def as_a_command_says_it(test_config: Mapping[str, Any] | None) -> Iterator[None]:
+    """Flask's own command line (``flask --app dolibarr_webhooks webhooks stats``, ``flask
+    run``) builds the app through the package's factory and prints what it raises with its
+    traceback. There, a bad setting or a store out of reach is the line ``dolibarr-webhooks``
+    prints, with its exit status; anywhere else (gunicorn, a test) the exception goes on."""
+    context = click.get_current_context(silent=True)
+    if context is None or context.find_object(ScriptInfo) is None:
+        yield
+        return
+    try:
+        yield
+    except STORE_ERRORS:
+        # Its URL read now: the settings were read (the store was reached for) before.
+        with said_in_one_line((test_config or {}).get("DATABASE_URL") or process_settings()["DATABASE_URL"]):
+            raise
+    except ConfigError as exc:
+        said = click.ClickException(str(exc))
+        said.exit_code = 2  # as main() exits on one
+        raise said from None
 
 
 # Commands that run the service create and migrate the store and announce the configuration
