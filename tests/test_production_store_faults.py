@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -26,9 +27,10 @@ import pytest
 import requests
 from sqlalchemy import select
 
+from dolibarr_webhooks.pipeline import deliver
 from dolibarr_webhooks.store import Store, events, libpq_url
-from dolibarr_webhooks.testing import running_service, wait_for
-from dolibarr_webhooks_testplugin import HeldFileLock, body, writes_blocked
+from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, running_service, wait_for
+from dolibarr_webhooks_testplugin import HeldFileLock, app_factory, body, running_worker, writes_blocked
 from postgres_helpers import on_database
 from production_helpers import dolibarr_post, production_env, require_tool, running_nginx
 
@@ -359,3 +361,29 @@ def test_a_full_disk_is_answered_503_and_written_again_when_it_grows(kind, lease
         assert stats["duplicate_runs"] == len(given_up)
         if not lease:
             assert not given_up
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_a_worker_on_a_full_disk_says_so_once_not_at_each_heartbeat(kind, monkeypatch):
+    """The worker's heartbeat, which fails on a full disk, said so at each beat (every 10 s:
+    360 warnings for an hour); once now, then each minute while it lasts, as an outage is.
+    Beats a tenth of a second apart here, to meet many in seconds."""
+    monkeypatch.setattr(deliver, "HEARTBEAT_INTERVAL", 0.1)
+    with small_disk() as disk, store_on(disk, kind) as url, app_factory(url) as make:
+        client = make({}).test_client()
+        leave(disk, 1024)
+        statuses = [client.post(f"/webhook/{WEBHOOKS_TEST_SECRET}", data=body("BILL_VALIDATE", object_id=number))
+                    .status_code for number in range(200)]
+        assert statuses[-8:] == [503] * 8, f"{statuses.count(200)} stored, the disk never filled"
+        said: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: said.append(record.getMessage())
+        logging.getLogger("dolibarr_webhooks").addHandler(handler)
+        try:
+            with running_worker(client.application):
+                wait_for(lambda: any("could not record its heartbeat" in line for line in said),
+                         message=lambda: "\n".join(said))
+                time.sleep(2)  # twenty beats more
+        finally:
+            logging.getLogger("dolibarr_webhooks").removeHandler(handler)
+        assert sum("could not record its heartbeat" in line for line in said) == 1, said

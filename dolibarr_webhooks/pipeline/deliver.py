@@ -62,6 +62,32 @@ def describe_failure(error: BaseException) -> str:
     return encodable(f"{type(error).__name__}: {text}"[:2000])
 
 
+class Lasting:
+    """A condition that lasts (the store out of reach, heartbeats not recorded) and that the
+    worker meets at each try: said when it begins, then every OUTAGE_REMINDER while it lasts."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+        self._said_at = 0.0
+
+    def to_say(self) -> float | None:
+        """Met again: how long it has lasted when that is to be said now (0.0 as it begins),
+        else None."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = self._said_at = now
+            return 0.0
+        if now - self._said_at >= OUTAGE_REMINDER:
+            self._said_at = now
+            return now - self.since
+        return None
+
+    def end(self) -> float | None:
+        """Over: how long it lasted, or None when it was not on."""
+        since, self.since = self.since, None
+        return None if since is None else time.monotonic() - since
+
+
 @dataclass
 class Running:
     claim: Claim
@@ -93,7 +119,8 @@ class Worker:
         self._last_purge = self._last_fold = 0.0
         self._last_beat = 0.0
         self._more_due = False  # the last claim got all it asked for: more may be due
-        self._outage: tuple[float, float] | None = None  # the store out of reach: since, last said
+        self._outage = Lasting()  # the store out of reach
+        self._beats_lost = Lasting()  # heartbeats not recorded
         self.started_at = time.time()
         self.store.add_listener(self.committed)
         self.notices = Notices(self.plugins, self.settings, self.metrics)
@@ -300,21 +327,18 @@ class Worker:
             self._shutdown()
 
     def _store_down(self, exc: BaseException) -> None:
-        """Said when the store goes out of reach, then every OUTAGE_REMINDER while it stays so."""
-        now = time.monotonic()
-        if self._outage is None:
-            self._outage = (now, now)
+        lasted = self._outage.to_say()
+        if lasted == 0.0:
             logger.error("worker %s: the store is unavailable (%s); trying again every %gs", self.name,
                          error_line(exc), RECONNECT_DELAY)
-        elif now - self._outage[1] >= OUTAGE_REMINDER:
-            self._outage = (self._outage[0], now)
-            logger.error("worker %s: the store is still unavailable after %.0fs (%s)", self.name,
-                         now - self._outage[0], error_line(exc))
+        elif lasted is not None:
+            logger.error("worker %s: the store is still unavailable after %.0fs (%s)", self.name, lasted,
+                         error_line(exc))
 
     def _store_back(self) -> None:
-        if self._outage is not None:
-            logger.info("worker %s: the store is back after %.1fs", self.name, time.monotonic() - self._outage[0])
-            self._outage = None
+        lasted = self._outage.end()
+        if lasted is not None:
+            logger.info("worker %s: the store is back after %.1fs", self.name, lasted)
 
     def _wait(self, listener: Wakeup | None) -> None:
         poll = self.settings["POLL_INTERVAL"]
@@ -373,7 +397,14 @@ class Worker:
         try:
             beat(self.store, self.name, self.started_at, self.plugins.handlers())
         except STORE_ERRORS as exc:
-            logger.warning("worker %s: could not record its heartbeat: %s", self.name, error_line(exc))
+            # A full disk fails each beat: said as the store's outage is, and not at all while
+            # that outage is said (360 warnings an hour were).
+            lasted = self._beats_lost.to_say()
+            if lasted is not None and self._outage.since is None:
+                logger.warning("worker %s: could not record its heartbeat%s: %s", self.name,
+                               f" for {lasted:.0f}s" if lasted else "", error_line(exc))
+        else:
+            self._beats_lost.end()
 
     def _housekeeping(self) -> None:
         """The events retention lets go purged every ten minutes; PostgreSQL's events folded
