@@ -21,8 +21,9 @@ import os
 # The metrics folder first: prometheus_client picks memory or files when it is imported,
 # which the application's modules, imported below, do. dolibarr_webhooks.web.gunicorn does
 # not import it.
-from dolibarr_webhooks.web.gunicorn import (SERVE_THREADS, mark_process_dead, prepare_multiproc_dir,
-                                            remove_multiproc_dir, web_processes, wipe_multiproc_dir)
+from dolibarr_webhooks.web.gunicorn import (SERVE_THREADS, check_before_forking, mark_process_dead,
+                                            prepare_multiproc_dir, remove_multiproc_dir, web_processes,
+                                            wipe_multiproc_dir)
 
 # PROMETHEUS_MULTIPROC_DIR: where every process writes its metric samples, so that /metrics
 # adds up all gunicorn workers AND the separate 'dolibarr-webhooks worker' process (give it
@@ -41,7 +42,7 @@ from dolibarr_webhooks.web.access_log import writes_access_lines  # noqa: E402
 def _settings():
     """The service's own settings (environment, then .env), for the log format, level and port:
     read once, in the master; its logger and the workers it forks use the same ones. A bad
-    setting is not reported here: each worker stops on it with a clear message."""
+    setting is reported by on_starting below, in one line."""
     from dolibarr_webhooks.settings import ConfigError, process_settings
 
     try:
@@ -156,6 +157,13 @@ if os.environ.get("GUNICORN_CONTROL_SOCKET"):
 
 
 def on_starting(server):
+    # A bad setting or a store out of reach stops gunicorn here, in one line, before any
+    # worker is forked (each said it, and two at once could end in gunicorn's traceback).
+    try:
+        check_before_forking()
+    except RuntimeError:
+        on_exit(server)  # gunicorn stops without calling it
+        raise
     # Samples of processes that are gone belong to an earlier run: start counting afresh.
     # Files of live processes (the worker service shares the folder) are kept.
     removed = wipe_multiproc_dir(_metrics_dir)

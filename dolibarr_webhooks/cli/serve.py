@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 import click
 
+from ..logs import redact
 from ..settings import ConfigError, env_file_path, generate_secret, keep, parse_host, process_settings
 from .group import webhooks
 from .targets import ALL_INTERFACES, LOCAL_URL_WARNING, is_local_url, target_url
@@ -55,7 +56,7 @@ def serve_command(host: str | None, port: int | None, workers: int | None, env_f
     host = host or settings["HOST"]
     port = port or settings["PORT"]
     settings = keep(settings.replace(HOST=host, PORT=port, **changes))
-    click.echo(f"Database: {settings['DATABASE_URL']}")
+    click.echo(f"Database: {redact(settings['DATABASE_URL'], keep_user=True)}")
     if host in ALL_INTERFACES:
         click.echo(f"Listening on {host or '0.0.0.0'}:{port}, every network interface ({where}), so that Dolibarr "
                    f"on another machine can reach it; --host 127.0.0.1 keeps it to this machine.")

@@ -27,7 +27,7 @@ from gunicorn.workers.sync import SyncWorker as _SyncWorker
 from ..credentials import SENSITIVE_NAME
 from ..logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
 from ..settings import ConfigError, Settings, process_settings
-from ..store import STORE_ERRORS, unavailable
+from ..store import STORE_ERRORS, Store, unavailable
 from ..startup import freeze_startup_objects
 from .balance import STEP_BACK, ConnectionShare, alive
 
@@ -575,6 +575,29 @@ def _embedded_worker_asked() -> bool:
         return False
 
 
+def check_before_forking(settings: Settings | None = None) -> None:
+    """gunicorn's ``on_starting``, in its master: the settings read and the store reached (and
+    migrated, with AUTO_MIGRATE) once, before any web process is forked. A bad setting or a
+    store out of reach is then one line and exit status 1 (gunicorn prints the RuntimeError
+    raised here as ``Error: ...``). Each process said it, and the master could add a traceback
+    of its own: two processes failing at the same moment raise its HaltServer again while it
+    halts. The web processes still stop on either (a store that goes in between)."""
+    try:
+        settings = settings or process_settings()
+        store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"], settings["REQUEST_DEADLINE"])
+        try:
+            if settings["AUTO_MIGRATE"]:
+                store.migrate()
+            else:
+                store.engine.connect().close()
+        finally:
+            store.dispose()  # nothing open is forked
+    except ConfigError as exc:
+        raise RuntimeError(str(exc)) from None
+    except STORE_ERRORS as exc:
+        raise RuntimeError(unavailable(settings["DATABASE_URL"], exc)) from None
+
+
 def worker_timeout(request_deadline: float) -> int:
     """gunicorn's timeout for ``serve``: above the request deadline (a worker is never killed
     between a commit and its answer), 20 s with the default deadline of 10 s."""
@@ -625,6 +648,7 @@ def run(settings: Settings, bind: str, workers: int | None = None) -> None:
             self.cfg.set("logger_class", RedactingLogger)
             self.cfg.set("child_exit", lambda _server, worker: mark_process_dead(worker.pid))
             self.cfg.set("post_worker_init", post_worker_init)
+            self.cfg.set("on_starting", lambda _server: check_before_forking(settings))
             if created:
                 self.cfg.set("on_exit", lambda _server: remove_multiproc_dir(path))
             if "control_socket_disable" in self.cfg.settings:
