@@ -114,10 +114,14 @@ def test_a_store_out_of_reach_is_one_line_from_every_command_and_from_gunicorn(t
     gunicorn = [str(SCRIPT.parent / "gunicorn"), "-c", str(GUNICORN_CONF), "--bind", f"127.0.0.1:{free_port()}",
                 "dolibarr_webhooks:create_app()"]
     serve = [str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(free_port())]
+    temporary = tmp_path / "tmp"  # where each makes its metrics folder, and must remove it
+    temporary.mkdir()
+    env = {**env, "TMPDIR": str(temporary)}
     for started, environ, line in ((gunicorn, env, said), (serve, env, said),
                                    (gunicorn, {**env, "DOLIBARR_WEBHOOKS_SECRET": "short"},
                                     "DOLIBARR_WEBHOOKS_SECRET: a secret must have at least 16 characters")):
         result = subprocess.run(started, capture_output=True, text=True, env=environ, cwd=tmp_path, timeout=120)
+        assert not list(temporary.iterdir()), result.stderr
         assert result.returncode == 1, result.stdout + result.stderr
         assert result.stderr.count(line) == 1, result.stderr
         assert "Traceback" not in result.stderr and "Booting worker" not in result.stderr, result.stderr

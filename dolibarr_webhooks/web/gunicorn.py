@@ -637,6 +637,14 @@ def run(settings: Settings, bind: str, workers: int | None = None) -> None:
     path, created = prepare_multiproc_dir()
     wipe_multiproc_dir(path)
 
+    def starting(_server) -> None:
+        try:
+            check_before_forking(settings)
+        except RuntimeError:
+            if created:
+                remove_multiproc_dir(path)  # gunicorn stops without calling on_exit
+            raise
+
     class Application(BaseApplication):
         def load_config(self):
             self.cfg.set("bind", bind)
@@ -648,7 +656,7 @@ def run(settings: Settings, bind: str, workers: int | None = None) -> None:
             self.cfg.set("logger_class", RedactingLogger)
             self.cfg.set("child_exit", lambda _server, worker: mark_process_dead(worker.pid))
             self.cfg.set("post_worker_init", post_worker_init)
-            self.cfg.set("on_starting", lambda _server: check_before_forking(settings))
+            self.cfg.set("on_starting", starting)
             if created:
                 self.cfg.set("on_exit", lambda _server: remove_multiproc_dir(path))
             if "control_socket_disable" in self.cfg.settings:
