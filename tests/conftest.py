@@ -6,7 +6,7 @@ import os
 import uuid
 
 import pytest
-from postgres_helpers import POSTGRES_ADMIN_URL, admin_connection, on_database
+from postgres_helpers import POSTGRES_ADMIN_URL, admin_connection, drop_database, on_database
 
 
 def _postgres_database(options: str = ""):
@@ -26,8 +26,7 @@ def _postgres_database(options: str = ""):
 
 
 def _drop_postgres_database(name: str) -> None:
-    with admin_connection() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    drop_database(name)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ built from it (host, port, credentials and query kept, a Unix socket's ``?host=`
 from __future__ import annotations
 
 import os
+import time
 
 from sqlalchemy.engine import make_url
 
@@ -29,3 +30,22 @@ def admin_connection():
     import psycopg
 
     return psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+
+
+def drop_database(name: str, if_exists: bool = True) -> None:
+    """``DROP DATABASE ... WITH (FORCE)``. The server checkpoints for each drop, and a
+    checkpoint fails while a test holds a database on a full disk
+    (test_production_store_faults.py), dirty pages it cannot write: tried again until it
+    grows, within a minute."""
+    import psycopg
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with admin_connection() as conn:
+                conn.execute(f'DROP DATABASE {"IF EXISTS " if if_exists else ""}"{name}" WITH (FORCE)')
+            return
+        except psycopg.errors.InternalError as exc:
+            if "checkpoint request failed" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

@@ -34,7 +34,7 @@ from dolibarr_webhooks.store.schema import FAILED, deliveries
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, deliver_until_idle, make_event, wait_for
 from dolibarr_webhooks_testplugin import (HeldFileLock, body, by_plugin, command, files_open, handler_config,
                                           read_records, running_worker, writes_blocked)
-from postgres_helpers import admin_connection, database_name
+from postgres_helpers import admin_connection, database_name, drop_database
 
 WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
 
@@ -392,7 +392,7 @@ def test_postgresql_read_only_or_dropped_answers_503(make_app, tmp_path, databas
         response = client.post(WEBHOOK, data=body(object_id=2))
         assert response.status_code == 200, response.get_json()
         # The database goes away altogether.
-        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        drop_database(name, if_exists=False)
     response = client.post(WEBHOOK, data=body(object_id=3))
     assert response.status_code == 503
     assert client.get("/ready").status_code == 503
