@@ -331,6 +331,9 @@ def running_service(python: str | os.PathLike | None = None, env: dict[str, str]
             "DOLIBARR_WEBHOOKS_PORT": str(port),
             "DOLIBARR_WEBHOOKS_RETRY_JITTER": "0",
             "PYTHONUNBUFFERED": "1",
+            # gunicorn's metrics folder is made here: removed with the rest when gunicorn is
+            # killed (-9) before it could remove it.
+            "TMPDIR": str(workdir),
         })
         full_env.update(env or {})
         service = RunningService(python, workdir, full_env, port)
