@@ -399,12 +399,14 @@ class Worker:
         except STORE_ERRORS as exc:
             # A full disk fails each beat: said as the store's outage is, and not at all while
             # that outage is said (360 warnings an hour were).
-            lasted = self._beats_lost.to_say()
-            if lasted is not None and self._outage.since is None:
+            lasted = self._beats_lost.to_say() if self._outage.since is None else None
+            if lasted is not None:
                 logger.warning("worker %s: could not record its heartbeat%s: %s", self.name,
                                f" for {lasted:.0f}s" if lasted else "", error_line(exc))
         else:
-            self._beats_lost.end()
+            lasted = self._beats_lost.end()
+            if lasted is not None:
+                logger.info("worker %s: its heartbeat is recorded again after %.1fs", self.name, lasted)
 
     def _housekeeping(self) -> None:
         """The events retention lets go purged every ten minutes; PostgreSQL's events folded
