@@ -159,11 +159,7 @@ if os.environ.get("GUNICORN_CONTROL_SOCKET"):
 def on_starting(server):
     # A bad setting or a store out of reach stops gunicorn here, in one line, before any
     # worker is forked (each said it, and two at once could end in gunicorn's traceback).
-    try:
-        check_before_forking()
-    except RuntimeError:
-        on_exit(server)  # gunicorn stops without calling it
-        raise
+    check_before_forking(server)
     # Samples of processes that are gone belong to an earlier run: start counting afresh.
     # Files of live processes (the worker service shares the folder) are kept.
     removed = wipe_multiproc_dir(_metrics_dir)

@@ -16,6 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
+from typing import Iterator
 
 from gunicorn import util
 from gunicorn.errors import AppImportError
@@ -391,13 +392,21 @@ class _FreezesStartup:
     def load_wsgi(self) -> None:
         # A bad setting or a store out of reach is one line (gunicorn prints an AppImportError's
         # text and stops: "App failed to load"), not a traceback from each process.
-        try:
+        with _said_as(AppImportError):
             super().load_wsgi()
-        except ConfigError as exc:
-            raise AppImportError(str(exc)) from None
-        except STORE_ERRORS as exc:  # the settings were read: the app was built from them
-            raise AppImportError(unavailable(process_settings()["DATABASE_URL"], exc)) from None
         freeze_startup_objects()
+
+
+@contextlib.contextmanager
+def _said_as(error: type[Exception], settings: Settings | None = None) -> Iterator[None]:
+    """A bad setting or a store out of reach raised again as ``error``, whose text is the one
+    line that says it. ``settings``: those the store was made from, else this process's."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise error(str(exc)) from None
+    except STORE_ERRORS as exc:  # the settings were read: the store was made from them
+        raise error(unavailable((settings or process_settings())["DATABASE_URL"], exc)) from None
 
 
 class SyncWorker(_FreezesStartup, _JsonErrors, _SyncWorker):
@@ -575,27 +584,28 @@ def _embedded_worker_asked() -> bool:
         return False
 
 
-def check_before_forking(settings: Settings | None = None) -> None:
+def check_before_forking(server, settings: Settings | None = None) -> None:
     """gunicorn's ``on_starting``, in its master: the settings read and the store reached (and
     migrated, with AUTO_MIGRATE) once, before any web process is forked. A bad setting or a
     store out of reach is then one line and exit status 1 (gunicorn prints the RuntimeError
     raised here as ``Error: ...``). Each process said it, and the master could add a traceback
     of its own: two processes failing at the same moment raise its HaltServer again while it
-    halts. The web processes still stop on either (a store that goes in between)."""
+    halts. The web processes still stop on either (a store that goes in between).
+    ``settings``: serve's, else this process's."""
     try:
-        settings = settings or process_settings()
-        store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"], settings["REQUEST_DEADLINE"])
-        try:
-            if settings["AUTO_MIGRATE"]:
-                store.migrate()
-            else:
-                store.engine.connect().close()
-        finally:
-            store.dispose()  # nothing open is forked
-    except ConfigError as exc:
-        raise RuntimeError(str(exc)) from None
-    except STORE_ERRORS as exc:
-        raise RuntimeError(unavailable(settings["DATABASE_URL"], exc)) from None
+        with _said_as(RuntimeError, settings):
+            settings = settings or process_settings()
+            store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"], settings["REQUEST_DEADLINE"])
+            try:
+                if settings["AUTO_MIGRATE"]:
+                    store.migrate()
+                else:
+                    store.engine.connect().close()
+            finally:
+                store.dispose()  # nothing open is forked
+    except RuntimeError:
+        server.cfg.on_exit(server)  # gunicorn stops without calling it: a metrics folder it made goes
+        raise
 
 
 def worker_timeout(request_deadline: float) -> int:
@@ -637,14 +647,6 @@ def run(settings: Settings, bind: str, workers: int | None = None) -> None:
     path, created = prepare_multiproc_dir()
     wipe_multiproc_dir(path)
 
-    def starting(_server) -> None:
-        try:
-            check_before_forking(settings)
-        except RuntimeError:
-            if created:
-                remove_multiproc_dir(path)  # gunicorn stops without calling on_exit
-            raise
-
     class Application(BaseApplication):
         def load_config(self):
             self.cfg.set("bind", bind)
@@ -656,7 +658,7 @@ def run(settings: Settings, bind: str, workers: int | None = None) -> None:
             self.cfg.set("logger_class", RedactingLogger)
             self.cfg.set("child_exit", lambda _server, worker: mark_process_dead(worker.pid))
             self.cfg.set("post_worker_init", post_worker_init)
-            self.cfg.set("on_starting", starting)
+            self.cfg.set("on_starting", lambda server: check_before_forking(server, settings))
             if created:
                 self.cfg.set("on_exit", lambda _server: remove_multiproc_dir(path))
             if "control_socket_disable" in self.cfg.settings:
