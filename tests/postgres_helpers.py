@@ -3,8 +3,10 @@ built from it (host, port, credentials and query kept, a Unix socket's ``?host=`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from typing import Iterator
 
 from sqlalchemy.engine import make_url
 
@@ -49,3 +51,23 @@ def drop_database(name: str, if_exists: bool = True) -> None:
             if "checkpoint request failed" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def end_sessions(conn, name: str) -> None:
+    """The server ends every session of database ``name`` (``conn``: an admin connection), and
+    is waited for until each is gone (its client's socket then says so)."""
+    conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
+@contextlib.contextmanager
+def refusing_connections(name: str) -> Iterator[None]:
+    """Database ``name`` down, as while a server restarts: its sessions ended, and new ones
+    refused until the block ends."""
+    with admin_connection() as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        end_sessions(conn, name)
+    try:
+        yield
+    finally:
+        with admin_connection() as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')

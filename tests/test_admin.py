@@ -437,16 +437,12 @@ def test_a_store_that_stops_answering_is_a_503_page_naming_it(make_app, handlers
     """Every page answered 500, "the dashboard failed", with a traceback in the log, while the
     database refused connections: a 503 page that names the store and what it said. The page
     works again when the database does."""
-    from postgres_helpers import admin_connection
+    from postgres_helpers import database_name, refusing_connections
 
     app = make_app(handlers, ADMIN_PASSWORD=PASSWORD)
     client = app.test_client()
     login(client)
-    name = database_url.rsplit("/", 1)[1]
-    with admin_connection() as conn:
-        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-    try:
+    with refusing_connections(database_name(database_url)):
         for path in ("/admin/", "/admin/events", "/admin/failures", "/admin/quarantine", "/admin/plugins",
                      "/admin/events/evt_x"):
             page = client.get(path)
@@ -455,7 +451,4 @@ def test_a_store_that_stops_answering_is_a_503_page_naming_it(make_app, handlers
             assert "is not currently accepting connections" in page.text
         replay = client.post("/admin/failures/replay", data={"csrf_token": csrf_token(client, "/admin/")})
         assert replay.status_code == 503, replay.text  # the form of a 503 page: its token still works
-    finally:
-        with admin_connection() as conn:
-            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     assert wait_for(lambda: client.get("/admin/").status_code == 200, timeout=10, interval=0.2)

@@ -22,7 +22,7 @@ import requests
 from dolibarr_webhooks.store import Store
 from dolibarr_webhooks.testing import running_service, wait_for
 from dolibarr_webhooks_testplugin import body, handler_config, handler_env, overlapping_runs, read_records
-from postgres_helpers import admin_connection, database_name
+from postgres_helpers import admin_connection, database_name, end_sessions, refusing_connections
 
 
 class Posting:
@@ -209,16 +209,12 @@ def cut_connections(database_url: str, refused_for: float = 0.0) -> None:
     """Every connection to the database closed, as a restart or a failover does; with
     ``refused_for``, new ones refused that many seconds, as while it is down."""
     name = database_name(database_url)
-    with admin_connection() as conn:
-        if refused_for:
-            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
     if refused_for:
-        try:
+        with refusing_connections(name):
             time.sleep(refused_for)
-        finally:
-            with admin_connection() as conn:
-                conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    else:
+        with admin_connection() as conn:
+            end_sessions(conn, name)
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from dolibarr_webhooks.store.schema import FAILED, deliveries
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, deliver_until_idle, make_event, wait_for
 from dolibarr_webhooks_testplugin import (HeldFileLock, body, by_plugin, command, files_open, handler_config,
                                           read_records, running_worker, writes_blocked)
-from postgres_helpers import admin_connection, database_name, drop_database
+from postgres_helpers import admin_connection, database_name, drop_database, end_sessions
 
 WEBHOOK = f"/webhook/{WEBHOOKS_TEST_SECRET}"
 
@@ -168,12 +168,6 @@ def test_a_disposed_of_store_leaves_nothing_of_its_files_open(make_app, tmp_path
     assert files_open(tmp_path / "webhooks.sqlite3") == []
     # Still usable: what it needs is opened again.
     assert client.post(WEBHOOK, data=body(object_id=3)).status_code == 200
-
-
-def cut_connections(conn, name: str) -> None:
-    """The server ends every session of database ``name``, and is waited for until each is gone
-    (its client's socket then says so)."""
-    conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s", (name,))
 
 
 @contextlib.contextmanager
@@ -379,7 +373,7 @@ def test_postgresql_read_only_or_dropped_answers_503(make_app, tmp_path, databas
     with admin_connection() as conn:
         # A failover to a read-only standby looks like this: every new session is read-only.
         conn.execute(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
-        cut_connections(conn, name)
+        end_sessions(conn, name)
         response = client.post(WEBHOOK, data=body(object_id=2))
         assert response.status_code == 503
         # Reads still work: /ready must say what a write meets.
@@ -387,7 +381,7 @@ def test_postgresql_read_only_or_dropped_answers_503(make_app, tmp_path, databas
         assert ready.status_code == 503 and ready.json["checks"]["store"] is True, ready.json
         assert "read-only" in ready.json["problems"]["writes"]
         conn.execute(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
-        cut_connections(conn, name)
+        end_sessions(conn, name)
         assert counts(app) == before
         response = client.post(WEBHOOK, data=body(object_id=2))
         assert response.status_code == 200, response.get_json()
@@ -416,7 +410,7 @@ def test_a_worker_store_replaces_a_connection_the_server_closed_without_a_round_
         for _ in range(5):
             assert worker_store.ping() and service_store.ping()
         with admin_connection() as conn:
-            cut_connections(conn, name)
+            end_sessions(conn, name)
         assert worker_store.ping() and service_store.ping()  # each replaced before its statement
         time.sleep(1.2)  # a quiet second: no ping either
         assert worker_store.ping()
@@ -441,7 +435,7 @@ def test_the_ingest_replaces_a_connection_the_server_closed_without_a_round_trip
         with round_trips(store_.request_engine, tmp_path / "libpq.trace") as sent:
             assert store_.ingest(event_from_body(body(object_id=1)), ["log"]).status == "accepted"
             with admin_connection() as conn:
-                cut_connections(conn, name)
+                end_sessions(conn, name)
             assert store_.ingest(event_from_body(body(object_id=2)), ["log"]).status == "accepted"
             time.sleep(1.2)
             assert store_.ingest(event_from_body(body(object_id=3)), ["log"]).status == "accepted"
