@@ -9,8 +9,9 @@ runs behind Flask's test client (``cpu_per_event.py``'s set-up: no HTTP server, 
 line written to a pipe its parent reads), each phase timed by ``time.perf_counter()`` around
 the product's own functions, wrapped on the running objects:
 
-- **before the store**: from the app's call to ``Store.ingest``: authentication, the body,
-  parsing, the scrub, the event;
+- **before the store**: from the app's call to ``Store.ingest``, in three parts: to the parse
+  (the request's checks, authentication, reading the body), the parse and the scrub
+  (``parse.parse_body``), and the event (its identity, label and hash, to the store's call);
 - **the store**, in parts: the row (the event's JSON, compressed on SQLite), the wait for the
   transaction (the group commit's queue; on SQLite the writers' turn), the transaction
   (on SQLite its statements and COMMIT, on PostgreSQL the round trip to the ingest function
@@ -21,7 +22,10 @@ the product's own functions, wrapped on the running objects:
 - **after the answer**: until the response is closed (the access line, off a client's wait;
   here with the test client's own reading of the answer).
 
-On SQLite it also times each statement of the ingest's transaction. Medians over
+Then ``parse_body`` alone on the same bodies, back to back: what the parse costs when
+nothing ran between two, against its part of the request, where the request's other work has
+left the caches and the branch predictors to other code. On SQLite it also times each
+statement of the ingest's transaction. Medians over
 ``--events`` requests after ``--warmup``. ``--pause``: the measured requests come that many
 seconds apart, as a quiet shop's Dolibarr posts (``quiet.py`` gives their whole answer). A
 wrapper costs about a microsecond; read the shares, and check a change with
@@ -42,7 +46,9 @@ from pathlib import Path
 
 from _common import database, in_process_product, log, median, table, unique_body
 
-_STORE = [("before the store", "app", "store"), ("the store: the row", "store", "queued"),
+_STORE = [("before the store", "app", "store"), ("  of it, to the parse", "app", "parse"),
+          ("  of it, the parse and the scrub", "parse", "parsed"), ("  of it, the event", "parsed", "store"),
+          ("the store: the row", "store", "queued"),
           ("the store: to the transaction", "queued", "begin"), ("the store: the transaction", "begin", "ended")]
 _ANSWER = [("after the store, to the answer", "stored", "answered"), ("the app, in all", "app", "answered"),
            ("after the answer (closing)", "answered", "closed")]
@@ -68,6 +74,7 @@ def _timed(call, marks: dict[str, float], before: str, after: str | None):
 
 def child(kind: str, url: str, events: int, warmup: int, pause: float = 0.0) -> dict:
     """Runs in a fresh interpreter: the phases' medians (us) and the statements' (SQLite)."""
+    from dolibarr_webhooks.pipeline import parse
     from dolibarr_webhooks.samples import sample_body
     from dolibarr_webhooks.store import sqlite_fast
 
@@ -79,6 +86,8 @@ def child(kind: str, url: str, events: int, warmup: int, pause: float = 0.0) -> 
     committer.run = _timed(committer.run, marks, "queued", None)
     committer._transaction = _timed(committer._transaction, marks, "begin", "ended")
     app.wsgi_app = _timed(app.wsgi_app, marks, "app", "answered")
+    parse_body = parse.parse_body
+    parse.parse_body = _timed(parse_body, marks, "parse", "parsed")
     statements: dict[str, list[float]] = collections.defaultdict(list)
     if not store.is_postgres:  # the fsync, and every statement run on the driver's cursor
         committer.durable._sync_log = _timed(committer.durable._sync_log, marks, "sync", "synced")
@@ -112,9 +121,17 @@ def child(kind: str, url: str, events: int, warmup: int, pause: float = 0.0) -> 
         for label, start, end in PHASES[kind]:
             if start in marks and end in marks:
                 phases[label].append(marks[end] - marks[start])
+    # The same parse on the same bodies, back to back: what it costs when nothing else ran
+    # between two (the request's other work leaves it colder caches).
+    alone = []
+    for i in range(warmup + events):
+        raw = unique_body(body, 10_000_000 + i)
+        started = time.perf_counter()
+        parse_body(raw)
+        alone.append(time.perf_counter() - started)
     return {"phases": {label: median(values) * 1e6 for label, values in phases.items()},
             "statements": {sql: [len(values) / events, median(values) * 1e6] for sql, values in statements.items()},
-            "cpu": cpu / events * 1e6}
+            "cpu": cpu / events * 1e6, "parse alone": median(alone[warmup:]) * 1e6}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"CPU {result['cpu']:.0f} us a request")
             print(table([[label, f"{us:.0f}", f"{us / whole:.0%}"] for label, us in result["phases"].items()],
                         ["phase", "us", "of the app"]))
+            print(f"the parse and the scrub alone, back to back: {result['parse alone']:.0f} us")
             if result["statements"]:
                 print()
                 print(table([[sql, f"{count:.1f}", f"{us:.0f}"] for sql, (count, us) in result["statements"].items()],
