@@ -12,7 +12,7 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from sqlalchemy import bindparam, func, insert, literal_column, select, text, union_all, update
 from sqlalchemy.engine import Connection
@@ -196,6 +196,20 @@ class Store(Inspection):
                                                self._reopen_if_stale, self._woken)
         else:  # an in-memory database: one connection, no turn to share
             self.committer = None
+
+    @classmethod
+    def for_service(cls, settings: Mapping[str, Any]) -> Store:
+        """The service's store, as its settings name it, brought to the latest schema when
+        AUTO_MIGRATE is on: what the web app runs on, and what gunicorn's master checks once
+        before it forks. Its connections are closed again when the migration fails."""
+        store = cls(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"], settings["REQUEST_DEADLINE"])
+        if settings["AUTO_MIGRATE"]:
+            try:
+                store.migrate()
+            except BaseException:
+                store.dispose()
+                raise
+        return store
 
     @classmethod
     def for_worker(cls, url: str, request_deadline: float = 10.0) -> Store:

@@ -42,10 +42,8 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
     access_log.init_app(app, settings)
 
     plugins = build_plugins(settings, extra=extra_plugins)
-    store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"], settings["REQUEST_DEADLINE"])
+    store = Store.for_service(settings)
     try:
-        if settings["AUTO_MIGRATE"]:
-            store.migrate()
         svc = Service(settings=settings, plugins=plugins, store=store, metrics=Metrics())
         app.extensions[EXTENSION] = svc
 
@@ -55,8 +53,9 @@ def create_app(test_config: Mapping[str, Any] | None = None, settings: Settings 
         ratelimit.init_app(app)
         admin.init_app(app)
     except BaseException:
-        # Start-up failed (a ConfigError, a store out of reach): the store's connections are
-        # closed now, not left to the garbage collector (Python 3.13 warns of an SQLite one).
+        # Start-up failed after the store was made (a ConfigError, a store out of reach): the
+        # store's connections are closed now, not left to the garbage collector (Python 3.13
+        # warns of an SQLite one). A failed migration's were closed by Store.for_service.
         store.dispose()
         raise
     if not settings["RATELIMIT"]:  # Flask-Limiter counts in Flask's hooks: with a limit, every request is Flask's

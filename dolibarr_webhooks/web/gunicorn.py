@@ -595,12 +595,10 @@ def check_before_forking(server, settings: Settings | None = None) -> None:
     try:
         with _said_as(RuntimeError, settings):
             settings = settings or process_settings()
-            store = Store(settings["DATABASE_URL"], settings["SQLITE_SYNCHRONOUS"], settings["REQUEST_DEADLINE"])
+            store = Store.for_service(settings)
             try:
-                if settings["AUTO_MIGRATE"]:
-                    store.migrate()
-                else:
-                    store.engine.connect().close()
+                if not settings["AUTO_MIGRATE"]:
+                    store.engine.connect().close()  # not migrated: reached, at least
             finally:
                 store.dispose()  # nothing open is forked
     except RuntimeError:
