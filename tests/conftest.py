@@ -25,16 +25,12 @@ def _postgres_database(options: str = ""):
     return name, on_database(name)
 
 
-def _drop_postgres_database(name: str) -> None:
-    drop_database(name)
-
-
 @pytest.fixture
 def postgres_database_url():
     """A throw-away PostgreSQL database, dropped afterwards."""
     name, url = _postgres_database()
     yield url
-    _drop_postgres_database(name)
+    drop_database(name)
 
 
 @pytest.fixture
@@ -43,7 +39,7 @@ def icu_postgres_database_url():
     en_US.UTF-8 (a machine may lack that locale; ICU is in PostgreSQL), dropped afterwards."""
     name, url = _postgres_database("LOCALE_PROVIDER icu ICU_LOCALE 'en-US' LOCALE 'C.UTF-8' TEMPLATE template0")
     yield url
-    _drop_postgres_database(name)
+    drop_database(name)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
