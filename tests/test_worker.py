@@ -15,6 +15,7 @@ import os
 import signal
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -293,6 +294,36 @@ def test_a_next_delivery_claimed_as_the_worker_stops_is_handed_back(make_app, tm
     handed_back = by_plugin(app, second)["recorder"]
     assert (handed_back["status"], handed_back["attempts"]) == ("pending", 0), handed_back
     assert outcomes(handed_back) == ["released"]
+
+
+def test_a_stopping_worker_waits_for_the_hand_back_of_a_claimed_delivery(make_app, tmp_path, database_url):
+    """The lane's next claim, taken as ``stop()`` came, is handed back after the lane let go of
+    the delivery it ran: the worker stays busy until that is written, and its shutdown waits.
+    It went on, closed the store and let the process exit under the write: the delivery stayed
+    leased until its lease ended."""
+    app = make_app(handler_config(tmp_path, recorder=True), WORKER_CONCURRENCY=1, BLOCK_PLUGINS="log")
+    post(app, body(object_id=1))
+    second = post(app, body(object_id=2))["id"]
+    worker = app.extensions["dolibarr_webhooks"].make_worker("stopping")
+    claim = worker.store.claim({"recorder": 1}, worker.name, 30)[0]
+    worker._running[claim.delivery_id] = Running(claim, time.time() + 30)
+    _, following = worker.store.finish_and_claim(claim, "delivered", None, None, worker.name, 30)
+    assert following.event.id == second
+    worker.stop()
+    with writes_blocked(database_url):
+        handing_back = threading.Thread(target=worker._take_over, args=(claim, following))
+        shutting_down = threading.Thread(target=worker._shutdown)
+        handing_back.start()
+        shutting_down.start()
+        time.sleep(0.5)
+        assert handing_back.is_alive(), "the hand-back's write was not held"
+        assert worker.busy() == 1 and shutting_down.is_alive(), "the shutdown did not wait for the hand-back"
+    for thread in (handing_back, shutting_down):
+        thread.join(10)
+    assert worker.busy() == 0
+    handed_back = by_plugin(app, second)["recorder"]
+    assert (handed_back["status"], handed_back["attempts"]) == ("pending", 0), handed_back
+    assert outcomes(handed_back) == ["released"], "handed back once"
 
 
 def test_the_worker_claims_and_looks_with_statements_built_once(make_app, tmp_path, deliver):

@@ -211,13 +211,22 @@ class Worker:
         claim taken while the worker began to stop is handed back instead."""
         with self._lock:
             self._running.pop(done.delivery_id, None)
-            if following is not None and not self.stop_event.is_set():
+            if following is None:
+                return None
+            if not self.stop_event.is_set():
                 deadline = time.time() + self.settings["HANDLER_TIMEOUT"]
                 self._running[following.delivery_id] = Running(following, deadline)
                 threading.current_thread().name = f"dolibarr-webhooks:{following.plugin}:{following.delivery_id}"
                 return following
-        if following is not None:
+            # Busy until handed back, so the shutdown waits for this write: it went on, closed the
+            # store and let the process exit under it (the delivery then waited out its lease).
+            # As a recording lane's, neither timed out nor handed back again by the shutdown.
+            self._running[following.delivery_id] = Running(following, time.time(), recording=True)
+        try:
             self._release(following)
+        finally:
+            with self._lock:
+                self._running.pop(following.delivery_id, None)
         return None
 
     def _finished(self, claim: Claim, status: str, error: str | None, held: bool) -> None:
