@@ -22,10 +22,12 @@ time per request; then checks that every acknowledged event is in the store and,
 at c=1, prints what an fsync costs on the disk under the stores back to back and after the
 quiet an answer leaves it (``cold_fsync.py``). ``--floor`` adds the floors of
 ``bench/floor_app.py``: append each body to a file and fdatasync it; parse and scrub it
-with the product's own code and store nothing; both. They bound any design of the
-receiver. ``--with-worker`` runs each durable target's delivery worker process
-too; during a point the other targets' workers are stopped, so that none drains its backlog
-on the measured target's time. ``--network-delay``: every PostgreSQL target, the floor
+with the product's own code and store nothing; both: they bound any design of the
+receiver. On SQLite it adds the least durable receiver with a group commit of its own
+(``floor-sqlite-grouped``), what the durable receiver's batching is up against.
+``--with-worker`` runs each durable target's delivery worker process too; during a point the
+other targets' workers are stopped, so that none drains its backlog on the measured target's
+time. ``--network-delay``: every PostgreSQL target, the floor
 included, reaches the server through ``delay_proxy.py``, which holds every chunk that many
 milliseconds each way, as a database on another host would (the proxy's own CPU is the
 machine's too).
@@ -67,7 +69,11 @@ FLOORS = {
     "floor-scrub-append": "scrubs, then keeps what it acknowledges",
     "floor-sqlite-insert": "json.loads, then INSERTs the raw body into SQLite (the least durable Flask receiver)",
     "floor-postgres-insert": "json.loads, then INSERTs the raw body into PostgreSQL",
+    "floor-sqlite-grouped": "json.loads, then INSERTs the raw body into SQLite, committing in groups",
 }
+# The least durable receiver of SQLite with a group commit of its own (--floor): what ours is
+# up against once both batch their fsyncs.
+GROUPED = {"sqlite": "floor-sqlite-grouped"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -151,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         # The least durable receiver of each store measured: what issue #15's ratio is against.
         for kind in kinds:
             targets[LEAST_DURABLE[kind]] = stack.enter_context(least_durable_server(gunicorn, kind, args.network_delay))
+            if args.floor and kind in GROUPED:
+                targets[GROUPED[kind]] = stack.enter_context(noop_server(gunicorn, "floor_app:app", "sqlite-grouped"))
         cores = [("", None)]
         if args.baseline:
             cores.insert(0, (f"@{args.baseline}", core_at(args.baseline, Path(tmp) / "baseline")))
@@ -279,6 +287,10 @@ def print_report(results, targets, concurrencies, integrity) -> None:
             if name.startswith("floor") and connections == TARGET_CONCURRENCY:
                 verdicts.append(f"{name}: req/s ratio {ratio:.2f}, p99 {p99:.1f} ms: the bound of any receiver "
                                 f"that {FLOORS[name]}, on this machine")
+            if name in GROUPED.values() and connections == TARGET_CONCURRENCY:
+                insert = LEAST_DURABLE["sqlite"]
+                verdicts.append(f"{name}: {_median(_round_ratios(runs, results[(insert, connections)])):.2f}x "
+                                f"{insert}: what batching the commits gives the least durable receiver")
             kind = name.split("-")[1].split("@")[0].split("+")[0] if name.startswith("durable") else ""
             floor = LEAST_DURABLE.get(kind)
             if name.startswith("durable") and connections == TARGET_CONCURRENCY and (floor, connections) in results:
@@ -287,6 +299,11 @@ def print_report(results, targets, concurrencies, integrity) -> None:
                 verdicts.append(f"{name}: {vs_floor:.2f}x {floor} (target >= {TARGET_RATIO}): "
                                 f"{'met' if ok_ratio else 'NOT met'}; p99 {p99:.1f} ms "
                                 f"(target < {TARGET_P99_MS:g} ms): {'met' if ok_p99 else 'NOT met'}")
+            grouped = GROUPED.get(kind)
+            if name.startswith("durable") and connections == TARGET_CONCURRENCY and (grouped, connections) in results:
+                vs_grouped = _median(_round_ratios(runs, results[(grouped, connections)]))
+                verdicts.append(f"{name}: {vs_grouped:.2f}x {grouped} (the least durable receiver, batching its "
+                                "commits as ours does)")
             if name.startswith("durable") and connections == TARGET_CONCURRENCY and (NODE, connections) in results:
                 vs_node = _median(_round_ratios(runs, results[(NODE, connections)]))
                 verdicts.append(f"{name}: {vs_node:.2f}x {NODE} (goal >= 1.00: durable, and as fast as the "
