@@ -40,16 +40,24 @@ from flask import Flask, jsonify, request
 from dolibarr_webhooks.pipeline.parse import ParseError, parse_body
 
 app = Flask(__name__)
-_spools: dict[tuple[int, str], int] = {}  # (pid, name) -> descriptor: gunicorn forks after import
+_descriptors: dict[tuple[int, str], int] = {}  # (pid, file name) -> descriptor: gunicorn forks after import
+
+
+def _in_spool_dir(filename: str) -> str:
+    return os.path.join(os.environ.get("BENCH_SPOOL_DIR", "."), filename)
+
+
+def _opened(filename: str, flags: int) -> int:
+    """This process's descriptor of ``filename`` in the spool folder, opened on first use."""
+    key = (os.getpid(), filename)
+    if key not in _descriptors:
+        _descriptors[key] = os.open(_in_spool_dir(filename), flags | os.O_CREAT, 0o600)
+    return _descriptors[key]
 
 
 def _spool(name: str) -> int:
     """This process's append-only file ``<name>-<pid>.bin``."""
-    key = (os.getpid(), name)
-    if key not in _spools:
-        path = os.path.join(os.environ.get("BENCH_SPOOL_DIR", "."), f"{name}-{key[0]}.bin")
-        _spools[key] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    return _spools[key]
+    return _opened(f"{name}-{os.getpid()}.bin", os.O_WRONLY | os.O_APPEND)
 
 
 def _framed(body: bytes) -> bytes:
@@ -102,8 +110,8 @@ _connections: dict[tuple[int, str], object] = {}  # (pid, kind) -> connection, o
 def _sqlite():
     key = (os.getpid(), "sqlite")
     if key not in _connections:
-        path = os.path.join(os.environ.get("BENCH_SPOOL_DIR", "."), "floor.sqlite3")
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        conn = sqlite3.connect(_in_spool_dir("floor.sqlite3"), isolation_level=None, timeout=30,
+                               check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
@@ -177,11 +185,7 @@ class _GroupInsert:
 
 def _lock_file() -> int:
     """This process's descriptor of the writers' lock file beside the floor's database."""
-    key = (os.getpid(), "sqlite-lock")
-    if key not in _spools:
-        path = os.path.join(os.environ.get("BENCH_SPOOL_DIR", "."), "floor.sqlite3.lock")
-        _spools[key] = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    return _spools[key]
+    return _opened("floor.sqlite3.lock", os.O_RDWR)
 
 
 _GROUP_INSERT = _GroupInsert()  # each forked process has its own copy, unlocked

@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         for kind in kinds:
             targets[LEAST_DURABLE[kind]] = stack.enter_context(least_durable_server(gunicorn, kind, args.network_delay))
             if args.floor and kind in GROUPED:
-                targets[GROUPED[kind]] = stack.enter_context(noop_server(gunicorn, "floor_app:app", "sqlite-grouped"))
+                route = GROUPED[kind].removeprefix("floor-")
+                targets[GROUPED[kind]] = stack.enter_context(noop_server(gunicorn, "floor_app:app", route))
         cores = [("", None)]
         if args.baseline:
             cores.insert(0, (f"@{args.baseline}", core_at(args.baseline, Path(tmp) / "baseline")))
@@ -264,6 +265,14 @@ def _round_ratios(runs: list[WrkResult], others: list[WrkResult]) -> list[float]
     return [r.rps / o.rps for r, o in zip(runs, others) if o.rps]
 
 
+def _versus(results, runs: list[WrkResult], other: str | None, connections: int) -> float | None:
+    """The median of the round-by-round req/s ratios of ``runs`` to target ``other`` at
+    ``connections``; None when ``other`` was not measured."""
+    if (other, connections) not in results:
+        return None
+    return _median(_round_ratios(runs, results[(other, connections)]))
+
+
 def print_report(results, targets, concurrencies, integrity) -> None:
     """Each figure is the median over the rounds; the ratio is the median of the ratios of
     points taken one after the other in the same round (they share the machine's noise)."""
@@ -289,23 +298,20 @@ def print_report(results, targets, concurrencies, integrity) -> None:
                                 f"that {FLOORS[name]}, on this machine")
             if name in GROUPED.values() and connections == TARGET_CONCURRENCY:
                 insert = LEAST_DURABLE["sqlite"]
-                verdicts.append(f"{name}: {_median(_round_ratios(runs, results[(insert, connections)])):.2f}x "
-                                f"{insert}: what batching the commits gives the least durable receiver")
+                verdicts.append(f"{name}: {_versus(results, runs, insert, connections):.2f}x {insert}: what "
+                                "batching the commits gives the least durable receiver")
             kind = name.split("-")[1].split("@")[0].split("+")[0] if name.startswith("durable") else ""
-            floor = LEAST_DURABLE.get(kind)
-            if name.startswith("durable") and connections == TARGET_CONCURRENCY and (floor, connections) in results:
-                vs_floor = _median(_round_ratios(runs, results[(floor, connections)]))
+            floor, grouped = LEAST_DURABLE.get(kind), GROUPED.get(kind)
+            at_target = name.startswith("durable") and connections == TARGET_CONCURRENCY
+            if at_target and (vs_floor := _versus(results, runs, floor, connections)) is not None:
                 ok_ratio, ok_p99 = vs_floor >= TARGET_RATIO, p99 < TARGET_P99_MS
                 verdicts.append(f"{name}: {vs_floor:.2f}x {floor} (target >= {TARGET_RATIO}): "
                                 f"{'met' if ok_ratio else 'NOT met'}; p99 {p99:.1f} ms "
                                 f"(target < {TARGET_P99_MS:g} ms): {'met' if ok_p99 else 'NOT met'}")
-            grouped = GROUPED.get(kind)
-            if name.startswith("durable") and connections == TARGET_CONCURRENCY and (grouped, connections) in results:
-                vs_grouped = _median(_round_ratios(runs, results[(grouped, connections)]))
+            if at_target and (vs_grouped := _versus(results, runs, grouped, connections)) is not None:
                 verdicts.append(f"{name}: {vs_grouped:.2f}x {grouped} (the least durable receiver, batching its "
                                 "commits as ours does)")
-            if name.startswith("durable") and connections == TARGET_CONCURRENCY and (NODE, connections) in results:
-                vs_node = _median(_round_ratios(runs, results[(NODE, connections)]))
+            if at_target and (vs_node := _versus(results, runs, NODE, connections)) is not None:
                 verdicts.append(f"{name}: {vs_node:.2f}x {NODE} (goal >= 1.00: durable, and as fast as the "
                                 "server that stores nothing)")
             if name.startswith("durable") and connections == 1:
