@@ -517,19 +517,22 @@ def noop_server(gunicorn: GunicornSettings, app: str = "noop_app:app", route: st
 
 
 @contextlib.contextmanager
-def least_durable_server(gunicorn: GunicornSettings, kind: str, network_delay: float = 0.0) -> Iterator[Server]:
+def least_durable_server(gunicorn: GunicornSettings, kind: str, network_delay: float = 0.0,
+                         grouped: bool = False) -> Iterator[Server]:
     """Issue #15's least durable Flask receiver of store ``kind`` (``bench/floor_app.py``:
     ``json.loads``, then the raw body INSERTed, autocommit) under the same gunicorn settings;
     on PostgreSQL into a throw-away database of its own, reached through ``delay_proxy.py``
-    with ``network_delay``."""
+    with ``network_delay``. ``grouped``: that receiver committing the bodies of a process's
+    waiting requests together (its ``-grouped`` route)."""
+    route = f"{'sqlite' if kind == 'sqlite' else 'postgres'}-{'grouped' if grouped else 'insert'}"
     if kind == "sqlite":
-        with noop_server(gunicorn, "floor_app:app", "sqlite-insert") as server:
+        with noop_server(gunicorn, "floor_app:app", route) as server:
             yield server
         return
     from delay_proxy import delayed
 
     with database("postgresql") as url, delayed(url, network_delay) as reached, noop_server(
-            gunicorn, "floor_app:app", "postgres-insert",
+            gunicorn, "floor_app:app", route,
             extra_env={"BENCH_POSTGRES_URL": reached.replace("+psycopg", "")}) as server:
         yield server
 

@@ -19,8 +19,10 @@ beside ``noop_app.py``, under the same gunicorn settings.
 - ``/sqlite-grouped``: ``/sqlite-insert`` with group commit: the bodies of the threads of a
   process waiting while a commit is under way are INSERTed together in the next transaction,
   one fsync for all of them, each answered only once that transaction is committed; the
-  processes take turns on a ``flock``. The least durable receiver, batching: what the durable
-  one's group commit is up against.
+  processes take turns on a ``flock``. ``/postgres-grouped``: the same into PostgreSQL (one
+  flush of the WAL for the transaction; PostgreSQL orders the processes' transactions
+  itself). The least durable receiver, batching: what the durable one's group commit is up
+  against.
 
 Whatever the durable receiver's design, its requests/s cannot pass these on the same
 machine, so their ratios to the no-op endpoint bound the ratio the issue asks of it.
@@ -141,9 +143,11 @@ def _insert(connection, statement: str):
 class _GroupInsert:
     """INSERTs of the threads of one process, committed together: a thread that finds a
     commit under way queues its body and waits; the next to lead commits every body queued
-    in one transaction, and each thread answers once the transaction of its body returned."""
+    in one transaction (``write``), and each thread answers once the transaction of its body
+    returned."""
 
-    def __init__(self) -> None:
+    def __init__(self, write) -> None:
+        self.write = write  # (connection, bodies): INSERT them all in one transaction
         self.turn = threading.Condition()
         self.queued: list[list] = []  # [body, done, error]
         self.leading = False
@@ -161,19 +165,10 @@ class _GroupInsert:
                 raise mine[2]
             return
         error = None
-        # The processes' leaders take turns on a flock, which wakes the next at once, rather
-        # than on SQLite's busy handler, which sleeps and retries (p99 of 300 ms at c=16).
-        fcntl.flock(_lock_file(), fcntl.LOCK_EX)
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            connection.executemany("INSERT INTO bodies (body) VALUES (?)", [(entry[0],) for entry in batch])
-            connection.execute("COMMIT")
-        except sqlite3.Error as exc:
+            self.write(connection, [entry[0] for entry in batch])
+        except Exception as exc:
             error = exc
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-        finally:
-            fcntl.flock(_lock_file(), fcntl.LOCK_UN)
         with self.turn:
             for entry in batch:
                 entry[1], entry[2] = True, error
@@ -183,19 +178,55 @@ class _GroupInsert:
             raise error
 
 
+def _write_sqlite(connection, bodies: list[bytes]) -> None:
+    # The processes' leaders take turns on a flock, which wakes the next at once, rather
+    # than on SQLite's busy handler, which sleeps and retries (p99 of 300 ms at c=16).
+    fcntl.flock(_lock_file(), fcntl.LOCK_EX)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        connection.executemany("INSERT INTO bodies (body) VALUES (?)", [(body,) for body in bodies])
+        connection.execute("COMMIT")
+    except sqlite3.Error:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
+    finally:
+        fcntl.flock(_lock_file(), fcntl.LOCK_UN)
+
+
+def _write_postgres(connection, bodies: list[bytes]) -> None:
+    # PostgreSQL orders concurrent writers itself. BEGIN, the INSERTs and COMMIT in one
+    # pipeline: one round trip, as the durable receiver sends a batch.
+    from psycopg import Error
+    from psycopg.pq import TransactionStatus
+
+    try:
+        with connection.pipeline():
+            connection.execute("BEGIN")
+            connection.cursor().executemany("INSERT INTO bodies (body) VALUES (%s)", [(body,) for body in bodies])
+            connection.execute("COMMIT")
+    except Error:
+        if connection.info.transaction_status != TransactionStatus.IDLE:
+            connection.execute("ROLLBACK")
+        raise
+
+
 def _lock_file() -> int:
     """This process's descriptor of the writers' lock file beside the floor's database."""
     return _opened("floor.sqlite3.lock", os.O_RDWR)
 
 
-_GROUP_INSERT = _GroupInsert()  # each forked process has its own copy, unlocked
+# Each forked process has its own copies, unlocked.
+_GROUP_INSERTS = {"sqlite": (_sqlite, _GroupInsert(_write_sqlite)),
+                  "postgres": (_postgres, _GroupInsert(_write_postgres))}
 
 
-@app.post("/sqlite-grouped/<path:_path>")
-def sqlite_grouped(_path: str):
+@app.post("/<any(sqlite, postgres):store>-grouped/<path:_path>")
+def grouped_insert(store: str, _path: str):
     body = request.get_data(cache=False)
     json.loads(body)
-    _GROUP_INSERT.insert(_sqlite(), body)
+    connect, group = _GROUP_INSERTS[store]
+    group.insert(connect(), body)
     return jsonify({"status": "accepted"}), 200
 
 

@@ -23,8 +23,9 @@ at c=1, prints what an fsync costs on the disk under the stores back to back and
 quiet an answer leaves it (``cold_fsync.py``). ``--floor`` adds the floors of
 ``bench/floor_app.py``: append each body to a file and fdatasync it; parse and scrub it
 with the product's own code and store nothing; both: they bound any design of the
-receiver. On SQLite it adds the least durable receiver with a group commit of its own
-(``floor-sqlite-grouped``), what the durable receiver's batching is up against.
+receiver; and for each store, the least durable receiver with a group commit of its own
+(``floor-sqlite-grouped``, ``floor-postgres-grouped``), what the durable receiver's batching
+is up against.
 ``--with-worker`` runs each durable target's delivery worker process too; during a point the
 other targets' workers are stopped, so that none drains its backlog on the measured target's
 time. ``--network-delay``: every PostgreSQL target, the floor
@@ -70,10 +71,11 @@ FLOORS = {
     "floor-sqlite-insert": "json.loads, then INSERTs the raw body into SQLite (the least durable Flask receiver)",
     "floor-postgres-insert": "json.loads, then INSERTs the raw body into PostgreSQL",
     "floor-sqlite-grouped": "json.loads, then INSERTs the raw body into SQLite, committing in groups",
+    "floor-postgres-grouped": "json.loads, then INSERTs the raw body into PostgreSQL, committing in groups",
 }
-# The least durable receiver of SQLite with a group commit of its own (--floor): what ours is
-# up against once both batch their fsyncs.
-GROUPED = {"sqlite": "floor-sqlite-grouped"}
+# The least durable receiver of each store with a group commit of its own (--floor): what ours
+# is up against once both batch their commits.
+GROUPED = {"sqlite": "floor-sqlite-grouped", "postgresql": "floor-postgres-grouped"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -157,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         # The least durable receiver of each store measured: what issue #15's ratio is against.
         for kind in kinds:
             targets[LEAST_DURABLE[kind]] = stack.enter_context(least_durable_server(gunicorn, kind, args.network_delay))
-            if args.floor and kind in GROUPED:
-                route = GROUPED[kind].removeprefix("floor-")
-                targets[GROUPED[kind]] = stack.enter_context(noop_server(gunicorn, "floor_app:app", route))
+            if args.floor:
+                targets[GROUPED[kind]] = stack.enter_context(
+                    least_durable_server(gunicorn, kind, args.network_delay, grouped=True))
         cores = [("", None)]
         if args.baseline:
             cores.insert(0, (f"@{args.baseline}", core_at(args.baseline, Path(tmp) / "baseline")))
@@ -297,7 +299,7 @@ def print_report(results, targets, concurrencies, integrity) -> None:
                 verdicts.append(f"{name}: req/s ratio {ratio:.2f}, p99 {p99:.1f} ms: the bound of any receiver "
                                 f"that {FLOORS[name]}, on this machine")
             if name in GROUPED.values() and connections == TARGET_CONCURRENCY:
-                insert = LEAST_DURABLE["sqlite"]
+                insert = next(LEAST_DURABLE[kind] for kind, grouped in GROUPED.items() if grouped == name)
                 verdicts.append(f"{name}: {_versus(results, runs, insert, connections):.2f}x {insert}: what "
                                 "batching the commits gives the least durable receiver")
             kind = name.split("-")[1].split("@")[0].split("+")[0] if name.startswith("durable") else ""
