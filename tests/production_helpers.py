@@ -54,6 +54,24 @@ def require_tool(name: str, package: str) -> str:
     return path
 
 
+NO_DAC = ["--bounding-set=-dac_override,-dac_read_search,-fowner",
+          "--inh-caps=-dac_override,-dac_read_search,-fowner"]
+
+
+def without_dac_override(tmp_path: Path) -> list[str]:
+    """A command prefix that runs a process without the capabilities that let root ignore file
+    permissions (tests run as root, in CI too): a chmod then stops its writes, as it stops
+    the service's user in production."""
+    setpriv = require_tool("setpriv", "util-linux")
+    probe = tmp_path / "probe"
+    probe.write_text("")
+    probe.chmod(0o444)
+    result = subprocess.run([setpriv, *NO_DAC, "sh", "-c", f"echo x >> {probe}"], capture_output=True, timeout=30)
+    if result.returncode == 0 and os.geteuid() == 0:
+        pytest.fail(f"setpriv did not take root's permission override away: {result.stderr!r}")
+    return [setpriv, *NO_DAC]
+
+
 def require_php() -> str:
     """PHP with its curl extension, which Dolibarr's request needs; in CI a missing one is a failure."""
     php = require_tool("php", "php-cli php-curl")

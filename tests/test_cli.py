@@ -20,7 +20,7 @@ from dolibarr_webhooks.testing import free_port, running_service, wait_for, wait
 from dolibarr_webhooks.version import __version__
 from dolibarr_webhooks.web.gunicorn import web_processes
 from dolibarr_webhooks_testplugin import command
-from production_helpers import GUNICORN_CONF
+from production_helpers import GUNICORN_CONF, without_dac_override
 
 SCRIPT = Path(sys.executable).parent / "dolibarr-webhooks"
 
@@ -78,6 +78,38 @@ def test_a_secret_set_in_another_encoding_stops_the_commands_naming_it(tmp_path)
         assert f"DOLIBARR_WEBHOOKS_SECRET: not UTF-8 text (byte 0xe9 at offset {len(SECRET)}); set it as UTF-8 " \
                "text" in result.stdout + result.stderr
         assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_an_sqlite_store_whose_folder_is_missing_or_not_writable_is_one_line_naming_the_folder(tmp_path):
+    """DOLIBARR_WEBHOOKS_DATABASE_URL naming a file in a folder not made yet (a /var/lib path
+    before the folder is made), or one the service's user may not write: migrate, worker,
+    serve, Flask's command line and gunicorn printed the traceback of the writers' lock file
+    beside it, where a database out of reach is one line. One line now, naming the folder and
+    what is wrong with it, as check says it; nothing is created."""
+    missing, read_only = tmp_path / "not-made-yet", tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    as_the_service = without_dac_override(tmp_path)  # root writes anywhere: the service's user does not
+    for folder, prefix, problem in ((missing, [], "does not exist"),
+                                    (read_only, as_the_service, "is not writable by this user")):
+        database = folder / "webhooks.sqlite3"
+        env = {**os.environ, "DOLIBARR_WEBHOOKS_SECRET": SECRET,
+               "DOLIBARR_WEBHOOKS_DATABASE_URL": f"sqlite:///{database}"}
+        said = f"Error: the store at sqlite:///{database} is unavailable (the folder {folder} {problem})"
+        for args in ([str(SCRIPT), "migrate"], [str(SCRIPT), "worker"],
+                     [str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(free_port())],
+                     [sys.executable, "-m", "flask", "--app", "dolibarr_webhooks", "webhooks", "events"],
+                     [str(SCRIPT.parent / "gunicorn"), "-c", str(GUNICORN_CONF), "--bind",
+                      f"127.0.0.1:{free_port()}", "dolibarr_webhooks:create_app()"]):
+            result = subprocess.run(prefix + args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+            assert result.returncode == 1, (args, result.stdout + result.stderr)
+            assert result.stderr.count(said) == 1, (args, result.stderr)
+            assert "Traceback" not in result.stderr, (args, result.stderr)
+        check = subprocess.run(prefix + [str(SCRIPT), "check"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                               timeout=60)
+        assert check.returncode == 1 and f"SQLite file {database}: the folder {folder} {problem}" in check.stdout, \
+            check.stdout + check.stderr
+    assert not missing.exists() and not list(read_only.iterdir())
 
 
 @pytest.mark.slow

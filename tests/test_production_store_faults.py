@@ -32,7 +32,7 @@ from dolibarr_webhooks.store import Store, events, libpq_url
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, running_service, wait_for
 from dolibarr_webhooks_testplugin import HeldFileLock, app_factory, body, running_worker, writes_blocked
 from postgres_helpers import on_database
-from production_helpers import dolibarr_post, production_env, require_tool, running_nginx
+from production_helpers import dolibarr_post, production_env, require_tool, running_nginx, without_dac_override
 
 pytestmark = pytest.mark.slow
 
@@ -136,24 +136,6 @@ def test_a_locked_store_answers_by_the_deadline_and_stores_exactly_the_2xx(kind,
 
 
 # -- read-only and back --------------------------------------------------------------------------
-NO_DAC = ["--bounding-set=-dac_override,-dac_read_search,-fowner",
-          "--inh-caps=-dac_override,-dac_read_search,-fowner"]
-
-
-def without_dac_override(tmp_path: Path) -> list[str]:
-    """A command prefix that runs a process without the capabilities that let root ignore file
-    permissions (tests run as root, in CI too): a chmod then stops its writes, as it stops
-    the service's user in production."""
-    setpriv = require_tool("setpriv", "util-linux")
-    probe = tmp_path / "probe"
-    probe.write_text("")
-    probe.chmod(0o444)
-    result = subprocess.run([setpriv, *NO_DAC, "sh", "-c", f"echo x >> {probe}"], capture_output=True, timeout=30)
-    if result.returncode == 0 and os.geteuid() == 0:
-        pytest.fail(f"setpriv did not take root's permission override away: {result.stderr!r}")
-    return [setpriv, *NO_DAC]
-
-
 def without_garbage_collection(tmp_path: Path) -> Path:
     """A folder for PYTHONPATH whose ``sitecustomize`` turns Python's garbage collector off: a
     closed SQLite connection that a failed call's traceback still holds stays open until the

@@ -111,7 +111,7 @@ def _check_secrets(settings: Settings, report: Report) -> None:
 def _check_store(settings: Settings, report: Report) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ..store import SCHEMA_VERSION, Store, schema_problem
+    from ..store import SCHEMA_VERSION, Store, schema_problem, sqlite_folder_problem
 
     url = settings["DATABASE_URL"]
     shown = redact(url, keep_user=True)
@@ -121,13 +121,9 @@ def _check_store(settings: Settings, report: Report) -> None:
     if url.startswith("sqlite"):
         path = Path(url.split(":///", 1)[1]) if ":///" in url else None
         if path is not None and str(path) not in ("", ":memory:") and not path.exists():
-            folder = path.parent
-            if not folder.is_dir():
-                report.add(ERROR, "store", f"SQLite file {path}: the folder {folder} does not exist",
-                           env_name("DATABASE_URL"))
-            elif not os.access(folder, os.W_OK):
-                report.add(ERROR, "store", f"SQLite file {path}: the folder {folder} is not writable by this user",
-                           env_name("DATABASE_URL"))
+            problem = sqlite_folder_problem(str(path))
+            if problem:
+                report.add(ERROR, "store", f"SQLite file {path}: {problem}", env_name("DATABASE_URL"))
             else:
                 level = INFO if settings["AUTO_MIGRATE"] else ERROR
                 report.add(level, "store", f"SQLite file {path} does not exist yet: it is created and migrated at "

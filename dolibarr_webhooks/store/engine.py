@@ -46,6 +46,17 @@ def sqlite_path(url: str) -> str | None:
     return os.path.abspath(parsed.database)
 
 
+def sqlite_folder_problem(path: str) -> str | None:
+    """What keeps an SQLite file from being made at ``path``, as ``check`` and a failed
+    migration say it: its folder missing, or not writable by this user; None when neither."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"the folder {folder} is not writable by this user"
+    return None
+
+
 # The busy timeout of a transaction without a deadline (the worker's, the CLI's).
 SQLITE_BUSY_TIMEOUT = 30.0
 # SQLite opens a file it may not write read-only, and that connection stays read-only after

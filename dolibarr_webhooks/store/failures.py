@@ -69,7 +69,10 @@ def store_error(exc: BaseException) -> StoreError:
 
 def error_line(exc: BaseException) -> str:
     """One line for an operator: the driver's error and its first line (disk full,
-    read-only...), without SQLAlchemy's dump of the statement and its parameters."""
+    read-only...), without SQLAlchemy's dump of the statement and its parameters. A
+    ``StoreError`` says it already (``store_error``)."""
+    if isinstance(exc, StoreError):
+        return str(exc)[:300]
     cause = getattr(exc, "orig", None) or exc
     detail = str(cause).strip().splitlines()
     return f"{type(cause).__name__}: {detail[0] if detail else ''}".rstrip(": ")[:300]

@@ -21,8 +21,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from ..events import Event
 from ..labels import encodable
 from . import payloads, postgres_fast, sqlite_fast
-from .engine import make_engine, make_request_engine, normalise_url, reopen_if_stale, sqlite_path
-from .failures import FAILURES, DeadlinePassed, error_line, store_error
+from .engine import (make_engine, make_request_engine, normalise_url, reopen_if_stale, sqlite_folder_problem,
+                     sqlite_path)
+from .failures import FAILURES, DeadlinePassed, StoreError, error_line, store_error
 from .inspect import Inspection
 from .schema import (ACCEPTED, DELIVERED, DUPLICATE, FAILED, MIGRATIONS, NOTIFY_CHANNEL, PENDING, QUARANTINED,
                      QUARANTINED_ONLY, RUNNING, attempts, deliveries, events, metadata, schema_migrations,
@@ -294,7 +295,17 @@ class Store(Inspection):
             return conn.execute(select(func.max(schema_migrations.c.version))).scalar() or 0
 
     def migrate(self) -> list[int]:
-        """Bring the schema to the latest version; safe when several processes start at once."""
+        """Bring the schema to the latest version; safe when several processes start at once.
+        ``StoreError`` when an SQLite file's folder is missing or cannot be written: the
+        writers' lock file beside it is opened first, and its ``OSError`` was a traceback from
+        every command and from gunicorn, where a database out of reach is one line."""
+        try:
+            return self._migrated()
+        except OSError as exc:
+            problem = sqlite_folder_problem(self._writers.path) if self._writers else None
+            raise (StoreError(problem) if problem else store_error(exc)) from exc
+
+    def _migrated(self) -> list[int]:
         applied = []
         with self._write() as conn:
             if self.is_postgres:
