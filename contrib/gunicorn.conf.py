@@ -17,10 +17,12 @@ where something is stuck, and they all end well before Dolibarr's 30 s.
 """
 
 import os
+import sys
 
 # The metrics folder first: prometheus_client picks memory or files when it is imported,
 # which the application's modules, imported below, do. dolibarr_webhooks.web.gunicorn does
 # not import it.
+from dolibarr_webhooks.exceptions import ConfigError
 from dolibarr_webhooks.web.gunicorn import (SERVE_THREADS, check_before_forking, mark_process_dead,
                                             prepare_multiproc_dir, remove_multiproc_dir, web_processes,
                                             wipe_multiproc_dir)
@@ -29,7 +31,11 @@ from dolibarr_webhooks.web.gunicorn import (SERVE_THREADS, check_before_forking,
 # adds up all gunicorn workers AND the separate 'dolibarr-webhooks worker' process (give it
 # the same folder: the systemd units use /run/dolibarr-webhooks/metrics). Unset: a temporary
 # folder of this gunicorn only, removed at exit (deliveries then do not show in /metrics).
-_metrics_dir, _metrics_dir_is_ours = prepare_multiproc_dir()
+# A folder that cannot be made or written is one line (gunicorn would print a traceback).
+try:
+    _metrics_dir, _metrics_dir_is_ours = prepare_multiproc_dir()
+except ConfigError as _exc:
+    sys.exit(f"Error: {_exc}")
 
 # Flask and the application's modules are imported here, in the master, after the metrics
 # folder is set: each worker forked from it then starts without importing them again (two

@@ -20,9 +20,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily
 
+from .metrics_folder import MULTIPROC_ENV, made
+
 logger = logging.getLogger(__name__)
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -36,9 +37,7 @@ def multiprocess_dir() -> str | None:
                        "process only. Set it in the environment of the service (contrib/gunicorn.conf.py "
                        "and the systemd units do).", MULTIPROC_ENV)
         return None
-    # The worker service may start before gunicorn has created the folder.
-    os.makedirs(path, exist_ok=True)
-    return path
+    return made(path)  # the worker service may start before gunicorn has made the folder
 
 
 class Metrics:

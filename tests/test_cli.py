@@ -112,6 +112,32 @@ def test_an_sqlite_store_whose_folder_is_missing_or_not_writable_is_one_line_nam
     assert not missing.exists() and not list(read_only.iterdir())
 
 
+def test_a_metrics_folder_that_cannot_be_made_or_written_is_one_line_naming_the_variable(tmp_path):
+    """PROMETHEUS_MULTIPROC_DIR where no folder can be made (under a file), or naming one the
+    service's user may not write: serve, the worker and gunicorn under contrib's configuration
+    printed the traceback of os.makedirs, or of prometheus_client's first sample file. One
+    line now, naming the variable."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    as_the_service = without_dac_override(tmp_path)
+    for folder, prefix, said in (
+            (a_file / "metrics", [], f"cannot make the folder {a_file / 'metrics'} (Not a directory)"),
+            (read_only, as_the_service, f"the folder {read_only} is not writable by this user")):
+        env = {**os.environ, "DOLIBARR_WEBHOOKS_SECRET": SECRET, "PROMETHEUS_MULTIPROC_DIR": str(folder),
+               "DOLIBARR_WEBHOOKS_DATABASE_URL": f"sqlite:///{tmp_path / 'webhooks.sqlite3'}"}
+        for args, status in (([str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(free_port())], 2),
+                             ([str(SCRIPT), "worker"], 2),
+                             ([str(SCRIPT.parent / "gunicorn"), "-c", str(GUNICORN_CONF), "--bind",
+                               f"127.0.0.1:{free_port()}", "dolibarr_webhooks:create_app()"], 1)):
+            result = subprocess.run(prefix + args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+            assert result.returncode == status, (args, result.stdout + result.stderr)
+            assert result.stderr.count(f"Error: PROMETHEUS_MULTIPROC_DIR: {said}") == 1, (args, result.stderr)
+            assert "Traceback" not in result.stderr, (args, result.stderr)
+
+
 @pytest.mark.slow
 def test_a_store_out_of_reach_is_one_line_from_every_command_and_from_gunicorn(tmp_path):
     """A database that cannot be reached (nothing listens on its port): each command that uses

@@ -27,12 +27,12 @@ from gunicorn.workers.sync import SyncWorker as _SyncWorker
 
 from ..credentials import SENSITIVE_NAME
 from ..logs import MASK, SecretScrubber, TextFormatter, make_formatter, redact
+from ..metrics_folder import MULTIPROC_ENV, made
 from ..settings import ConfigError, Settings, process_settings
 from ..store import STORE_ERRORS, Store, unavailable
 from ..startup import freeze_startup_objects
 from .balance import STEP_BACK, ConnectionShare, alive
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # What the JSON access line reads (RedactingLogger.access), whatever the text format.
 _JSON_ATOMS = frozenset({"q", "U", "m", "s", "{x-request-id}o", "h", "D", "B", "a"})
@@ -515,8 +515,7 @@ def prepare_multiproc_dir(path: str | None = None) -> tuple[str, bool]:
     if not path:
         path = tempfile.mkdtemp(prefix="dolibarr-webhooks-metrics-")
         created = True
-    os.makedirs(path, exist_ok=True)
-    os.environ[MULTIPROC_ENV] = path
+    os.environ[MULTIPROC_ENV] = made(path)
     # prometheus_client chooses where values live when it is imported, and the command line
     # (``serve``) imported it before the folder was set: choose again. The apps' metrics are
     # made after gunicorn forks (metrics.Metrics), so every one of them writes to the folder.
