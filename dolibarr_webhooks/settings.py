@@ -373,6 +373,11 @@ def load_settings(test_config: Mapping[str, Any] | None = None, environ: Mapping
 
     if env_file is None:
         env_file = env_file_path(environ)
+        # Named by --env-file or DOLIBARR_WEBHOOKS_ENV_FILE and not there: a typo in the path ran
+        # the command on the defaults, another store and no secret, and said nothing. (serve
+        # names the file itself, where it saves a secret it generates.)
+        if env_name("ENV_FILE") in environ and env_file and not Path(env_file).is_file():
+            raise ConfigError(env_name("ENV_FILE"), f"no file {env_file}")
     try:
         if env_file and Path(env_file).is_file():
             take(_prefixed(dotenv_values(env_file, encoding=_UTF8)), f"{env_file}")

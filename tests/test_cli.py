@@ -410,6 +410,26 @@ def test_env_file_option_is_read_by_every_command_and_serve_saves_its_secret_the
     assert not (tmp_path / ".env").exists()
 
 
+def test_an_env_file_named_but_not_there_stops_every_command_with_one_line(tmp_path):
+    """``--env-file`` (or DOLIBARR_WEBHOOKS_ENV_FILE) with a typo in its path: every command ran
+    on the defaults (the store of the folder it ran in, no secret) and said nothing; check
+    said the settings came from the environment. One line now, naming the file; serve still
+    makes the file it is given, to save a secret it generates (the test above)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_"))}
+    said = "DOLIBARR_WEBHOOKS_ENV_FILE: no file conf/typo.env"
+    for args, environ in ((["--env-file", "conf/typo.env", "stats"], env),
+                          (["-e", "conf/typo.env", "migrate"], env),
+                          (["worker"], {**env, "DOLIBARR_WEBHOOKS_ENV_FILE": "conf/typo.env"})):
+        result = subprocess.run([str(SCRIPT), *args], cwd=tmp_path, env=environ, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 2 and result.stderr == f"Error: {said}\n", (args, result.stderr)
+    for args in (["--env-file", "conf/typo.env", "check"], ["check", "--env-file", "conf/typo.env"]):
+        result = subprocess.run([str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 1 and f"ERROR    settings: {said}\n" in result.stdout, (args, result.stdout)
+    assert list(tmp_path.iterdir()) == []  # no store made on the defaults
+
+
 @pytest.mark.parametrize("args", [["--help"], ["events"], ["plugins"], ["check"], ["send", "--help"]])
 def test_commands_that_only_read_leave_no_file(tmp_path, args):
     """Run in whatever folder, they create no store, no lock file, and log no error."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from dolibarr_webhooks import create_app
@@ -108,6 +110,19 @@ def test_settings_files_saved_by_other_editors(tmp_path):
         load_settings({"CONFIG": str(toml)}, environ={}, env_file="")
     with pytest.raises(ConfigError, match="DOLIBARR_WEBHOOKS_ENV_FILE: cannot read x+: .*File name too long"):
         load_settings(environ={}, env_file="x" * 300)
+
+
+def test_an_env_file_named_in_the_environment_must_be_there(tmp_path):
+    """DOLIBARR_WEBHOOKS_ENV_FILE (what --env-file sets) naming no file is an error; ./.env,
+    read when none is named, may be missing, and so may a file a caller passes itself (serve
+    makes it)."""
+    missing = tmp_path / "typo.env"
+    with pytest.raises(ConfigError, match=f"^DOLIBARR_WEBHOOKS_ENV_FILE: no file {re.escape(str(missing))}$"):
+        load_settings(environ={"DOLIBARR_WEBHOOKS_ENV_FILE": str(missing)})
+    assert load_settings(environ={"DOLIBARR_WEBHOOKS_ENV_FILE": ""})["PORT"] == 8080
+    assert load_settings(environ={}, env_file=missing)["PORT"] == 8080
+    missing.write_text("DOLIBARR_WEBHOOKS_PORT=1234\n")
+    assert load_settings(environ={"DOLIBARR_WEBHOOKS_ENV_FILE": str(missing)})["PORT"] == 1234
 
 
 @pytest.mark.parametrize("variable", ["DOLIBARR_WEBHOOKS_SECRET", "WEBHOOK_SECRET", "DOLIBARR_WEBHOOKS_SYNC_SECRET",

@@ -328,8 +328,10 @@ def _origins(settings: Settings) -> str:
 def run_checks(env_file: str | None = None) -> Report:
     """Every check, in the order an operator fixes things."""
     report = Report()
+    # check's own --env-file names the file as the commands' (DOLIBARR_WEBHOOKS_ENV_FILE) does.
+    environ = os.environ if env_file is None else {**os.environ, env_name("ENV_FILE"): env_file}
     try:
-        settings = load_settings(env_file=env_file)
+        settings = load_settings(environ=environ)
     except ConfigError as exc:
         report.add(ERROR, "settings", f"{exc.setting}: {exc.message}", exc.setting)
         return report
