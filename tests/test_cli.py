@@ -89,11 +89,13 @@ def test_an_sqlite_store_whose_folder_is_missing_or_not_writable_is_one_line_nam
     missing, read_only = tmp_path / "not-made-yet", tmp_path / "read-only"
     read_only.mkdir()
     read_only.chmod(0o555)
+    temporary = tmp_path / "tmp"  # where serve and gunicorn make their metrics folder, and must remove it
+    temporary.mkdir()
     as_the_service = without_dac_override(tmp_path)  # root writes anywhere: the service's user does not
     for folder, prefix, problem in ((missing, [], "does not exist"),
                                     (read_only, as_the_service, "is not writable by this user")):
         database = folder / "webhooks.sqlite3"
-        env = {**os.environ, "DOLIBARR_WEBHOOKS_SECRET": SECRET,
+        env = {**os.environ, "DOLIBARR_WEBHOOKS_SECRET": SECRET, "TMPDIR": str(temporary),
                "DOLIBARR_WEBHOOKS_DATABASE_URL": f"sqlite:///{database}"}
         said = f"Error: the store at sqlite:///{database} is unavailable (the folder {folder} {problem})"
         for args in ([str(SCRIPT), "migrate"], [str(SCRIPT), "worker"],
@@ -105,6 +107,7 @@ def test_an_sqlite_store_whose_folder_is_missing_or_not_writable_is_one_line_nam
             assert result.returncode == 1, (args, result.stdout + result.stderr)
             assert result.stderr.count(said) == 1, (args, result.stderr)
             assert "Traceback" not in result.stderr, (args, result.stderr)
+            assert not list(temporary.iterdir()), (args, result.stderr)
         check = subprocess.run(prefix + [str(SCRIPT), "check"], capture_output=True, text=True, env=env, cwd=tmp_path,
                                timeout=60)
         assert check.returncode == 1 and f"SQLite file {database}: the folder {folder} {problem}" in check.stdout, \
