@@ -15,8 +15,6 @@ from typing import Any, Callable
 
 import orjson
 
-_DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS
-
 # PHP's json_encode fails beyond 512 levels (Dolibarr then posts an empty body): nothing
 # deeper comes from Dolibarr, and ``json`` cannot encode much deeper without a RecursionError.
 MAX_DEPTH = 512
@@ -76,9 +74,11 @@ def dumps(value: Any) -> str:
     Always valid UTF-8: a lone surrogate (``"\\ud800"`` in a body, which ``json`` decodes)
     is written back as its escape, so the text can be stored and reads back the same.
     """
+    # Without OPT_NON_STR_KEYS: it took a 15 KB invoice's encoding from 13 to 22 us, and a
+    # key that is not text (never in a decoded body) goes to json, which writes it as before.
     try:
-        return orjson.dumps(value, option=_DUMPS_OPTIONS).decode()
-    except TypeError:  # orjson.JSONEncodeError: an integer wider than 64 bits, a surrogate, deep nesting...
+        return orjson.dumps(value).decode()
+    except TypeError:  # orjson.JSONEncodeError: an integer wider than 64 bits, a key not text, a surrogate...
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     try:
         text.encode()
