@@ -71,3 +71,122 @@ def refusing_connections(name: str) -> Iterator[None]:
     finally:
         with admin_connection() as conn:
             conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+# -- a failover: a proxy that keeps connections where they were opened, a demoted primary --------
+class PinningProxy:
+    """A TCP proxy in front of PostgreSQL servers, as HAProxy in front of Patroni is often set
+    up: each new connection goes to the server ``to()`` last named, and stays on the server it
+    was opened to when the target changes."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+        import threading
+
+        self.target = port
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._open: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def to(self, port: int) -> None:
+        self.target = port
+
+    def url(self, url: str) -> str:
+        """``url`` (on the admin URL's server) reached through the proxy."""
+        return make_url(url).set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return  # closed
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                client.close()
+                continue
+            self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink) -> None:
+        import socket
+
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for sock, how in ((sink, socket.SHUT_WR), (source, socket.SHUT_RD)):
+            with contextlib.suppress(OSError):
+                sock.shutdown(how)
+
+    def close(self) -> None:
+        self._server.close()
+        for sock in self._open:
+            sock.close()
+
+
+def _postgres_bin(name: str) -> str:
+    """A server program of the PostgreSQL the tests run on (Debian keeps them off the PATH)."""
+    import glob
+    import shutil
+
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)),
+                                       None)
+    if found is None:
+        raise RuntimeError(f"no PostgreSQL server program {name} on this machine (Debian: postgresql)")
+    return found
+
+
+@contextlib.contextmanager
+def demoted_primary(name: str) -> Iterator[int]:
+    """A PostgreSQL server of its own (its port), holding database ``name`` migrated by the
+    store, then restarted in recovery as a demoted primary is after a failover: it answers
+    reads and refuses every write (SQLSTATE 25006) and LISTEN. Run by the ``postgres`` user
+    when the tests run as root (the server refuses root)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from dolibarr_webhooks.store import Store
+    from dolibarr_webhooks.testing import free_port
+
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    folder = tempfile.mkdtemp(prefix="dw-demoted-")  # not under pytest's tmp_path: root's alone
+    if as_postgres:
+        shutil.chown(folder, "postgres")
+    data, port = os.path.join(folder, "data"), free_port()
+    ctl = [*as_postgres, _postgres_bin("pg_ctl"), "-D", data, "-l", os.path.join(folder, "log"), "-w"]
+
+    def run(*args: str) -> None:
+        subprocess.run([*args], check=True, capture_output=True, timeout=60)
+
+    try:
+        run(*as_postgres, _postgres_bin("initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
+        run(*ctl, "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        url = f"postgresql://postgres@127.0.0.1:{port}/{name}"
+        import psycopg
+
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        store = Store(url)
+        try:
+            store.migrate()
+        finally:
+            store.dispose()
+        run(*ctl, "-m", "fast", "stop")
+        open(os.path.join(data, "standby.signal"), "w").close()
+        if as_postgres:
+            shutil.chown(os.path.join(data, "standby.signal"), "postgres")
+        run(*ctl, "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        yield port
+    finally:
+        subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
+        shutil.rmtree(folder, ignore_errors=True)

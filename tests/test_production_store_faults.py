@@ -1,8 +1,8 @@
 """The store under faults, through real gunicorn (contrib/gunicorn.conf.py) and real nginx
 (the contrib site): a locked store is answered by the request deadline and stores exactly
-the events answered 2xx; an SQLite file made read-only and writable again, or on a disk
-that fills and then grows, is written again without a restart, and /ready says what a
-write meets meanwhile."""
+the events answered 2xx; an SQLite file made read-only and writable again, a PostgreSQL
+failover behind a proxy, or a disk that fills and then grows: the store is written again
+without a restart, and /ready says what a write meets meanwhile."""
 
 from __future__ import annotations
 
@@ -26,12 +26,15 @@ from typing import Iterator
 import pytest
 import requests
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from dolibarr_webhooks.pipeline import deliver
+from dolibarr_webhooks.pipeline.parse import event_from_body
 from dolibarr_webhooks.store import Store, events, libpq_url
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, running_service, wait_for
 from dolibarr_webhooks_testplugin import HeldFileLock, app_factory, body, running_worker, writes_blocked
-from postgres_helpers import on_database
+from postgres_helpers import PinningProxy, admin_connection, database_name, demoted_primary, end_sessions, on_database
 from production_helpers import dolibarr_post, production_env, require_tool, running_nginx, without_dac_override
 
 pytestmark = pytest.mark.slow
@@ -192,6 +195,88 @@ def test_sqlite_made_read_only_then_writable_again_recovers_without_a_restart(tm
                  interval=0.2, message=lambda: requests.get(f"{service.url}/ready", timeout=10).text)
         print(f"\nwritten again {time.monotonic() - restored:.2f} s after the files were writable, without a restart")
         assert "web" in service.processes and service.processes["web"].poll() is None
+
+
+def test_postgresql_failing_over_behind_a_proxy_is_written_again_without_a_restart(postgres_database_url):
+    """The store's URL goes through a proxy that keeps each connection on the server it was
+    opened to (HAProxy in front of Patroni). A failover ends the sessions; for a while the
+    proxy sends new connections to the demoted primary, in recovery, which refuses every
+    write and LISTEN; then to the new primary. The connections opened meanwhile stayed on the
+    demoted one: the web processes answered 503 and the worker delivered nothing until a
+    restart. Now a connection that meets a server refusing writes is replaced, the 503s end
+    within seconds, the events answered 200 are exactly those stored and each is delivered,
+    and no connection is left to the garbage collector (a ResourceWarning in the logs)."""
+    name = database_name(postgres_database_url)
+    env = production_env(DOLIBARR_WEBHOOKS_REQUEST_DEADLINE=f"{DEADLINE}s", PYTHONWARNINGS="always::ResourceWarning")
+    answered: set[str] = set()
+    primary = make_url(postgres_database_url).port or 5432  # the tests' server, on 127.0.0.1
+    with demoted_primary(name) as demoted, contextlib.closing(PinningProxy(primary)) as proxy:
+        url = proxy.url(postgres_database_url)
+        with running_service(env=env, workers=2, database_url=url) as service:
+            def post() -> int:
+                response = service.post(body("BILL_VALIDATE", object_id=f"failover-{time.monotonic_ns()}"))
+                if response.status_code == 200:
+                    answered.add(response.json()["id"])
+                else:
+                    assert (response.status_code, response.json()["error"]) == (503, "store_unavailable"), \
+                        response.text
+                return response.status_code
+
+            assert [post() for _ in range(4)] == [200] * 4
+            service.wait_delivered(4)  # the worker's connections are open too
+            proxy.to(demoted)
+            with admin_connection() as admin:
+                end_sessions(admin, name)
+            statuses = [post() for _ in range(12)]  # each web process meets the demoted primary
+            assert set(statuses) == {503}, statuses
+            for _ in range(6):  # each web process's probe opens its connection there too
+                ready = requests.get(f"{service.url}/ready", timeout=10)
+                assert ready.status_code == 503 and "read-only" in ready.json()["problems"]["writes"], ready.text
+            time.sleep(2)  # the worker meets it too: its LISTEN and its claims
+
+            proxy.to(primary)  # the new primary; what was opened to the demoted one stays there
+            restored = time.monotonic()
+            # /ready first: the events' writes, which replace their own connections, would
+            # replace its connection too (the web processes share one pool for both).
+            wait_for(lambda: all(requests.get(f"{service.url}/ready", timeout=10).status_code == 200
+                                 for _ in range(10)),
+                     timeout=10, interval=0.2, message=lambda: requests.get(f"{service.url}/ready", timeout=10).text)
+            wait_for(lambda: all(post() == 200 for _ in range(10)), timeout=10, interval=0.2,
+                     message=lambda: service.logs(tail=3000))
+            print(f"\nwritten again {time.monotonic() - restored:.2f} s after the proxy turned to the new primary")
+            assert stored_ids(postgres_database_url) == answered
+            service.wait_delivered(len(answered))
+            logs = service.logs()
+            # The worker met the demoted primary (its LISTEN is tried again every second).
+            assert "the store is unavailable" in logs and "the store is back after" in logs, logs
+            assert "ResourceWarning" not in logs, logs
+
+
+def test_a_worker_store_that_met_a_demoted_primary_claims_again_once_the_proxy_turns(postgres_database_url):
+    """The worker's statements go to the driver (``postgres_fast``), past SQLAlchemy's error
+    handling: a connection opened to the demoted primary during a failover (behind a proxy
+    that keeps it there) was lent again for every claim after it, each refused."""
+    name = database_name(postgres_database_url)
+    primary = make_url(postgres_database_url).port or 5432
+    service_store = Store(postgres_database_url)
+    service_store.migrate()
+    with demoted_primary(name) as demoted, contextlib.closing(PinningProxy(primary)) as proxy:
+        worker = Store.for_worker(proxy.url(postgres_database_url))
+        try:
+            assert worker.claim({"log": 1}, "w", 30) == []  # its connection, opened to the primary
+            proxy.to(demoted)
+            with admin_connection() as admin:
+                end_sessions(admin, name)
+            with pytest.raises(SQLAlchemyError, match="read-only transaction"):
+                worker.claim({"log": 1}, "w", 30)
+            proxy.to(primary)
+            event = event_from_body(body(object_id="after-the-failover"), source="default")
+            service_store.ingest(event, ["log"])
+            claimed = worker.claim({"log": 1}, "w", 30)
+            assert [claim.event.id for claim in claimed] == [event.id]
+        finally:
+            worker.dispose()
+            service_store.dispose()
 
 
 # Run without the capabilities that let root write read-only files, and without the garbage

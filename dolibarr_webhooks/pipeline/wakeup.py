@@ -48,8 +48,14 @@ class NotifyListener(Wakeup):
 
         try:
             self.conn = psycopg.connect(libpq_url(store.url), autocommit=True)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot LISTEN: {exc}") from exc
+        try:
             self.conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         except psycopg.Error as exc:
+            # A server that refuses it (a demoted primary, in recovery): the worker tries again
+            # every second, and each connection was left to the garbage collector, open.
+            self.conn.close()
             raise StoreError(f"cannot LISTEN: {exc}") from exc
 
     def _woken(self, seconds: float) -> bool:

@@ -50,7 +50,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
 from .checkpoint import LogCheckpoints
-from .engine import closed_by_server
+from .engine import closed_by_server, refuses_writes
 from .failures import TIMEOUT, DeadlinePassed, classify_error
 from .group_commit import SharedSync
 from .sqlite_fast import Drivers
@@ -403,7 +403,7 @@ class PostgresCommitter(Committer):
                     cursors.append(driver.cursor().execute(self._sql, dict(request.work[0], lock_timeout=lock_timeout)))
                 driver.execute("COMMIT")
         except self._driver_error as exc:
-            if self._lost(driver):  # the COMMIT's outcome is unknown: never redo
+            if self._lost(driver, exc):  # the COMMIT's outcome unknown, or no write taken: never redo
                 for request in requests:
                     request.error = self._wrapped(exc)
                 return []
@@ -432,7 +432,7 @@ class PostgresCommitter(Committer):
             try:
                 found = driver.execute(self._sql, dict(parameters, lock_timeout=f"{lock_timeout}ms")).fetchone()[0]
             except self._driver_error as exc:
-                self._lost(driver)
+                self._lost(driver, exc)
                 raise self._wrapped(exc) from exc
             request.result = finish(found)
         except Exception as exc:
@@ -468,10 +468,11 @@ class PostgresCommitter(Committer):
             self._drop()
         self._pooled = None
 
-    def _lost(self, driver) -> bool:
+    def _lost(self, driver, exc: Exception) -> bool:
         """True (and the connection dropped) when the driver lost the connection, as
-        SQLAlchemy's own error handling does."""
-        if driver.broken or driver.closed:
+        SQLAlchemy's own error handling does, or when its server takes no writes (a demoted
+        primary: ``refuses_writes``)."""
+        if driver.broken or driver.closed or refuses_writes(exc):
             self._drop()
             return True
         return False

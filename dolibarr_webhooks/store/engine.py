@@ -66,6 +66,33 @@ _SQLITE_STALE = ("attempt to write a readonly database", "disk I/O error", "unab
                  "database or disk is full")
 
 
+# PostgreSQL's read_only_sql_transaction: a server in recovery (a primary demoted by a
+# failover) refuses every write, and LISTEN, with it.
+_PG_READ_ONLY = "25006"
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """Whether a PostgreSQL error says the connection's server takes no writes (a demoted
+    primary). Such a connection is replaced, as a lost one is: behind a proxy that keeps each
+    connection on the server it was opened to (HAProxy in front of Patroni), those opened to
+    the demoted primary during a failover stayed there, and every write was refused until a
+    restart."""
+    cause = getattr(exc, "orig", None) or exc
+    return getattr(cause, "sqlstate", None) == _PG_READ_ONLY
+
+
+def _replaced_when_refusing_writes(engine: Engine) -> Engine:
+    """``engine``'s connections replaced once one meets a server that takes no writes
+    (``refuses_writes``): SQLAlchemy then counts it as lost, and the pool opens new ones."""
+
+    @sa_event.listens_for(engine, "handle_error")
+    def _on_error(context):
+        if refuses_writes(context.original_exception):
+            context.is_disconnect = True
+
+    return engine
+
+
 # A full collection costs milliseconds with the GIL held: during a long fault, when every
 # request marks the engine stale again, at most one a second.
 _COLLECT_EVERY = 1.0
@@ -153,6 +180,7 @@ def make_engine(url: str, synchronous: str = "FULL", ping_every_checkout: bool =
     # A server that does not answer fails the request in seconds (503), never holds a worker.
     engine = create_engine(url, pool_pre_ping=ping_every_checkout, pool_size=8, max_overflow=16,
                            connect_args={"connect_timeout": int(os.environ.get("PGCONNECT_TIMEOUT", "5"))})
+    _replaced_when_refusing_writes(engine)
     return engine if ping_every_checkout else _looked_at_when_lent(engine)
 
 
@@ -204,4 +232,4 @@ def make_request_engine(url: str, deadline: float) -> Engine:
         with dbapi_conn.cursor() as cursor:
             cursor.execute(f"SET statement_timeout = {milliseconds}; SET lock_timeout = {milliseconds}")
 
-    return engine
+    return _replaced_when_refusing_writes(engine)

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ClauseElement
 
 from .compiled import compiled_once
+from .engine import refuses_writes
 
 if TYPE_CHECKING:  # psycopg is imported with a PostgreSQL store only, as SQLAlchemy imports its driver
     import psycopg
@@ -81,9 +82,13 @@ def _out_of_autocommit(driver: psycopg.Connection) -> None:
 
 @contextlib.contextmanager
 def _raised_as_sqlalchemy(conn: Connection, sql: str) -> Iterator[None]:
-    """psycopg's errors in the block raised as SQLAlchemy's (``DBAPIError.instance``)."""
+    """psycopg's errors in the block raised as SQLAlchemy's (``DBAPIError.instance``). A
+    connection to a server that takes no writes is not lent again either (``refuses_writes``):
+    SQLAlchemy's own error handling, which would see to it, does not run here."""
     driver_error = conn.dialect.dbapi.Error  # psycopg's
     try:
         yield
     except driver_error as exc:
+        if refuses_writes(exc):
+            conn.invalidate(exc)
         raise DBAPIError.instance(sql, None, exc, driver_error, hide_parameters=True, dialect=conn.dialect) from exc
