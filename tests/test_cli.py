@@ -433,6 +433,26 @@ def test_an_env_file_named_but_not_there_stops_every_command_with_one_line(tmp_p
     assert list(tmp_path.iterdir()) == []  # no store made on the defaults
 
 
+@pytest.mark.parametrize("url", ["mysql://shop:s3cret-pw@db/hooks", "postgresql://shop:s3cret-pw@db:54x2/hooks",
+                                 "postgresql://shop:s3cret-pw@db1:5432,db2:x/hooks"])
+def test_a_database_url_that_cannot_be_used_is_one_line_with_its_password_masked(tmp_path, url):
+    """A typo in a port (or in one of several servers') was SQLAlchemy's traceback from every
+    command; a URL of another database was one line that printed its password."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DOLIBARR_WEBHOOKS_", "WEBHOOK_"))}
+    env["DOLIBARR_WEBHOOKS_DATABASE_URL"] = url
+    shown = url.replace("s3cret-pw", "***")
+    for args in (["stats"], ["migrate"], ["worker"]):
+        result = subprocess.run([str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert result.returncode == 2 and result.stderr.startswith(f"Error: DOLIBARR_WEBHOOKS_DATABASE_URL: "
+                                                                   f"{shown!r} "), (args, result.stderr)
+        assert result.stderr.count("\n") == 1 and "s3cret-pw" not in result.stderr, result.stderr
+    result = subprocess.run([str(SCRIPT), "check"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and f"DOLIBARR_WEBHOOKS_DATABASE_URL: {shown!r} " in result.stdout, result.stdout
+    assert "s3cret-pw" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("args", [["--help"], ["events"], ["plugins"], ["check"], ["send", "--help"]])
 def test_commands_that_only_read_leave_no_file(tmp_path, args):
     """Run in whatever folder, they create no store, no lock file, and log no error."""

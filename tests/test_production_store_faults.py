@@ -279,6 +279,25 @@ def test_a_worker_store_that_met_a_demoted_primary_claims_again_once_the_proxy_t
             service_store.dispose()
 
 
+def test_a_url_naming_both_servers_writes_to_the_one_that_takes_writes(postgres_database_url):
+    """No proxy: the URL names both servers as libpq takes them, the demoted primary first,
+    with ``target_session_attrs=read-write`` (libpq then skips a server that takes no writes).
+    Every command printed SQLAlchemy's traceback of its port ("5432,127.0.0.1:5432"); now the
+    service migrates, stores and delivers on the server that takes writes, the worker's
+    LISTEN included (its connection took the URL as libpq's, where SQLAlchemy's form of
+    several servers does not resolve)."""
+    written = make_url(postgres_database_url)
+    with demoted_primary(written.database) as demoted:
+        url = (f"postgresql://{written.username}@127.0.0.1:{demoted},127.0.0.1:{written.port or 5432}/"
+               f"{written.database}?target_session_attrs=read-write")
+        with running_service(env=production_env(), workers=2, database_url=url) as service:
+            answers = [service.post(body("BILL_VALIDATE", object_id=f"both-{number}")) for number in range(3)]
+            assert [answer.status_code for answer in answers] == [200] * 3, [answer.text for answer in answers]
+            service.wait_delivered(3)
+            assert "Traceback" not in service.logs()
+        assert {answer.json()["id"] for answer in answers} <= stored_ids(postgres_database_url)
+
+
 # Run without the capabilities that let root write read-only files, and without the garbage
 # collector: the store must close what a read-only spell left open by itself.
 _READ_ONLY_SPELL = textwrap.dedent("""

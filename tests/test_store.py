@@ -29,7 +29,7 @@ from sqlalchemy import func, select, text, update
 
 from dolibarr_webhooks.ids import new_event_id
 from dolibarr_webhooks.pipeline.parse import event_from_body
-from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, compiled, gauges, queue
+from dolibarr_webhooks.store import NOTIFY_CHANNEL, SCHEMA_VERSION, Store, compiled, gauges, normalise_url, queue
 from dolibarr_webhooks.store.schema import FAILED, deliveries
 from dolibarr_webhooks.testing import WEBHOOKS_TEST_SECRET, deliver_until_idle, make_event, wait_for
 from dolibarr_webhooks_testplugin import (HeldFileLock, body, by_plugin, command, files_open, handler_config,
@@ -1270,3 +1270,15 @@ def test_processes_starting_at_once_migrate_once(database_url, tmp_path, make_ap
         versions = [row[0] for row in conn.exec_driver_sql("SELECT version FROM schema_migrations ORDER BY 1")]
     assert versions == list(range(1, SCHEMA_VERSION + 1)), outputs
     assert app.test_client().post(WEBHOOK, data=body(object_id=1)).status_code == 200
+
+
+@pytest.mark.parametrize(("written", "taken"), [
+    ("postgresql://shop:pw@db1:5432,db2:5433/hooks?target_session_attrs=read-write",
+     "postgresql+psycopg://shop:pw@/hooks?host=db1:5432&host=db2:5433&target_session_attrs=read-write"),
+    ("postgres://db1,db2/hooks", "postgresql+psycopg:///hooks?host=db1&host=db2"),
+    ("postgresql://shop@[::1]:5432,10.0.0.2:5432", "postgresql+psycopg://shop@/?host=[::1]:5432&host=10.0.0.2:5432"),
+    ("postgresql://shop@db1:5432/hooks", "postgresql+psycopg://shop@db1:5432/hooks"),
+    ("sqlite:////var/lib/x,y.sqlite3", "sqlite:////var/lib/x,y.sqlite3"),
+])
+def test_several_servers_as_libpq_writes_them_are_taken_as_sqlalchemy_takes_them(written, taken):
+    assert normalise_url(written) == taken

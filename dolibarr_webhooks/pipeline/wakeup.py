@@ -8,7 +8,8 @@ import os
 import threading
 import time
 
-from ..store import NOTIFY_CHANNEL, Store, StoreError, libpq_url
+from ..store import NOTIFY_CHANNEL, Store, StoreError
+from ..store.engine import driver_connect_args
 from .inotify import FolderWatch
 
 
@@ -47,7 +48,7 @@ class NotifyListener(Wakeup):
         import psycopg
 
         try:
-            self.conn = psycopg.connect(libpq_url(store.url), autocommit=True)
+            self.conn = psycopg.connect(**driver_connect_args(store.engine), autocommit=True)
         except psycopg.Error as exc:
             raise StoreError(f"cannot LISTEN: {exc}") from exc
         try:
