@@ -23,7 +23,9 @@ from typing import Any, Callable, Mapping
 from dotenv import dotenv_values
 
 from .credentials import SENSITIVE_NAME
+from .database_url import unusable
 from .exceptions import ConfigError
+from .logs import redact
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -136,30 +138,17 @@ def parse_host(value: Any) -> str:
     raise ValueError(f"{value!r} is not an IP address or a host name (the port is DOLIBARR_WEBHOOKS_PORT)")
 
 
-_HOST_AND_PORT = re.compile(r"(\[[^\]]*\]|[^:\[\]]*)(:\d+)?")  # db1, db1:5432, [::1]:5432, /run/postgresql
-
-
 def parse_database_url(value: Any) -> str:
     text = str(value or "").strip()
     if not text:
         # The embedded default: a file in the working directory, created on first start.
         return "sqlite:///" + os.path.abspath("dolibarr-webhooks.sqlite3")
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    from .logs import redact
-    from .store.engine import normalise_url
-
     shown = redact(text, keep_user=True)  # the message is printed: never its password
     if not re.match(r"^(sqlite|postgresql|postgres)(\+\w+)?://", text):
         raise ValueError(f"{shown!r} must start with sqlite:/// or postgresql://")
-    try:
-        hosts = make_url(normalise_url(text)).query.get("host", ())  # several servers: each its port
-        if not all(_HOST_AND_PORT.fullmatch(host) for host in ((hosts,) if isinstance(hosts, str) else hosts)):
-            raise ValueError("a port that is not a number")
-    except (ArgumentError, ValueError):  # SQLAlchemy's words quote the whole URL, password and all
+    if unusable(text):  # SQLAlchemy's own words would quote the whole URL, password and all
         raise ValueError(f"{shown!r} is not a URL of a database: write postgresql://user:password@host:port/database "
-                         f"(host1:port1,host2:port2 for several servers), or sqlite:////path/to/file") from None
+                         f"(host1:port1,host2:port2 for several servers), or sqlite:////path/to/file")
     return text
 
 

@@ -8,8 +8,7 @@ import os
 import threading
 import time
 
-from ..store import NOTIFY_CHANNEL, Store, StoreError
-from ..store.engine import driver_connect_args
+from ..store import NOTIFY_CHANNEL, Store, StoreError, driver_connect_args
 from .inotify import FolderWatch
 
 

@@ -1,4 +1,4 @@
-"""Connections to the store: the URL's forms, SQLite's pragmas and transactions, PostgreSQL's
+"""Connections to the store: SQLite's pragmas and transactions, PostgreSQL's
 request engine bound by the request deadline."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import math
 import os
-import re
 import select
 import time
 
@@ -14,32 +13,7 @@ from sqlalchemy import create_engine, event as sa_event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DisconnectionError
 
-
-# libpq's form of several servers, each tried in turn: postgresql://user@db1:5432,db2:5432/name
-# (what libpq's and Patroni's documentation write, with ?target_session_attrs=read-write).
-_LIBPQ_HOSTS = re.compile(r"(?P<head>postgresql\+psycopg://(?:[^/?#@]*@)?)(?P<hosts>[^/?#@]*,[^/?#@]*)"
-                          r"(?P<path>/[^?#]*)?(?:\?(?P<query>.*))?")
-
-
-def normalise_url(url: str) -> str:
-    """The store URL as SQLAlchemy takes it: its psycopg driver named, and libpq's several
-    servers (``host1:5432,host2:5432``) in SQLAlchemy's form, ``?host=host1:5432&host=host2:5432``
-    (SQLAlchemy gives them back to libpq as libpq writes them)."""
-    if url.startswith("postgres://"):
-        url = "postgresql://" + url[len("postgres://"):]
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
-    several = _LIBPQ_HOSTS.fullmatch(url)
-    if several:
-        hosts = [f"host={host}" for host in several["hosts"].split(",") if host]
-        url = f"{several['head']}{several['path'] or '/'}?{'&'.join(hosts + [several['query'] or ''])}".rstrip("&")
-    return url
-
-
-def libpq_url(url: str) -> str:
-    """A PostgreSQL URL as an operator writes it: without the driver's name that
-    ``normalise_url`` gives it."""
-    return normalise_url(url).replace("postgresql+psycopg://", "postgresql://", 1)
+from ..database_url import normalise_url
 
 
 def driver_connect_args(engine: Engine) -> dict:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, SQLAlchemyError
 
+from ..database_url import libpq_url
 from ..logs import redact
-from .engine import libpq_url
 
 # What went wrong with a store operation (StoreError.kind): the answer to Dolibarr, the log
 # line and the metric depend on it.

@@ -18,11 +18,11 @@ from sqlalchemy import bindparam, func, insert, literal_column, select, text, un
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..database_url import normalise_url
 from ..events import Event
 from ..labels import encodable
 from . import payloads, postgres_fast, sqlite_fast
-from .engine import (make_engine, make_request_engine, normalise_url, reopen_if_stale, sqlite_folder_problem,
-                     sqlite_path)
+from .engine import make_engine, make_request_engine, reopen_if_stale, sqlite_folder_problem, sqlite_path
 from .failures import FAILURES, DeadlinePassed, StoreError, error_line, store_error
 from .inspect import Inspection
 from .schema import (ACCEPTED, DELIVERED, DUPLICATE, FAILED, MIGRATIONS, NOTIFY_CHANNEL, PENDING, QUARANTINED,
