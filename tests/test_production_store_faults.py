@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import sqlite3
 import subprocess
@@ -296,6 +297,29 @@ def test_a_url_naming_both_servers_writes_to_the_one_that_takes_writes(postgres_
             service.wait_delivered(3)
             assert "Traceback" not in service.logs()
         assert {answer.json()["id"] for answer in answers} <= stored_ids(postgres_database_url)
+
+
+def test_check_says_when_the_store_is_a_server_that_takes_no_writes(postgres_database_url):
+    """``check`` said the store answered and was current while every write would fail: it
+    makes the write /ready makes, and names the cure; on a URL naming both servers with
+    ``target_session_attrs=read-write`` the store is the one that takes writes."""
+    written = make_url(postgres_database_url)
+    Store(postgres_database_url).migrate()
+    with demoted_primary(written.database) as demoted:
+        both = (f"postgresql://{written.username}@127.0.0.1:{demoted},127.0.0.1:{written.port or 5432}/"
+                f"{written.database}?target_session_attrs=read-write")
+        for url, status, said in (
+                (f"postgresql://{written.username}@127.0.0.1:{demoted}/{written.database}", 1,
+                 "answers but a write fails (ReadOnlySqlTransaction: cannot execute UPDATE in a read-only "
+                 "transaction): it is a standby, or a primary demoted by a failover"),
+                (both, 0, "answers; schema version")):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("DOLIBARR_WEBHOOKS_")}
+            env.update(DOLIBARR_WEBHOOKS_DATABASE_URL=url, DOLIBARR_WEBHOOKS_SECRET=secrets.token_urlsafe(32),
+                       DOLIBARR_WEBHOOKS_PLUGINS="log")  # a random secret: check says an example's is one
+            result = subprocess.run([str(Path(sys.executable).parent / "dolibarr-webhooks"), "check"], env=env,
+                                    capture_output=True, text=True, timeout=120)
+            store_lines = [line for line in result.stdout.splitlines() if " store: " in line]
+            assert result.returncode == status and any(said in line for line in store_lines), result.stdout
 
 
 # Run without the capabilities that let root write read-only files, and without the garbage

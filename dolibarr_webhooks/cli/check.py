@@ -150,7 +150,15 @@ def _check_store(settings: Settings, report: Report) -> None:
     finally:
         store.dispose()
     problem = schema_problem(version)
-    if problem is None:
+    # A PostgreSQL server answers reads while it takes no write (a standby, a primary demoted
+    # by a failover): the write /ready makes tells. (An SQLite file's writes are this user's.)
+    failure = store.probe_write() if problem is None and store.is_postgres else None
+    if failure:
+        hint = (": it is a standby, or a primary demoted by a failover; name the primary, or every server with "
+                "?target_session_attrs=read-write (postgresql://user@db1:5432,db2:5432/name?...)"
+                if "read-only" in failure else "")
+        report.add(ERROR, "store", f"{shown} answers but a write fails ({failure}){hint}", env_name("DATABASE_URL"))
+    elif problem is None:
         report.add(OK, "store", f"{shown} answers; schema version {version} is current")
         _check_stored_credentials(settings, store, report)
     elif version > SCHEMA_VERSION:
