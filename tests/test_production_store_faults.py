@@ -259,25 +259,25 @@ def test_a_worker_store_that_met_a_demoted_primary_claims_again_once_the_proxy_t
     that keeps it there) was lent again for every claim after it, each refused."""
     name = database_name(postgres_database_url)
     primary = make_url(postgres_database_url).port or 5432
-    service_store = Store(postgres_database_url)
-    service_store.migrate()
-    with demoted_primary(name) as demoted, contextlib.closing(PinningProxy(primary)) as proxy:
+    with contextlib.ExitStack() as stack:
+        service_store = Store(postgres_database_url)
+        stack.callback(service_store.dispose)
+        service_store.migrate()
+        demoted = stack.enter_context(demoted_primary(name))
+        proxy = stack.enter_context(contextlib.closing(PinningProxy(primary)))
         worker = Store.for_worker(proxy.url(postgres_database_url))
-        try:
-            assert worker.claim({"log": 1}, "w", 30) == []  # its connection, opened to the primary
-            proxy.to(demoted)
-            with admin_connection() as admin:
-                end_sessions(admin, name)
-            with pytest.raises(SQLAlchemyError, match="read-only transaction"):
-                worker.claim({"log": 1}, "w", 30)
-            proxy.to(primary)
-            event = event_from_body(body(object_id="after-the-failover"), source="default")
-            service_store.ingest(event, ["log"])
-            claimed = worker.claim({"log": 1}, "w", 30)
-            assert [claim.event.id for claim in claimed] == [event.id]
-        finally:
-            worker.dispose()
-            service_store.dispose()
+        stack.callback(worker.dispose)
+        assert worker.claim({"log": 1}, "w", 30) == []  # its connection, opened to the primary
+        proxy.to(demoted)
+        with admin_connection() as admin:
+            end_sessions(admin, name)
+        with pytest.raises(SQLAlchemyError, match="read-only transaction"):
+            worker.claim({"log": 1}, "w", 30)
+        proxy.to(primary)
+        event = event_from_body(body(object_id="after-the-failover"), source="default")
+        service_store.ingest(event, ["log"])
+        claimed = worker.claim({"log": 1}, "w", 30)
+        assert [claim.event.id for claim in claimed] == [event.id]
 
 
 def test_a_url_naming_both_servers_writes_to_the_one_that_takes_writes(postgres_database_url):
@@ -304,7 +304,11 @@ def test_check_says_when_the_store_is_a_server_that_takes_no_writes(postgres_dat
     makes the write /ready makes, and names the cure; on a URL naming both servers with
     ``target_session_attrs=read-write`` the store is the one that takes writes."""
     written = make_url(postgres_database_url)
-    Store(postgres_database_url).migrate()
+    store = Store(postgres_database_url)
+    try:
+        store.migrate()
+    finally:
+        store.dispose()
     with demoted_primary(written.database) as demoted:
         both = (f"postgresql://{written.username}@127.0.0.1:{demoted},127.0.0.1:{written.port or 5432}/"
                 f"{written.database}?target_session_attrs=read-write")

@@ -154,6 +154,7 @@ def _check_store(settings: Settings, report: Report) -> None:
     # by a failover): the write /ready makes tells. (An SQLite file's writes are this user's.)
     failure = store.probe_write() if problem is None and store.is_postgres else None
     if failure:
+        store.dispose()  # the probe's connection (on success, the credentials' look closes it)
         hint = (": it is a standby, or a primary demoted by a failover; name the primary, or every server with "
                 "?target_session_attrs=read-write (postgresql://user@db1:5432,db2:5432/name?...)"
                 if "read-only" in failure else "")
