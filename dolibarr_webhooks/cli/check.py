@@ -111,7 +111,7 @@ def _check_secrets(settings: Settings, report: Report) -> None:
 def _check_store(settings: Settings, report: Report) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from ..store import SCHEMA_VERSION, Store, schema_problem, sqlite_folder_problem
+    from ..store import SCHEMA_VERSION, Store, refuses_writes, schema_problem, sqlite_folder_problem
 
     url = settings["DATABASE_URL"]
     shown = redact(url, keep_user=True)
@@ -157,8 +157,9 @@ def _check_store(settings: Settings, report: Report) -> None:
         store.dispose()  # the probe's connection (on success, the credentials' look closes it)
         hint = (": it is a standby, or a primary demoted by a failover; name the primary, or every server with "
                 "?target_session_attrs=read-write (postgresql://user@db1:5432,db2:5432/name?...)"
-                if "read-only" in failure else "")
-        report.add(ERROR, "store", f"{shown} answers but a write fails ({failure}){hint}", env_name("DATABASE_URL"))
+                if refuses_writes(failure) else "")  # its SQLSTATE: the server's words may be in its language
+        report.add(ERROR, "store", f"{shown} answers but a write fails ({error_line(failure)}){hint}",
+                   env_name("DATABASE_URL"))
     elif problem is None:
         report.add(OK, "store", f"{shown} answers; schema version {version} is current")
         _check_stored_credentials(settings, store, report)

@@ -12,7 +12,7 @@ claim, finish),
 from __future__ import annotations
 
 from ..database_url import libpq_url, normalise_url
-from .engine import driver_connect_args, sqlite_folder_problem, sqlite_path, with_database
+from .engine import driver_connect_args, refuses_writes, sqlite_folder_problem, sqlite_path, with_database
 from .failures import (DATA, STORE_ERROR_KINDS, STORE_ERRORS, TIMEOUT, UNAVAILABLE, DeadlinePassed, StoreError,
                        classify_error, error_line, unavailable)
 from .queue import Claim, IngestResult, Store
@@ -21,7 +21,8 @@ from .schema import (ACCEPTED, DEAD, DELIVERED, DELIVERY_STATES, DUPLICATE, FAIL
 
 __all__ = ["Store", "Claim", "IngestResult", "StoreError", "STORE_ERRORS", "DeadlinePassed", "classify_error",
            "error_line", "unavailable",
-           "driver_connect_args", "libpq_url", "normalise_url", "sqlite_folder_problem", "sqlite_path", "with_database",
+           "driver_connect_args", "libpq_url", "normalise_url", "refuses_writes", "sqlite_folder_problem",
+           "sqlite_path", "with_database",
            "DATA", "TIMEOUT", "UNAVAILABLE", "STORE_ERROR_KINDS", "SCHEMA_VERSION", "NOTIFY_CHANNEL",
            "PENDING", "RUNNING", "DELIVERED", "FAILED", "DEAD", "DELIVERY_STATES", "ACCEPTED", "DUPLICATE",
            "QUARANTINED", "schema_problem", "events", "deliveries", "attempts"]

@@ -23,7 +23,7 @@ from ..events import Event
 from ..labels import encodable
 from . import payloads, postgres_fast, sqlite_fast
 from .engine import make_engine, make_request_engine, reopen_if_stale, sqlite_folder_problem, sqlite_path
-from .failures import FAILURES, DeadlinePassed, StoreError, error_line, store_error
+from .failures import FAILURES, DeadlinePassed, StoreError, store_error
 from .inspect import Inspection
 from .schema import (ACCEPTED, DELIVERED, DUPLICATE, FAILED, MIGRATIONS, NOTIFY_CHANNEL, PENDING, QUARANTINED,
                      QUARANTINED_ONLY, RUNNING, attempts, deliveries, events, metadata, schema_migrations,
@@ -445,9 +445,9 @@ class Store(Inspection):
         except FAILURES as exc:
             raise store_error(exc) from exc
 
-    def probe_write(self) -> str | None:
+    def probe_write(self) -> BaseException | None:
         """What a request's write meets now: None when one commits within the request deadline,
-        else the error (for /ready). A committed write, so that a read-only file, a stale
+        else the error (for /ready and ``check``). A committed write, so that a read-only file, a stale
         read-only connection or a held lock shows: one row of schema_migrations, rewritten
         unchanged. It takes the writers' turn like a request. A full disk does not show here:
         SQLite writes nothing for an unchanged row, and a page would still fit in the room that
@@ -461,7 +461,7 @@ class Store(Inspection):
                 with self._write(time.monotonic() + self.request_deadline) as conn:
                     conn.execute(_PROBE)
         except FAILURES as exc:
-            return error_line(exc)
+            return exc
         return None
 
     def quarantined(self, event_id: str | None = None) -> list[dict[str, Any]]:

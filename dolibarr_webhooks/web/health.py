@@ -8,7 +8,7 @@ import logging
 from flask import Blueprint, Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..store import SCHEMA_VERSION, schema_problem
+from ..store import SCHEMA_VERSION, error_line, schema_problem
 from .errors import json_error
 from .ratelimit import storage_state
 from .request import service
@@ -45,7 +45,7 @@ def readiness() -> tuple[bool, dict]:
                 failure = svc.store.probe_write()
                 checks["writes"] = failure is None
                 if failure:
-                    problems["writes"] = f"a write fails: {failure}"
+                    problems["writes"] = f"a write fails: {error_line(failure)}"
     except SQLAlchemyError as exc:
         problems["store"] = f"the store failed: {type(exc).__name__}"
     checks["plugins"] = bool(svc.plugins.info)
