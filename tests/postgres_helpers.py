@@ -4,13 +4,20 @@ built from it (host, port, credentials and query kept, a Unix socket's ``?host=`
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
 import time
 from typing import Iterator
 
 from sqlalchemy.engine import make_url
 
-from dolibarr_webhooks.store import with_database
+from dolibarr_webhooks.store import Store, with_database
+from dolibarr_webhooks.testing import free_port
 
 POSTGRES_ADMIN_URL = os.environ.get("DOLIBARR_WEBHOOKS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -80,9 +87,6 @@ class PinningProxy:
     was opened to when the target changes."""
 
     def __init__(self, port: int) -> None:
-        import socket
-        import threading
-
         self.target = port
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
@@ -97,9 +101,6 @@ class PinningProxy:
         return make_url(url).set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
 
     def _accept(self) -> None:
-        import socket
-        import threading
-
         while True:
             try:
                 client, _ = self._server.accept()
@@ -116,8 +117,6 @@ class PinningProxy:
 
     @staticmethod
     def _pump(source, sink) -> None:
-        import socket
-
         try:
             while data := source.recv(65536):
                 sink.sendall(data)
@@ -135,9 +134,6 @@ class PinningProxy:
 
 def _postgres_bin(name: str) -> str:
     """A server program of the PostgreSQL the tests run on (Debian keeps them off the PATH)."""
-    import glob
-    import shutil
-
     found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)),
                                        None)
     if found is None:
@@ -151,12 +147,7 @@ def demoted_primary(name: str) -> Iterator[int]:
     store, then restarted in recovery as a demoted primary is after a failover: it answers
     reads and refuses every write (SQLSTATE 25006) and LISTEN. Run by the ``postgres`` user
     when the tests run as root (the server refuses root)."""
-    import shutil
-    import subprocess
-    import tempfile
-
-    from dolibarr_webhooks.store import Store
-    from dolibarr_webhooks.testing import free_port
+    import psycopg
 
     as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     folder = tempfile.mkdtemp(prefix="dw-demoted-")  # not under pytest's tmp_path: root's alone
@@ -164,19 +155,17 @@ def demoted_primary(name: str) -> Iterator[int]:
         shutil.chown(folder, "postgres")
     data, port = os.path.join(folder, "data"), free_port()
     ctl = [*as_postgres, _postgres_bin("pg_ctl"), "-D", data, "-l", os.path.join(folder, "log"), "-w"]
+    start = [*ctl, "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start"]
 
     def run(*args: str) -> None:
-        subprocess.run([*args], check=True, capture_output=True, timeout=60)
+        subprocess.run(args, check=True, capture_output=True, timeout=60)
 
     try:
         run(*as_postgres, _postgres_bin("initdb"), "-D", data, "-A", "trust", "-U", "postgres", "--no-sync")
-        run(*ctl, "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
-        url = f"postgresql://postgres@127.0.0.1:{port}/{name}"
-        import psycopg
-
+        run(*start)
         with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        store = Store(url)
+        store = Store(f"postgresql://postgres@127.0.0.1:{port}/{name}")
         try:
             store.migrate()
         finally:
@@ -185,7 +174,7 @@ def demoted_primary(name: str) -> Iterator[int]:
         open(os.path.join(data, "standby.signal"), "w").close()
         if as_postgres:
             shutil.chown(os.path.join(data, "standby.signal"), "postgres")
-        run(*ctl, "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        run(*start)
         yield port
     finally:
         subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True, timeout=60)
